@@ -1,0 +1,245 @@
+"""data/prepare_data.py: fetch the paper's eval sets and training set into the layout the stages read.
+
+    <out>/eval/<benchmark>/test.jsonl        evaluate.py --data-dir <out>/eval
+    <out>/train/math_level3to5.jsonl         ppo.py's training prompts: {"question", "answer", "level", "subject"}
+
+Sources (public; pinned so the bytes are the paper's):
+  * the eight eval sets: simpleRL-reason v0 `eval/data/<name>/test.jsonl` at commit 2702a87c (raw.githubusercontent.com),
+  * the 8,523 MATH level 3-5 training problems: v0 `train/data/math_level3to5_data_processed_with_qwen_prompt.json`
+    (same commit), or with `--train-source hf` the Hugging Face dataset hkust-nlp/SimpleRL-Zoo-Data
+    `simplelr_qwen_level3to5/train.parquet` (same problems, SimpleRL-Zoo's prompt; needs pyarrow).
+Every GitHub file is checked against its git blob SHA-1 (`git hash-object`), so a truncated or altered
+download is an error, not a silently different benchmark.
+
+    python data/prepare_data.py --out data                          # download
+    python data/prepare_data.py --from-local ../shared/data --out data   # convert a local copy
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+COMMIT = "2702a87c68c107d0f329b701b034c229bf62a130"  # hkust-nlp/simpleRL-reason branch v0
+GITHUB_RAW = "https://raw.githubusercontent.com/hkust-nlp/simpleRL-reason/" + COMMIT
+HF_TRAIN_URL = "https://huggingface.co/datasets/hkust-nlp/SimpleRL-Zoo-Data/resolve/main/simplelr_qwen_level3to5/train.parquet"
+
+# benchmark -> git blob SHA-1 of eval/data/<name>/test.jsonl at COMMIT
+EVAL_SETS = {
+    "gsm8k": "3e6e62b831b5fcbf0585d0dce75ccc5e4ccb691c",
+    "math500": "2376b9a194b46c0790e197c91b7249e5f88ac09b",
+    "minerva_math": "123c5cd351cac2b8ead5413bc084629d7ff651de",
+    "gaokao2023en": "79b4d05f743d478dcc46f3968fde417f3b6224f1",
+    "olympiadbench": "ec36280b1de8f5bbee92da696c2ae84f5f6e6beb",
+    "college_math": "1f884189628100309616fdcf9cad9422dc480878",
+    "aime24": "bb72e176e8d30c09cd67037e17cfc41e6ff48f70",
+    "amc23": "6894ad7c49a0b3a64210af32954f4d049d934ea0",
+}
+# Fields evaluate.py reads per benchmark (question key aside).
+GOLD_FIELDS = {"gsm8k": "answer", "math500": "solution", "minerva_math": "solution", "gaokao2023en": "answer",
+               "olympiadbench": "final_answer", "college_math": "answer", "aime24": "answer", "amc23": "answer"}
+QUESTION_KEYS = ("question", "problem", "Question", "input")
+
+TRAIN_PATH = "train/data/math_level3to5_data_processed_with_qwen_prompt.json"
+TRAIN_SHA1 = "a51b46c19354c8ac1c409115f95ee3578c67cedd"
+TRAIN_ROWS = 8523
+TRAIN_OUT = "train/math_level3to5.jsonl"
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """What `git hash-object` prints: SHA-1 of b"blob <size>\\0" + content."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def fetch(url: str, timeout: float = 60.0) -> bytes:
+    """GET a URL (https, or http/file for mirrors and tests)."""
+    req = urllib.request.Request(url, headers={"User-Agent": "simplerl-prepare-data"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+def verify(data: bytes, expected: str | None, what: str) -> None:
+    if expected is not None and git_blob_sha1(data) != expected:
+        raise ValueError(f"{what}: git blob SHA-1 {git_blob_sha1(data)} != expected {expected} "
+                         f"(corrupt or different file; --no-verify accepts it)")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# ---- eval sets ----
+
+
+def check_eval_rows(name: str, data: bytes, source: str) -> int:
+    """Every line is a JSON object with a question and the gold field evaluate.py reads; returns the row count."""
+    rows = 0
+    for line_no, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source}:{line_no}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{source}:{line_no}: a row must be a JSON object")
+        if not any(k in row for k in QUESTION_KEYS):
+            raise ValueError(f"{source}:{line_no}: no question field (one of {', '.join(QUESTION_KEYS)})")
+        if GOLD_FIELDS[name] not in row:
+            raise ValueError(f"{source}:{line_no}: missing field {GOLD_FIELDS[name]!r}")
+        rows += 1
+    return rows
+
+
+def json_array_to_jsonl(data: bytes) -> bytes:
+    """olympiadbench also ships as a JSON array (test.json): the same records, one per line."""
+    records = json.loads(data)
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+
+
+def save_eval(name: str, data: bytes, out: Path, source: str, expected_sha: str | None) -> int:
+    verify(data, expected_sha, source)
+    n = check_eval_rows(name, data, source)
+    write_atomic(out / "eval" / name / "test.jsonl", data)
+    return n
+
+
+def download_eval(out: Path, base_url: str = GITHUB_RAW, names=tuple(EVAL_SETS), check: bool = True) -> dict[str, int]:
+    counts = {}
+    for name in names:
+        url = f"{base_url}/eval/data/{name}/test.jsonl"
+        counts[name] = save_eval(name, fetch(url), out, url, EVAL_SETS[name] if check else None)
+        print(f"eval/{name}: {counts[name]} rows from {url}")
+    return counts
+
+
+def local_eval(src: Path, out: Path, names=tuple(EVAL_SETS), check: bool = True) -> dict[str, int]:
+    """From <src>/eval/<name>/test.jsonl or <src>/<name>/test.jsonl (or test.json, a JSON array)."""
+    counts = {}
+    for name in names:
+        candidates = [src / "eval" / name / "test.jsonl", src / name / "test.jsonl",
+                      src / "eval" / name / "test.json", src / name / "test.json"]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise FileNotFoundError(f"{name}: none of {', '.join(map(str, candidates))} exists")
+        data = path.read_bytes()
+        expected = EVAL_SETS[name] if check else None
+        if path.suffix == ".json":
+            data, expected = json_array_to_jsonl(data), None  # converted: no longer the pinned bytes
+        counts[name] = save_eval(name, data, out, str(path), expected)
+        print(f"eval/{name}: {counts[name]} rows from {path}")
+    return counts
+
+
+# ---- training set ----
+
+
+def train_rows_from_json(data: bytes, source: str) -> list[dict]:
+    """v0's JSON list: {"input", "answer", "gt_answer", "subject", "level", "question", ...}."""
+    records = json.loads(data)
+    if not isinstance(records, list):
+        raise ValueError(f"{source}: expected a JSON list of problems")
+    return [_train_row(r, source, i) for i, r in enumerate(records)]
+
+
+def train_rows_from_parquet(data: bytes, source: str) -> list[dict]:
+    """SimpleRL-Zoo's parquet: question/gt_answer columns, or verl's prompt + reward_model.ground_truth."""
+    import pyarrow.parquet as pq
+
+    records = pq.read_table(io.BytesIO(data)).to_pylist()
+    return [_train_row(r, source, i) for i, r in enumerate(records)]
+
+
+def _train_row(r: dict, source: str, i: int) -> dict:
+    question = r.get("question")
+    if question is None and r.get("prompt"):  # verl format: a chat list; the user turn is the question
+        question = next((m["content"] for m in r["prompt"] if m.get("role") == "user"), None)
+    answer = r.get("gt_answer", r.get("ground_truth_answer"))
+    if answer is None and isinstance(r.get("reward_model"), dict):
+        answer = r["reward_model"].get("ground_truth")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{source}: record {i}: no question")
+    if answer is None:  # an empty string is kept: v0's file has two (records 5054, 5158) and trained on them
+        raise ValueError(f"{source}: record {i}: no gold answer field (gt_answer / reward_model.ground_truth)")
+    row = {"question": question.strip(), "answer": str(answer).strip()}
+    for key in ("level", "subject"):
+        if r.get(key) is not None:
+            row[key] = int(r[key]) if key == "level" and str(r[key]).isdigit() else r[key]
+    return row
+
+
+def save_train(rows: list[dict], out: Path, source: str, expect_rows: int | None = TRAIN_ROWS) -> int:
+    if expect_rows is not None and len(rows) != expect_rows:
+        raise ValueError(f"{source}: {len(rows)} problems, expected {expect_rows}")
+    write_atomic(out / TRAIN_OUT, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    empty = [i for i, r in enumerate(rows) if not r["answer"]]
+    print(f"{TRAIN_OUT}: {len(rows)} problems from {source}"
+          + (f" ({len(empty)} with an empty gold, kept as in the paper's data: records {empty})" if empty else ""))
+    return len(rows)
+
+
+def download_train(out: Path, source: str = "github", base_url: str = GITHUB_RAW, hf_url: str = HF_TRAIN_URL,
+                   check: bool = True) -> int:
+    if source == "github":
+        url = f"{base_url}/{TRAIN_PATH}"
+        data = fetch(url)
+        verify(data, TRAIN_SHA1 if check else None, url)
+        return save_train(train_rows_from_json(data, url), out, url, TRAIN_ROWS if check else None)
+    if source == "hf":
+        return save_train(train_rows_from_parquet(fetch(hf_url), hf_url), out, hf_url, TRAIN_ROWS if check else None)
+    raise ValueError(f"unknown train source {source!r}; choose github or hf")
+
+
+def local_train(path: Path, out: Path, check: bool = True) -> int:
+    """A local copy of the v0 JSON or of a parquet file; a directory is searched for the v0 JSON, then parquet."""
+    if path.is_dir():
+        found = sorted(path.rglob(Path(TRAIN_PATH).name)) or sorted(path.rglob("*level3to5*train*.parquet"))
+        if not found:
+            raise FileNotFoundError(f"no {Path(TRAIN_PATH).name} or *level3to5*train*.parquet under {path}")
+        path = found[0]
+    data = path.read_bytes()
+    if path.suffix == ".parquet":
+        rows = train_rows_from_parquet(data, str(path))
+    else:
+        verify(data, TRAIN_SHA1 if check and path.name == Path(TRAIN_PATH).name else None, str(path))
+        rows = train_rows_from_json(data, str(path))
+    return save_train(rows, out, str(path), TRAIN_ROWS if check else None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent), help="output root (default: data/)")
+    p.add_argument("--from-local", metavar="DIR", help="convert a local copy (e.g. ../shared/data) instead of downloading")
+    p.add_argument("--train-file", help="with --from-local: the training JSON/parquet (default: searched under DIR/train)")
+    p.add_argument("--train-source", choices=["github", "hf"], default="github")
+    p.add_argument("--only", choices=["eval", "train"], help="prepare one half only")
+    p.add_argument("--no-verify", action="store_true", help="skip SHA-1 and row-count checks (modified copies)")
+    args = p.parse_args(argv)
+    out, check = Path(args.out), not args.no_verify
+    if args.from_local:
+        src = Path(args.from_local)
+        if args.only != "train":
+            local_eval(src, out, check=check)
+        if args.only != "eval":
+            local_train(Path(args.train_file) if args.train_file else src / "train", out, check=check)
+    else:
+        if args.only != "train":
+            download_eval(out, check=check)
+        if args.only != "eval":
+            download_train(out, args.train_source, check=check)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, OSError) as e:
+        sys.exit(f"prepare_data: {e}")

@@ -1,0 +1,620 @@
+"""evaluate.py: score checkpoints on the SimpleRL-Zero benchmarks the way the paper's harness did.
+
+The paper (simpleRL-reason v0, `eval/`, itself Qwen2.5-Math's harness) reports greedy pass@1 on
+eight benchmarks, zero-shot, with the "qwen25-math-cot" chat prompt and 3000 new tokens:
+
+    gsm8k  math500  minerva_math  gaokao2023en  olympiadbench  college_math  aime24  amc23
+
+What is kept from that harness (so numbers are comparable with the published table):
+  * gold answers come from the same fields (see `gold_answer`), questions from the same keys, with
+    the same " (Yes or No)" / " (True or False)" suffix when the gold is yes/no/true/false;
+  * the prompt is the harness's template string exactly, no few-shot examples;
+  * generation stops at "</s>", "<|im_end|>", "<|endoftext|>" (strings and, where they are single
+    tokens, token ids), the response is cut at the first of them and stripped;
+  * the predicted answer is the last \\boxed{} (then "the answer is", then the last number), and a
+    gold that is a choice letter (gaokao2023en has 37) also accepts the last choice letter given;
+  * a benchmark's score is the mean over problems, the average is the unweighted mean of the
+    benchmark scores.
+What is deliberately not kept: the harness's `strip_string` deletes unit words and single letters
+("3 m^{4}-2 m+6" -> "3^{4}-2+6" in 593 college_math golds); golds here are the raw fields and
+`reward.math_equal` decides equality.  Two gaokao2023en rows (167, 192) have an empty gold in the
+data; they cannot be graded, so they are excluded from the denominator and listed in the summary
+(the harness kept them and, through its multiple-choice fix-up, scored them right whenever the
+answer held no capital A-E, so excluding them is the closer of the honest choices).
+
+Engines: vLLM on GPU (imported lazily; `--tp` GPUs per replica, data parallel under torchrun),
+Hugging Face `generate` on CPU or GPU (batched, left padding, data parallel under torchrun), and an
+oracle that answers \\boxed{gold} (checks the harness: it must score 100%).
+
+    python evaluate.py --preset tiny                                   # the CPU world
+    python evaluate.py --model ckpt --data-dir data/eval --benchmarks all
+    torchrun --nproc_per_node=8 evaluate.py --engine vllm --model hkust-nlp/Qwen-2.5-Math-7B-SimpleRL-Zero
+
+Outputs under --output-dir: <model-label>/<bench>.jsonl (one line per sample), summary.json,
+results.md (the paper-style table, also printed) and, for several checkpoints of one run,
+accuracy_vs_step.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from tqdm import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+import reward
+
+
+@dataclass
+class Config:
+    """Defaults are the paper's harness (eval/sh/eval.sh): greedy, n=1, 3000 new tokens, seed 0."""
+    model: list[str] = field(default_factory=list)  # HF folders or hub names; several -> a row each
+    data_dir: str = "data/eval"           # <data_dir>/<benchmark>/test.jsonl (data/prepare_data.py)
+    benchmarks: str = "all"               # "all" = the paper's eight, or a comma list
+    limit: int | None = None              # first N problems of each benchmark (file order)
+    template: str = "qwen25-math-cot"     # a reward.TEMPLATES key
+    engine: str = "auto"                  # auto (vllm on GPU if installed, else hf) | hf | vllm | oracle
+    max_new_tokens: int = 3000
+    n: int = 1                            # samples per problem: avg@n and pass@k when n > 1
+    temperature: float = 0.0              # 0 = greedy
+    top_p: float = 1.0
+    batch_size: int = 16                  # prompts per HF generate call
+    tp: int = 1                           # vLLM tensor-parallel GPUs per replica
+    max_model_len: int | None = None      # prompt + response cap; default: the model's max positions
+    gpu_memory_utilization: float = 0.90
+    output_dir: str = "runs/eval"
+    seed: int = 0
+    grade_timeout: float = 5.0            # seconds per (answer, gold) comparison
+    steps: list[int] | None = None        # training step of each --model, for the PNG (else from path)
+
+
+# The CPU world: the tiny model on the synthetic arithmetic test set.
+TINY = dict(model=["data/tiny"], data_dir="data", benchmarks="synth", template="tiny", engine="hf",
+            max_new_tokens=48, batch_size=64, output_dir="runs/eval_tiny")
+
+# The paper's eight, in the paper's order, with the table's column names.
+BENCHMARKS = {
+    "gsm8k": "GSM8K", "math500": "MATH 500", "minerva_math": "Minerva Math", "gaokao2023en": "Gaokao 2023En",
+    "olympiadbench": "OlympiadBench", "college_math": "College Math", "aime24": "AIME 2024", "amc23": "AMC 2023",
+}
+EXTRA_BENCHMARKS = {"synth": "Synth"}  # the tiny world's test set (gold = `answer`)
+QUESTION_KEYS = ("question", "problem", "Question", "input")  # the harness's order
+
+
+# ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
+def init_distributed() -> tuple[int, int, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    else:
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def print0(*args, **kwargs) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def has_weights(path: str) -> bool:
+    p = Path(path)
+    return any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
+
+
+def load_model(path: str, seed: int, gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed."""
+    attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+    if has_weights(path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+    else:  # a config-only folder (the tiny world): every rank draws the same init from the seed
+        print0(f"{path} has no weights: initialising from config.json with seed {seed}")
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32,
+                                                 attn_implementation=attn)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = not gradient_checkpointing
+    return model
+
+
+def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head)."""
+    model.to(device)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else None
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp) if mp else fully_shard(layer)
+    fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
+    return model
+
+
+def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
+    """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
+    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    dist.barrier()
+# ---- end of setup twins ----
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: questions and gold answers, field for field as the harness's parse_question/parse_ground_truth
+
+
+def gold_answer(row: dict, bench: str) -> str:
+    """The gold answer string, from the field the paper's harness used (no strip_string damage)."""
+    if bench in ("math500", "minerva_math"):  # the last \boxed{} of the reference solution
+        boxed = reward.extract_boxed(_field(row, "solution", str))
+        if boxed is None:
+            raise ValueError("field 'solution' has no \\boxed{} answer")
+        return boxed.strip()
+    if bench == "gsm8k":  # "... #### 72"
+        text = _field(row, "answer", str)
+        if "####" not in text:
+            raise ValueError("field 'answer' has no '####' final answer")
+        return text.split("####")[-1].strip()
+    if bench == "olympiadbench":  # a list; the harness took the first entry without outer $
+        answers = _field(row, "final_answer", list)
+        if not answers or not isinstance(answers[0], str):
+            raise ValueError("field 'final_answer' must be a non-empty list of strings")
+        return answers[0].strip("$").strip()
+    if bench in ("gaokao2023en", "college_math"):
+        return _field(row, "answer", str).replace("$", "").strip()
+    if bench in ("aime24", "amc23", "synth"):  # amc23 stores floats (27.0)
+        value = _field(row, "answer", (str, int, float))
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value).strip()
+    raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join([*BENCHMARKS, *EXTRA_BENCHMARKS])}")
+
+
+def _field(row: dict, key: str, kind):
+    if key not in row:
+        raise ValueError(f"missing field {key!r}")
+    if not isinstance(row[key], kind) or isinstance(row[key], bool):
+        raise ValueError(f"field {key!r} has type {type(row[key]).__name__}")
+    return row[key]
+
+
+def question_text(row: dict, bench: str, gold: str) -> str:
+    """First of question/problem/Question/input; the harness appends a hint to yes/no and true/false golds."""
+    for key in QUESTION_KEYS:
+        if key in row:
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise ValueError(f"field {key!r} is not a non-empty string")
+            question = row[key].strip()
+            break
+    else:
+        raise ValueError(f"no question field (one of {', '.join(QUESTION_KEYS)})")
+    plain = re.sub(r"\\text\{(.*?)\}", r"\1", gold).strip().rstrip(".").lower()
+    if plain in ("true", "false"):
+        question += " (True or False)"
+    elif plain in ("yes", "no"):
+        question += " (Yes or No)"
+    return question
+
+
+def load_benchmark(data_dir: str, bench: str, template: str, limit: int | None = None) -> tuple[list[dict], list[int]]:
+    """Problems {idx, question, gold, prompt} in file order, and the row indices excluded for an empty gold."""
+    if bench not in BENCHMARKS and bench not in EXTRA_BENCHMARKS:
+        raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join([*BENCHMARKS, *EXTRA_BENCHMARKS])}")
+    path = Path(data_dir) / bench / "test.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `python data/prepare_data.py` or pass --data-dir")
+    problems, empty = [], []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if limit is not None and len(problems) + len(empty) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("a row must be a JSON object")
+                gold = gold_answer(row, bench)
+                question = question_text(row, bench, gold)
+            except (ValueError, json.JSONDecodeError) as e:
+                raise ValueError(f"{path}:{line_no}: {e}") from None
+            idx = line_no - 1
+            if not gold:
+                empty.append(idx)
+                continue
+            problems.append(dict(idx=idx, question=question, gold=gold, prompt=reward.apply_template(question, template)))
+    return problems, empty
+
+
+def benchmark_list(spec: str) -> list[str]:
+    names = list(BENCHMARKS) if spec == "all" else [b.strip() for b in spec.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BENCHMARKS and b not in EXTRA_BENCHMARKS]
+    if unknown or not names:
+        raise ValueError(f"unknown benchmark(s) {unknown or spec!r}; known: all, {', '.join([*BENCHMARKS, *EXTRA_BENCHMARKS])}")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# Engines: generate(problems) -> for each problem, n (text, n_generated_tokens) pairs.
+# Each problem carries "prompt" and "budget" (max new tokens that fit the context window).
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Stop words that are single tokens (the harness passed Qwen's 151645/151643 to vLLM), plus EOS."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for word in reward.STOP_WORDS:
+        tid = tokenizer.convert_tokens_to_ids(word)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+            ids.add(tid)
+    return sorted(ids)
+
+
+class HFEngine:
+    """Batched `generate` with left padding (HF derives position ids from the attention mask)."""
+
+    def __init__(self, path: str, cfg: Config, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = load_model(path, cfg.seed).to(device).eval()
+        if device.type == "cuda":
+            self.model.to(torch.bfloat16)
+        self.max_len = cfg.max_model_len or self.model.config.max_position_embeddings
+        self.stop_ids = stop_token_ids(self.tokenizer)
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+    @torch.no_grad()
+    def generate(self, problems: list[dict], progress: bool = True) -> list[list[tuple[str, int]]]:
+        cfg, out = self.cfg, [None] * len(problems)
+        order = sorted(range(len(problems)), key=lambda i: -problems[i]["n_prompt_tokens"])  # similar lengths batch well
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        torch.manual_seed(cfg.seed + dist.get_rank())
+        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
+            enc = self.tokenizer([problems[i]["prompt"] for i in batch], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(self.device)
+            budget = min(problems[i]["budget"] for i in batch)  # the longest prompt in the batch bounds it
+            sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p) if cfg.temperature > 0 \
+                else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+            seqs = self.model.generate(**enc, max_new_tokens=budget, num_return_sequences=cfg.n,
+                                       eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, **sampling)
+            new = seqs[:, enc["input_ids"].shape[1]:].tolist()
+            for j, i in enumerate(batch):
+                out[i] = [self._decode(ids) for ids in new[j * cfg.n:(j + 1) * cfg.n]]
+        return out
+
+    def _decode(self, ids: list[int]) -> tuple[str, int]:
+        """Tokens up to and including the first stop token (vLLM counts the EOS too)."""
+        length = next((k + 1 for k, t in enumerate(ids) if t in self.stop_ids), len(ids))
+        return self.tokenizer.decode(ids[:length], skip_special_tokens=False), length
+
+
+class VLLMEngine:
+    """vLLM, imported only here.  Plain `python`: one replica over --tp GPUs.  Under torchrun with W
+    processes: vLLM's external launcher, W/tp data-parallel replicas of tp GPUs each; every replica
+    generates its own share of the problems (`dp_rank`), rank 0 gathers them.  `llm` and
+    `sampling_params_cls` can be injected (tests use a stand-in with vLLM's methods)."""
+
+    def __init__(self, path: str, cfg: Config, llm=None, sampling_params_cls=None):
+        self.cfg = cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.max_len = cfg.max_model_len or AutoConfig.from_pretrained(path).max_position_embeddings
+        world = dist.get_world_size()
+        self.dp_size, self.dp_rank = world // cfg.tp, dist.get_rank() // cfg.tp  # vLLM puts TP innermost
+        if llm is None:
+            if world % cfg.tp:
+                raise ValueError(f"torchrun world size {world} is not a multiple of --tp {cfg.tp}")
+            kwargs = dict(model=path, tensor_parallel_size=cfg.tp, seed=cfg.seed, max_model_len=self.max_len,
+                          dtype="bfloat16", gpu_memory_utilization=cfg.gpu_memory_utilization)
+            if world > 1:
+                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # required by the external launcher
+                kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=self.dp_size)
+            from vllm import LLM, SamplingParams
+            llm, sampling_params_cls = LLM(**kwargs), SamplingParams
+            if world > 1:
+                self.dp_rank = llm.llm_engine.vllm_config.parallel_config.data_parallel_rank
+        self.llm, self.sampling_params_cls = llm, sampling_params_cls
+        self.stop_ids = stop_token_ids(self.tokenizer)
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+    def shard(self, n: int) -> list[int]:
+        return list(range(self.dp_rank, n, self.dp_size))
+
+    def generate(self, problems: list[dict], progress: bool = True) -> list[list[tuple[str, int]]]:
+        cfg = self.cfg
+        params = [self.sampling_params_cls(
+            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
+            max_tokens=p["budget"], stop=list(reward.STOP_WORDS), stop_token_ids=self.stop_ids,
+            skip_special_tokens=False) for p in problems]
+        outputs = self.llm.generate([p["prompt"] for p in problems], params, use_tqdm=progress)
+        return [[(o.text, len(o.token_ids)) for o in req.outputs] for req in outputs]  # in input order
+
+
+class OracleEngine:
+    """Answers every problem with \\boxed{gold}: the harness must give it 100%."""
+
+    max_len = 10**9
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        return [0] * len(prompts)
+
+    def generate(self, problems: list[dict], progress: bool = True) -> list[list[tuple[str, int]]]:
+        return [[(f"The final answer is $\\boxed{{{p['gold']}}}$.", 1)] * self.cfg.n for p in problems]
+
+
+def make_engine(path: str, cfg: Config, device: torch.device):
+    engine = cfg.engine
+    if engine == "auto":
+        engine = "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
+    if engine == "hf":
+        return HFEngine(path, cfg, device)
+    if engine == "vllm":
+        return VLLMEngine(path, cfg)
+    if engine == "oracle":
+        return OracleEngine(cfg)
+    raise ValueError(f"unknown engine {cfg.engine!r}; choose auto, hf, vllm or oracle")
+
+
+# ----------------------------------------------------------------------------------------------
+# Grading and metrics
+
+
+def extract_prediction(response: str, gold: str) -> str | None:
+    """reward.extract_answer; for a choice-letter gold, the harness also took the last letter given."""
+    pred = reward.extract_answer(response)
+    if re.fullmatch(r"[A-E]", gold) and not (pred and re.fullmatch(r"\(?[A-E]\)?", reward.normalize(pred))):
+        tail = re.split(r"answer is|choice is", response)[-1]
+        letters = re.findall(r"\(([A-E])\)|\b([A-E])\b", tail)
+        if letters:
+            pred = "".join(letters[-1])
+    return pred
+
+
+def grade(responses: list[str], golds: list[str], timeout: float = 5.0) -> tuple[list[str | None], list[bool]]:
+    """Extracted answers and verdicts (reward.math_equal, each comparison bounded by `timeout`)."""
+    preds = [extract_prediction(r, g) for r, g in zip(responses, golds)]
+    return preds, reward.batch_math_equal(preds, golds, timeout=timeout)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), as a product (no huge binomials)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def step_of(path: str) -> int | None:
+    m = re.search(r"(?:checkpoint|global_step|step|iter)[-_]?(\d+)/?$", path.rstrip("/"))
+    return int(m.group(1)) if m else None
+
+
+def model_labels(paths: list[str]) -> list[str]:
+    """Last path component; a step folder keeps its parent ("run/checkpoint-100")."""
+    labels = []
+    for p in paths:
+        parts = Path(p.rstrip("/")).parts
+        label = "/".join(parts[-2:]) if step_of(p) is not None and len(parts) > 1 else parts[-1]
+        while label in labels:
+            label += "'"
+        labels.append(label)
+    return labels
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop: for each model, for each benchmark: generate (sharded over ranks), gather, grade on rank 0
+
+
+def evaluate_benchmark(engine, problems: list[dict], cfg: Config, rank: int, world: int) -> tuple[list[list], float]:
+    """Completions for every problem (on rank 0; other ranks get their own share back) and the wall time."""
+    lengths = engine.count_tokens([p["prompt"] for p in problems])
+    for p, n_tok in zip(problems, lengths):
+        p["n_prompt_tokens"] = n_tok
+        p["budget"] = min(cfg.max_new_tokens, engine.max_len - n_tok)  # a prompt needs room to answer
+    fits = [i for i, p in enumerate(problems) if p["budget"] > 0]
+    if hasattr(engine, "shard"):  # vLLM: data-parallel replicas, not ranks, split the work
+        mine = [fits[j] for j in engine.shard(len(fits))]
+    else:
+        mine = fits[rank::world]
+    t0 = time.perf_counter()
+    outs = engine.generate([problems[i] for i in mine], progress=rank == 0) if mine else []
+    everyone = [None] * world
+    dist.all_gather_object(everyone, list(zip(mine, outs)))
+    seconds = time.perf_counter() - t0
+    completions = [[("", 0)] * cfg.n for _ in problems]  # too long for the context: an empty answer
+    for part in everyone:
+        for i, c in part:
+            completions[i] = c
+    return completions, seconds
+
+
+def score_benchmark(problems: list[dict], completions: list[list], cfg: Config, seconds: float,
+                    empty_gold: list[int]) -> tuple[list[dict], dict]:
+    responses = [reward.cut_at_stop(text) for c in completions for text, _ in c]
+    golds = [p["gold"] for p in problems for _ in range(cfg.n)]
+    preds, correct = grade(responses, golds, cfg.grade_timeout)
+    rows, k = [], 0
+    for i, p in enumerate(problems):
+        for j, (_, length) in enumerate(completions[i]):
+            rows.append(dict(idx=p["idx"], sample=j, question=p["question"], response=responses[k],
+                             pred=preds[k], gold=p["gold"], correct=bool(correct[k]), length=length,
+                             too_long=p["budget"] <= 0))
+            k += 1
+    per_problem = [sum(correct[i * cfg.n:(i + 1) * cfg.n]) for i in range(len(problems))]
+    n_tokens = sum(r["length"] for r in rows)
+    summary = dict(
+        acc=100.0 * sum(per_problem) / max(1, len(problems) * cfg.n),  # avg@n; greedy n=1: pass@1
+        n_problems=len(problems), n_samples=len(rows),
+        mean_length=n_tokens / max(1, len(rows)),
+        too_long=sum(p["budget"] <= 0 for p in problems),  # prompt did not fit: scored wrong
+        excluded_empty_gold=empty_gold,
+        no_answer=sum(pr is None for pr in preds),
+        seconds=seconds, problems_per_s=len(problems) / max(seconds, 1e-9), tokens_per_s=n_tokens / max(seconds, 1e-9),
+    )
+    if cfg.n > 1:
+        ks = sorted({2 ** e for e in range(int(math.log2(cfg.n)) + 1)} | {cfg.n})
+        summary["pass@k"] = {k: 100.0 * sum(pass_at_k(cfg.n, c, k) for c in per_problem) / max(1, len(problems))
+                             for k in ks}
+    return rows, summary
+
+
+def markdown_table(results: dict, benches: list[str]) -> str:
+    names = {**BENCHMARKS, **EXTRA_BENCHMARKS}
+    head = "| Model | " + " | ".join(names[b] for b in benches) + " | Avg. |"
+    lines = [head, "|" + "---|" * (len(benches) + 2)]
+    for label, res in results.items():
+        cells = [f"{res[b]['acc']:.1f}" for b in benches]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {res['avg']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_vs_step(results: dict, steps: list[int], benches: list[str], path: Path) -> None:
+    """Accuracy and mean response length per benchmark against training step (the paper's figure)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(range(len(steps)), key=lambda i: steps[i])
+    labels = list(results)
+    xs = [steps[i] for i in order]
+    fig, (ax_acc, ax_len) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = {**BENCHMARKS, **EXTRA_BENCHMARKS}
+    for b in benches:
+        ax_acc.plot(xs, [results[labels[i]][b]["acc"] for i in order], marker="o", label=names[b])
+        ax_len.plot(xs, [results[labels[i]][b]["mean_length"] for i in order], marker="o", label=names[b])
+    if len(benches) > 1:
+        ax_acc.plot(xs, [results[labels[i]]["avg"] for i in order], "k--", lw=2, marker="s", label="Avg.")
+    ax_acc.set(xlabel="training step", ylabel="accuracy (%)", title="Accuracy")
+    ax_len.set(xlabel="training step", ylabel="tokens", title="Mean response length")
+    for ax in (ax_acc, ax_len):
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate(cfg: Config) -> dict | None:
+    """Run everything; returns the summary on rank 0 (None elsewhere)."""
+    rank, world, device = init_distributed()
+    benches = benchmark_list(cfg.benchmarks)
+    if cfg.n > 1 and cfg.temperature <= 0:
+        raise ValueError("--n > 1 needs --temperature > 0 (greedy samples are identical)")
+    if not cfg.model and cfg.engine != "oracle":
+        raise ValueError("--model is required (or --preset tiny)")
+    paths = cfg.model or ["oracle"]
+    labels = model_labels(paths)
+    if cfg.steps and len(cfg.steps) != len(paths):
+        raise ValueError(f"--steps has {len(cfg.steps)} values for {len(paths)} models")
+    steps = cfg.steps or [step_of(p) for p in paths]
+    data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit) for b in benches}
+    out_dir = Path(cfg.output_dir)
+    results: dict[str, dict] = {}
+    for path, label in zip(paths, labels):
+        print0(f"== {label}: {', '.join(f'{b} ({len(data[b][0])})' for b in benches)}")
+        engine = make_engine(path, cfg, device)
+        results[label] = {}
+        for b in benches:
+            problems, empty = data[b]
+            completions, seconds = evaluate_benchmark(engine, problems, cfg, rank, world)
+            if rank == 0:
+                rows, summary = score_benchmark(problems, completions, cfg, seconds, empty)
+                (out_dir / label).mkdir(parents=True, exist_ok=True)
+                with open(out_dir / label / f"{b}.jsonl", "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                results[label][b] = summary
+                print0(f"   {b:14s} acc {summary['acc']:5.1f}  ({summary['n_problems']} problems, "
+                       f"{summary['too_long']} too long, mean length {summary['mean_length']:.0f}, "
+                       f"{summary['problems_per_s']:.2f} problems/s, {summary['tokens_per_s']:.0f} tokens/s)")
+        if rank == 0:
+            results[label]["avg"] = sum(results[label][b]["acc"] for b in benches) / len(benches)
+        del engine
+    if rank != 0:
+        dist.barrier()
+        return None
+    table = markdown_table(results, benches)
+    summary = dict(config=asdict(cfg), benchmarks=benches, results=results,
+                   steps=dict(zip(labels, steps)), table=table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "results.md").write_text(table + "\n")
+    if len(paths) > 1 and all(s is not None for s in steps):
+        plot_vs_step(results, steps, benches, out_dir / "accuracy_vs_step.png")
+        print0(f"wrote {out_dir / 'accuracy_vs_step.png'}")
+    print0("\n" + table + "\n")
+    print0(f"wrote {out_dir}/summary.json, results.md and per-sample <model>/<benchmark>.jsonl")
+    dist.barrier()
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=["tiny"], help="the CPU world: tiny model, synthetic test set")
+    p.add_argument("--model", nargs="+", action="extend", help="checkpoint folder(s) or hub name(s)")
+    p.add_argument("--data-dir")
+    p.add_argument("--benchmarks", help="all | comma list of " + ",".join([*BENCHMARKS, *EXTRA_BENCHMARKS]))
+    p.add_argument("--limit", type=int)
+    p.add_argument("--template", choices=sorted(reward.TEMPLATES))
+    p.add_argument("--engine", choices=["auto", "hf", "vllm", "oracle"])
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--n", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--tp", type=int)
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--gpu-memory-utilization", type=float)
+    p.add_argument("--output-dir")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--grade-timeout", type=float)
+    p.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], help="training step per --model")
+    args = vars(p.parse_args(argv))
+    cfg = Config(**TINY) if args.pop("preset") == "tiny" else Config()
+    return replace(cfg, **{k: v for k, v in args.items() if v is not None})
+
+
+if __name__ == "__main__":
+    evaluate(parse_args())
