@@ -1,0 +1,154 @@
+"""Write data/synth/: a synthetic arithmetic task for the CPU world, in the real data's schema.
+
+Every row is ``{"question", "answer", "solution", "level"}``: the question is an expression whose
+operands are right-aligned to three characters, the answer its integer value (may be negative), and
+the solution a worked computation, one step a line, left to right, ending in ``\\boxed{answer}``:
+
+    {"question": "347- 85+ 12", "answer": "274", "solution": "347- 85= 262\n262+ 12= 274\n\\boxed{274}", "level": 5}
+
+Why the spaces: with one token per character, right-aligned operands (and results, 4 wide) put
+every digit at a fixed offset from the digits it is computed from: place value is position, the
+easiest thing for a small transformer to attend by. Each space costs a token; still short.
+
+Levels, easy to hard (like MATH's 1-5), are disjoint by construction:
+
+    1  a+b      a, b in 0..9                    (all 100 such problems exist)
+    2  a±b      a, b in 10..99
+    3  a±b      a, b in 0..999, at least one with three digits
+    4  a±b±c    a, b, c in 10..99
+    5  a±b±c    a, b, c in 0..999, at least one with three digits
+
+Operands of levels 3 and 5 draw their digit count uniformly from 1..3 first, so short operands
+(347-  8) stay common. Questions are unique within a level, and the test split is held out by
+question: no test question appears in train.jsonl or base.jsonl. Solutions are char-cheap on
+purpose: the tiny tokenizer spends one token per character.
+
+Files:
+    train.jsonl  clean worked solutions, for SFT (e.g. SFT on levels 1-3, RL on 3-5)
+    test.jsonl   held-out problems, same schema
+    base.jsonl   a "pretraining" mix for the weak base model of the SimpleRL-Zero demo: train
+                 problems, each in one of three answer styles (extra field "style"):
+                   boxed    40%  the clean solution
+                   unboxed  30%  the steps, then "The answer is N."
+                   padded   30%  chatter and a python snippet with its output, no box, ~3x longer
+                 Under the RL reward (+1 boxed & right, -0.5 boxed & wrong, -1 no box) the
+                 unboxed styles are the first thing RL removes (length falls, format rate rises);
+                 accuracy rises after.
+
+Deterministic by seed: rerunning rewrites byte-identical files (a test checks this).
+
+    python data/make_synth_data.py            # rewrites data/synth/
+"""
+import argparse
+import json
+import random
+from pathlib import Path
+
+LEVELS = (1, 2, 3, 4, 5)
+N_TRAIN = 5000  # per level (level 1 has only 100 problems: 70 train, 30 test)
+N_TEST = 300  # per level
+N_BASE = 1500  # per level, drawn from the train problems
+WIDTH = 3  # operands are right-aligned to 3 characters: place value = position (see the docstring)
+STYLES = {"boxed": 0.4, "unboxed": 0.3, "padded": 0.3}
+
+
+def operand(rng: random.Random, level: int) -> int:
+    if level == 1:
+        return rng.randint(0, 9)
+    if level in (2, 4):
+        return rng.randint(10, 99)
+    digits = rng.randint(1, 3)  # levels 3 and 5
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
+
+def sample_problem(rng: random.Random, level: int) -> tuple[list[int], list[str]]:
+    """Operands and operators ("+" / "-") of one problem of this level."""
+    n = 3 if level in (4, 5) else 2
+    while True:
+        nums = [operand(rng, level) for _ in range(n)]
+        if level in (3, 5) and max(nums) < 100:
+            continue
+        ops = ["+"] * (n - 1) if level == 1 else [rng.choice("+-") for _ in range(n - 1)]
+        return nums, ops
+
+
+def steps(nums: list[int], ops: list[str]) -> tuple[list[str], int]:
+    """Left-to-right evaluation, one line per operator: '347-85=262', '262+12=274'."""
+    acc, lines = nums[0], []
+    for op, x in zip(ops, nums[1:]):
+        new = acc + x if op == "+" else acc - x
+        lines.append(f"{acc:>{WIDTH}}{op}{x:>{WIDTH}}={new:>{WIDTH + 1}}")
+        acc = new
+    return lines, acc
+
+
+def make_row(nums: list[int], ops: list[str], level: int) -> dict:
+    question = f"{nums[0]:>{WIDTH}}" + "".join(f"{op}{x:>{WIDTH}}" for op, x in zip(ops, nums[1:]))
+    lines, value = steps(nums, ops)
+    return {"question": question, "answer": str(value),
+            "solution": "\n".join(lines + [f"\\boxed{{{value}}}"]), "level": level}
+
+
+def styled(row: dict, style: str) -> dict:
+    """The same problem written in one of the base-model styles."""
+    work = row["solution"].rsplit("\n", 1)[0]  # the steps, without the boxed line
+    ans, q = row["answer"], row["question"]
+    text = {
+        "boxed": row["solution"],
+        "unboxed": f"{work}\nThe answer is {ans}.",
+        "padded": f"Let me compute it.\n{work}\nCheck with code:\n```python\nprint({q})\n```\n```output\n{ans}\n```\nSo it is {ans}.",
+    }[style]
+    return {**row, "solution": text, "style": style}
+
+
+def problems(rng: random.Random, level: int, n: int) -> list[dict]:
+    """n distinct problems of a level (all of them, shuffled, when fewer exist)."""
+    if level == 1:
+        rows = [make_row([a, b], ["+"], 1) for a in range(10) for b in range(10)]
+        rng.shuffle(rows)
+        return rows[:n]
+    seen, rows = set(), []
+    while len(rows) < n:
+        row = make_row(*sample_problem(rng, level), level)
+        if row["question"] not in seen:
+            seen.add(row["question"])
+            rows.append(row)
+    return rows
+
+
+def build(seed: int = 0) -> dict[str, list[dict]]:
+    rng = random.Random(seed)
+    train, test, base = [], [], []
+    for level in LEVELS:
+        rows = problems(rng, level, N_TRAIN + N_TEST)
+        n_test = N_TEST if len(rows) > N_TEST + N_TRAIN // 2 else int(0.3 * len(rows))
+        test += rows[:n_test]
+        train += rows[n_test:]
+        pool = rows[n_test:]
+        for row in rng.sample(pool, min(N_BASE, len(pool))):
+            base.append(styled(row, rng.choices(list(STYLES), weights=list(STYLES.values()))[0]))
+    rng.shuffle(train)
+    rng.shuffle(base)
+    assert not {r["question"] for r in test} & {r["question"] for r in train + base}
+    return {"train": train, "test": test, "base": base}
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def main(out: Path = Path(__file__).resolve().parent / "synth", seed: int = 0) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for split, rows in build(seed).items():
+        write_jsonl(rows, out / f"{split}.jsonl")
+        print(f"wrote {out / f'{split}.jsonl'}: {len(rows)} rows")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "synth")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    main(args.out, args.seed)

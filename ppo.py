@@ -1,0 +1,1145 @@
+"""SimpleRL-Zero: PPO from a base model on math, with a rule-based reward (no SFT, no reward model).
+
+    torchrun --nproc_per_node=8 ppo.py --model Qwen/Qwen2.5-Math-7B --output-dir runs/ppo         # GPU: FSDP2 + vLLM
+    torchrun --nproc_per_node=2 ppo.py --preset tiny --model runs/sft-tiny/checkpoint-40          # CPU: gloo, HF generate
+    python -c "import ppo"                                                                        # importing trains nothing
+
+One RL step, in the order the code runs it (`main`):
+
+  1. rollout   each rank takes its share of `rollout_batch_size` prompts and samples `n_samples_per_prompt`
+               responses per prompt from the current policy (vLLM colocated on every rank, or HF generate).
+  2. score     reward.batch_compute_scores: +1 boxed and right, -0.5 boxed and wrong, -1 no box.
+  3. forward   no-grad passes over the samples: the actor's log-probs (logits / temperature, the
+               distribution that was sampled), the frozen reference's log-probs, the critic's values.
+  4. shape     per-token reward  r_t = -kl_coef * (log pi(y_t) - log pi_ref(y_t))  + [t = last] * score
+  5. GAE       delta_t = r_t + gamma V_{t+1} - V_t,  A_t = delta_t + gamma lam A_{t+1},  V_{T} = 0,
+               returns R_t = A_t + V_t;  A whitened over every valid token of the rollout on all ranks.
+  6. update    PPO epochs over mini-batches of `train_batch_size` sequences (gradient accumulation over
+               micro-batches); clipped policy loss, clipped value loss; separate AdamW + cosine schedules.
+  7. sync      the actor's new weights are streamed into the rollout engine (every parameter, all ranks
+               in the same order) before the next rollout.
+
+The functions named from the math (`kl_penalty`, `shape_rewards`, `compute_gae`, `masked_whiten`,
+`policy_loss`, `value_loss`) work on [batch, time] tensors of response tokens and are what the tests check.
+Faithful to OpenRLHF as SimpleRL-Zero v0 ran it (`train/examples/script/train_ppo_qwen_base_math_lv35_new.sh`):
+rollout_batch_size=1024 prompts x n_samples_per_prompt=8 = 8192 responses per RL step; train_batch_size=128
+*responses* per optimizer step (64 optimizer steps per RL step, 1 epoch); micro_train_batch_size=2 and
+micro_rollout_batch_size=2 responses per GPU per forward. Two deliberate differences: losses are averaged over
+the valid tokens of the global batch (OpenRLHF v0 averages per sequence, then over sequences), and log-probs
+are taken at the sampling temperature (OpenRLHF v0 used the T=1 logits while sampling at T=0.6).
+
+Outputs in --output-dir: checkpoint-<step>/{actor,critic}/ (HF folders) + optimizer/scheduler/RNG/data state
+(for --resume), final/actor (what evaluate.py loads) and final/critic, metrics.jsonl, rollouts/step_<N>.jsonl,
+curves.png.
+"""
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import random
+import re
+import resource
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from tqdm import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+import reward
+
+
+@dataclass
+class Config:
+    # Defaults: SimpleRL-Zero v0 on Qwen2.5-Math-7B (OpenRLHF flags in brackets where they differ in name).
+    model: str = "Qwen/Qwen2.5-Math-7B"  # actor and reference start here [--pretrain]
+    critic_model: str = ""  # critic trunk (+ value head); empty: the same as --model [--critic_pretrain]
+    train_file: str = "../shared/data/train/simplerl_zero_v0/math_level3to5_data_processed_with_qwen_prompt.json"
+    test_file: str = ""  # held-out problems for greedy accuracy (optional; evaluate.py is the full benchmark)
+    levels: str = ""  # keep only rows whose "level" is in this list, e.g. "3,4,5" (empty: all)
+    template: str = "simplerl"  # for rows with a bare `question`; `input`/`prompt` rows are already formatted
+    output_dir: str = "runs/ppo"
+    # rollout
+    engine: str = "auto"  # vllm | hf | auto (vllm on GPU, hf on CPU)
+    rollout_batch_size: int = 1024  # prompts per RL step, all ranks together
+    n_samples_per_prompt: int = 8
+    temperature: float = 0.6
+    top_p: float = 1.0
+    prompt_max_len: int = 1024  # longer prompts are dropped (and counted) when the data is loaded
+    generate_max_len: int = 3000
+    stop: str = ""  # extra stop strings, comma-separated (the tokenizer's stop-word tokens always stop)
+    vllm_gpu_memory_utilization: float = 0.5  # share of GPU memory for vLLM weights + KV cache (asleep while training)
+    vllm_sleep_level: int = 1  # 1: weights to CPU, KV cache freed; 2: both freed (weights are re-streamed anyway)
+    reward_timeout: float = 5.0  # seconds per answer comparison (reward.batch_compute_scores)
+    reward_workers: int = -1  # grading subprocesses per rank (-1: reward.py's default; 0: in-process)
+    # PPO
+    actor_lr: float = 5e-7
+    critic_lr: float = 9e-6
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    weight_decay: float = 0.0  # [--l2]
+    warmup_ratio: float = 0.03  # linear warm-up over ceil(0.03 x optimizer steps), then cosine
+    min_lr_ratio: float = 0.1  # cosine floor: 0.1 x peak (OpenRLHF cosine_with_min_lr)
+    max_grad_norm: float = 1.0
+    kl_coef: float = 0.01  # [--init_kl_coef], fixed
+    kl_estimator: str = "k1"  # k1 | k2 | k3, per token in the reward
+    gamma: float = 1.0
+    lam: float = 0.95  # [--lambd]
+    clip_eps: float = 0.2  # [--eps_clip]
+    value_clip: float = 0.2
+    entropy_coef: float = 0.0  # entropy is always logged; > 0 adds -coef * H to the policy loss
+    ppo_epochs: int = 1  # [--max_epochs]
+    train_batch_size: int = 128  # responses per optimizer step, all ranks together
+    micro_train_batch_size: int = 2  # responses per forward+backward per rank
+    micro_rollout_batch_size: int = 2  # responses per no-grad forward per rank (experience)
+    whiten_advantages: bool = True
+    critic_warmup_steps: int = 0  # RL steps that train only the critic [--freezing_actor_steps]
+    num_episodes: int = 20  # passes over the prompts; sets the number of RL steps when --max-steps <= 0
+    max_steps: int = -1  # RL steps (> 0 overrides num_episodes)
+    time_limit_minutes: float = 0.0  # stop the RL loop after this much wall time (0: no limit)
+    # system
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    eval_every: int = 0  # RL steps between held-out greedy evals (0: only at start and end)
+    eval_size: int = 0  # problems per eval, a seeded sample of the test file (0: all)
+    eval_batch_size: int = 64  # prompts per generate call per rank in eval
+    save_every: int = 4  # RL steps between resumable checkpoints [--save_steps]; 0: only final/
+    keep_checkpoints: int = 2  # newest resumable checkpoints kept on disk (0: all)
+    dump_rollouts_every: int = 10  # RL steps between rollouts/step_<N>.jsonl dumps (rank 0's samples)
+    resume: bool = False  # continue from the newest complete checkpoint-<step>/ in output_dir
+    inject_nan_at_step: int = -1  # fault injection for tests: make the actor loss NaN at this RL step
+
+
+PRESETS = {
+    # The CPU world: a ~1M-parameter Qwen2 (data/tiny) on the synthetic arithmetic task, fp32, HF generate.
+    # --model is an early SFT checkpoint (low accuracy). Tuned so 10 minutes of RL on 2 CPU cores lift
+    # held-out greedy accuracy by > 20 points: larger learning rates and KL coefficient than the 7B recipe,
+    # temperature 1, a short critic warm-up (the critic starts as a copy of the SFT model + a zero head).
+    "tiny": dict(model="data/tiny", train_file="data/synth/train.jsonl", test_file="data/synth/test.jsonl",
+                 levels="1,2,3", template="tiny", output_dir="runs/ppo-tiny", engine="hf",
+                 rollout_batch_size=32, n_samples_per_prompt=8, temperature=1.0, prompt_max_len=32,
+                 generate_max_len=48, reward_workers=0, actor_lr=1e-4, critic_lr=5e-4, kl_coef=0.02,
+                 train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128,
+                 critic_warmup_steps=30, max_steps=1200, time_limit_minutes=10.0, gradient_checkpointing=False,
+                 seed=0, eval_every=100, eval_size=0, eval_batch_size=640, save_every=100,
+                 dump_rollouts_every=50),
+}
+
+
+def parse_args(argv=None) -> Config:
+    """Command line = the dataclass: --preset fills in its values first, then explicit flags win."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS))
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=None)
+    args = parser.parse_args(argv)
+    values = dict(PRESETS[args.preset]) if args.preset else {}
+    values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
+    return Config(**values)
+
+
+# ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
+def init_distributed() -> tuple[int, int, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    else:
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def print0(*args, **kwargs) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def has_weights(path: str) -> bool:
+    p = Path(path)
+    return any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
+
+
+def load_model(path: str, seed: int, gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed."""
+    attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+    if has_weights(path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+    else:  # a config-only folder (the tiny world): every rank draws the same init from the seed
+        print0(f"{path} has no weights: initialising from config.json with seed {seed}")
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32,
+                                                 attn_implementation=attn)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = not gradient_checkpointing
+    return model
+
+
+def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head)."""
+    model.to(device)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else None
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp) if mp else fully_shard(layer)
+    fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
+    return model
+
+
+def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
+    """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
+    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    dist.barrier()
+# ---- end of setup twins ----
+
+
+# ---- data ----
+PROMPT_FIELDS = ("input", "prompt")  # already formatted
+QUESTION_FIELD = "question"  # formatted with reward.apply_template
+GOLD_FIELDS = ("answer", "gt_answer", "ground_truth_answer")
+
+
+def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
+    """Rows {prompt, gold} from a JSON list or a JSONL file. Errors name the file, line/index and field."""
+    keep = {int(x) for x in levels.split(",") if x.strip()}
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = [(f"index {i}", row) for i, row in enumerate(json.loads(text))]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
+    else:
+        items = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append((f"line {n}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {n}: invalid JSON ({e.msg})") from None
+    rows = []
+    for where, row in items:
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} {where}: expected a JSON object, got {type(row).__name__}")
+        if keep:
+            if not isinstance(row.get("level"), int):
+                raise ValueError(f"{path} {where}: field 'level' missing or not an integer (--levels is set)")
+            if row["level"] not in keep:
+                continue
+        prompt_key = next((k for k in PROMPT_FIELDS if k in row), None)
+        if prompt_key is not None:
+            prompt = row[prompt_key]
+        elif QUESTION_FIELD in row:
+            prompt_key, prompt = QUESTION_FIELD, row[QUESTION_FIELD]
+        else:
+            raise ValueError(f"{path} {where}: none of the fields 'input', 'prompt', 'question'")
+        if not isinstance(prompt, str):
+            raise ValueError(f"{path} {where}: field '{prompt_key}' must be a string, got {type(prompt).__name__}")
+        if prompt_key == QUESTION_FIELD:
+            prompt = reward.apply_template(prompt, template)
+        gold_key = next((k for k in GOLD_FIELDS if k in row), None)
+        if gold_key is None:
+            raise ValueError(f"{path} {where}: none of the fields {', '.join(map(repr, GOLD_FIELDS))}")
+        if not isinstance(row[gold_key], (str, int, float)) or isinstance(row[gold_key], bool):
+            raise ValueError(f"{path} {where}: field '{gold_key}' must be a string or a number")
+        rows.append({"prompt": prompt, "gold": str(row[gold_key])})
+    if not rows:
+        raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep else ""))
+    return rows
+
+
+def tokenize_prompts(rows: list[dict], tokenizer, max_len: int) -> tuple[list[dict], int]:
+    """Attach prompt token ids; prompts longer than max_len are dropped, and counted."""
+    ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+    kept = [dict(r, ids=i) for r, i in zip(rows, ids) if len(i) <= max_len]
+    return kept, len(rows) - len(kept)
+
+
+def prompts_at(position: int, count: int, n: int, seed: int) -> list[int]:
+    """Indices of prompts position..position+count-1 of an endless stream: a seeded permutation per pass
+    over the data, consumed in order, so the data position alone fixes what comes next (resume)."""
+    out = []
+    while len(out) < count:
+        epoch, i = divmod(position, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+        take = order[i: i + count - len(out)]
+        out += take
+        position += len(take)
+    return out
+
+
+# ---- the math of PPO, on [batch, time] tensors of response tokens (mask: 1 = a generated token) ----
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, distributed: bool = False, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the valid tokens only (padding contributes nothing; it comes out 0);
+    distributed=True takes mean and std over the valid tokens of every rank."""
+    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
+    if distributed:
+        dist.all_reduce(stats)
+    mean = stats[0] / stats[2]
+    var = (stats[1] / stats[2] - mean * mean).clamp(min=0)
+    return ((x - mean.to(x.dtype)) * torch.rsqrt(var + eps).to(x.dtype)) * mask
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token estimators of KL(pi || pi_ref) from samples of pi (Schulman, "Approximating KL divergence"):
+    k1 = log r,  k2 = (log r)^2 / 2,  k3 = (r^-1 - 1) + log r,  where log r = log pi - log pi_ref.
+    k1 is unbiased but can be negative per token; k3 is unbiased and >= 0; k2 is biased, >= 0."""
+    log_ratio = logp - ref_logp
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio ** 2
+    if kind == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {kind!r} (k1, k2, k3)")
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last valid token of each row (the EOS, or the last token of a truncated response)."""
+    positions = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
+    return torch.where(mask > 0, positions, -1).max(dim=1).values.clamp(min=0)
+
+
+def shape_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """r_t = -kl_coef * kl_t on every token, plus the rule score on the last valid token (not on a pad)."""
+    rewards = -kl_coef * kl * mask
+    rewards[torch.arange(len(scores)), last_token_index(mask)] += scores.to(rewards.dtype)
+    return rewards
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation, backwards in time:
+        delta_t = r_t + gamma * V_{t+1} - V_t          (V = 0 after the last valid token)
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t                            (the critic's regression target)
+    Padding positions carry nothing across (their A and V are treated as 0) and come out 0."""
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.size(1))):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * m
+        next_value = values[:, t] * m
+        next_advantage = advantages[:, t]
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip_eps: float, num_tokens: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Clipped surrogate: L = mean_t max(-ratio_t A_t, -clip(ratio_t, 1-eps, 1+eps) A_t),  ratio = pi / pi_old.
+    The mean is a sum over valid tokens / num_tokens (default: this batch's valid tokens)."""
+    ratio = torch.exp(logp - old_logp)
+    per_token = torch.max(-ratio * advantages, -ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+    return (per_token * mask).sum() / (mask.sum().clamp(min=1) if num_tokens is None else num_tokens)
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_eps: float, num_tokens: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Clipped value loss: 0.5 * mean_t max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)."""
+    clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+    per_token = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+    return (per_token * mask).sum() / (mask.sum().clamp(min=1) if num_tokens is None else num_tokens)
+
+
+# ---- models ----
+class Critic(torch.nn.Module):
+    """V(prefix): the base model's trunk (no LM head) + a value head Linear(hidden, 1, bias=False).
+    `self.model` is the trunk so the twins' shard_model (model.model.layers) shards it the same way."""
+
+    def __init__(self, causal_lm: torch.nn.Module):
+        super().__init__()
+        self.config = causal_lm.config
+        self.model = causal_lm.model
+        self.value_head = torch.nn.Linear(self.config.hidden_size, 1, bias=False)
+        torch.nn.init.zeros_(self.value_head.weight)  # V = 0 at first: no made-up signal before the critic learns
+
+    def forward(self, input_ids, attention_mask, position_ids, response_len: int) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        return self.value_head(hidden[:, -response_len - 1: -1]).float().squeeze(-1).clone()  # clone: no view out of FSDP
+
+
+def load_critic(path: str, seed: int, gradient_checkpointing: bool) -> Critic:
+    """A critic folder written by save_critic (trunk + value_head.weight), or any causal LM (zero head)."""
+    critic = Critic(load_model(path, seed, gradient_checkpointing))
+    from safetensors import safe_open
+    for f in Path(path).glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as st:
+            if "value_head.weight" in st.keys():
+                critic.value_head.weight.data.copy_(st.get_tensor("value_head.weight"))
+    return critic
+
+
+def save_critic(critic: torch.nn.Module, tokenizer, out_dir: str) -> None:
+    """A Hugging Face folder: config + model.safetensors with the trunk as `model.*` and `value_head.weight`."""
+    from safetensors.torch import save_file
+    state = get_model_state_dict(critic, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        critic.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    dist.barrier()
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.0
+
+
+def token_logprobs(model, input_ids, attention_mask, position_ids, response_len: int, temperature: float,
+                   with_entropy: bool | str = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(y_t | y_<t) of the response tokens at the sampling temperature (logits / T: the distribution
+    the engine sampled from), and optionally the entropy of that distribution. Logits at position i predict
+    the token at i+1, so the response's R tokens are predicted by the last R+1 positions but one."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=response_len + 1).logits[:, :-1].float() / temperature
+    targets = input_ids[:, -response_len:]
+    log_z = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
+    entropy = None
+    if with_entropy:  # H = log Z - sum_v p_v l_v; kept out of the autograd graph unless it is in the loss
+        with torch.set_grad_enabled(with_entropy == "grad" and torch.is_grad_enabled()):
+            entropy = log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logp, entropy
+
+
+# ---- rollout engines: one interface, two implementations ----
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    response_ids: list[int]  # up to and including the stop token, if one was produced
+    truncated: bool  # hit generate_max_len without a stop
+    engine_logprobs: list[float] | None  # the sampler's log-probs of response_ids (None if not available)
+
+
+def stream_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) for every parameter, in the module's fixed order. full_tensor() is a collective:
+    every rank must run through this generator to its end, in the same order."""
+    for name, p in model.named_parameters():
+        t = p.full_tensor() if isinstance(p, DTensor) else p
+        yield name, (t.detach() if dtype is None else t.detach().to(dtype))
+
+
+@torch.no_grad()
+def sync_weights(actor: torch.nn.Module, engine) -> None:
+    """Push the actor's weights into the rollout engine: stream every parameter into its load_weights,
+    then drop cached prefixes (their KV entries were computed with the old weights)."""
+    engine.load_weights(stream_weights(actor, engine.dtype))
+    engine.reset_prefix_cache()
+
+
+class HFEngine:
+    """HF generate on a plain unsharded copy of the actor on each rank (no collectives while sampling).
+    Greedy when temperature == 0. Returns the sampler's own log-probs (from output_logits) so the trainer
+    can check that it scores exactly the distribution that was sampled."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, stop_ids: list[int], stop_strings: list[str], device,
+                 return_logprobs: bool = True):
+        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.model = copy.deepcopy(model).to(device=device, dtype=self.dtype).eval()
+        if getattr(self.model, "is_gradient_checkpointing", False):
+            self.model.gradient_checkpointing_disable()
+        self.model.config.use_cache = True
+        self.tokenizer, self.stop_ids, self.stop_strings = tokenizer, stop_ids, stop_strings
+        self.device, self.return_logprobs = device, return_logprobs
+
+    def wake_up(self) -> None:
+        pass
+
+    def sleep(self) -> None:
+        pass
+
+    def reset_prefix_cache(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        for name, tensor in weights:
+            params[name].copy_(tensor)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 batch_size: int = 0) -> list[Sample]:
+        prompts = [p for p in prompts for _ in range(n)]  # the n samples of a prompt are neighbours
+        out = []
+        step = batch_size or len(prompts)
+        for i in range(0, len(prompts), step):
+            out += self._generate(prompts[i: i + step], temperature, top_p, max_new_tokens)
+        return out
+
+    def _generate(self, prompts, temperature, top_p, max_new_tokens) -> list[Sample]:
+        pad = self.tokenizer.pad_token_id
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        greedy = temperature == 0
+        kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=pad,
+                      top_k=0 if self.model.generation_config.top_k else None,  # no top-k: the trainer scores the full softmax
+                      top_p=1.0 if greedy else top_p, temperature=1.0 if greedy else temperature,
+                      repetition_penalty=1.0, return_dict_in_generate=True,
+                      output_logits=self.return_logprobs and not greedy)
+        if self.stop_strings:
+            kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
+        gen = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        responses = gen.sequences[:, width:]
+        logprobs = None
+        if gen.logits is not None:  # raw logits: the trainer's log-prob is log_softmax(logits / T)
+            logits = torch.stack(gen.logits, dim=1).float() / temperature
+            logprobs = (logits.gather(-1, responses.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)).tolist()
+        samples = []
+        stop = set(self.stop_ids)
+        for i, (p, r) in enumerate(zip(prompts, responses.tolist())):
+            end = next((j + 1 for j, tok in enumerate(r) if tok in stop), None)
+            if end is None and self.stop_strings:  # stopped on a string: what follows is padding
+                n = len(r)
+                while n and r[n - 1] == pad:
+                    n -= 1
+                end = n if n < len(r) else None
+            resp = r[:end] if end is not None else r
+            samples.append(Sample(p, resp, end is None, logprobs[i][:len(resp)] if logprobs is not None else None))
+        return samples
+
+
+class VLLMEngine:
+    """vLLM colocated on every rank: `external_launcher` makes each torchrun rank one engine (tensor parallel 1,
+    data parallel over the ranks), running inside this process; sleep mode frees its GPU memory while the
+    trainer runs. Imported lazily: the CPU world never needs vLLM."""
+
+    def __init__(self, cfg: Config, rank: int, world: int, stop_ids: list[int], stop_strings: list[str],
+                 llm=None, sampling_params=None):
+        self.dtype = torch.bfloat16
+        self.stop_ids, self.stop_strings, self.seed = stop_ids, stop_strings, cfg.seed + rank
+        self.sleep_level = cfg.vllm_sleep_level
+        if llm is None:  # tests pass a stand-in with the same methods
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # external_launcher: the engine lives in this process
+            from vllm import LLM, SamplingParams
+            sampling_params = SamplingParams
+            llm = LLM(model=cfg.model, dtype="bfloat16", tensor_parallel_size=1, data_parallel_size=world,
+                      distributed_executor_backend="external_launcher", seed=self.seed,
+                      gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                      max_model_len=cfg.prompt_max_len + cfg.generate_max_len, enable_sleep_mode=True,
+                      enable_prefix_caching=True, logprobs_mode="processed_logprobs")  # log-probs after temperature
+        self.llm, self.sampling_params = llm, sampling_params
+        self.llm.sleep(level=self.sleep_level)  # asleep until the first rollout
+        self.awake = set()
+
+    def wake_up(self, tags: tuple[str, ...] = ("weights", "kv_cache")) -> None:
+        """Weights first (streaming needs them, the KV cache not yet), then the KV cache."""
+        for tag in tags:
+            if tag not in self.awake:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()  # hand the trainer's cached blocks back first
+                self.llm.wake_up(tags=[tag])
+                self.awake.add(tag)
+
+    def sleep(self) -> None:
+        if self.awake:
+            self.llm.sleep(level=self.sleep_level)
+            self.awake = set()
+
+    def reset_prefix_cache(self) -> None:
+        self.wake_up()
+        self.llm.reset_prefix_cache()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.wake_up(("weights",))
+        # the model lives in this process (external_launcher): the generator is consumed one tensor at a time
+        self.llm.apply_model(lambda model: model.load_weights(weights))
+
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 batch_size: int = 0) -> list[Sample]:
+        self.wake_up()
+        greedy = temperature == 0
+        params = self.sampling_params(n=n, temperature=temperature, top_p=1.0 if greedy else top_p,
+                                      max_tokens=max_new_tokens, stop=self.stop_strings or None,
+                                      stop_token_ids=self.stop_ids, logprobs=None if greedy else 0,
+                                      detokenize=bool(self.stop_strings))  # we decode ourselves; stop strings need text
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        samples = []
+        for p, out in zip(prompts, outputs):
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                lp = [d[t].logprob for d, t in zip(c.logprobs, ids)] if c.logprobs else None
+                samples.append(Sample(p, ids, c.finish_reason == "length", lp))
+        return samples
+
+
+def make_engine(cfg: Config, actor_unsharded, tokenizer, rank: int, world: int, device):
+    stop_ids = sorted({tokenizer.convert_tokens_to_ids(w) for w in reward.STOP_WORDS if w in tokenizer.get_vocab()}
+                      | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+    stop_strings = [s for s in cfg.stop.split(",") if s]
+    kind = cfg.engine if cfg.engine != "auto" else ("vllm" if device.type == "cuda" else "hf")
+    if kind == "vllm":
+        return VLLMEngine(cfg, rank, world, stop_ids, stop_strings), stop_ids
+    if kind == "hf":
+        return HFEngine(actor_unsharded, tokenizer, stop_ids, stop_strings, device), stop_ids
+    raise ValueError(f"--engine {cfg.engine!r}: expected hf, vllm or auto")
+
+
+# ---- experience: samples -> padded tensors -> log-probs, values, rewards, advantages ----
+def pad_samples(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+    """[prompt left-padded to P | response right-padded to R]. Position ids count only real tokens (as the
+    sampler's did), so left padding does not shift them."""
+    P = max(len(s.prompt_ids) for s in samples)
+    R = max(max(len(s.response_ids) for s in samples), 1)
+    B = len(samples)
+    ids = torch.full((B, P + R), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + R), dtype=torch.long)
+    for i, s in enumerate(samples):
+        p, r = s.prompt_ids, s.response_ids
+        ids[i, P - len(p): P] = torch.tensor(p)
+        ids[i, P: P + len(r)] = torch.tensor(r, dtype=torch.long)
+        attn[i, P - len(p): P + len(r)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
+            "response_mask": attn[:, P:].float()}
+
+
+def micro_batches(batch: dict[str, torch.Tensor], idx: list[int], size: int, device) -> Iterator[dict]:
+    """Slices of the rows `idx`, trimmed to their own longest prompt and response (fewer wasted tokens)."""
+    R_full = batch["response_mask"].size(1)
+    for k in range(0, len(idx), size):
+        rows = torch.tensor(idx[k: k + size])
+        mb = {key: v[rows] for key, v in batch.items()}
+        attn = mb["attention_mask"]
+        first = int((attn.sum(0) > 0).nonzero()[0])  # first column any row uses
+        R = max(int(mb["response_mask"].sum(1).max()), 1)
+        drop_right = R_full - R
+        out = {}
+        for key, v in mb.items():
+            if v.dim() == 2 and v.size(1) == attn.size(1):  # sequence-aligned
+                v = v[:, first: v.size(1) - drop_right]
+            elif v.dim() == 2:  # response-aligned
+                v = v[:, :R]
+            out[key] = v.to(device)
+        out["R"] = R
+        yield out
+
+
+@torch.no_grad()
+def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device) -> None:
+    """old log-probs (actor), reference log-probs, values: no-grad, in micro-batches (every rank runs the
+    same number of forwards: the FSDP all-gathers must pair up)."""
+    B, R_full = batch["response_mask"].shape
+    for key in ("old_logp", "ref_logp", "values"):
+        batch[key] = torch.zeros(B, R_full)
+    for k, mb in zip(range(0, B, cfg.micro_rollout_batch_size),
+                     micro_batches(batch, list(range(B)), cfg.micro_rollout_batch_size, device)):
+        args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
+        rows = slice(k, k + len(mb["input_ids"]))
+        batch["old_logp"][rows, :mb["R"]] = token_logprobs(actor, *args, cfg.temperature)[0].cpu()
+        batch["ref_logp"][rows, :mb["R"]] = token_logprobs(ref, *args, cfg.temperature)[0].cpu()
+        batch["values"][rows, :mb["R"]] = critic(*args).cpu()
+    m = batch["response_mask"]
+    for key in ("old_logp", "ref_logp", "values"):
+        batch[key] *= m  # padding: exactly 0
+
+
+# ---- the update ----
+def ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, batch: dict, cfg: Config,
+               world: int, device, train_actor: bool, generator: torch.Generator, nan_test: bool = False) -> dict:
+    """PPO epochs over mini-batches (one optimizer step each). Each rank holds train_batch_size / world
+    responses of a mini-batch; losses are sums over valid tokens / N, N = the mini-batch's valid tokens on
+    all ranks, times world (FSDP averages gradients over ranks), so the gradient is that of the global
+    token mean however the batch is split over ranks and micro-batches."""
+    B = batch["response_mask"].size(0)
+    per_rank = cfg.train_batch_size // world
+    sums = {k: torch.zeros((), dtype=torch.float64) for k in
+            ("pg_loss", "v_loss", "entropy", "clipfrac", "approx_kl", "vf_clipfrac", "tokens")}
+    norms = {"actor_grad_norm": [], "critic_grad_norm": []}
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(B, generator=generator).tolist()
+        for start in range(0, B - per_rank + 1, per_rank):
+            idx = order[start: start + per_rank]
+            n_tokens = batch["response_mask"][idx].sum().to(device)
+            dist.all_reduce(n_tokens)
+            denom = n_tokens / world
+            mbs = list(micro_batches(batch, idx, cfg.micro_train_batch_size, device))
+            finite = torch.ones((), device=device)
+            for i, mb in enumerate(mbs):
+                last = i == len(mbs) - 1
+                args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
+                mask = mb["response_mask"]
+                if train_actor:
+                    actor.set_requires_gradient_sync(last)  # reduce-scatter once per optimizer step
+                    logp, entropy = token_logprobs(actor, *args, cfg.temperature,
+                                                   with_entropy="grad" if cfg.entropy_coef else True)
+                    pg = policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip_eps, denom)
+                    ent = (entropy * mask).sum() / denom
+                    loss = pg - cfg.entropy_coef * ent if cfg.entropy_coef else pg
+                    if nan_test:
+                        loss = loss * float("nan")
+                    finite *= torch.isfinite(loss.detach()).float()
+                    loss.backward()
+                    with torch.no_grad():
+                        log_ratio = logp - mb["old_logp"]
+                        sums["pg_loss"] += pg.item() * denom.item()
+                        sums["entropy"] += (entropy * mask).sum().item()
+                        sums["clipfrac"] += (((log_ratio.exp() - 1).abs() > cfg.clip_eps).float() * mask).sum().item()
+                        sums["approx_kl"] += (kl_penalty(logp, mb["old_logp"], "k3") * mask).sum().item()
+                critic.set_requires_gradient_sync(last)
+                values = critic(*args)
+                vl = value_loss(values, mb["values"], mb["returns"], mask, cfg.value_clip, denom)
+                finite *= torch.isfinite(vl.detach()).float()
+                vl.backward()
+                sums["v_loss"] += vl.item() * denom.item()
+                sums["vf_clipfrac"] += (((values - mb["values"]).abs() > cfg.value_clip).float() * mask).sum().item()
+                sums["tokens"] += mask.sum().item()
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together, before any step
+            if finite.item() < 1:
+                raise FloatingPointError("non-finite PPO loss (NaN/inf)")
+            for name, model, opt, sched, active in (("actor", actor, actor_opt, actor_sched, train_actor),
+                                                    ("critic", critic, critic_opt, critic_sched, True)):
+                if not active:
+                    continue
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+                if not torch.isfinite(norm):
+                    raise FloatingPointError(f"non-finite {name} gradient norm")
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+                norms[f"{name}_grad_norm"].append(norm.item())
+    stats = torch.stack(list(sums.values()))
+    dist.all_reduce(stats)
+    out = dict(zip(sums, stats.tolist()))
+    tokens = max(out.pop("tokens"), 1.0)
+    result = {k: v / tokens for k, v in out.items()}
+    if not train_actor:
+        for k in ("pg_loss", "entropy", "clipfrac", "approx_kl"):
+            result.pop(k)
+    for k, v in norms.items():
+        if v:
+            result[k] = sum(v) / len(v)
+    return result
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---- observability ----
+REFLECTION = re.compile(r"\b(wait|recheck|re-check|double[- ]check|let me (?:verify|check)|let's (?:verify|check)|"
+                        r"verify)\b", re.IGNORECASE)
+
+
+def global_sums(values: dict[str, float], device) -> dict[str, float]:
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, t.tolist()))
+
+
+def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: list[float], cfg: Config,
+                  device) -> dict:
+    """Per-step metrics over every rank's samples (sums all-reduced, then divided)."""
+    m = batch["response_mask"]
+    lengths = m.sum(1)
+    k1 = (batch["old_logp"] - batch["ref_logp"]) * m
+    adv, ret, val = batch["advantages"], batch["returns"], batch["values"]
+    gap = [(a - b) for s, row in zip(samples, batch["old_logp"]) if s.engine_logprobs is not None
+           for a, b in zip(s.engine_logprobs, row.tolist())]
+    s = global_sums({
+        "n": len(samples), "reward": sum(scores), "accuracy": sum(x == 1.0 for x in scores),
+        "format": sum(x > -1.0 for x in scores), "length": lengths.sum().item(),
+        "truncated": sum(x.truncated for x in samples), "reflection": sum(bool(REFLECTION.search(t)) for t in texts),
+        "tokens": m.sum().item(), "k1": k1.sum().item(), "k1_sq": (k1 ** 2).sum().item(),
+        "k1_seq": k1.sum().item(), "ret": (ret * m).sum().item(), "ret_sq": (ret ** 2 * m).sum().item(),
+        "err": ((ret - val) * m).sum().item(), "err_sq": ((ret - val) ** 2 * m).sum().item(),
+        "values": (val * m).sum().item(), "gap": sum(abs(g) for g in gap), "gap_n": len(gap),
+    }, device)
+    n, tok = s["n"], max(s["tokens"], 1)
+    var_ret = s["ret_sq"] / tok - (s["ret"] / tok) ** 2
+    var_err = s["err_sq"] / tok - (s["err"] / tok) ** 2
+    max_len = torch.tensor(lengths.max().item(), device=device)
+    dist.all_reduce(max_len, op=dist.ReduceOp.MAX)
+    out = {"reward": s["reward"] / n, "accuracy": s["accuracy"] / n, "format_rate": s["format"] / n,
+           "response_length": s["length"] / n, "response_length_max": max_len.item(),
+           "truncated_rate": s["truncated"] / n, "reflection_rate": s["reflection"] / n,
+           "kl": s["k1"] / tok, "kl_per_seq": s["k1_seq"] / n, "values": s["values"] / tok,
+           "explained_variance": 1 - var_err / var_ret if var_ret > 0 else float("nan"),
+           "kl_stderr": math.sqrt(max(s["k1_sq"] / tok - (s["k1"] / tok) ** 2, 0) / tok)}
+    if s["gap_n"]:
+        out["engine_logprob_gap"] = s["gap"] / s["gap_n"]  # mean |engine - trainer| log-prob of sampled tokens
+    return out
+
+
+def log_metrics(out: Path, record: dict) -> None:
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def plot_curves(out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    keys = ["reward", "accuracy", "eval/accuracy", "response_length", "kl", "reflection_rate"]
+    keys = [k for k in keys if any(k in r for r in records)]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot(*zip(*pts), marker="o" if key.startswith("eval") else None, markersize=3)
+        ax.set(title=key, xlabel="RL step")
+    fig.tight_layout()
+    fig.savefig(out / "curves.tmp.png", dpi=80)
+    plt.close(fig)
+    os.replace(out / "curves.tmp.png", out / "curves.png")
+
+
+# ---- checkpoints: checkpoint-<step>/{actor,critic,optim,trainer_state.pt}, complete once renamed ----
+def latest_checkpoint(out: Path) -> Path | None:
+    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+            and (p / "trainer_state.pt").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def save_checkpoint(out: Path, step: int, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched,
+                    tokenizer, state: dict, keep: int) -> Path:
+    """Written into checkpoint-<step>.tmp/ and renamed when complete: a run killed mid-save leaves only
+    a .tmp that resume ignores. Optimizer states are sharded (each rank writes its own part, DCP)."""
+    final = out / f"checkpoint-{step}"
+    tmp = out / f"checkpoint-{step}.tmp"
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    save_hf_checkpoint(actor, tokenizer, str(tmp / "actor"))
+    save_critic(critic, tokenizer, str(tmp / "critic"))
+    dcp.save({"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt)},
+             checkpoint_id=str(tmp / "optim"))
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    rngs = [None] * dist.get_world_size()
+    dist.all_gather_object(rngs, rng)
+    if dist.get_rank() == 0:
+        torch.save({**state, "step": step, "actor_sched": actor_sched.state_dict(),
+                    "critic_sched": critic_sched.state_dict(), "rng_per_rank": rngs}, tmp / "trainer_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if keep > 0:
+            older = sorted((p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
+                           key=lambda p: int(p.name.split("-")[1]))
+            for p in older[:-keep]:
+                shutil.rmtree(p, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(path: Path, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, rank: int) -> dict:
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    optim = {"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt)}
+    dcp.load(optim, checkpoint_id=str(path / "optim"))
+    set_optimizer_state_dict(actor, actor_opt, optim_state_dict=optim["actor"])
+    set_optimizer_state_dict(critic, critic_opt, optim_state_dict=optim["critic"])
+    actor_sched.load_state_dict(state["actor_sched"])
+    critic_sched.load_state_dict(state["critic_sched"])
+    rng = state["rng_per_rank"][rank % len(state["rng_per_rank"])]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if torch.cuda.is_available() and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state
+
+
+# ---- evaluation: held-out greedy accuracy ----
+def greedy_accuracy(engine, tokenizer, rows: list[dict], cfg: Config, rank: int, world: int, device) -> float:
+    mine = rows[rank::world]
+    correct = 0
+    if mine:
+        samples = engine.generate([r["ids"] for r in mine], 1, 0.0, 1.0, cfg.generate_max_len, cfg.eval_batch_size)
+        texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
+        scores = reward.batch_compute_scores(texts, [r["gold"] for r in mine], cfg.reward_timeout,
+                                             None if cfg.reward_workers < 0 else cfg.reward_workers)
+        correct = sum(s == 1.0 for s in scores)
+    counts = global_sums({"correct": correct, "n": len(mine)}, device)
+    return counts["correct"] / max(counts["n"], 1)
+
+
+# ---- the RL loop ----
+def main(cfg: Config) -> None:
+    rank, world, device = init_distributed()
+    per_rank_prompts, rem = divmod(cfg.rollout_batch_size, world)
+    rollout_per_rank = per_rank_prompts * cfg.n_samples_per_prompt
+    if rem or (cfg.train_batch_size % world) or rollout_per_rank % (cfg.train_batch_size // world):
+        raise SystemExit(f"--rollout-batch-size {cfg.rollout_batch_size} x --n-samples-per-prompt "
+                         f"{cfg.n_samples_per_prompt} must split into {world} ranks and whole mini-batches of "
+                         f"--train-batch-size {cfg.train_batch_size}")
+    out = Path(cfg.output_dir)
+    resume_from = latest_checkpoint(out) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    torch.manual_seed(cfg.seed + rank)  # sampling differs per rank
+    random.seed(cfg.seed + rank)
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer, cfg.prompt_max_len)
+    test_rows = []
+    if cfg.test_file:
+        test_rows, _ = tokenize_prompts(read_prompts(cfg.test_file, cfg.template, cfg.levels), tokenizer,
+                                        cfg.prompt_max_len)
+        if cfg.eval_size > 0:
+            test_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
+    steps_per_episode = len(rows) // cfg.rollout_batch_size
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_episodes * steps_per_episode
+    updates_per_step = cfg.ppo_epochs * rollout_per_rank // (cfg.train_batch_size // world)
+    total_updates = total_steps * updates_per_step
+    print0(f"{len(rows)} prompts ({n_long} dropped: longer than {cfg.prompt_max_len} tokens), {total_steps} RL steps "
+           f"x {cfg.rollout_batch_size} prompts x {cfg.n_samples_per_prompt} samples, {updates_per_step} optimizer "
+           f"steps each; {len(test_rows)} held-out problems; world {world}")
+
+    # models: actor (trained), reference (frozen), critic (trunk + value head); all FSDP2-sharded
+    start_from = resume_from or None
+    actor = load_model(str(start_from / "actor") if start_from else cfg.model, cfg.seed, cfg.gradient_checkpointing)
+    ref = load_model(cfg.model, cfg.seed, False)
+    critic = load_critic(str(start_from / "critic") if start_from else (cfg.critic_model or cfg.model), cfg.seed,
+                         cfg.gradient_checkpointing)
+    for m in (actor, ref, critic):
+        disable_dropout(m)
+    ref.requires_grad_(False)
+    engine, stop_ids = make_engine(cfg, actor, tokenizer, rank, world, device)
+    actor, ref, critic = (shard_model(m, device) for m in (actor, ref, critic))
+    ref.eval()
+    actor.train()
+    critic.train()
+    optims, scheds = [], []
+    for model, lr in ((actor, cfg.actor_lr), (critic, cfg.critic_lr)):
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                weight_decay=cfg.weight_decay)
+        warmup = math.ceil(cfg.warmup_ratio * total_updates)
+        optims.append(opt)
+        scheds.append(torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s, w=warmup: lr_factor(s, w, total_updates, cfg.min_lr_ratio)))
+    actor_opt, critic_opt = optims
+    actor_sched, critic_sched = scheds
+    shuffle = torch.Generator().manual_seed(cfg.seed + rank)
+    step, position = 0, 0
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, rank)
+        step, position = state["step"], state["position"]
+        shuffle.set_state(state["shuffle_per_rank"][rank % len(state["shuffle_per_rank"])])
+        print0(f"resumed from {resume_from} at RL step {step} (prompt position {position})")
+        if rank == 0 and (out / "metrics.jsonl").exists():  # drop what the killed run logged after its checkpoint
+            kept = [line for line in open(out / "metrics.jsonl") if json.loads(line)["step"] <= step]
+            (out / "metrics.jsonl").write_text("".join(kept))
+    elif rank == 0:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(out / "rollouts", ignore_errors=True)
+    if rank == 0:
+        (out / "rollouts").mkdir(exist_ok=True)
+    weights_dirty = True  # the engine holds the starting weights of --model; one sync makes sure
+
+    def evaluate(tag: str) -> float | None:
+        nonlocal weights_dirty
+        if not test_rows:
+            return None
+        if weights_dirty:
+            sync_weights(actor, engine)
+            weights_dirty = False
+        t0 = time.perf_counter()
+        acc = greedy_accuracy(engine, tokenizer, test_rows, cfg, rank, world, device)
+        engine.sleep()
+        print0(f"[eval {tag}] step {step}: held-out greedy accuracy {100 * acc:.1f}% on {len(test_rows)} problems "
+               f"({time.perf_counter() - t0:.1f} s)")
+        return acc
+
+    acc0 = evaluate("start")
+    if rank == 0 and acc0 is not None:
+        log_metrics(out, {"step": step, "eval/accuracy": acc0})
+    bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="ppo", dynamic_ncols=True)
+    t_start = time.perf_counter()
+    phase_ms = []
+    last_ckpt = resume_from
+    try:
+        while step < total_steps:
+            times = {}
+            # 1. rollout (the engine wakes, receives the new weights, samples, sleeps again)
+            t = time.perf_counter()
+            if weights_dirty:
+                sync_weights(actor, engine)
+                weights_dirty = False
+            times["sync"] = time.perf_counter() - t
+            idx = prompts_at(position, cfg.rollout_batch_size, len(rows), cfg.seed)[
+                rank * per_rank_prompts: (rank + 1) * per_rank_prompts]
+            position += cfg.rollout_batch_size
+            prompts = [rows[i] for i in idx]
+            t = time.perf_counter()
+            samples = engine.generate([r["ids"] for r in prompts], cfg.n_samples_per_prompt, cfg.temperature,
+                                      cfg.top_p, cfg.generate_max_len)
+            engine.sleep()
+            times["generate"] = time.perf_counter() - t
+            # 2. score
+            t = time.perf_counter()
+            texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
+            golds = [r["gold"] for r in prompts for _ in range(cfg.n_samples_per_prompt)]
+            scores = reward.batch_compute_scores(texts, golds, cfg.reward_timeout,
+                                                 None if cfg.reward_workers < 0 else cfg.reward_workers)
+            times["score"] = time.perf_counter() - t
+            # 3-5. experience: log-probs, values, KL-shaped rewards, GAE, whitening
+            t = time.perf_counter()
+            batch = pad_samples(samples, tokenizer.pad_token_id)
+            experience_forward(actor, ref, critic, batch, cfg, device)
+            m = batch["response_mask"]
+            kl = kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator) * m
+            batch["rewards"] = shape_rewards(torch.tensor(scores), kl, m, cfg.kl_coef)
+            advantages, batch["returns"] = compute_gae(batch["rewards"], batch["values"], m, cfg.gamma, cfg.lam)
+            batch["advantages"] = masked_whiten(advantages, m, distributed=True) if cfg.whiten_advantages else advantages
+            times["forward"] = time.perf_counter() - t
+            # 6. update
+            t = time.perf_counter()
+            train_actor = step >= cfg.critic_warmup_steps
+            stats = ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, batch, cfg, world,
+                               device, train_actor, shuffle, nan_test=step == cfg.inject_nan_at_step)
+            weights_dirty = weights_dirty or train_actor
+            times["train"] = time.perf_counter() - t
+            step += 1
+            # observability
+            record = {"step": step, **rollout_stats(batch, samples, texts, scores, cfg, device), **stats,
+                      "actor_lr": actor_sched.get_last_lr()[0] if train_actor else 0.0,
+                      "critic_lr": critic_sched.get_last_lr()[0]}
+            if record["kl"] < -3 * record["kl_stderr"] - 1e-6:
+                print0(f"WARNING step {step}: mean k1 = {record['kl']:.4g} < 0 (stderr {record['kl_stderr']:.2g}). "
+                       "In expectation KL(pi||pi_ref) >= 0: the scored policy is not the sampled one "
+                       "(sampler/scorer masking, temperature or weight sync mismatch). The KL penalty is now a bonus.")
+            if record.get("engine_logprob_gap", 0) > (1e-3 if device.type == "cpu" else 0.1):  # fp32 vs bf16 noise
+                print0(f"WARNING step {step}: engine vs trainer log-prob gap {record['engine_logprob_gap']:.3g} "
+                       "nats/token: the rollout engine does not sample the policy being trained (weight sync?)")
+            step_time = sum(times.values())
+            gen_tokens = global_sums({"t": m.sum().item()}, device)["t"]
+            record.update({f"time/{k}_ms": 1000 * v for k, v in times.items()}, **{
+                "time/step_ms": 1000 * step_time, "tokens_per_s": gen_tokens / step_time,
+                "generate_tokens_per_s": gen_tokens / max(times["generate"], 1e-9),
+                "mem/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            if device.type == "cuda":
+                record["mem/peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            phase_ms.append(times)
+            if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
+                acc = evaluate(f"step {step}")
+                if acc is not None:
+                    record["eval/accuracy"] = acc
+            if rank == 0:
+                log_metrics(out, record)
+                if cfg.dump_rollouts_every > 0 and (step % cfg.dump_rollouts_every == 0 or step == 1):
+                    with open(out / "rollouts" / f"step_{step}.jsonl", "w") as f:
+                        for s_, text, g, sc in zip(samples, texts, golds, scores):
+                            f.write(json.dumps({"prompt": tokenizer.decode(s_.prompt_ids), "response": text,
+                                                "gold": g, "score": sc, "truncated": s_.truncated}) + "\n")
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.3f}",
+                            kl=f"{record['kl']:.4f}", len=f"{record['response_length']:.1f}")
+            if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total_steps:
+                last_ckpt = save_checkpoint(out, step, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched,
+                                            tokenizer, {"position": position, "config": dataclasses.asdict(cfg),
+                                                        "shuffle_per_rank": _all_gather(shuffle.get_state())},
+                                            cfg.keep_checkpoints)
+                if rank == 0:
+                    plot_curves(out)
+            over = torch.tensor(float(cfg.time_limit_minutes > 0 and
+                                      time.perf_counter() - t_start > 60 * cfg.time_limit_minutes))
+            dist.broadcast(over, 0)  # rank 0's clock decides, so every rank leaves the loop at the same step
+            if over.item():
+                print0(f"time limit of {cfg.time_limit_minutes} min reached after {step} RL steps")
+                break
+    except FloatingPointError as e:
+        bar.close()
+        where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+        print0(f"ERROR at RL step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step was "
+               f"saved; {where}. Lower the learning rates or check the data, then --resume.")
+        dist.destroy_process_group()
+        raise SystemExit(1)
+    bar.close()
+    rl_minutes = (time.perf_counter() - t_start) / 60
+
+    save_hf_checkpoint(actor, tokenizer, str(out / "final" / "actor"))
+    save_critic(critic, tokenizer, str(out / "final" / "critic"))
+    print0(f"saved {out / 'final' / 'actor'}")
+    acc1 = evaluate("end")
+    rss = [None] * world
+    dist.all_gather_object(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if rank == 0:
+        if acc1 is not None:
+            log_metrics(out, {"step": step, "eval/accuracy": acc1})
+        plot_curves(out)
+    if phase_ms:
+        steady = phase_ms[1:] or phase_ms
+        mean = {k: 1000 * sum(t[k] for t in steady) / len(steady) for k in steady[0]}
+        print0(f"{len(phase_ms)} RL steps in {rl_minutes:.1f} min; ms/step {sum(mean.values()):.0f} = "
+               + " + ".join(f"{k} {v:.0f}" for k, v in mean.items())
+               + f"; peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
+    if acc0 is not None and acc1 is not None:
+        print0(f"held-out greedy accuracy: {100 * acc0:.1f}% -> {100 * acc1:.1f}% ({100 * (acc1 - acc0):+.1f} points)")
+    dist.destroy_process_group()
+
+
+def _all_gather(obj) -> list:
+    objs = [None] * dist.get_world_size()
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,518 @@
+"""Supervised fine-tuning: the long-CoT warm-up of SimpleRL (SFT, then the same RL as SimpleRL-Zero).
+
+    torchrun --nproc_per_node=8 sft.py --train-file long_cot.jsonl --output-dir runs/sft   # GPU: FSDP2, bf16
+    torchrun --nproc_per_node=2 sft.py --preset tiny                                          # CPU: gloo, fp32
+    python sft.py --preset tiny                                                               # a world of one
+
+The objective is next-token cross-entropy on the response only, averaged over every response token
+of the global batch:
+
+    L(theta) = - 1/N * sum_{examples} sum_{t in response} log p_theta(y_t | prompt, y_<t)
+
+where N counts the response tokens (EOS included) of all micro-batches on all ranks, so the
+gradient does not depend on how the global batch is split into ranks and micro-batches.
+
+Data: JSONL rows with a prompt (`prompt`, already formatted, or `question`, formatted with
+`reward.apply_template`) and a response (`response` or `solution`); EOS (<|im_end|>) is appended to
+the response. The test file (optional) needs `question`/`prompt` and `answer`: at the end (and every
+`--eval-every` steps) a plain unsharded copy of the model answers it greedily and `reward.compute_score`
+grades it (exact match = score 1.0).
+
+Outputs in --output-dir: checkpoint-<step>/ (HF folder + trainer_state.pt, for --resume), final/
+(HF folder), metrics.jsonl, curves.png.
+"""
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from tqdm import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from reward import STOP_WORDS, apply_template, compute_score
+
+
+@dataclass
+class Config:
+    # Defaults: the SimpleRL long-CoT warm-up of Qwen2.5-Math-7B. The SimpleRL repo (v0) trains SFT
+    # with OpenRLHF's train_sft.py but publishes no SFT script; where its defaults fit they are used.
+    model: str = "Qwen/Qwen2.5-Math-7B"  # the base model of SimpleRL and SimpleRL-Zero
+    train_file: str = ""  # JSONL: prompt|question, response|solution (long-CoT responses); required
+    test_file: str = ""  # JSONL: prompt|question, answer; greedy exact-match eval (optional)
+    levels: str = ""  # keep only rows whose "level" is in this list, e.g. "3,4,5" (empty: all)
+    template: str = "simplerl"  # the RL stage's prompt, so SFT teaches the format RL then rewards
+    output_dir: str = "runs/sft"
+    max_length: int = 4096  # prompt + response tokens; long-CoT responses exceed OpenRLHF's 2048
+    epochs: int = 2  # OpenRLHF train_sft --max_epochs default
+    max_steps: int = -1  # optimizer steps; > 0 overrides epochs (the data then cycles through epochs)
+    lr: float = 1e-5  # peak; common for 7B long-CoT SFT (s1, Sky-T1); OpenRLHF's default is 5e-6
+    min_lr_ratio: float = 0.1  # cosine floor = 0.1 x peak: OpenRLHF's cosine_with_min_lr
+    warmup_ratio: float = 0.03  # OpenRLHF: warm-up over ceil(0.03 x steps)
+    weight_decay: float = 0.0  # OpenRLHF --l2 default
+    adam_beta1: float = 0.9  # OpenRLHF --adam_betas (0.9, 0.95)
+    adam_beta2: float = 0.95
+    grad_clip: float = 1.0  # OpenRLHF --max_norm
+    global_batch_size: int = 128  # sequences per optimizer step, all ranks: OpenRLHF --train_batch_size
+    micro_batch_size: int = 1  # sequences per forward per rank (4096-token sequences of a 7B model)
+    gradient_checkpointing: bool = True  # activations of 4096 tokens x 28 layers do not fit otherwise
+    eval_every: int = 0  # steps between held-out evals (0: only the final one)
+    eval_size: int = 100  # problems in each periodic eval (a seeded sample of the test file)
+    eval_batch_size: int = 64  # prompts per generate call per rank
+    max_new_tokens: int = 4096  # eval generation budget
+    save_every: int = 50  # steps between resumable checkpoints (0: only final/)
+    log_every: int = 1
+    seed: int = 42  # OpenRLHF --seed default
+    resume: bool = False  # continue from the newest complete checkpoint-<step>/ in output_dir
+    stop_after: int = -1  # testing aid: stop after this step as if killed (the schedule still spans max_steps)
+    eos_token: str = "<|im_end|>"  # appended to every response: the chat turn's end, a stop word of the RL stage
+
+
+PRESETS = {
+    # The CPU world: a 1M-parameter Qwen2 with character tokens learns the synthetic arithmetic task.
+    "tiny": dict(model="data/tiny", train_file="data/synth/train.jsonl", test_file="data/synth/test.jsonl",
+                 levels="1,2", template="tiny", output_dir="runs/sft-tiny", max_length=64, epochs=1,
+                 # many small steps: accuracy jumps from <10% to >90% after 700-1300 updates of 32 sequences;
+                 # 800-900 updates of 64 or 128 stayed under 25% (measured on this CPU)
+                 max_steps=2200, lr=2e-3, min_lr_ratio=0.1, warmup_ratio=0.05, weight_decay=0.0,
+                 adam_beta1=0.9, adam_beta2=0.98, global_batch_size=32, micro_batch_size=16,
+                 gradient_checkpointing=False, eval_every=0, eval_size=100, eval_batch_size=320,
+                 max_new_tokens=32, save_every=200, seed=0),
+}
+
+
+def parse_args(argv=None) -> Config:
+    """Command line = the dataclass: --preset fills in its values first, then explicit flags win."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS))
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=None)
+    args = parser.parse_args(argv)
+    values = dict(PRESETS[args.preset]) if args.preset else {}
+    values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
+    return Config(**values)
+
+
+# ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
+def init_distributed() -> tuple[int, int, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    else:
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def print0(*args, **kwargs) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def has_weights(path: str) -> bool:
+    p = Path(path)
+    return any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
+
+
+def load_model(path: str, seed: int, gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed."""
+    attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+    if has_weights(path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+    else:  # a config-only folder (the tiny world): every rank draws the same init from the seed
+        print0(f"{path} has no weights: initialising from config.json with seed {seed}")
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32,
+                                                 attn_implementation=attn)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = not gradient_checkpointing
+    return model
+
+
+def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head)."""
+    model.to(device)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else None
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp) if mp else fully_shard(layer)
+    fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
+    return model
+
+
+def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
+    """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
+    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    dist.barrier()
+# ---- end of setup twins ----
+
+
+# ---- data ----
+def read_rows(path: str, need: list[tuple[str, ...]], levels: str = "") -> list[dict]:
+    """Parse a JSONL file; each entry of `need` is a group of alternative string fields one of which
+    must be present (e.g. ("prompt", "question")). Errors name the file, the line and the field."""
+    keep = {int(x) for x in levels.split(",") if x.strip()}
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {n}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
+            for group in need:
+                present = [k for k in group if k in row]
+                if not present:
+                    raise ValueError(f"{path} line {n}: field {' or '.join(map(repr, group))} missing")
+                if not isinstance(row[present[0]], str):
+                    raise ValueError(f"{path} line {n}: field '{present[0]}' must be a string, "
+                                     f"got {type(row[present[0]]).__name__}")
+            if keep:
+                if not isinstance(row.get("level"), int):
+                    raise ValueError(f"{path} line {n}: field 'level' missing or not an integer (--levels is set)")
+                if row["level"] not in keep:
+                    continue
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep else ""))
+    return rows
+
+
+def prompt_of(row: dict, template: str) -> str:
+    return row["prompt"] if "prompt" in row else apply_template(row["question"], template)
+
+
+def encode(row: dict, tokenizer, cfg: Config, eos_id: int) -> tuple[list[int], list[int]]:
+    """input ids and labels; labels are -100 on the prompt, so only response tokens carry loss.
+    Prompt and response are tokenized separately: the RL stage also generates after the prompt's ids."""
+    prompt = tokenizer(prompt_of(row, cfg.template), add_special_tokens=False)["input_ids"]
+    response = tokenizer(row.get("response", row.get("solution")), add_special_tokens=False)["input_ids"] + [eos_id]
+    ids = (prompt + response)[: cfg.max_length]
+    labels = ([-100] * len(prompt) + response)[: cfg.max_length]
+    return ids, labels
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch (padding gets attention 0 and label -100)."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        attention_mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def global_batch(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Example indices of optimizer step `step`: a seeded permutation per epoch, consumed in order, so
+    the step number alone fixes the data position (resume needs nothing else)."""
+    per_epoch = n // batch_size  # the last partial batch of each epoch is dropped
+    epoch, i = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+    return order[i * batch_size: (i + 1) * batch_size]
+
+
+# ---- optimisation ----
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def token_nll_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sum over response tokens of -log p(y_t | y_<t): logits at t predict the token at t+1."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                           ignore_index=-100, reduction="sum")
+
+
+def train_step(model, optimizer, scheduler, micro_batches, cfg: Config, world: int, device) -> dict:
+    """One optimizer step over this rank's share of the global batch (gradient accumulation)."""
+    n_tokens = torch.tensor(float(sum((mb["labels"][:, 1:] != -100).sum() for mb in micro_batches)), device=device)
+    dist.all_reduce(n_tokens)  # N: response tokens of the whole global batch
+    loss_sum = torch.zeros((), device=device)
+    for mb in micro_batches:
+        mb = {k: v.to(device) for k, v in mb.items()}
+        nll = token_nll_sum(model, mb)
+        # FSDP averages gradients over ranks (divides by world), hence x world: the sum is over all ranks / N
+        (nll * world / n_tokens).backward()
+        loss_sum += nll.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if isinstance(grad_norm, DTensor):
+        grad_norm = grad_norm.full_tensor()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    dist.all_reduce(loss_sum)
+    n_seen = torch.tensor(float(sum(mb["attention_mask"].sum() for mb in micro_batches)), device=device)
+    dist.all_reduce(n_seen)
+    return {"loss": (loss_sum / n_tokens).item(), "lr": lr, "grad_norm": grad_norm.item(), "tokens": n_seen.item()}
+
+
+# ---- evaluation: greedy exact match on held-out problems ----
+def inference_copy(model, device) -> torch.nn.Module:
+    """A plain (unsharded) model of the same architecture: HF generate stops at different lengths on
+    different ranks, which a sharded model (an all-gather per layer per forward) cannot do."""
+    config = copy.deepcopy(model.config)
+    config.use_cache = True
+    with torch.device(device):
+        copy_ = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                                                 attn_implementation="sdpa")
+    return copy_.eval()
+
+
+@torch.no_grad()
+def sync_weights(copy_: torch.nn.Module, model: torch.nn.Module) -> None:
+    """Gather each sharded parameter in turn (a collective: every rank, same order) into the copy."""
+    target = dict(copy_.named_parameters())
+    for name, p in model.named_parameters():
+        target[name].copy_(p.full_tensor() if isinstance(p, DTensor) else p)
+
+
+@torch.no_grad()
+def greedy_accuracy(copy_, tokenizer, rows: list[dict], cfg: Config, device, rank: int, world: int) -> float:
+    """Each rank answers rows[rank::world]; counts are summed over ranks."""
+    stop_ids = [tokenizer.convert_tokens_to_ids(w) for w in STOP_WORDS if w in tokenizer.get_vocab()]
+    mine = rows[rank::world]
+    correct = 0
+    for i in range(0, len(mine), cfg.eval_batch_size):
+        chunk = mine[i: i + cfg.eval_batch_size]
+        enc = tokenizer([prompt_of(r, cfg.template) for r in chunk], return_tensors="pt", padding=True,
+                        padding_side="left", add_special_tokens=False).to(device)
+        out = copy_.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=False, eos_token_id=stop_ids,
+                             pad_token_id=tokenizer.pad_token_id)
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=False)
+        correct += sum(compute_score(t, r["answer"]) == 1.0 for t, r in zip(texts, chunk))
+    counts = torch.tensor([float(correct), float(len(mine))], device=device)
+    dist.all_reduce(counts)
+    return (counts[0] / counts[1]).item()
+
+
+# ---- checkpoints and logs ----
+def latest_checkpoint(out: Path) -> Path | None:
+    """Newest checkpoint-<step>/ that is complete (trainer_state.pt is written last)."""
+    done = [p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / "trainer_state.pt").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def save_checkpoint(model, optimizer, scheduler, tokenizer, step: int, data_state: dict, out: Path) -> None:
+    path = out / f"checkpoint-{step}"
+    save_hf_checkpoint(model, tokenizer, str(path))
+    optim_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                       cpu_offload=True))
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    rngs = [None] * dist.get_world_size()
+    dist.all_gather_object(rngs, rng)
+    if dist.get_rank() == 0:
+        state = {"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
+                 "data": data_state, "rng_per_rank": rngs}
+        torch.save(state, path / "trainer_state.pt.tmp")
+        os.replace(path / "trainer_state.pt.tmp", path / "trainer_state.pt")  # the checkpoint is complete now
+    dist.barrier()
+
+
+def load_trainer_state(path: Path, model, optimizer, scheduler, data_state: dict, rank: int) -> int:
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    if state["data"]["n_examples"] != data_state["n_examples"] or state["data"]["global_batch_size"] != data_state["global_batch_size"] \
+            or state["data"]["seed"] != data_state["seed"]:
+        raise ValueError(f"{path}: saved with data {state['data']}, this run has {data_state}: --resume needs the same data")
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"],
+                             options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng_per_rank"][rank] if rank < len(state["rng_per_rank"]) else state["rng_per_rank"][0]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if torch.cuda.is_available() and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state["step"]
+
+
+def log_metrics(out: Path, record: dict) -> None:
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def plot_curves(out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    keys = [k for k in ("loss", "lr", "grad_norm", "eval_accuracy") if any(k in r for r in records)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot(*zip(*pts), marker="o" if key == "eval_accuracy" else None)
+        ax.set(title=key, xlabel="step")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png.tmp.png", dpi=80)
+    plt.close(fig)
+    os.replace(out / "curves.png.tmp.png", out / "curves.png")
+
+
+def main(cfg: Config) -> None:
+    rank, world, device = init_distributed()
+    if not cfg.train_file:
+        raise SystemExit("--train-file is required (or --preset tiny)")
+    per_rank, rem = divmod(cfg.global_batch_size, world)
+    if rem or per_rank % cfg.micro_batch_size:
+        raise SystemExit(f"--global-batch-size {cfg.global_batch_size} must split into {world} ranks x "
+                         f"micro-batches of {cfg.micro_batch_size}")
+    out = Path(cfg.output_dir)
+    resume_from = latest_checkpoint(out) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    eos_id = tokenizer.convert_tokens_to_ids(cfg.eos_token) if cfg.eos_token in tokenizer.get_vocab() \
+        else tokenizer.eos_token_id
+    rows = read_rows(cfg.train_file, [("prompt", "question"), ("response", "solution")], cfg.levels)
+    examples = [encode(r, tokenizer, cfg, eos_id) for r in rows]
+    examples = [e for e in examples if any(x != -100 for x in e[1])]  # a prompt of max_length leaves no target
+    n_cut = len(rows) - len(examples)
+    test_rows = read_rows(cfg.test_file, [("prompt", "question"), ("answer",)], cfg.levels) if cfg.test_file else []
+    eval_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
+    if len(examples) < cfg.global_batch_size:
+        raise SystemExit(f"{cfg.train_file}: {len(examples)} examples, fewer than one global batch")
+    steps_per_epoch = len(examples) // cfg.global_batch_size
+    total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
+    print0(f"{len(examples)} training examples ({n_cut} dropped: prompt >= max_length), "
+           f"{steps_per_epoch} steps/epoch, {total} steps, {len(test_rows)} test problems, world {world}")
+
+    model = load_model(str(resume_from or cfg.model), cfg.seed, cfg.gradient_checkpointing)
+    model = shard_model(model, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    warmup = math.ceil(cfg.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, cfg.min_lr_ratio))
+    data_state = {"n_examples": len(examples), "global_batch_size": cfg.global_batch_size, "seed": cfg.seed}
+    step = 0
+    if resume_from is not None:
+        step = load_trainer_state(resume_from, model, optimizer, scheduler, data_state, rank)
+        print0(f"resumed from {resume_from} at step {step}")
+        if rank == 0 and (out / "metrics.jsonl").exists():  # drop records the killed run wrote after its checkpoint
+            kept = [l for l in open(out / "metrics.jsonl") if json.loads(l)["step"] <= step]
+            (out / "metrics.jsonl").write_text("".join(kept))
+    elif rank == 0:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    copy_ = None
+
+    def evaluate(rows_: list[dict]) -> float:
+        nonlocal copy_
+        copy_ = copy_ or inference_copy(model, device)
+        sync_weights(copy_, model)
+        return greedy_accuracy(copy_, tokenizer, rows_, cfg, device, rank, world)
+
+    model.train()
+    bar = tqdm(total=total, initial=step, disable=rank != 0, desc="sft", dynamic_ncols=True)
+    times, tokens = [], []
+    while step < total and step != cfg.stop_after:
+        t0 = time.perf_counter()
+        idx = global_batch(step, len(examples), cfg.global_batch_size, cfg.seed)[rank * per_rank: (rank + 1) * per_rank]
+        micro = [collate([examples[j] for j in idx[k: k + cfg.micro_batch_size]], tokenizer.pad_token_id)
+                 for k in range(0, per_rank, cfg.micro_batch_size)]
+        stats = train_step(model, optimizer, scheduler, micro, cfg, world, device)
+        step += 1
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        tokens.append(stats["tokens"])
+        record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": stats["loss"], "lr": stats["lr"],
+                  "grad_norm": stats["grad_norm"], "ms_per_step": 1000 * dt, "tokens_per_s": stats["tokens"] / dt}
+        if cfg.eval_every > 0 and step % cfg.eval_every == 0 and eval_rows:
+            record["eval_accuracy"] = evaluate(eval_rows)
+        if rank == 0 and (step % cfg.log_every == 0 or "eval_accuracy" in record):
+            log_metrics(out, record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", gnorm=f"{stats['grad_norm']:.2f}",
+                        **({"acc": f"{record['eval_accuracy']:.3f}"} if "eval_accuracy" in record else {}))
+        if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total:
+            save_checkpoint(model, optimizer, scheduler, tokenizer, step, data_state, out)
+            if rank == 0:
+                plot_curves(out)
+    bar.close()
+    if step == cfg.stop_after:
+        print0(f"stopped after step {step} (--stop-after)")
+        dist.destroy_process_group()
+        return
+
+    save_hf_checkpoint(model, tokenizer, str(out / "final"))
+    print0(f"saved {out / 'final'}")
+    if test_rows:
+        t0 = time.perf_counter()
+        acc = evaluate(test_rows)
+        print0(f"held-out greedy exact-match accuracy: {100 * acc:.1f}% on {len(test_rows)} problems "
+               f"({cfg.test_file}, levels {cfg.levels or 'all'}; eval {time.perf_counter() - t0:.1f} s)")
+        if rank == 0:
+            log_metrics(out, {"step": step, "final_eval_accuracy": acc, "eval_accuracy": acc})
+    rss = [None] * world
+    dist.all_gather_object(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if times:
+        steady = times[1:] or times  # the first step includes one-off warm-up
+        print0(f"{1000 * sum(steady) / len(steady):.0f} ms/step, {sum(tokens[1:] or tokens) / sum(steady):.0f} tokens/s, "
+               f"peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
+    if rank == 0:
+        plot_curves(out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,227 @@
+"""PPO's math on [batch, time] tensors, data loading, and importing without side effects."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+import ppo  # noqa: E402
+
+
+def ragged_mask(lengths, T):
+    return (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).float()
+
+
+def gae_reference(rewards, values, lengths, gamma, lam):
+    """The textbook loop, one sequence at a time, over its valid tokens only."""
+    adv = torch.zeros_like(rewards)
+    for i, L in enumerate(lengths):
+        last = 0.0
+        for t in reversed(range(L)):
+            next_v = values[i, t + 1].item() if t + 1 < L else 0.0
+            delta = rewards[i, t].item() + gamma * next_v - values[i, t].item()
+            last = delta + gamma * lam * last
+            adv[i, t] = last
+    return adv
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0)])
+def test_gae_matches_per_sequence_loop(gamma, lam):
+    g = torch.Generator().manual_seed(0)
+    lengths = [7, 1, 4, 10, 3, 9]
+    T = 10
+    mask = ragged_mask(lengths, T)
+    rewards = torch.randn(len(lengths), T, generator=g)
+    values = torch.randn(len(lengths), T, generator=g)
+    garbage = 1e3 * torch.randn(len(lengths), T, generator=g)  # padding must not leak in
+    adv, ret = ppo.compute_gae(torch.where(mask > 0, rewards, garbage), torch.where(mask > 0, values, garbage),
+                               mask, gamma, lam)
+    ref = gae_reference(rewards, values, lengths, gamma, lam)
+    torch.testing.assert_close(adv, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ret, (ref + values) * mask, atol=1e-5, rtol=1e-5)
+    assert (adv[mask == 0] == 0).all() and (ret[mask == 0] == 0).all()
+    if gamma == lam == 1.0:  # A_t = sum of rewards from t on - V_t (Monte-Carlo return minus baseline)
+        mc = (rewards * mask).flip(1).cumsum(1).flip(1)
+        torch.testing.assert_close(adv, (mc - values) * mask, atol=1e-4, rtol=1e-5)
+
+
+def test_whitening_ignores_padding():
+    g = torch.Generator().manual_seed(1)
+    lengths = [5, 2, 8, 1]
+    mask = ragged_mask(lengths, 8)
+    x = torch.randn(4, 8, generator=g) * 3 + 2
+    a = ppo.masked_whiten(x, mask)
+    b = ppo.masked_whiten(torch.where(mask > 0, x, torch.full_like(x, 1e6)), mask)
+    torch.testing.assert_close(a, b)
+    valid = a[mask > 0]
+    assert abs(valid.mean().item()) < 1e-5
+    assert abs(valid.var(unbiased=False).item() - 1) < 1e-4
+    assert (a[mask == 0] == 0).all()
+    # the statistics are those of the valid entries alone
+    xs = x[mask > 0]
+    torch.testing.assert_close(valid, (xs - xs.mean()) / xs.std(unbiased=False), atol=1e-5, rtol=1e-5)
+
+
+def test_policy_loss_hand_worked():
+    eps = 0.2
+    # (log ratio, advantage) -> per-token loss = max(-r A, -clip(r) A)
+    cases = [
+        (0.5, 1.0, -1.2),  # r = 1.6487 > 1.2, A > 0: clipped at 1.2 (no incentive to push further)
+        (0.1, 1.0, -math.exp(0.1)),  # r = 1.1052 inside the band: unclipped
+        (-0.5, -1.0, 0.8),  # r = 0.6065 < 0.8, A < 0: clipped at 0.8
+        (0.5, -1.0, math.exp(0.5)),  # r = 1.6487, A < 0: unclipped, the pessimistic bound keeps the full penalty
+        (math.log(0.5), 2.0, -1.0),  # r = 0.5, A > 0: unclipped (min picks r A = 1.0)
+    ]
+    logr = torch.tensor([[c[0] for c in cases] + [3.0]])  # the last token is padding
+    adv = torch.tensor([[c[1] for c in cases] + [5.0]])
+    mask = torch.tensor([[1.0] * len(cases) + [0.0]])
+    old = torch.randn(1, len(cases) + 1)
+    logp = (old + logr).requires_grad_(True)
+    loss = ppo.policy_loss(logp, old, adv, mask, eps)
+    expected = sum(c[2] for c in cases) / len(cases)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    loss.backward()
+    grad = logp.grad[0]
+    # clipped tokens carry no gradient; unclipped ones carry -r A / n; padding none
+    n = len(cases)
+    assert grad[0].item() == 0 and grad[2].item() == 0 and grad[5].item() == 0
+    assert grad[1].item() == pytest.approx(-math.exp(0.1) / n, abs=1e-6)
+    assert grad[3].item() == pytest.approx(math.exp(0.5) / n, abs=1e-6)
+    assert grad[4].item() == pytest.approx(-1.0 / n, abs=1e-6)
+    # num_tokens: a sum over valid tokens divided by a given count (the global batch's)
+    assert ppo.policy_loss(logp, old, adv, mask, eps, num_tokens=10.0).item() == pytest.approx(expected * n / 10, abs=1e-5)
+
+
+def test_value_loss_hand_worked():
+    eps = 0.2
+    # (V, V_old, R) -> 0.5 * max((V - R)^2, (V_old + clip(V - V_old) - R)^2)
+    cases = [
+        (0.9, 0.5, 1.0, 0.5 * 0.09),  # moved 0.4 > 0.2 towards R: clipped value 0.7 is further, it counts
+        (0.6, 0.5, 1.0, 0.5 * 0.16),  # moved 0.1: inside the band, both terms equal
+        (0.2, 0.5, 0.0, 0.5 * 0.09),  # moved -0.3 towards R = 0: clipped 0.3 counts
+        (1.5, 0.5, 1.0, 0.5 * 0.25),  # moved past R: unclipped error 0.5 > clipped 0.3
+    ]
+    v = torch.tensor([[c[0] for c in cases] + [7.0]], requires_grad=True)
+    old = torch.tensor([[c[1] for c in cases] + [0.0]])
+    ret = torch.tensor([[c[2] for c in cases] + [0.0]])
+    mask = torch.tensor([[1.0] * len(cases) + [0.0]])
+    loss = ppo.value_loss(v, old, ret, mask, eps)
+    assert loss.item() == pytest.approx(sum(c[3] for c in cases) / len(cases), abs=1e-6)
+    loss.backward()
+    assert v.grad[0, 0].item() == 0 and v.grad[0, 2].item() == 0  # clipped: no gradient
+    assert v.grad[0, 1].item() == pytest.approx((0.6 - 1.0) / 4, abs=1e-6)
+    assert v.grad[0, 3].item() == pytest.approx((1.5 - 1.0) / 4, abs=1e-6)
+    assert v.grad[0, 4].item() == 0
+
+
+def test_rule_score_lands_on_last_valid_token():
+    lengths = [3, 6, 1, 4]
+    mask = ragged_mask(lengths, 6)
+    kl = torch.rand(4, 6) * mask
+    scores = torch.tensor([1.0, -0.5, -1.0, 1.0])
+    r = ppo.shape_rewards(scores, kl, mask, kl_coef=0.1)
+    for i, L in enumerate(lengths):
+        expect = -0.1 * kl[i].clone()
+        expect[L - 1] += scores[i]
+        torch.testing.assert_close(r[i], expect)
+    assert (r[mask == 0] == 0).all()  # nothing on padding
+    torch.testing.assert_close(ppo.last_token_index(mask), torch.tensor([2, 5, 0, 3]))
+
+
+def test_kl_estimators_match_formulas_and_estimate_kl():
+    logp = torch.tensor([-1.0, -2.0, -0.1])
+    ref = torch.tensor([-1.5, -1.0, -0.1])
+    d = logp - ref
+    torch.testing.assert_close(ppo.kl_penalty(logp, ref, "k1"), d)
+    torch.testing.assert_close(ppo.kl_penalty(logp, ref, "k2"), 0.5 * d ** 2)
+    torch.testing.assert_close(ppo.kl_penalty(logp, ref, "k3"), torch.exp(ref - logp) - 1 - (ref - logp))
+    assert (ppo.kl_penalty(logp, ref, "k3") >= 0).all()
+    with pytest.raises(ValueError):
+        ppo.kl_penalty(logp, ref, "k4")
+    # as Monte-Carlo estimates from samples of pi, k1 and k3 are unbiased for KL(pi || pi_ref)
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(6, generator=g), 0)
+    q = torch.softmax(torch.randn(6, generator=g), 0)
+    exact = (p * (p / q).log()).sum().item()
+    y = torch.multinomial(p, 200_000, replacement=True, generator=g)
+    for kind in ("k1", "k3"):
+        est = ppo.kl_penalty(p.log()[y], q.log()[y], kind).mean().item()
+        assert est == pytest.approx(exact, rel=0.05), kind
+
+
+def test_lr_schedule_warmup_cosine_floor():
+    f = [ppo.lr_factor(s, 3, 100, 0.1) for s in range(101)]
+    assert f[0] == pytest.approx(1 / 3) and f[2] == pytest.approx(1.0) and f[3] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[3:], f[4:]))
+    assert f[100] == pytest.approx(0.1)
+
+
+def test_pad_samples_positions_and_masks():
+    samples = [ppo.Sample([5, 6, 7], [8, 9, 258], False, None), ppo.Sample([5], [8], True, None)]
+    b = ppo.pad_samples(samples, pad_id=256)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9, 258], [256, 256, 5, 8, 256, 256]]
+    assert b["position_ids"].tolist()[1][2:4] == [0, 1]  # left padding does not shift positions
+    assert b["response_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_read_prompts_jsonl_json_and_errors(tmp_path):
+    jl = tmp_path / "a.jsonl"
+    jl.write_text('{"question": "1+2", "answer": "3", "level": 1}\n\n{"input": "Q: x\\nA:", "gt_answer": 4, "level": 2}\n')
+    rows = ppo.read_prompts(str(jl), "tiny")
+    assert rows == [{"prompt": "Q: 1+2\nA:", "gold": "3"}, {"prompt": "Q: x\nA:", "gold": "4"}]
+    assert len(ppo.read_prompts(str(jl), "tiny", levels="2")) == 1
+    js = tmp_path / "b.json"
+    js.write_text(json.dumps([{"prompt": "p", "ground_truth_answer": "7"}]))
+    assert ppo.read_prompts(str(js), "tiny") == [{"prompt": "p", "gold": "7"}]
+    bad = tmp_path / "c.jsonl"
+    bad.write_text('{"question": "1+2", "answer": "3"}\n{"question": "2+2"}\n')
+    with pytest.raises(ValueError, match=r"c\.jsonl line 2: none of the fields 'answer'"):
+        ppo.read_prompts(str(bad), "tiny")
+    bad.write_text('{"question": "1+2", "answer": "3"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"c\.jsonl line 2: invalid JSON"):
+        ppo.read_prompts(str(bad), "tiny")
+    js.write_text(json.dumps([{"prompt": "p", "answer": "1"}, {"answer": "2"}]))
+    with pytest.raises(ValueError, match=r"b\.json index 1: none of the fields 'input', 'prompt', 'question'"):
+        ppo.read_prompts(str(js), "tiny")
+    js.write_text(json.dumps([{"question": 5, "answer": "1"}]))
+    with pytest.raises(ValueError, match=r"index 0: field 'question' must be a string"):
+        ppo.read_prompts(str(js), "tiny")
+
+
+def test_recipe_train_file_loads():
+    path = SHARED / "train" / "simplerl_zero_v0" / "math_level3to5_data_processed_with_qwen_prompt.json"
+    assert path.exists(), f"missing {path} (../shared/data beside the checkout)"
+    rows = ppo.read_prompts(str(path), "simplerl")
+    assert len(rows) == 8523
+    assert rows[0]["prompt"].startswith("<|im_start|>system") and rows[0]["prompt"].endswith("<|im_start|>assistant")
+    assert [i for i, r in enumerate(rows) if not r["gold"]] == [5054, 5158]  # two rows of v0's file have no answer
+
+
+def test_prompt_stream_is_a_function_of_position():
+    a = ppo.prompts_at(0, 25, 10, seed=3)
+    assert sorted(a[:10]) == list(range(10)) and sorted(a[10:20]) == list(range(10))  # each pass is a permutation
+    assert ppo.prompts_at(7, 9, 10, seed=3) == a[7:16]
+
+
+def test_recipe_defaults():
+    c = ppo.Config()
+    assert (c.actor_lr, c.critic_lr, c.kl_coef, c.kl_estimator, c.gamma, c.lam) == (5e-7, 9e-6, 0.01, "k1", 1.0, 0.95)
+    assert (c.clip_eps, c.value_clip, c.ppo_epochs, c.rollout_batch_size, c.n_samples_per_prompt) == (0.2, 0.2, 1, 1024, 8)
+    assert (c.train_batch_size, c.prompt_max_len, c.generate_max_len, c.temperature) == (128, 1024, 3000, 0.6)
+    assert (c.warmup_ratio, c.min_lr_ratio, c.max_grad_norm, c.adam_beta1, c.adam_beta2, c.seed) == (0.03, 0.1, 1.0, 0.9, 0.95, 42)
+    tiny = ppo.parse_args(["--preset", "tiny", "--max-steps", "5"])
+    assert tiny.max_steps == 5 and tiny.template == "tiny" and tiny.engine == "hf"
+
+
+def test_import_starts_nothing(tmp_path):
+    r = subprocess.run([sys.executable, "-c", "import ppo, torch.distributed as d; assert not d.is_initialized()"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""

@@ -1,0 +1,89 @@
+"""A 2-rank FSDP2 update (gloo, CPU) matches a 1-process update on the same rollout.
+
+Run as a script (`python tests/test_ppo_dist.py OUT` or under torchrun) it is the worker: it builds a fixed
+rollout of 8 responses, takes this rank's share, computes old log-probs, KL-shaped rewards, GAE and
+advantages whitened across ranks, runs ppo_update (2 epochs, micro-batches of 2, one optimizer step per
+epoch) and writes the resulting full weights. Optimizers are plain SGD so a wrong gradient scale (e.g.
+forgetting FSDP's average over ranks) changes the result; Adam's first step would hide it.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ppo  # noqa: E402
+
+TINY = str(ROOT / "data" / "tiny")
+
+
+def worker(out: str) -> None:
+    rank, world, device = ppo.init_distributed()
+    actor = ppo.load_model(TINY, seed=0)
+    critic = ppo.Critic(ppo.load_model(TINY, seed=1))
+    torch.nn.init.normal_(critic.value_head.weight, std=0.5, generator=torch.Generator().manual_seed(2))
+    actor, critic = ppo.shard_model(actor, device), ppo.shard_model(critic, device)
+    g = torch.Generator().manual_seed(123)
+    samples = []
+    for i in range(8):  # the same rollout on every rank; ragged prompts and responses
+        p = torch.randint(0, 256, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
+        r = torch.randint(0, 256, (int(torch.randint(1, 8, (1,), generator=g)),), generator=g).tolist()
+        samples.append(ppo.Sample(p, r, False, None))
+    scores = torch.tensor([[-1.0, -0.5, 1.0][int(x)] for x in torch.randint(0, 3, (8,), generator=g)])
+    share = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    samples, scores = samples[share], scores[share]
+    cfg = ppo.Config(temperature=0.8, train_batch_size=8, micro_train_batch_size=2, micro_rollout_batch_size=3,
+                     ppo_epochs=2, max_grad_norm=1e9, entropy_coef=0.01, kl_coef=0.05)
+    batch = ppo.pad_samples(samples, 256)
+    ref = actor  # the reference's role here is only to give k1 = 0; the KL path is covered elsewhere
+    ppo.experience_forward(actor, ref, critic, batch, cfg, device)
+    m = batch["response_mask"]
+    # a non-zero KL term, so the shaped reward is exercised: pretend the reference was slightly different
+    kl = ppo.kl_penalty(batch["old_logp"], batch["old_logp"] - 0.1 * m, "k1") * m
+    batch["rewards"] = ppo.shape_rewards(scores, kl, m, cfg.kl_coef)
+    adv, batch["returns"] = ppo.compute_gae(batch["rewards"], batch["values"], m, cfg.gamma, cfg.lam)
+    batch["advantages"] = ppo.masked_whiten(adv, m, distributed=True)
+    opts = [torch.optim.SGD(actor.parameters(), lr=0.5), torch.optim.SGD(critic.parameters(), lr=0.5)]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
+    stats = ppo.ppo_update(actor, critic, opts[0], opts[1], scheds[0], scheds[1], batch, cfg, world, device,
+                           train_actor=True, generator=torch.Generator().manual_seed(rank))
+    weights = {("actor." + n): p.full_tensor().detach().clone() for n, p in actor.named_parameters()}
+    weights.update({("critic." + n): p.full_tensor().detach().clone() for n, p in critic.named_parameters()})
+    advs = [None] * world
+    torch.distributed.all_gather_object(advs, batch["advantages"][m > 0].tolist())
+    if rank == 0:
+        torch.save({"weights": weights, "stats": stats, "advantages": sum(advs, [])}, out)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_rank_fsdp_update_matches_one_process(tmp_path):
+    # a clean environment: a world of one started in this pytest process (other tests) leaves RANK/MASTER_PORT set
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    r = subprocess.run([sys.executable, __file__, str(one)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                        str(ppo._free_port()), __file__, str(two)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = torch.load(one), torch.load(two)
+    start = {("actor." + n): p for n, p in ppo.load_model(TINY, seed=0).named_parameters()}
+    moved = max((a["weights"][k] - v).abs().max().item() for k, v in start.items())
+    assert moved > 1e-3, "the update did not move the actor: the comparison would be vacuous"
+    for k in a["weights"]:
+        torch.testing.assert_close(b["weights"][k], a["weights"][k], atol=2e-5, rtol=1e-4, msg=k)
+    torch.testing.assert_close(torch.tensor(sorted(b["advantages"])), torch.tensor(sorted(a["advantages"])),
+                               atol=1e-5, rtol=1e-5)
+    for k in ("pg_loss", "v_loss", "entropy", "clipfrac", "approx_kl"):
+        assert abs(a["stats"][k] - b["stats"][k]) < 1e-4 * max(1.0, abs(a["stats"][k])), k
+    assert a["stats"]["approx_kl"] > 0  # the second epoch ran on updated weights
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])

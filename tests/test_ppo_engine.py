@@ -1,0 +1,135 @@
+"""Rollout engines: the sampler and the trainer score the same distribution; weight sync streams every
+parameter; the vLLM engine's call sequence (on a stand-in with vLLM's method names, so it runs on CPU)."""
+import copy
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from transformers import AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ppo  # noqa: E402
+
+TINY = str(ROOT / "data" / "tiny")
+
+
+def setup_models(temperature=0.7):
+    rank, world, device = ppo.init_distributed()
+    tok = AutoTokenizer.from_pretrained(TINY)
+    base = ppo.load_model(TINY, seed=0)
+    actor = ppo.shard_model(copy.deepcopy(base), device)
+    ref = ppo.shard_model(copy.deepcopy(base), device)
+    critic = ppo.shard_model(ppo.Critic(ppo.load_model(TINY, seed=0)), device)
+    return tok, base, actor, ref, critic, device
+
+
+def test_sampler_logprobs_equal_trainer_logprobs_and_k1_is_zero_at_step_0():
+    tok, base, actor, ref, critic, device = setup_models()
+    engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
+    prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in ["Q: 1+2\nA:", "Q: 347-85+12\nA:", "Q: 9\nA:"]]
+    torch.manual_seed(0)
+    samples = engine.generate(prompts, n=4, temperature=0.7, top_p=1.0, max_new_tokens=16)
+    assert len(samples) == 12 and all(s.engine_logprobs is not None for s in samples)
+    batch = ppo.pad_samples(samples, tok.pad_token_id)
+    cfg = ppo.Config(temperature=0.7, micro_rollout_batch_size=5)  # uneven micro-batches, each trimmed
+    ppo.experience_forward(actor, ref, critic, batch, cfg, device)
+    for s, row in zip(samples, batch["old_logp"]):
+        torch.testing.assert_close(torch.tensor(s.engine_logprobs), row[: len(s.response_ids)], atol=1e-5, rtol=1e-5)
+    k1 = ppo.kl_penalty(batch["old_logp"], batch["ref_logp"], "k1") * batch["response_mask"]
+    assert (k1 == 0).all(), "actor == reference at step 0, so every per-token k1 must be exactly 0"
+    assert (batch["values"] == 0).all()  # zero-initialised value head
+
+
+def test_sampler_ignores_model_generation_defaults():
+    """A model's generation_config (top_k, repetition penalty...) must not truncate sampling: the trainer
+    scores the plain softmax(logits / T), so the sampler must draw from exactly that."""
+    tok, base, *_ , device = setup_models()
+    base.generation_config.top_k = 3
+    base.generation_config.repetition_penalty = 1.5
+    engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
+    torch.manual_seed(1)
+    prompt = tok("Q: 1+2\nA:", add_special_tokens=False)["input_ids"]
+    out = engine.model.generate(input_ids=torch.tensor([prompt]), do_sample=True, max_new_tokens=1, top_k=3,
+                                return_dict_in_generate=True, output_logits=True, pad_token_id=256)
+    samples = engine.generate([prompt], n=64, temperature=1.0, top_p=1.0, max_new_tokens=8)
+    logits = out.logits[0][0]  # the first step's logits are the same for every sample of this prompt
+    ranks = [(logits > logits[s.response_ids[0]]).sum().item() for s in samples]
+    assert max(ranks) >= 3, "sampled tokens never left the top-3: a top-k filter is active in the sampler"
+
+
+def test_sync_streams_every_parameter_into_hf_engine():
+    tok, base, actor, ref, critic, device = setup_models()
+    engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
+    with torch.no_grad():
+        for p in actor.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ppo.sync_weights(actor, engine)
+    target = dict(engine.model.named_parameters())
+    for name, p in actor.named_parameters():
+        torch.testing.assert_close(target[name], p.full_tensor())
+
+
+class FakeVLLM:
+    """Records what the trainer asks of vLLM's LLM: sleep/wake_up/apply_model/reset_prefix_cache/generate."""
+
+    def __init__(self):
+        self.calls = []
+        self.loaded = []
+
+    def sleep(self, level):
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags=None):
+        self.calls.append(("wake_up", tuple(tags)))
+
+    def reset_prefix_cache(self):
+        self.calls.append(("reset_prefix_cache",))
+
+    def apply_model(self, func):
+        model = SimpleNamespace(load_weights=lambda weights: self.loaded.extend(
+            (name, t.shape, t.dtype, t.clone()) for name, t in weights))
+        self.calls.append(("apply_model",))
+        return [func(model)]
+
+    def generate(self, prompts, params, use_tqdm):
+        self.calls.append(("generate", len(prompts)))
+        self.params = params
+        lp = lambda ids: [{t: SimpleNamespace(logprob=-0.1 * (k + 1))} for k, t in enumerate(ids)]  # noqa: E731
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[7, 258], logprobs=lp([7, 258]), finish_reason="stop"),
+                                         SimpleNamespace(token_ids=[7, 8, 9], logprobs=lp([7, 8, 9]), finish_reason="length")])
+                for _ in prompts]
+
+
+def test_vllm_engine_call_sequence_on_a_stand_in():
+    tok, base, actor, ref, critic, device = setup_models()
+    fake = FakeVLLM()
+    cfg = ppo.Config(seed=5)
+    engine = ppo.VLLMEngine(cfg, rank=0, world=1, stop_ids=[258], stop_strings=[], llm=fake,
+                            sampling_params=lambda **kw: kw)
+    assert fake.calls == [("sleep", 1)]  # asleep from the start: the trainer owns the GPU
+    ppo.sync_weights(actor, engine)
+    assert fake.calls[1:] == [("wake_up", ("weights",)), ("apply_model",), ("wake_up", ("kv_cache",)),
+                              ("reset_prefix_cache",)]
+    names = [n for n, *_ in fake.loaded]
+    assert names == [n for n, _ in actor.named_parameters()]  # every parameter, in the module's order
+    for (name, shape, dtype, t), (_, p) in zip(fake.loaded, actor.named_parameters()):
+        assert shape == p.full_tensor().shape and dtype == torch.bfloat16
+        torch.testing.assert_close(t, p.full_tensor().to(torch.bfloat16))
+    fake.calls.clear()
+    samples = engine.generate([[1, 2], [3]], n=2, temperature=0.6, top_p=1.0, max_new_tokens=3)
+    assert fake.calls == [("generate", 2)]  # already awake: no second wake-up
+    assert fake.params["n"] == 2 and fake.params["temperature"] == 0.6 and fake.params["max_tokens"] == 3
+    assert fake.params["stop_token_ids"] == [258] and fake.params["logprobs"] == 0
+    assert [s.truncated for s in samples] == [False, True, False, True]
+    assert samples[1].prompt_ids == [1, 2] and samples[2].prompt_ids == [3]
+    assert samples[0].response_ids == [7, 258] and samples[0].engine_logprobs == [-0.1, -0.2]
+    engine.sleep()
+    engine.sleep()  # idempotent
+    assert fake.calls[-1] == ("sleep", 1) and fake.calls.count(("sleep", 1)) == 1
+    fake.calls.clear()
+    engine.generate([[1]], n=1, temperature=0.0, top_p=1.0, max_new_tokens=3)  # greedy eval
+    assert fake.calls == [("wake_up", ("weights",)), ("wake_up", ("kv_cache",)), ("generate", 1)]
+    assert fake.params["temperature"] == 0.0 and fake.params["logprobs"] is None
