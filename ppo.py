@@ -1,7 +1,7 @@
 """SimpleRL-Zero: PPO from a base model on math, with a rule-based reward (no SFT, no reward model).
 
     torchrun --nproc_per_node=8 ppo.py --model Qwen/Qwen2.5-Math-7B --output-dir runs/ppo         # GPU: FSDP2 + vLLM
-    torchrun --nproc_per_node=2 ppo.py --preset tiny --model runs/sft-tiny/checkpoint-40          # CPU: gloo, HF generate
+    torchrun --nproc_per_node=2 ppo.py --preset tiny --model runs/demo/base/final                 # CPU: gloo, HF generate
     python -c "import ppo"                                                                        # importing trains nothing
 
 One RL step, in the order the code runs it (`main`):
@@ -129,7 +129,7 @@ PRESETS = {
     # held-out greedy accuracy by > 20 points: larger learning rates and KL coefficient than the 7B recipe,
     # temperature 1, a short critic warm-up (the critic starts as a copy of the SFT model + a zero head).
     "tiny": dict(model="data/tiny", train_file="data/synth/train.jsonl", test_file="data/synth/test.jsonl",
-                 levels="1,2,3", template="tiny", output_dir="runs/ppo-tiny", engine="hf",
+                 levels="1,2", template="tiny", output_dir="runs/ppo-tiny", engine="hf",
                  rollout_batch_size=32, n_samples_per_prompt=8, temperature=1.0, prompt_max_len=32,
                  generate_max_len=48, reward_workers=0, actor_lr=1e-4, critic_lr=5e-4, kl_coef=0.02,
                  train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128,
@@ -158,14 +158,15 @@ def parse_args(argv=None) -> Config:
 # ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
 def init_distributed() -> tuple[int, int, torch.device]:
     """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
-    if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized() and "RANK" in os.environ:
+        dist.init_process_group(backend)
+    elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
@@ -217,6 +218,8 @@ def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
     """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
     write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
     if dist.get_rank() == 0:
         out = Path(out_dir)
         tmp = out.with_name(out.name + ".tmp")
