@@ -99,21 +99,18 @@ def run_step(name: str, cmd: list[str], run: Path, fresh: bool) -> None:
 
 def level_table(run: Path) -> str:
     """Accuracy and format rate per difficulty level, before and after RL (from evaluate.py's samples)."""
-    levels = {}
-    for line in (run / "eval_data/synth/test.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        levels[row["question"]] = row["level"]
+    levels = [json.loads(line)["level"] for line in (run / "eval_data/synth/test.jsonl").read_text().splitlines()]
     summary = json.loads((run / "eval/summary.json").read_text())
     labels = list(summary["results"])
     rows = {"base": labels[0], "SimpleRL-Zero (PPO)": labels[-1]}
-    head = "| model | " + " | ".join(f"Level {lv}" for lv in sorted(set(levels.values()))) + \
+    head = "| model | " + " | ".join(f"Level {lv}" for lv in sorted(set(levels))) + \
            " | all | boxed | mean length |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, label in rows.items():
         by_level, boxed, lengths = defaultdict(list), [], []
         for line in (run / "eval" / label / "synth.jsonl").read_text().splitlines():
             s = json.loads(line)
-            by_level[levels[s["question"]]].append(bool(s["correct"]))
+            by_level[levels[s["idx"]]].append(bool(s["correct"]))  # idx: the row's index in the test file
             boxed.append("boxed" in s["response"])
             lengths.append(s["length"])
         every = [c for v in by_level.values() for c in v]
@@ -143,8 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(summary["table"])
     print()
     print(level_table(run))
-    print(f"\n[demo] base {before:.1f}% -> PPO {after:.1f}% ({after - before:+.1f} points) "
-          f"in {time.time() - t0:.0f} s this run")
+    total = sum(json.loads((run / f"{name}.done").read_text())["seconds"] for name in ("data", "base", "ppo", "eval"))
+    print(f"\n[demo] base {before:.1f}% -> PPO {after:.1f}% ({after - before:+.1f} points); the four steps took "
+          f"{total:.0f} s ({time.time() - t0:.0f} s this run)")
     print(f"[demo] training dynamics:        {run / 'ppo/curves.png'}")
     print(f"[demo] held-out accuracy vs step: {run / 'eval/accuracy_vs_step.png'}")
     return {"before": before, "after": after, "run": str(run)}

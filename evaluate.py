@@ -223,7 +223,8 @@ def question_text(row: dict, bench: str, gold: str) -> str:
         if key in row:
             if not isinstance(row[key], str) or not row[key].strip():
                 raise ValueError(f"field {key!r} is not a non-empty string")
-            question = row[key].strip()
+            # the harness strips; the synthetic task is fixed-width, so its leading spaces are part of the question
+            question = row[key].strip() if bench in BENCHMARKS else row[key]
             break
     else:
         raise ValueError(f"no question field (one of {', '.join(QUESTION_KEYS)})")
@@ -431,16 +432,25 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def step_of(path: str) -> int | None:
-    m = re.search(r"(?:checkpoint|global_step|step|iter)[-_]?(\d+)/?$", path.rstrip("/"))
-    return int(m.group(1)) if m else None
+    """The training step a checkpoint path names: checkpoint-100, global_step100, step_100; ppo.py's
+    checkpoint-100/actor counts too."""
+    for part in reversed(Path(path.rstrip("/")).parts[-2:]):
+        m = re.fullmatch(r"(?:checkpoint|global_step|step|iter)[-_]?(\d+)", part)
+        if m:
+            return int(m.group(1))
+    return None
 
 
 def model_labels(paths: list[str]) -> list[str]:
-    """Last path component; a step folder keeps its parent ("run/checkpoint-100")."""
+    """The folder's name; a step or final folder keeps its run ("run/checkpoint-100", "run/final"), and
+    ppo.py's actor subfolder is dropped ("ppo/checkpoint-100/actor" -> "ppo/checkpoint-100")."""
     labels = []
     for p in paths:
         parts = Path(p.rstrip("/")).parts
-        label = "/".join(parts[-2:]) if step_of(p) is not None and len(parts) > 1 else parts[-1]
+        if len(parts) > 1 and parts[-1] == "actor":
+            parts = parts[:-1]
+        in_run = step_of(p) is not None or parts[-1] == "final"
+        label = "/".join(parts[-2:]) if in_run and len(parts) > 1 else parts[-1]
         while label in labels:
             label += "'"
         labels.append(label)
