@@ -836,7 +836,7 @@ def plot_curves(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    keys = ["reward", "accuracy", "eval/accuracy", "response_length", "kl", "reflection_rate"]
+    keys = ["reward", "format_rate", "accuracy", "eval/accuracy", "response_length", "kl", "reflection_rate"]
     keys = [k for k in keys if any(k in r for r in records)]
     if not keys:
         return
