@@ -245,9 +245,11 @@ def test_torchrun_data_parallel_matches_single_process(tmp_path):
     args = ["--model", str(ROOT / "data/tiny"), "--data-dir", str(EVAL), "--benchmarks", "gsm8k,amc23",
             "--limit", "5", "--max-new-tokens", "6", "--batch-size", "2"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={ev._free_port()}",
-                    str(ROOT / "evaluate.py"), *args, "--output-dir", str(tmp_path / "dp")],
-                   check=True, timeout=240, env=env, cwd=ROOT, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={ev._free_port()}", str(ROOT / "evaluate.py"), *args,
+                           "--output-dir", str(tmp_path / "dp")],
+                          timeout=240, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run([*args, "--output-dir", str(tmp_path / "single")])
     for b in ("gsm8k", "amc23"):
         dp = (tmp_path / "dp" / "tiny" / f"{b}.jsonl").read_text()
