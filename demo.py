@@ -97,10 +97,9 @@ def run_step(name: str, cmd: list[str], run: Path, fresh: bool) -> None:
     print(f"[demo] {name}: finished in {time.time() - t0:.0f} s", flush=True)
 
 
-def level_table(run: Path) -> str:
+def level_table(run: Path, summary: dict) -> str:
     """Accuracy and format rate per difficulty level, before and after RL (from evaluate.py's samples)."""
     levels = [json.loads(line)["level"] for line in (run / "eval_data/synth/test.jsonl").read_text().splitlines()]
-    summary = json.loads((run / "eval/summary.json").read_text())
     labels = list(summary["results"])
     rows = {"base": labels[0], "SimpleRL-Zero (PPO)": labels[-1]}
     head = "| model | " + " | ".join(f"Level {lv}" for lv in sorted(set(levels))) + \
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n[demo] held-out accuracy on the synthetic test set (greedy, exact match after \\boxed{}):\n")
     print(summary["table"])
     print()
-    print(level_table(run))
+    print(level_table(run, summary))
     total = sum(json.loads((run / f"{name}.done").read_text())["seconds"] for name in ("data", "base", "ppo", "eval"))
     print(f"\n[demo] base {before:.1f}% -> PPO {after:.1f}% ({after - before:+.1f} points); the four steps took "
           f"{total:.0f} s ({time.time() - t0:.0f} s this run)")

@@ -798,7 +798,7 @@ def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: 
     m = batch["response_mask"]
     lengths = m.sum(1)
     k1 = (batch["old_logp"] - batch["ref_logp"]) * m
-    adv, ret, val = batch["advantages"], batch["returns"], batch["values"]
+    ret, val = batch["returns"], batch["values"]
     gap = [(a - b) for s, row in zip(samples, batch["old_logp"]) if s.engine_logprobs is not None
            for a, b in zip(s.engine_logprobs, row.tolist())]
     s = global_sums({

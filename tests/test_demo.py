@@ -1,18 +1,15 @@
 """The miniature study end to end (demo.py --quick): every artefact is produced, and held-out
 accuracy after PPO exceeds the base model's. About 6 minutes on 2 CPU cores."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# a clean environment: no torchrun variables leaking in from other tests
-ENV = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
 
 
 def run_demo(run: Path) -> str:
-    proc = subprocess.run([sys.executable, "demo.py", "--quick", "--run-dir", str(run)], cwd=ROOT, env=ENV,
+    proc = subprocess.run([sys.executable, "demo.py", "--quick", "--run-dir", str(run)], cwd=ROOT,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout
