@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import random
 import re
@@ -114,28 +115,39 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 MAX_ANSWER_CHARS = 1000  # longer extracted answers are graded by exact match only
 
 
+_BRACE_RE = re.compile(r"\\[{}]|[{}]")  # an escaped brace is one token, not a brace
+
+
+def _brace_partners(text: str) -> dict[int, int]:
+    """Position of each "{" -> position of its matching "}", in one linear pass (a stack).
+    Escaped braces ("\\{", "\\}") are text, not grouping.  Unmatched "{" get no entry."""
+    partners, stack = {}, []
+    for m in _BRACE_RE.finditer(text):
+        c = m.group(0)
+        if c == "{":
+            stack.append(m.start())
+        elif c == "}" and stack:
+            partners[stack.pop()] = m.start()
+    return partners
+    return partners
+
+
 def _boxes(text: str) -> list[tuple[int, int, str]]:
-    """All \\boxed{...}/\\fbox{...}/\\boxed 5 as (start, end, content); unbalanced ones skipped."""
+    """All \\boxed{...}/\\fbox{...}/\\boxed 5 as (start, end, content); unbalanced ones skipped.
+    Linear in len(text): braces are matched once for the whole text, not once per box."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return []
+    partners: dict[int, int] | None = None
     found = []
     for m in _BOX_RE.finditer(text):
         i = m.end()
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):  # iterative brace matching: deep nesting costs nothing
-                c = text[j]
-                if c == "\\" and j + 1 < len(text) and text[j + 1] in "{}":
-                    j += 2
-                    continue
-                if c == "{":
-                    depth += 1
-                elif c == "}":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if depth == 0 and j < len(text):
+            if partners is None:
+                partners = _brace_partners(text)
+            j = partners.get(i)
+            if j is not None:
                 found.append((m.start(), j + 1, text[i + 1 : j]))
         elif i > m.end():  # "\boxed 5": the token after the space, up to "$" or whitespace
             token = re.match(r"[^\s$]+", text[i : i + MAX_ANSWER_CHARS])
@@ -154,17 +166,29 @@ def extract_boxed(text: str) -> str | None:
 _BOX_SEPARATOR_RE = re.compile(r"^[\s$,;.]*(?:\\text\{\s*(?:and|or)\s*\}|and|or|\\quad|\\qquad)?[\s$,;.]*$")
 
 
-def _boxed_answer(text: str) -> str | None:
-    """The last box; trailing boxes separated only by commas/"and" are joined into a list."""
+def boxed_candidates(text: str) -> list[str]:
+    """The answers a response gives, best first: the last box, then -- when the boxes before it
+    are separated only by commas/"and" -- all of them joined as one list ("2, 3").
+
+    The last box alone is the answer ("\\boxed{12}. ... \\boxed{12}" restates it; with
+    "\\boxed{2} and \\boxed{-2}" the last one stands); the joined list only serves a multi-part gold.
+    """
     boxes = _boxes(text)
     if not boxes:
-        return None
+        return []
     parts = [boxes[-1][2]]
     for prev, nxt in zip(reversed(boxes[:-1]), reversed(boxes[1:])):
         if nxt[0] - prev[1] > 40 or not _BOX_SEPARATOR_RE.match(text[prev[1] : nxt[0]]):
             break
         parts.append(prev[2])
-    return ", ".join(reversed(parts))
+    last = parts[0].strip()
+    return [last] if len(parts) == 1 else [last, ", ".join(p.strip() for p in reversed(parts))]
+
+
+def _boxed_answer(text: str) -> str | None:
+    """The last box (kept for callers of the old name)."""
+    found = boxed_candidates(text)
+    return found[0] if found else None
 
 
 def extract_answer(text: str) -> str | None:
@@ -793,13 +817,396 @@ def math_equal(pred: str, gold: str) -> bool:
         return False
 
 
-def compute_score(response: str, gold: str) -> float:
-    """SimpleRL-Zero reward: -1.0 without "boxed", +1.0 boxed and right, -0.5 boxed and wrong."""
+GRADERS = ("v0", "simplerl")  # v0: simpleRL-reason v0's training verdicts; simplerl: this module's grader
+
+
+def _check_grader(grader: str) -> None:
+    if grader not in GRADERS:
+        raise ValueError(f"unknown grader {grader!r}; known: {GRADERS}")
+
+
+def answer_candidates(response: str, grader: str = "simplerl") -> list[str] | None:
+    """What a response answers, as the grader reads it; None when "boxed" is absent (-1.0).
+
+    simplerl: the last box, then (if the boxes before it are joined by commas/"and") all of them
+    as one list -- an answer is right when either matches.  v0: the text after the last
+    substring "boxed", normalised by Qwen's strip_string (one candidate).
+    """
+    _check_grader(grader)
     text = cut_at_stop(response)
     if "boxed" not in text:
+        return None
+    if grader == "v0":
+        return [v0_extract(text)]
+    return boxed_candidates(text)
+
+
+_MULTI_PART_RE = re.compile(r",|;|\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b")
+
+
+def _for_gold(candidates: list[str], gold: str) -> list[str]:
+    """The joined list of several boxes can only match a gold with several parts."""
+    return candidates if len(candidates) < 2 or _MULTI_PART_RE.search(str(gold)) else candidates[:1]
+
+
+def _grader_equal(pred: str, gold: str, grader: str) -> bool:
+    return v0_math_equal(pred, gold) if grader == "v0" else math_equal(pred, gold)
+
+
+def _grader_quick(pred: str, gold: str, grader: str) -> bool | None:
+    return _v0_quick_equal(pred, gold) if grader == "v0" else _quick_equal(pred, gold)
+
+
+def compute_score(response: str, gold: str, grader: str = "simplerl") -> float:
+    """SimpleRL-Zero reward: -1.0 without "boxed", +1.0 boxed and right, -0.5 boxed and wrong.
+    grader="v0" reproduces simpleRL-reason v0's training verdicts; "simplerl" is this module's."""
+    candidates = answer_candidates(response, grader)
+    if candidates is None:
         return -1.0
-    pred = _boxed_answer(text)
-    return 1.0 if pred is not None and math_equal(pred, gold) else -0.5
+    return 1.0 if any(_grader_equal(c, gold, grader) for c in _for_gold(candidates, gold)) else -0.5
+
+
+# ----------------------------------------------------------------------------------
+# The v0 grader: simpleRL-reason v0's training verdicts, reproduced without eval/sympify/parse_expr.
+#
+# v0 (experience_maker.py `preprocess_box_response_for_qwen_prompt` with Qwen's math toolkit):
+# the prediction is the text after the LAST substring "boxed" (braces matched, or up to "$"),
+# normalised by Qwen's `strip_string` -- which deletes unit words from a MathQA list, single
+# letters included (a, c, d, g, h, l, m, o, s, t) -- and compared with the RAW gold by Qwen's
+# `math_equal`: case-insensitive string match, choice letters, floats within 1e-4 relative of
+# gold, gold/100 or gold*100 (percent leniency), brackets ignored, tuples and matrices element by
+# element, "x=" labels, then sympy.  Reproduced here stage by stage; the final sympy stage runs
+# on sympy's LaTeX grammar only, under the same guards as the simplerl grader.
+
+_V0_UNITS = [
+    "east", "degree", "mph", "kmph", "ft", "m sqaure", " m east", "sq m", "deg", "mile", "q .", "monkey", "prime",
+    "ratio", "profit of rs", "rd", "o", "gm", "p . m", "lb", "tile", "per", "dm", "lt", "gain", "ab", "way", "west",
+    "a .", "b .", "c .", "d .", "e .", "f .", "g .", "h .", "t", "a", "h", "no change", "men", "soldier", "pie", "bc",
+    "excess", "st", "inches", "noon", "percent", "by", "gal", "kmh", "c", "acre", "rise", "a . m", "th", "π r 2", "sq",
+    "mark", "l", "toy", "coin", "sq . m", "gallon", "° f", "profit", "minw", "yr", "women", "feet", "am", "pm", "hr",
+    "cu cm", "square", "v â € ™", "are", "rupee", "rounds", "cubic", "cc", "mtr", "s", "ohm", "number", "kmph", "day",
+    "hour", "minute", "min", "second", "man", "woman", "sec", "cube", "mt", "sq inch", "mp", "∏ cm ³", "hectare",
+    "more", "sec", "unit", "cu . m", "cm 2", "rs .", "rs", "kg", "g", "month", "km", "m", "cm", "mm", "apple", "liter",
+    "loss", "yard", "pure", "year", "increase", "decrease", "d", "less", "Surface", "litre", "pi sq m", "s .", "metre",
+    "meter", "inch",
+]  # the list is used as regular expressions, in this order, duplicates included ("kmph", "sec")
+_V0_UNITS = _V0_UNITS + [u + "s" for u in _V0_UNITS]
+_V0_UNIT_RES = [re.compile(r"(^|\W)" + u + r"($|\W)") for u in _V0_UNITS]
+_V0_LABELS = ["x=", "y=", "z=", "x\\in", "y\\in", "z\\in", "x\\to", "y\\to", "z\\to"]
+_V0_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split())}
+_V0_WORDS.update({w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())})
+
+
+def _v0_word_number(s: str) -> str:
+    """word2number's common case: a string made only of number words ("twenty five" -> "25")."""
+    words = s.replace("-", " ").lower().split()
+    if not words or len(words) > 6:
+        return s
+    total, current = 0, 0
+    for w in words:
+        if w in _V0_WORDS:
+            current += _V0_WORDS[w]
+        elif w == "hundred" and current:
+            current *= 100
+        elif w in ("thousand", "million"):
+            total += max(current, 1) * (1000 if w == "thousand" else 10**6)
+            current = 0
+        else:
+            return s
+    return str(total + current)
+
+
+def _v0_fix_fracs(s: str) -> str:
+    """\\frac12 -> \\frac{1}{2}, \\frac1{72} -> \\frac{1}{72}; gives up (returns s) on "\\frac1"."""
+    pieces = s.split("\\frac")
+    out = pieces[0]
+    for piece in pieces[1:]:
+        out += "\\frac"
+        if piece[:1] == "{":
+            out += piece
+        elif len(piece) < 2:
+            return s
+        elif piece[1] != "{":
+            out += "{" + piece[0] + "}{" + piece[1] + "}" + piece[2:]
+        else:
+            out += "{" + piece[0] + "}" + piece[1:]
+    return out
+
+
+def _v0_fix_slash(s: str) -> str:
+    """"3/4" -> "\\frac{3}{4}" when both sides are plain integers (or contain "sqrt")."""
+    parts = s.split("/")
+    if len(parts) != 2 or len(s) > 100:
+        return s
+    try:
+        a = parts[0] if "sqrt" in parts[0] else int(parts[0])
+        b = parts[1] if "sqrt" in parts[1] else int(parts[1])
+    except ValueError:
+        return s
+    return "\\frac{" + str(a) + "}{" + str(b) + "}" if s == f"{a}/{b}" else s
+
+
+def v0_strip_string(s: str) -> str:
+    """Qwen's `strip_string` (skip_unit=False): v0's normalisation of the prediction."""
+    s = str(s).strip().replace("\n", "").rstrip(".")
+    s = s.replace("\\!", "")
+    s = re.sub(r"\\begin\{array\}\{.*?\}", r"\\begin{pmatrix}", s)
+    s = s.replace("\\end{array}", "\\end{pmatrix}").replace("bmatrix", "pmatrix")
+    s = s.replace("tfrac", "frac").replace("dfrac", "frac")
+    s = s.replace("\\neq", "\\ne").replace("\\leq", "\\le").replace("\\geq", "\\ge")
+    s = s.replace("\\left", "").replace("\\right", "").replace("\\{", "{").replace("\\}", "}")
+    cut = re.sub(r"\\text\{.*?\}$", "", s).strip()  # a trailing \text{...} is a unit
+    if cut and cut != s:
+        s = cut
+    for _ in range(2):
+        for unit in _V0_UNIT_RES:
+            cut = unit.sub(r"\1\2", s)
+            if cut:
+                s = cut
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "")
+    s = s.replace("\\$", "").replace("$", "").replace("\\(", "").replace("\\)", "")
+    s = _v0_word_number(s)
+    s = re.sub(r"\\text\{(.*?)\}", r"\1", s)
+    for label in _V0_LABELS:
+        s = s.replace(label, "")
+    s = s.replace("\\emptyset", "{}").replace("(-\\infty,\\infty)", "\\mathbb{R}")
+    s = s.replace("\\%", "").replace("%", "")
+    s = s.replace(" .", " 0.").replace("{.", "{0.")
+    s = s.replace("infinity", "\\infty")
+    if "\\infty" not in s:
+        s = s.replace("inf", "\\infty")
+    s = s.replace("+\\inity", "\\infty").replace("and", "").replace("\\mathbf", "")
+    s = re.sub(r"\\mbox\{.*?\}", "", s)
+    if "j" in s and "i" not in s:
+        s = s.replace("j", "i")
+    s = re.sub(r"(\d+)\.0*([^\d])", r"\1\2", s)
+    s = re.sub(r"(\d+)\.0*$", r"\1", s)
+    if not s:
+        return s
+    if s[0] == ".":
+        s = "0" + s
+    sides = s.split("=")
+    if len(sides) == 2 and len(sides[0]) <= 2:
+        s = sides[1]
+    s = re.sub(r"\\sqrt(\w+)", r"\\sqrt{\1}", s)
+    s = s.replace(" ", "")
+    return _v0_fix_slash(_v0_fix_fracs(s))
+
+
+def v0_extract(text: str) -> str | None:
+    """v0's prediction from a response already cut at the stop words; None without "boxed"."""
+    text = text.replace("\u043a\u0438", "")
+    if "final answer is $" in text and "$. I hope" in text:  # Minerva's format comes first in v0
+        pred = text.split("final answer is $", 1)[1].split("$. I hope", 1)[0].strip()
+    elif "boxed" in text:
+        tail = text[text.rfind("boxed") + len("boxed"):]
+        if not tail:
+            return ""
+        if tail[0] == "{":
+            partners = _brace_partners_plain(tail)
+            pred = tail[1:partners] if partners is not None else tail[1:]
+        else:
+            pred = tail.split("$")[0].strip()
+    else:
+        return None
+    pred = re.sub(r"\n\s*", "", pred)
+    if pred[:1] == ":":
+        pred = pred[1:]
+    if pred[-1:] == ".":
+        pred = pred[:-1]
+    if pred[-1:] == "/":
+        pred = pred[:-1]
+    return v0_strip_string(pred)
+
+
+def _brace_partners_plain(tail: str) -> int | None:
+    """Index of the "}" closing tail[0] == "{", counting every brace (v0 knows no escapes); None if unbalanced.
+    When unbalanced, v0 keeps everything after the "{", which the caller does."""
+    depth = 0
+    for m in re.finditer(r"[{}]", tail):
+        depth += 1 if m.group(0) == "{" else -1
+        if depth == 0:
+            return m.start()
+    return None
+
+
+def _v0_float(s: str) -> float | None:
+    """Qwen's parse_digits: commas dropped, Python float(), or a trailing (\\)% as /100."""
+    s = str(s).replace(",", "")
+    if len(s) > 400:
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    if s.endswith("%"):
+        s = s[:-1].removesuffix("\\")
+        try:
+            return float(s) / 100
+        except ValueError:
+            pass
+    return None
+
+
+def _v0_choice(pred: str) -> str:
+    pred = pred.strip("\n").rstrip(".").rstrip("/").strip(" ").lstrip(":")
+    letters = re.findall(r"\b(A|B|C|D|E)\b", pred.upper())
+    pred = letters[-1] if letters else pred.strip().strip(".")
+    return pred.rstrip(".").rstrip("/")
+
+
+def _v0_to_pmatrix(s: str) -> str:
+    rows = re.findall(r"\{.*,.*\}", s.strip())
+    return ", ".join("\\begin{pmatrix}" + m.strip("{}").replace(",", "\\") + "\\end{pmatrix}" for m in rows)
+
+
+def _v0_matrix_rows(s: str) -> list[list[str]]:
+    body = s[len("\\begin{pmatrix}") : -len("\\end{pmatrix}")]
+    return [line.strip().split("&") for line in body.split("\\\\") if line.strip()]
+
+
+_V0_MATRIX_OPEN, _V0_MATRIX_CLOSE = ("\\begin{pmatrix}", "\\begin{bmatrix}"), ("\\end{pmatrix}", "\\end{bmatrix}")
+_V0_BRACKETED_RE = re.compile(r"(\(|\[).+(\)|\])")
+
+
+def _v0_equal(pred: str, gold: str, depth: int = 0) -> bool:
+    """Qwen's math_equal(pred, gold) with include_percentage and is_close, as v0 called it."""
+    if depth > 8 or pred is None or gold is None:
+        return False
+    if pred.strip().lower() == gold.strip().lower():
+        return True
+    if gold in ("A", "B", "C", "D", "E") and _v0_choice(pred) == gold:
+        return True
+    pf, gf = _v0_float(pred), _v0_float(gold)
+    if pf is not None and gf is not None:  # numbers: gold, gold/100 or gold*100, within 1e-4 relative
+        return any(math.isclose(g, pf, rel_tol=1e-4) for g in (gf / 100, gf, gf * 100))
+    if not pred:
+        return False
+    gold, pred = gold.strip(), pred.strip()
+    if "pmatrix" in pred and "pmatrix" not in gold:
+        gold = _v0_to_pmatrix(gold)
+    p_bare, g_bare = pred, gold  # brackets ignored: "(1,2]" == "[1,2)" for v0
+    if (pred[:1] == "[" and pred[-1:] == "]" and not gold.startswith("(")) or (
+        pred[:1] == "(" and pred[-1:] == ")" and not gold.startswith("[")
+    ):
+        p_bare, g_bare = p_bare.strip("[]()"), g_bare.strip("[]()")
+    for c in "{}()":
+        p_bare, g_bare = p_bare.replace(c, ""), g_bare.replace(c, "")
+    if p_bare.lower() == g_bare.lower():
+        return True
+    if _V0_BRACKETED_RE.match(pred) and _V0_BRACKETED_RE.match(gold):
+        p_parts, g_parts = pred[1:-1].split(","), gold[1:-1].split(",")
+        if len(p_parts) == len(g_parts) and all(_v0_equal(a, b, depth + 1) for a, b in zip(p_parts, g_parts)):
+            return True
+    if pred.startswith(_V0_MATRIX_OPEN) and pred.endswith(_V0_MATRIX_CLOSE) and gold.startswith(
+        _V0_MATRIX_OPEN
+    ) and gold.endswith(_V0_MATRIX_CLOSE):
+        p_rows, g_rows = _v0_matrix_rows(pred), _v0_matrix_rows(gold)
+        if len(p_rows) == len(g_rows) and all(
+            len(a) == len(b) and all(_v0_equal(x, y, depth + 1) for x, y in zip(a, b)) for a, b in zip(p_rows, g_rows)
+        ):
+            return True
+    if pred.count("=") == 1 and gold.count("=") == 1:
+        pl, pr = pred.split("=")
+        gl, gr = gold.split("=")
+        p_diff, g_diff = f"{pl.strip()} - ({pr.strip()})", f"{gl.strip()} - ({gr.strip()})"
+        if _v0_symbolic(p_diff, g_diff) or _v0_symbolic(f"-({p_diff})", g_diff):
+            return True
+    elif pred.count("=") == 1 and len(pred.split("=")[0].strip()) <= 2 and "=" not in gold:
+        if _v0_equal(pred.split("=")[1], gold, depth + 1):
+            return True
+    elif gold.count("=") == 1 and len(gold.split("=")[0].strip()) <= 2 and "=" not in pred:
+        if _v0_equal(pred, gold.split("=")[1], depth + 1):
+            return True
+    return _v0_symbolic(pred, gold)
+
+
+class _NeedsSympy(Exception):
+    """Raised by the v0 fast path where v0 would have called sympy."""
+
+
+_V0_SYMPY_ALLOWED = threading.local()
+
+
+def _v0_parse(s: str):
+    """v0 parses with sympy's LaTeX grammar (then parse_expr and latex2sympy, not used here)."""
+    from sympy.parsing.latex import parse_latex
+
+    if not _guard_text(s):
+        return None
+    for text in (s.replace("\\\\", "\\"), s):
+        try:
+            expr = parse_latex(text)
+        except Exception:
+            continue
+        _check_size(expr)
+        return expr
+    return None
+
+
+def _v0_symbolic(a: str, b: str) -> bool:
+    """Qwen's symbolic_equal on the safe parser: same tree, equal everywhere (sampled), equal numbers (1e-4)."""
+    if not getattr(_V0_SYMPY_ALLOWED, "on", False):
+        raise _NeedsSympy
+    import sympy
+
+    try:
+        pa, pb = _v0_parse(a), _v0_parse(b)
+        if pa is None and pb is None:  # v0 then tried latex2sympy, which (as in its verdicts) reads
+            return _v0_latex2sympy_like(a, b)  # closed intervals and relations that parse_latex cannot
+        if pa is None or pb is None:
+            return False
+        if str(pa) == str(pb) or pa == pb:
+            return True
+        rel_a = isinstance(pa, sympy.core.relational.Relational)
+        rel_b = isinstance(pb, sympy.core.relational.Relational)
+        if rel_a or rel_b:
+            if not (rel_a and rel_b):
+                return False
+            da, db = pa.lhs - pa.rhs, pb.lhs - pb.rhs
+            return _exprs_equal(da, db, None) or _exprs_equal(da, -db, None)
+        if _exprs_equal(pa, pb, None):
+            return True
+        if pa.free_symbols or pb.free_symbols:
+            return False
+        va, vb = _value(pa, {}), _value(pb, {})
+        return va is not None and vb is not None and abs(va.imag) < 1e-12 and abs(vb.imag) < 1e-12 and (
+            math.isclose(va.real, vb.real, rel_tol=1e-4))
+    except (_TooBig, RecursionError, MemoryError, OverflowError, ValueError, TypeError, AttributeError, ZeroDivisionError):
+        return False
+
+
+def _v0_latex2sympy_like(a: str, b: str) -> bool:
+    """What v0's last parser (latex2sympy) decided on the training golds: the same text up to
+    spacing after a non-letter, or two closed intervals [x, y] with equal ends."""
+    if re.sub(r"(?<![a-zA-Z])\s+", "", a) == re.sub(r"(?<![a-zA-Z])\s+", "", b):  # not "\\sqrt 2" vs "\\sqrt2"
+        return True
+    a, b = (re.sub(r"\s+|\\left|\\right", "", s) for s in (a, b))
+    ends = [s[1:-1].split(",") for s in (a, b) if s[:1] == "[" and s[-1:] == "]" and s.count(",") == 1]
+    return len(ends) == 2 and all(_v0_symbolic(x, y) for x, y in zip(*ends))
+
+
+def v0_math_equal(pred: str, gold: str) -> bool:
+    """v0's verdict for an extracted, strip_string-ed prediction against the raw gold (sympy allowed)."""
+    _V0_SYMPY_ALLOWED.on = True
+    try:
+        return _v0_equal(str(pred), str(gold))
+    except RecursionError:
+        return False
+    finally:
+        _V0_SYMPY_ALLOWED.on = False
+
+
+def _v0_quick_equal(pred: str, gold: str) -> bool | None:
+    """The v0 verdict when it needs no sympy; None when it does."""
+    try:
+        return _v0_equal(str(pred), str(gold))
+    except _NeedsSympy:
+        return None
+    except RecursionError:
+        return False
 
 
 # ----------------------------------------------------------------------------------
@@ -810,10 +1217,12 @@ def compute_score(response: str, gold: str) -> float:
 # __main__, fork safety with torch threads or the main thread, so it works from torchrun
 # ranks and worker threads alike.  One pair at a time per worker; the parent waits with
 # select() and a per-pair deadline, kills a worker that overruns and starts a new one.
+# The whole batch has a deadline too (`batch_timeout`): pairs not graded by then count as
+# not equal, and their number is reported in `last_batch_report` and on stderr.
 
 
 def _worker_main() -> None:
-    """Grader subprocess: read [idx, pred, gold] lines, answer [idx, verdict] lines."""
+    """Grader subprocess: read [idx, pred, gold, grader] lines, answer [idx, verdict] lines."""
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints must not corrupt the protocol
     try:
@@ -826,9 +1235,9 @@ def _worker_main() -> None:
     out.write("ready\n")
     out.flush()
     for line in sys.stdin:
-        idx, pred, gold = json.loads(line)
+        idx, pred, gold, grader = json.loads(line)
         try:
-            verdict = bool(math_equal(pred, gold))
+            verdict = bool(_grader_equal(pred, gold, grader))
         except BaseException:
             verdict = False
         out.write(json.dumps([idx, verdict]) + "\n")
@@ -848,13 +1257,13 @@ class _Worker:
         self.task: int | None = None
         self.deadline = 0.0
 
-    def send(self, idx: int, pred: str, gold: str, timeout: float) -> bool:
+    def send(self, idx: int, pair: tuple[str, str, str], deadline: float) -> bool:
         try:
-            self.proc.stdin.write((json.dumps([idx, pred, gold]) + "\n").encode())
+            self.proc.stdin.write((json.dumps([idx, *pair]) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return False
-        self.task, self.deadline = idx, time.monotonic() + timeout
+        self.task, self.deadline = idx, deadline
         return True
 
     def read_lines(self) -> list[str] | None:
@@ -882,6 +1291,11 @@ class _Worker:
 _POOL: list[_Worker] = []
 _POOL_LOCK = threading.Lock()
 STARTUP_TIMEOUT = 60.0  # a worker that cannot import sympy in this long is replaced
+BATCH_TIMEOUT = 120.0  # default bound on one batch's whole grading time, in seconds
+
+# What the last batch call did: pairs graded on the fast path, sent to the pool, timed out
+# one by one, and left ungraded at the batch deadline (all of those count as not equal).
+last_batch_report: dict[str, int] = {}
 
 
 def _default_workers() -> int:
@@ -898,14 +1312,16 @@ def _shutdown_pool() -> None:
 atexit.register(_shutdown_pool)
 
 
-def _run_in_pool(pairs: dict[int, tuple[str, str]], timeout: float, num_workers: int) -> dict[int, bool]:
-    """Grade pairs in the pool; a pair that overruns `timeout` or crashes its worker is False."""
+def _run_in_pool(
+    pairs: dict[int, tuple[str, str, str]], timeout: float, num_workers: int, deadline: float, report: dict
+) -> dict[int, bool]:
+    """Grade pairs in the pool; a pair that overruns `timeout` or crashes its worker is False,
+    and so is every pair still ungraded at `deadline` (time.monotonic())."""
     results: dict[int, bool] = {}
     todo = list(pairs)[::-1]
     while len(_POOL) < num_workers:
         _POOL.append(_Worker())
-    del_extra = _POOL[num_workers:]
-    for w in del_extra:
+    for w in _POOL[num_workers:]:
         w.kill()
     del _POOL[num_workers:]
     started = {id(w): time.monotonic() for w in _POOL if not w.ready}
@@ -919,7 +1335,11 @@ def _run_in_pool(pairs: dict[int, tuple[str, str]], timeout: float, num_workers:
         started[id(_POOL[i])] = time.monotonic()
 
     while todo or any(w.task is not None for w in _POOL):
-        if respawns > 2 * num_workers + len(pairs):  # workers keep dying: give up, never hang
+        now = time.monotonic()
+        if now > deadline or respawns > 2 * num_workers + len(pairs):  # out of time, or workers keep dying
+            for i, w in enumerate(_POOL):
+                if w.task is not None:
+                    replace(i)  # its pair is abandoned; the worker may be deep in sympy
             break
         for i, w in enumerate(_POOL):
             if w.proc.poll() is not None and w.task is None:  # died while idle: no pair lost
@@ -927,13 +1347,12 @@ def _run_in_pool(pairs: dict[int, tuple[str, str]], timeout: float, num_workers:
                 continue
             if w.ready and w.task is None and todo:
                 idx = todo.pop()
-                if not w.send(idx, *pairs[idx], timeout):
+                if not w.send(idx, pairs[idx], min(now + timeout, deadline)):
                     results[idx] = False
                     replace(i)
-        now = time.monotonic()
         deadlines = [w.deadline for w in _POOL if w.task is not None]
         deadlines += [started.get(id(w), now) + STARTUP_TIMEOUT for w in _POOL if not w.ready]
-        wait = max(0.0, min(deadlines, default=now + 0.05) - now)
+        wait = max(0.0, min(deadlines + [deadline], default=now + 0.05) - now)
         fds = {w.proc.stdout.fileno(): i for i, w in enumerate(_POOL)}
         readable, _, _ = select.select(list(fds), [], [], min(wait, 1.0))
         for fd in readable:
@@ -955,13 +1374,16 @@ def _run_in_pool(pairs: dict[int, tuple[str, str]], timeout: float, num_workers:
                     w.task = None
         now = time.monotonic()
         for i, w in enumerate(_POOL):
-            if w.task is not None and now > w.deadline:  # hung on a pathological input
+            if w.task is not None and now > w.deadline and now <= deadline:  # hung on a pathological input
                 results[w.task] = False
+                report["timed_out"] += 1
                 replace(i)
             elif not w.ready and now > started.get(id(w), now) + STARTUP_TIMEOUT:
                 replace(i)
     for idx in pairs:
-        results.setdefault(idx, False)
+        if idx not in results:
+            report["past_deadline"] += 1
+            results[idx] = False
     return results
 
 
@@ -969,12 +1391,12 @@ class _Timeout(BaseException):  # BaseException: broad "except Exception" inside
     pass
 
 
-def _math_equal_in_process(pred: str, gold: str, timeout: float) -> bool:
+def _math_equal_in_process(pred: str, gold: str, timeout: float, grader: str = "simplerl") -> bool:
     """num_workers=0: grade here.  On the main thread a SIGALRM timer bounds it; elsewhere
     only the size guards do (signals cannot interrupt other threads)."""
     use_timer = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     if not use_timer:
-        return math_equal(pred, gold)
+        return _grader_equal(pred, gold, grader)
 
     def on_alarm(signum, frame):
         raise _Timeout
@@ -982,7 +1404,7 @@ def _math_equal_in_process(pred: str, gold: str, timeout: float) -> bool:
     previous = signal.signal(signal.SIGALRM, on_alarm)
     try:
         signal.setitimer(signal.ITIMER_REAL, timeout)
-        return math_equal(pred, gold)
+        return _grader_equal(pred, gold, grader)
     except _Timeout:
         return False
     finally:
@@ -990,57 +1412,87 @@ def _math_equal_in_process(pred: str, gold: str, timeout: float) -> bool:
         signal.signal(signal.SIGALRM, previous)
 
 
-def batch_math_equal(
-    preds: list[str | None], golds: list[str], timeout: float = 5.0, num_workers: int | None = None
+def _grade_pairs(
+    pairs: list[tuple[str, str] | None], grader: str, timeout: float, num_workers: int | None,
+    batch_timeout: float | None,
 ) -> list[bool]:
-    """math_equal over many pairs.  The fast path runs here; undecided pairs go to a
-    persistent subprocess pool (num_workers=None: one per core for this rank, at most 8;
-    0: in this process), each bounded by `timeout` seconds.  Timeouts and errors are False."""
-    if len(preds) != len(golds):
-        raise ValueError("preds and golds differ in length")
-    results = [False] * len(preds)
-    pending: dict[int, tuple[str, str]] = {}
-    for i, (p, g) in enumerate(zip(preds, golds)):
-        if p is None or g is None:
+    """Verdicts for (pred, gold) pairs (None: not equal): fast path here, the rest in the pool,
+    all of it finished by `batch_timeout` seconds from now (None: no batch bound)."""
+    _check_grader(grader)
+    if timeout <= 0 or (batch_timeout is not None and batch_timeout <= 0):
+        raise ValueError(f"timeouts must be positive, got timeout={timeout}, batch_timeout={batch_timeout}")
+    deadline = time.monotonic() + (batch_timeout if batch_timeout is not None else float("inf"))
+    report = {"pairs": len(pairs), "fast": 0, "symbolic": 0, "timed_out": 0, "past_deadline": 0}
+    results = [False] * len(pairs)
+    pending: dict[int, tuple[str, str, str]] = {}
+    for i, pair in enumerate(pairs):
+        if pair is None:
+            continue
+        if time.monotonic() > deadline:
+            report["past_deadline"] += 1
             continue
         try:
-            quick = _quick_equal(str(p), str(g))
+            quick = _grader_quick(pair[0], pair[1], grader)
         except Exception:
             quick = False
         if quick is None:
-            pending[i] = (str(p), str(g))
+            pending[i] = (pair[0], pair[1], grader)
         else:
+            report["fast"] += 1
             results[i] = quick
-    if not pending:
-        return results
+    report["symbolic"] = len(pending)
     workers = _default_workers() if num_workers is None else num_workers
-    if workers <= 0:
-        for i, (p, g) in pending.items():
-            results[i] = _math_equal_in_process(p, g, timeout)
-        return results
-    with _POOL_LOCK:
-        for i, verdict in _run_in_pool(pending, timeout, workers).items():
-            results[i] = verdict
+    if pending and workers <= 0:
+        for i, (p, g, _) in pending.items():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                report["past_deadline"] += 1
+                continue
+            results[i] = _math_equal_in_process(p, g, min(timeout, left), grader)
+    elif pending:
+        with _POOL_LOCK:
+            for i, verdict in _run_in_pool(pending, timeout, workers, deadline, report).items():
+                results[i] = verdict
+    last_batch_report.clear()
+    last_batch_report.update(report)
+    if report["past_deadline"]:
+        print(f"reward.py: batch deadline ({batch_timeout} s) reached: {report['past_deadline']} of "
+              f"{len(pairs)} pairs not graded, counted as not equal", file=sys.stderr)
     return results
 
 
+def batch_math_equal(
+    preds: list[str | None], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
+    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT,
+) -> list[bool]:
+    """math_equal over many pairs.  The fast path runs here; undecided pairs go to a
+    persistent subprocess pool (num_workers=None: one per core for this rank, at most 8;
+    0: in this process), each bounded by `timeout` seconds and the whole call by
+    `batch_timeout`.  Timeouts and errors are False (see `last_batch_report`)."""
+    if len(preds) != len(golds):
+        raise ValueError("preds and golds differ in length")
+    pairs = [None if p is None or g is None else (str(p), str(g)) for p, g in zip(preds, golds)]
+    return _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)
+
+
 def batch_compute_scores(
-    responses: list[str], golds: list[str], timeout: float = 5.0, num_workers: int | None = None
+    responses: list[str], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
+    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT,
 ) -> list[float]:
-    """compute_score over many pairs, graded by batch_math_equal."""
+    """compute_score over many pairs: each answer candidate graded as in batch_math_equal."""
     if len(responses) != len(golds):
         raise ValueError("responses and golds differ in length")
+    _check_grader(grader)
     scores: list[float] = []
-    preds: list[str | None] = []
-    for response in responses:
-        text = cut_at_stop(response)
-        if "boxed" not in text:
-            scores.append(-1.0)
-            preds.append(None)
-        else:
-            scores.append(-0.5)
-            preds.append(_boxed_answer(text))
-    for i, ok in enumerate(batch_math_equal(preds, golds, timeout, num_workers)):
-        if ok and preds[i] is not None:
+    pairs: list[tuple[str, str]] = []
+    owner: list[int] = []
+    for i, (response, gold) in enumerate(zip(responses, golds)):
+        candidates = answer_candidates(response, grader)
+        scores.append(-1.0 if candidates is None else -0.5)
+        for c in _for_gold(candidates or [], gold):
+            pairs.append((c, str(gold)))
+            owner.append(i)
+    for i, ok in zip(owner, _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)):
+        if ok:
             scores[i] = 1.0
     return scores
