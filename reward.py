@@ -563,18 +563,81 @@ def _inequality_to_interval(s: str) -> str:
     return ("[" if op == ">=" else "(") + high + ",\\infty)"
 
 
+MAX_ITEMS = 100  # longer lists/sets are not answers
+
+
+def _signature(s: str):
+    """(symbol names, values at the sample points) of a scalar answer, for matching many
+    elements at once; None when only the full comparison can decide (structures, relations,
+    infinities, undefined points)."""
+    import sympy
+
+    if _structure(s) is not None:
+        return None
+    try:
+        expr = _to_sympy(s)
+        if expr is None or isinstance(expr, sympy.core.relational.Relational) or expr.has(sympy.oo, -sympy.oo, sympy.zoo):
+            return None
+        points = _points(expr.free_symbols) if expr.free_symbols else [{}]
+        values = tuple(_value(expr, point) for point in points)
+    except (_TooBig, RecursionError, MemoryError, OverflowError, ValueError, TypeError, AttributeError, ZeroDivisionError):
+        return None
+    if any(v is None for v in values):
+        return None
+    return frozenset(map(str, expr.free_symbols)), values, _places(s)
+
+
 def _match_unordered(ps: list[str], gs: list[str], depth: int) -> bool:
-    if len(ps) != len(gs) or len(ps) > 40:
+    """Multiset equality.  Work is linear in the elements' size plus cheap pairwise checks:
+    equal spellings pair off first, then pairs the fast path calls equal, then elements whose
+    sampled values agree (one sympy parse per element, not per pair); the full comparison
+    only runs on what is left."""
+    if len(ps) != len(gs) or len(ps) > MAX_ITEMS:
         return False
-    left = list(ps)
+    left_p: list[str] = []
+    spelled: dict[str, int] = {}
     for g in gs:
-        for i, p in enumerate(left):
-            if _equal(p, g, depth + 1):
-                del left[i]
-                break
+        key = normalize(g)
+        spelled[key] = spelled.get(key, 0) + 1
+    for p in ps:
+        key = normalize(p)
+        if spelled.get(key):
+            spelled[key] -= 1
         else:
-            return False
-    return True
+            left_p.append(p)
+    left_g: list[str] = []
+    for g in gs:
+        key = normalize(g)
+        if spelled.get(key):
+            spelled[key] -= 1
+            left_g.append(g)
+    for stage in ("quick", "signature", "full"):
+        if not left_p:
+            return True
+        if stage == "signature":
+            sig_p, sig_g = [_signature(normalize(p)) for p in left_p], [_signature(normalize(g)) for g in left_g]
+        unmatched_g = []
+        for gi, g in enumerate(left_g):
+            for pi, p in enumerate(left_p):
+                if stage == "quick":
+                    same = _quick_equal(p, g) is True
+                elif stage == "signature":
+                    a, b = sig_p[pi], sig_g[gi]
+                    same = a is not None and b is not None and a[0] == b[0] and all(
+                        _values_close(x, y, _coarsest(a[2], b[2])) for x, y in zip(a[1], b[1]))
+                else:
+                    same = _equal(p, g, depth + 1)
+                if same:
+                    del left_p[pi]
+                    if stage == "signature":
+                        del sig_p[pi]
+                    break
+            else:
+                unmatched_g.append(g)
+        left_g = unmatched_g
+        if stage == "full":
+            return not left_p and not left_g
+    return not left_p
 
 
 def _match_ordered(ps: list[str], gs: list[str], depth: int) -> bool:
@@ -772,6 +835,34 @@ def _symbolic_equal(p: str, g: str) -> bool:
         return _exprs_equal(pe, ge, places)
     except (_TooBig, RecursionError, MemoryError, OverflowError, ValueError, TypeError, AttributeError, ZeroDivisionError):
         return False
+
+
+ANTLR_NEEDED = "4.11.0"  # sympy 1.14's LaTeX parser was generated with ANTLR 4.11
+
+
+def check_symbolic_grader() -> None:
+    """Start-up self-test: raise RuntimeError if sympy's LaTeX parser cannot grade.
+
+    With another antlr4-python3-runtime (e.g. 4.13) parse_latex fails on every input and
+    every symbolic answer would quietly score "not equal".  Under a second (mostly importing
+    sympy); call it once at start-up."""
+    from importlib import metadata
+
+    try:
+        found = metadata.version("antlr4-python3-runtime")
+    except metadata.PackageNotFoundError:
+        found = "none"
+    checks = [("x^2+2x+1", "(x+1)^2", True), ("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}", True), ("x^2+1", "(x+1)^2", False)]
+    try:
+        ok = all(_to_sympy(a) is not None and _symbolic_equal(a, b) is want for a, b, want in checks)
+    except Exception:
+        ok = False
+    if not ok:
+        raise RuntimeError(
+            f"reward.py: the symbolic grader does not work (x^2+2x+1 vs (x+1)^2 is not graded equal): sympy's "
+            f"LaTeX parser needs antlr4-python3-runtime=={ANTLR_NEEDED}, found {found}. "
+            f"Fix: pip install antlr4-python3-runtime=={ANTLR_NEEDED}"
+        )
 
 
 # ----------------------------------------------------------------------------------
