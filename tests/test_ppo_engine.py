@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -183,3 +183,31 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg):
         torch.testing.assert_close(small[k], big[k], atol=2e-6, rtol=1e-5, msg=k)
     for k in ("pg_loss", "v_loss"):
         assert small_stats[k] == pytest.approx(big_stats[k], rel=1e-5, abs=1e-7)
+
+
+def test_checkpoint_retention_keeps_every_actor_and_prunes_resumable_state(tmp_path):
+    """v0 kept every checkpoint (--save_steps 4, --max_ckpt_num 20000; the reported model is step 120 of 160):
+    every checkpoint-<step>/actor stays; critic, optimizer and trainer state only for the newest `keep`."""
+    from pathlib import Path
+    rank, world, device = ppo.init_distributed()
+    tok = AutoTokenizer.from_pretrained(TINY)
+    actor = ppo.shard_model(ppo.load_model(TINY, seed=0), device)
+    critic = ppo.shard_model(ppo.Critic(ppo.load_model(TINY, seed=0)), device)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (actor, critic)]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
+    assert ppo.Config().keep_actor_weights is True
+    for step in (4, 8, 12, 16):
+        ppo.save_checkpoint(tmp_path, step, actor, critic, *opts, *scheds, tok, {"position": step}, keep=2)
+    resumable = {p.name for p in tmp_path.glob("checkpoint-*") if (p / "trainer_state.pt").exists()}
+    assert resumable == {"checkpoint-12", "checkpoint-16"}
+    for step in (4, 8):
+        p = tmp_path / f"checkpoint-{step}"
+        assert sorted(x.name for x in p.iterdir()) == ["actor"]  # critic, optim, trainer_state pruned
+        AutoModelForCausalLM.from_pretrained(p / "actor")  # what evaluate.py loads
+    for step in (12, 16):
+        assert {x.name for x in (tmp_path / f"checkpoint-{step}").iterdir()} >= {"actor", "critic", "optim",
+                                                                              "trainer_state.pt"}
+    assert ppo.latest_checkpoint(Path(tmp_path)).name == "checkpoint-16"
+    # --no-keep-actor-weights: older checkpoints go whole, as before
+    ppo.save_checkpoint(tmp_path, 20, actor, critic, *opts, *scheds, tok, {"position": 20}, keep=2, keep_actors=False)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-20"]
