@@ -14,7 +14,12 @@ What is kept from that harness (so numbers are comparable with the published tab
   * the predicted answer is the last \\boxed{} (then "the answer is", then the last number), and a
     gold that is a choice letter (gaokao2023en has 37) also accepts the last choice letter given;
   * a benchmark's score is the mean over problems, the average is the unweighted mean of the
-    benchmark scores.
+    benchmark scores. The table shows two averages: "Avg." over the benchmarks run (the eight of the
+    paper's harness) and, when all five are run, "Avg. (5)" over AIME 2024, MATH 500, AMC 2023, Minerva
+    Math and OlympiadBench: the five columns of the SimpleRL-Zero blog's table (simpleRL-reason v0's README,
+    e.g. SimpleRL-Zero 48.8, the base model 30.2).
+Grading: `--grader simplerl` (default: reward.py's extraction and `math_equal`, below) or `--grader v0`
+(`reward.compute_score(..., grader="v0")`, the verdicts simpleRL v0 trained with).
 What is deliberately not kept: the harness's `strip_string` deletes unit words and single letters
 ("3 m^{4}-2 m+6" -> "3^{4}-2+6" in 593 college_math golds); golds here are the raw fields and
 `reward.math_equal` decides equality.  Two gaokao2023en rows (167, 192) have an empty gold in the
@@ -79,6 +84,7 @@ class Config:
     output_dir: str = "runs/eval"
     seed: int = 0
     grade_timeout: float = 5.0            # seconds per (answer, gold) comparison
+    grader: str = "simplerl"              # simplerl (reward.py's own) | v0 (the reward simpleRL v0 trained with)
     steps: list[int] | None = None        # training step of each --model, for the PNG (else from path)
 
 
@@ -92,6 +98,8 @@ BENCHMARKS = {
     "olympiadbench": "OlympiadBench", "college_math": "College Math", "aime24": "AIME 2024", "amc23": "AMC 2023",
 }
 EXTRA_BENCHMARKS = {"synth": "Synth"}  # the tiny world's test set (gold = `answer`)
+# The SimpleRL-Zero blog's table (simpleRL-reason v0 README): five columns and their average.
+PAPER_FIVE = ("aime24", "math500", "amc23", "minerva_math", "olympiadbench")
 QUESTION_KEYS = ("question", "problem", "Question", "input")  # the harness's order
 
 
@@ -418,10 +426,17 @@ def extract_prediction(response: str, gold: str) -> str | None:
     return pred
 
 
-def grade(responses: list[str], golds: list[str], timeout: float = 5.0) -> tuple[list[str | None], list[bool]]:
-    """Extracted answers and verdicts (reward.math_equal, each comparison bounded by `timeout`)."""
+def grade(responses: list[str], golds: list[str], timeout: float = 5.0, grader: str = "simplerl"
+          ) -> tuple[list[str | None], list[bool]]:
+    """Extracted answers and verdicts, each comparison bounded by `timeout`: simplerl = reward.math_equal on
+    extract_prediction; v0 = reward's v0 grader (score +1), the extracted answer then only for the record."""
     preds = [extract_prediction(r, g) for r, g in zip(responses, golds)]
-    return preds, reward.batch_math_equal(preds, golds, timeout=timeout)
+    if grader == "simplerl":
+        return preds, reward.batch_math_equal(preds, golds, timeout=timeout)
+    if grader not in getattr(reward, "GRADERS", ()):
+        raise ValueError(f"--grader {grader!r}: expected one of {', '.join(getattr(reward, 'GRADERS', ('simplerl',)))}")
+    scores = reward.batch_compute_scores(responses, golds, timeout=timeout, grader=grader)
+    return preds, [s == 1.0 for s in scores]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -488,7 +503,7 @@ def score_benchmark(problems: list[dict], completions: list[list], cfg: Config, 
                     empty_gold: list[int]) -> tuple[list[dict], dict]:
     responses = [reward.cut_at_stop(text) for c in completions for text, _ in c]
     golds = [p["gold"] for p in problems for _ in range(cfg.n)]
-    preds, correct = grade(responses, golds, cfg.grade_timeout)
+    preds, correct = grade(responses, golds, cfg.grade_timeout, cfg.grader)
     rows, k = [], 0
     for i, p in enumerate(problems):
         for j, (_, length) in enumerate(completions[i]):
@@ -515,12 +530,15 @@ def score_benchmark(problems: list[dict], completions: list[list], cfg: Config, 
 
 
 def markdown_table(results: dict, benches: list[str]) -> str:
+    """A row per model; "Avg." over the benchmarks run, and "Avg. (5)" (the blog's five) when all five ran."""
     names = {**BENCHMARKS, **EXTRA_BENCHMARKS}
-    head = "| Model | " + " | ".join(names[b] for b in benches) + " | Avg. |"
-    lines = [head, "|" + "---|" * (len(benches) + 2)]
+    five = all(b in benches for b in PAPER_FIVE)
+    head = "| Model | " + " | ".join(names[b] for b in benches) + " | Avg. |" + (" Avg. (5) |" if five else "")
+    lines = [head, "|" + "---|" * (len(benches) + 2 + five)]
     for label, res in results.items():
         cells = [f"{res[b]['acc']:.1f}" for b in benches]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {res['avg']:.1f} |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {res['avg']:.1f} |"
+                     + (f" {res['avg5']:.1f} |" if five else ""))
     return "\n".join(lines)
 
 
@@ -552,6 +570,8 @@ def plot_vs_step(results: dict, steps: list[int], benches: list[str], path: Path
 
 def evaluate(cfg: Config) -> dict | None:
     """Run everything; returns the summary on rank 0 (None elsewhere)."""
+    if hasattr(reward, "check_symbolic_grader"):  # TEMPORARY guard until the reward.py branch is merged
+        reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
     rank, world, device = init_distributed()
     benches = benchmark_list(cfg.benchmarks)
     if cfg.n > 1 and cfg.temperature <= 0:
@@ -584,6 +604,8 @@ def evaluate(cfg: Config) -> dict | None:
                        f"{summary['problems_per_s']:.2f} problems/s, {summary['tokens_per_s']:.0f} tokens/s)")
         if rank == 0:
             results[label]["avg"] = sum(results[label][b]["acc"] for b in benches) / len(benches)
+            if all(b in benches for b in PAPER_FIVE):  # the blog's table: AIME 2024, MATH 500, AMC, Minerva, Olympiad
+                results[label]["avg5"] = sum(results[label][b]["acc"] for b in PAPER_FIVE) / len(PAPER_FIVE)
         del engine
     if rank != 0:
         dist.barrier()
@@ -623,6 +645,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--output-dir")
     p.add_argument("--seed", type=int)
     p.add_argument("--grade-timeout", type=float)
+    p.add_argument("--grader", choices=["simplerl", "v0"], help="simplerl (default) | v0: simpleRL v0's training reward")
     p.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], help="training step per --model")
     args = vars(p.parse_args(argv))
     cfg = Config(**TINY) if args.pop("preset") == "tiny" else Config()

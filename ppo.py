@@ -9,8 +9,8 @@ One RL step, in the order the code runs it (`main`):
   1. rollout   each rank takes its share of `rollout_batch_size` prompts and samples `n_samples_per_prompt`
                responses per prompt from the current policy (vLLM colocated on every rank, or HF generate).
   2. score     reward.batch_compute_scores: +1 boxed and right, -0.5 boxed and wrong, -1 no box.
-  3. forward   no-grad passes over the samples: the actor's log-probs (logits / temperature, the
-               distribution that was sampled), the frozen reference's log-probs, the critic's values.
+  3. forward   no-grad passes over the samples: the actor's log-probs (log_softmax(logits / T_lp), T_lp =
+               --logprob-temperature, 1 as in v0), the frozen reference's log-probs, the critic's values.
   4. shape     per-token reward  r_t = -kl_coef * (log pi(y_t) - log pi_ref(y_t))  + [t = last] * score
   5. GAE       delta_t = r_t + gamma V_{t+1} - V_t,  A_t = delta_t + gamma lam A_{t+1},  V_{T} = 0,
                returns R_t = A_t + V_t;  A whitened over every valid token of the rollout on all ranks.
@@ -24,13 +24,18 @@ The functions named from the math (`kl_penalty`, `shape_rewards`, `compute_gae`,
 Faithful to OpenRLHF as SimpleRL-Zero v0 ran it (`train/examples/script/train_ppo_qwen_base_math_lv35_new.sh`):
 rollout_batch_size=1024 prompts x n_samples_per_prompt=8 = 8192 responses per RL step; train_batch_size=128
 *responses* per optimizer step (64 optimizer steps per RL step, 1 epoch); micro_train_batch_size=2 and
-micro_rollout_batch_size=2 responses per GPU per forward. Two deliberate differences: losses are averaged over
-the valid tokens of the global batch (OpenRLHF v0 averages per sequence, then over sequences), and log-probs
-are taken at the sampling temperature (OpenRLHF v0 used the T=1 logits while sampling at T=0.6).
+micro_rollout_batch_size=2 responses per GPU per forward. The objective is v0's too: log-probs of the old, new
+and reference policies from the T=1 logits while sampling at T=0.6 (v0 `models/actor.py`), and both losses
+averaged over each sequence's tokens, then over sequences (v0 `models/loss.py`). Every deviation from v0 is a flag
+whose default is v0's value (README: "v0 | default | flag | measured effect"): --logprob-temperature (set it
+to --temperature to score the distribution that was sampled), --loss-agg token-mean (one mean over all tokens:
+no per-sequence length weighting), --grader simplerl (reward.py's own grader), --value-head-init zeros,
+--long-prompts drop, --stop "" (v0 also stops at the literal string "</s>"), --min-new-tokens 0. Not matched:
+v0 kept every optimizer state; here only the newest --keep-checkpoints are resumable (actor weights are all kept).
 
-Outputs in --output-dir: checkpoint-<step>/{actor,critic}/ (HF folders) + optimizer/scheduler/RNG/data state
-(for --resume), final/actor (what evaluate.py loads) and final/critic, metrics.jsonl, rollouts/step_<N>.jsonl,
-curves.png.
+Outputs in --output-dir: checkpoint-<step>/actor/ (HF folder, every checkpoint, as v0 kept them) and, for the
+newest --keep-checkpoints, critic/ + optimizer/scheduler/RNG/data state (for --resume); final/actor (what
+evaluate.py loads) and final/critic, metrics.jsonl, rollouts/step_<N>.jsonl, curves.png.
 """
 import argparse
 import copy
@@ -67,7 +72,7 @@ class Config:
     # Defaults: SimpleRL-Zero v0 on Qwen2.5-Math-7B (OpenRLHF flags in brackets where they differ in name).
     model: str = "Qwen/Qwen2.5-Math-7B"  # actor and reference start here [--pretrain]
     critic_model: str = ""  # critic trunk (+ value head); empty: the same as --model [--critic_pretrain]
-    train_file: str = "../shared/data/train/simplerl_zero_v0/math_level3to5_data_processed_with_qwen_prompt.json"
+    train_file: str = "data/train/math_level3to5.jsonl"  # v0's 8,523 MATH level 3-5 problems (data/prepare_data.py)
     test_file: str = ""  # held-out problems for greedy accuracy (optional; evaluate.py is the full benchmark)
     levels: str = ""  # keep only rows whose "level" is in this list, e.g. "3,4,5" (empty: all)
     template: str = "simplerl"  # for rows with a bare `question`; `input`/`prompt` rows are already formatted
@@ -78,13 +83,16 @@ class Config:
     n_samples_per_prompt: int = 8
     temperature: float = 0.6
     top_p: float = 1.0
-    prompt_max_len: int = 1024  # longer prompts are dropped (and counted) when the data is loaded
+    prompt_max_len: int = 1024
+    long_prompts: str = "truncate"  # longer prompts: truncate (v0: keep the first prompt_max_len tokens) | drop; counted
     generate_max_len: int = 3000
-    stop: str = ""  # extra stop strings, comma-separated (the tokenizer's stop-word tokens always stop)
+    stop: str = "</s>"  # extra stop strings, comma-separated (v0: "</s>"; the tokenizer's stop-word tokens always stop)
+    min_new_tokens: int = 1  # v0's vLLM min_tokens=1: no stop token as the first token (the sampler masks it)
     vllm_gpu_memory_utilization: float = 0.5  # share of GPU memory for vLLM weights + KV cache (asleep while training)
     vllm_sleep_level: int = 1  # 1: weights to CPU, KV cache freed; 2: both freed (weights are re-streamed anyway)
     reward_timeout: float = 5.0  # seconds per answer comparison (reward.batch_compute_scores)
     reward_workers: int = -1  # grading subprocesses per rank (-1: reward.py's default; 0: in-process)
+    grader: str = "v0"  # the training reward: v0 (simpleRL v0's verdicts) | simplerl (reward.py's own; held-out evals use it)
     # PPO
     actor_lr: float = 5e-7
     critic_lr: float = 9e-6
@@ -101,6 +109,11 @@ class Config:
     clip_eps: float = 0.2  # [--eps_clip]
     value_clip: float = 0.2
     entropy_coef: float = 0.0  # entropy is always logged; > 0 adds -coef * H to the policy loss
+    logprob_temperature: float = 1.0  # old/new/reference log-probs from logits / this (v0: 1, the raw logits, while
+    #   sampling at 0.6); = --temperature scores the distribution that was sampled (clip and KL on the tempered policy)
+    loss_agg: str = "seq-mean-token-mean"  # v0: mean over each sequence's tokens, then over sequences (policy and value);
+    #   token-mean: one mean over every token of the mini-batch (long responses weigh more; no per-sequence length bias)
+    value_head_init: str = "normal"  # v0: normal(0, std = 1/(hidden+1)) (OpenRLHF models/model.py) | zeros (V = 0 at first)
     ppo_epochs: int = 1  # [--max_epochs]
     train_batch_size: int = 128  # responses per optimizer step, all ranks together
     micro_train_batch_size: int = 2  # responses per forward+backward per rank
@@ -117,7 +130,8 @@ class Config:
     eval_size: int = 0  # problems per eval, a seeded sample of the test file (0: all)
     eval_batch_size: int = 64  # prompts per generate call per rank in eval
     save_every: int = 4  # RL steps between resumable checkpoints [--save_steps]; 0: only final/
-    keep_checkpoints: int = 2  # newest resumable checkpoints kept on disk (0: all)
+    keep_checkpoints: int = 2  # newest checkpoints kept resumable (critic + optimizer states, ~300 GB each for 7B; 0: all)
+    keep_actor_weights: bool = True  # every checkpoint's actor/ HF folder is kept (v0 kept all; the paper's model is step 120)
     dump_rollouts_every: int = 10  # RL steps between rollouts/step_<N>.jsonl dumps (rank 0's samples)
     resume: bool = False  # continue from the newest complete checkpoint-<step>/ in output_dir
     inject_nan_at_step: int = -1  # fault injection for tests: make the actor loss NaN at this RL step
@@ -128,6 +142,9 @@ PRESETS = {
     # --model is an early SFT checkpoint (low accuracy). Tuned so 10 minutes of RL on 2 CPU cores lift
     # held-out greedy accuracy by > 20 points: larger learning rates and KL coefficient than the 7B recipe,
     # temperature 1, a short critic warm-up (the critic starts as a copy of the SFT model + a zero head).
+    # It keeps the settings its targets were measured with, where they differ from v0's: token-mean losses, a zero
+    # value head, reward.py's own grader, no "</s>" stop string, min_new_tokens 0 (README: the tiny world's table).
+    # Its log-probs are at T = 1 either way (temperature 1).
     "tiny": dict(model="data/tiny", train_file="data/synth/train.jsonl", test_file="data/synth/test.jsonl",
                  levels="1,2", template="tiny", output_dir="runs/ppo-tiny", engine="hf",
                  rollout_batch_size=32, n_samples_per_prompt=8, temperature=1.0, prompt_max_len=32,
@@ -135,7 +152,8 @@ PRESETS = {
                  train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128,
                  critic_warmup_steps=30, max_steps=1200, time_limit_minutes=10.0, gradient_checkpointing=False,
                  seed=0, eval_every=100, eval_size=0, eval_batch_size=640, save_every=100,
-                 dump_rollouts_every=50),
+                 dump_rollouts_every=50, loss_agg="token-mean", value_head_init="zeros", grader="simplerl",
+                 stop="", min_new_tokens=0, logprob_temperature=1.0),
 }
 
 
@@ -240,7 +258,7 @@ def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
 
 # ---- data ----
 PROMPT_FIELDS = ("input", "prompt")  # already formatted
-QUESTION_FIELD = "question"  # formatted with reward.apply_template
+QUESTION_FIELDS = ("question", "problem")  # formatted with reward.apply_template (MATH 500's rows have `problem`)
 GOLD_FIELDS = ("answer", "gt_answer", "ground_truth_answer")
 
 
@@ -273,13 +291,14 @@ def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
         prompt_key = next((k for k in PROMPT_FIELDS if k in row), None)
         if prompt_key is not None:
             prompt = row[prompt_key]
-        elif QUESTION_FIELD in row:
-            prompt_key, prompt = QUESTION_FIELD, row[QUESTION_FIELD]
+        elif any(k in row for k in QUESTION_FIELDS):
+            prompt_key = next(k for k in QUESTION_FIELDS if k in row)
+            prompt = row[prompt_key]
         else:
-            raise ValueError(f"{path} {where}: none of the fields 'input', 'prompt', 'question'")
+            raise ValueError(f"{path} {where}: none of the fields 'input', 'prompt', 'question', 'problem'")
         if not isinstance(prompt, str):
             raise ValueError(f"{path} {where}: field '{prompt_key}' must be a string, got {type(prompt).__name__}")
-        if prompt_key == QUESTION_FIELD:
+        if prompt_key in QUESTION_FIELDS:
             prompt = reward.apply_template(prompt, template)
         gold_key = next((k for k in GOLD_FIELDS if k in row), None)
         if gold_key is None:
@@ -292,11 +311,17 @@ def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
     return rows
 
 
-def tokenize_prompts(rows: list[dict], tokenizer, max_len: int) -> tuple[list[dict], int]:
-    """Attach prompt token ids; prompts longer than max_len are dropped, and counted."""
+def tokenize_prompts(rows: list[dict], tokenizer, max_len: int, long_prompts: str = "truncate"
+                     ) -> tuple[list[dict], int]:
+    """Attach prompt token ids; prompts longer than max_len are counted and either truncated to their first
+    max_len tokens (v0: OpenRLHF's tokenize_fn, truncation=True, right side) or dropped."""
+    if long_prompts not in ("truncate", "drop"):
+        raise ValueError(f"--long-prompts {long_prompts!r}: expected truncate or drop")
     ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
-    kept = [dict(r, ids=i) for r, i in zip(rows, ids) if len(i) <= max_len]
-    return kept, len(rows) - len(kept)
+    n_long = sum(len(i) > max_len for i in ids)
+    if long_prompts == "truncate":
+        return [dict(r, ids=i[:max_len]) for r, i in zip(rows, ids)], n_long
+    return [dict(r, ids=i) for r, i in zip(rows, ids) if len(i) <= max_len], n_long
 
 
 def prompts_at(position: int, count: int, n: int, seed: int) -> list[int]:
@@ -375,43 +400,73 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     return advantages, returns
 
 
+LOSS_AGGS = ("seq-mean-token-mean", "token-mean")
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "seq-mean-token-mean",
+              denom: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce a [batch, time] per-token loss to a scalar.
+        seq-mean-token-mean (v0, OpenRLHF 0.5 models/loss.py):  1/S   sum_s (1/|s| sum_{t in s} l_t)
+        token-mean:                                             1/N   sum_s sum_{t in s} l_t
+    `denom` replaces S (the number of sequences) or N (the number of valid tokens) of this batch: with the
+    counts of the whole mini-batch (all micro-batches and ranks), the accumulated gradient is the mini-batch's."""
+    if loss_agg == "seq-mean-token-mean":
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return per_seq.sum() / (per_seq.numel() if denom is None else denom)
+    if loss_agg == "token-mean":
+        return (per_token * mask).sum() / (mask.sum().clamp(min=1) if denom is None else denom)
+    raise ValueError(f"--loss-agg {loss_agg!r}: expected one of {', '.join(LOSS_AGGS)}")
+
+
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_eps: float, num_tokens: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Clipped surrogate: L = mean_t max(-ratio_t A_t, -clip(ratio_t, 1-eps, 1+eps) A_t),  ratio = pi / pi_old.
-    The mean is a sum over valid tokens / num_tokens (default: this batch's valid tokens)."""
+                clip_eps: float, loss_agg: str = "seq-mean-token-mean",
+                denom: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Clipped surrogate per token: l_t = max(-ratio_t A_t, -clip(ratio_t, 1-eps, 1+eps) A_t),  ratio = pi / pi_old,
+    reduced by `aggregate`."""
     ratio = torch.exp(logp - old_logp)
     per_token = torch.max(-ratio * advantages, -ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
-    return (per_token * mask).sum() / (mask.sum().clamp(min=1) if num_tokens is None else num_tokens)
+    return aggregate(per_token, mask, loss_agg, denom)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip_eps: float, num_tokens: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Clipped value loss: 0.5 * mean_t max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)."""
+               clip_eps: float, loss_agg: str = "seq-mean-token-mean",
+               denom: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Clipped value loss per token: 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2),
+    reduced by `aggregate`."""
     clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     per_token = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
-    return (per_token * mask).sum() / (mask.sum().clamp(min=1) if num_tokens is None else num_tokens)
+    return aggregate(per_token, mask, loss_agg, denom)
 
 
 # ---- models ----
 class Critic(torch.nn.Module):
     """V(prefix): the base model's trunk (no LM head) + a value head Linear(hidden, 1, bias=False).
-    `self.model` is the trunk so the twins' shard_model (model.model.layers) shards it the same way."""
+    `self.model` is the trunk so the twins' shard_model (model.model.layers) shards it the same way.
+    init "normal": v0's value head, w ~ normal(0, std = 1 / (hidden + 1)) (OpenRLHF 0.5 models/model.py, the std,
+    not the variance), drawn from `seed` so every rank holds the same head; "zeros": V = 0 until the critic learns."""
 
-    def __init__(self, causal_lm: torch.nn.Module):
+    def __init__(self, causal_lm: torch.nn.Module, init: str = "normal", seed: int = 0):
         super().__init__()
         self.config = causal_lm.config
         self.model = causal_lm.model
         self.value_head = torch.nn.Linear(self.config.hidden_size, 1, bias=False)
-        torch.nn.init.zeros_(self.value_head.weight)  # V = 0 at first: no made-up signal before the critic learns
+        if init == "normal":
+            with torch.no_grad():
+                self.value_head.weight.normal_(0.0, 1.0 / (self.config.hidden_size + 1),
+                                               generator=torch.Generator().manual_seed(seed))
+        elif init == "zeros":
+            torch.nn.init.zeros_(self.value_head.weight)
+        else:
+            raise ValueError(f"--value-head-init {init!r}: expected normal or zeros")
 
     def forward(self, input_ids, attention_mask, position_ids, response_len: int) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
         return self.value_head(hidden[:, -response_len - 1: -1]).float().squeeze(-1).clone()  # clone: no view out of FSDP
 
 
-def load_critic(path: str, seed: int, gradient_checkpointing: bool) -> Critic:
-    """A critic folder written by save_critic (trunk + value_head.weight), or any causal LM (zero head)."""
-    critic = Critic(load_model(path, seed, gradient_checkpointing))
+def load_critic(path: str, seed: int, gradient_checkpointing: bool, init: str = "normal") -> Critic:
+    """A critic folder written by save_critic (trunk + value_head.weight), or any causal LM (a new head, `init`)."""
+    critic = Critic(load_model(path, seed, gradient_checkpointing), init, seed)
     from safetensors import safe_open
     for f in Path(path).glob("*.safetensors"):
         with safe_open(str(f), framework="pt") as st:
@@ -447,9 +502,10 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 def token_logprobs(model, input_ids, attention_mask, position_ids, response_len: int, temperature: float,
                    with_entropy: bool | str = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(y_t | y_<t) of the response tokens at the sampling temperature (logits / T: the distribution
-    the engine sampled from), and optionally the entropy of that distribution. Logits at position i predict
-    the token at i+1, so the response's R tokens are predicted by the last R+1 positions but one."""
+    """log pi(y_t | y_<t) of the response tokens under log_softmax(logits / T) (T = --logprob-temperature: 1 in
+    v0, the raw logits; the sampling temperature gives the distribution the engine sampled from), and optionally
+    the entropy of that distribution. Logits at position i predict the token at i+1, so the response's R tokens
+    are predicted by the last R+1 positions but one."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    logits_to_keep=response_len + 1).logits[:, :-1].float() / temperature
     targets = input_ids[:, -response_len:]
@@ -489,11 +545,12 @@ def sync_weights(actor: torch.nn.Module, engine) -> None:
 
 class HFEngine:
     """HF generate on a plain unsharded copy of the actor on each rank (no collectives while sampling).
-    Greedy when temperature == 0. Returns the sampler's own log-probs (from output_logits) so the trainer
-    can check that it scores exactly the distribution that was sampled."""
+    Greedy when temperature == 0. Returns the sampler's own log-probs of its raw logits (output_logits) divided
+    by `logprob_temperature` (None: the sampling temperature), the trainer's scoring, so the trainer can check
+    that it scores exactly the policy that sampled. `min_new_tokens` masks the stop tokens for the first tokens."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, stop_ids: list[int], stop_strings: list[str], device,
-                 return_logprobs: bool = True):
+                 return_logprobs: bool = True, logprob_temperature: float | None = None, min_new_tokens: int = 0):
         self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.model = copy.deepcopy(model).to(device=device, dtype=self.dtype).eval()
         if getattr(self.model, "is_gradient_checkpointing", False):
@@ -501,6 +558,7 @@ class HFEngine:
         self.model.config.use_cache = True
         self.tokenizer, self.stop_ids, self.stop_strings = tokenizer, stop_ids, stop_strings
         self.device, self.return_logprobs = device, return_logprobs
+        self.logprob_temperature, self.min_new_tokens = logprob_temperature, min_new_tokens
 
     def wake_up(self) -> None:
         pass
@@ -536,15 +594,15 @@ class HFEngine:
         kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=pad,
                       top_k=0 if self.model.generation_config.top_k else None,  # no top-k: the trainer scores the full softmax
                       top_p=1.0 if greedy else top_p, temperature=1.0 if greedy else temperature,
-                      repetition_penalty=1.0, return_dict_in_generate=True,
+                      repetition_penalty=1.0, return_dict_in_generate=True, min_new_tokens=self.min_new_tokens,
                       output_logits=self.return_logprobs and not greedy)
         if self.stop_strings:
             kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
         gen = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         responses = gen.sequences[:, width:]
         logprobs = None
-        if gen.logits is not None:  # raw logits: the trainer's log-prob is log_softmax(logits / T)
-            logits = torch.stack(gen.logits, dim=1).float() / temperature
+        if gen.logits is not None:  # raw logits: the trainer's log-prob is log_softmax(logits / T_lp)
+            logits = torch.stack(gen.logits, dim=1).float() / (self.logprob_temperature or temperature)
             logprobs = (logits.gather(-1, responses.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)).tolist()
         samples = []
         stop = set(self.stop_ids)
@@ -569,7 +627,11 @@ class VLLMEngine:
                  llm=None, sampling_params=None):
         self.dtype = torch.bfloat16
         self.stop_ids, self.stop_strings, self.seed = stop_ids, stop_strings, cfg.seed + rank
-        self.sleep_level = cfg.vllm_sleep_level
+        self.sleep_level, self.min_tokens = cfg.vllm_sleep_level, cfg.min_new_tokens
+        # the sampler's log-probs as the trainer scores them: raw (T = 1, v0) or after temperature; else none
+        logprobs_mode = ("raw_logprobs" if cfg.logprob_temperature == 1.0 else
+                         "processed_logprobs" if cfg.logprob_temperature == cfg.temperature else None)
+        self.return_logprobs = logprobs_mode is not None
         if llm is None:  # tests pass a stand-in with the same methods
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # external_launcher: the engine lives in this process
             from vllm import LLM, SamplingParams
@@ -578,7 +640,7 @@ class VLLMEngine:
                       distributed_executor_backend="external_launcher", seed=self.seed,
                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                       max_model_len=cfg.prompt_max_len + cfg.generate_max_len, enable_sleep_mode=True,
-                      enable_prefix_caching=True, logprobs_mode="processed_logprobs")  # log-probs after temperature
+                      enable_prefix_caching=True, logprobs_mode=logprobs_mode or "raw_logprobs")
         self.llm, self.sampling_params = llm, sampling_params
         self.llm.sleep(level=self.sleep_level)  # asleep until the first rollout
         self.awake = set()
@@ -611,8 +673,9 @@ class VLLMEngine:
         self.wake_up()
         greedy = temperature == 0
         params = self.sampling_params(n=n, temperature=temperature, top_p=1.0 if greedy else top_p,
-                                      max_tokens=max_new_tokens, stop=self.stop_strings or None,
-                                      stop_token_ids=self.stop_ids, logprobs=None if greedy else 0,
+                                      max_tokens=max_new_tokens, min_tokens=self.min_tokens,
+                                      stop=self.stop_strings or None, stop_token_ids=self.stop_ids,
+                                      logprobs=None if greedy or not self.return_logprobs else 0,
                                       detokenize=bool(self.stop_strings))  # we decode ourselves; stop strings need text
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         samples = []
@@ -632,7 +695,8 @@ def make_engine(cfg: Config, actor_unsharded, tokenizer, rank: int, world: int, 
     if kind == "vllm":
         return VLLMEngine(cfg, rank, world, stop_ids, stop_strings), stop_ids
     if kind == "hf":
-        return HFEngine(actor_unsharded, tokenizer, stop_ids, stop_strings, device), stop_ids
+        return HFEngine(actor_unsharded, tokenizer, stop_ids, stop_strings, device,
+                        logprob_temperature=cfg.logprob_temperature, min_new_tokens=cfg.min_new_tokens), stop_ids
     raise ValueError(f"--engine {cfg.engine!r}: expected hf, vllm or auto")
 
 
@@ -686,8 +750,8 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device) -> 
                      micro_batches(batch, list(range(B)), cfg.micro_rollout_batch_size, device)):
         args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
         rows = slice(k, k + len(mb["input_ids"]))
-        batch["old_logp"][rows, :mb["R"]] = token_logprobs(actor, *args, cfg.temperature)[0].cpu()
-        batch["ref_logp"][rows, :mb["R"]] = token_logprobs(ref, *args, cfg.temperature)[0].cpu()
+        batch["old_logp"][rows, :mb["R"]] = token_logprobs(actor, *args, cfg.logprob_temperature)[0].cpu()
+        batch["ref_logp"][rows, :mb["R"]] = token_logprobs(ref, *args, cfg.logprob_temperature)[0].cpu()
         batch["values"][rows, :mb["R"]] = critic(*args).cpu()
     m = batch["response_mask"]
     for key in ("old_logp", "ref_logp", "values"):
@@ -698,21 +762,25 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device) -> 
 def ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, batch: dict, cfg: Config,
                world: int, device, train_actor: bool, generator: torch.Generator, nan_test: bool = False) -> dict:
     """PPO epochs over mini-batches (one optimizer step each). Each rank holds train_batch_size / world
-    responses of a mini-batch; losses are sums over valid tokens / N, N = the mini-batch's valid tokens on
-    all ranks, times world (FSDP averages gradients over ranks), so the gradient is that of the global
-    token mean however the batch is split over ranks and micro-batches."""
+    responses of a mini-batch; each micro-batch's loss is a sum (over its sequences' token means, or over its
+    tokens, --loss-agg) divided by the mini-batch's count on all ranks (sequences or valid tokens) / world
+    (FSDP averages gradients over ranks), so the accumulated gradient is that of the whole mini-batch's loss
+    however the batch is split over ranks and micro-batches."""
     B = batch["response_mask"].size(0)
     per_rank = cfg.train_batch_size // world
     sums = {k: torch.zeros((), dtype=torch.float64) for k in
             ("pg_loss", "v_loss", "entropy", "clipfrac", "approx_kl", "vf_clipfrac", "tokens")}
     norms = {"actor_grad_norm": [], "critic_grad_norm": []}
+    n_minibatches = 0
     for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator).tolist()
         for start in range(0, B - per_rank + 1, per_rank):
             idx = order[start: start + per_rank]
-            n_tokens = batch["response_mask"][idx].sum().to(device)
-            dist.all_reduce(n_tokens)
-            denom = n_tokens / world
+            count = batch["response_mask"][idx].sum() if cfg.loss_agg == "token-mean" else torch.tensor(float(len(idx)))
+            count = count.to(device, torch.float32)
+            dist.all_reduce(count)  # the mini-batch's valid tokens (token-mean) or sequences, all ranks
+            denom = count / world
+            n_minibatches += 1
             mbs = list(micro_batches(batch, idx, cfg.micro_train_batch_size, device))
             finite = torch.ones((), device=device)
             for i, mb in enumerate(mbs):
@@ -721,10 +789,10 @@ def ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, 
                 mask = mb["response_mask"]
                 if train_actor:
                     actor.set_requires_gradient_sync(last)  # reduce-scatter once per optimizer step
-                    logp, entropy = token_logprobs(actor, *args, cfg.temperature,
+                    logp, entropy = token_logprobs(actor, *args, cfg.logprob_temperature,
                                                    with_entropy="grad" if cfg.entropy_coef else True)
-                    pg = policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip_eps, denom)
-                    ent = (entropy * mask).sum() / denom
+                    pg = policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip_eps, cfg.loss_agg, denom)
+                    ent = aggregate(entropy, mask, cfg.loss_agg, denom)
                     loss = pg - cfg.entropy_coef * ent if cfg.entropy_coef else pg
                     if nan_test:
                         loss = loss * float("nan")
@@ -732,16 +800,16 @@ def ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, 
                     loss.backward()
                     with torch.no_grad():
                         log_ratio = logp - mb["old_logp"]
-                        sums["pg_loss"] += pg.item() * denom.item()
+                        sums["pg_loss"] += pg.item()  # this rank's part of the mini-batch loss x world
                         sums["entropy"] += (entropy * mask).sum().item()
                         sums["clipfrac"] += (((log_ratio.exp() - 1).abs() > cfg.clip_eps).float() * mask).sum().item()
                         sums["approx_kl"] += (kl_penalty(logp, mb["old_logp"], "k3") * mask).sum().item()
                 critic.set_requires_gradient_sync(last)
                 values = critic(*args)
-                vl = value_loss(values, mb["values"], mb["returns"], mask, cfg.value_clip, denom)
+                vl = value_loss(values, mb["values"], mb["returns"], mask, cfg.value_clip, cfg.loss_agg, denom)
                 finite *= torch.isfinite(vl.detach()).float()
                 vl.backward()
-                sums["v_loss"] += vl.item() * denom.item()
+                sums["v_loss"] += vl.item()
                 sums["vf_clipfrac"] += (((values - mb["values"]).abs() > cfg.value_clip).float() * mask).sum().item()
                 sums["tokens"] += mask.sum().item()
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together, before any step
@@ -763,7 +831,9 @@ def ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, 
     dist.all_reduce(stats)
     out = dict(zip(sums, stats.tolist()))
     tokens = max(out.pop("tokens"), 1.0)
-    result = {k: v / tokens for k, v in out.items()}
+    result = {k: v / tokens for k, v in out.items()}  # per-token means of the diagnostics
+    for k in ("pg_loss", "v_loss"):  # the losses as optimised: the mean over mini-batches of each one's loss
+        result[k] = out[k] / max(world * n_minibatches, 1)
     if not train_actor:
         for k in ("pg_loss", "entropy", "clipfrac", "approx_kl"):
             result.pop(k)
@@ -859,9 +929,11 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def save_checkpoint(out: Path, step: int, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched,
-                    tokenizer, state: dict, keep: int) -> Path:
+                    tokenizer, state: dict, keep: int, keep_actors: bool = True) -> Path:
     """Written into checkpoint-<step>.tmp/ and renamed when complete: a run killed mid-save leaves only
-    a .tmp that resume ignores. Optimizer states are sharded (each rank writes its own part, DCP)."""
+    a .tmp that resume ignores. Optimizer states are sharded (each rank writes its own part, DCP).
+    Retention: the newest `keep` (0: all) stay resumable; older ones keep only actor/ (the HF folder evaluate.py
+    loads, as v0 kept every checkpoint), or are deleted whole when keep_actors is False."""
     final = out / f"checkpoint-{step}"
     tmp = out / f"checkpoint-{step}.tmp"
     if dist.get_rank() == 0:
@@ -881,11 +953,16 @@ def save_checkpoint(out: Path, step: int, actor, critic, actor_opt, critic_opt, 
                     "critic_sched": critic_sched.state_dict(), "rng_per_rank": rngs}, tmp / "trainer_state.pt")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        if keep > 0:
+        if keep > 0:  # older checkpoints: no longer resumable; their actor/ stays unless keep_actors is off
             older = sorted((p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
                            key=lambda p: int(p.name.split("-")[1]))
             for p in older[:-keep]:
-                shutil.rmtree(p, ignore_errors=True)
+                if not keep_actors:
+                    shutil.rmtree(p, ignore_errors=True)
+                    continue
+                (p / "trainer_state.pt").unlink(missing_ok=True)  # first: a half-pruned folder is never resumed
+                for part in ("critic", "optim"):
+                    shutil.rmtree(p / part, ignore_errors=True)
     dist.barrier()
     return final
 
@@ -907,6 +984,11 @@ def load_checkpoint(path: Path, actor, critic, actor_opt, critic_opt, actor_sche
 
 
 # ---- evaluation: held-out greedy accuracy ----
+def grader_kwargs(grader: str) -> dict:
+    """TEMPORARY until reward.py's graders (reward.GRADERS) are merged: the older reward.py takes no grader=."""
+    return {"grader": grader} if hasattr(reward, "GRADERS") else {}
+
+
 def greedy_accuracy(engine, tokenizer, rows: list[dict], cfg: Config, rank: int, world: int, device) -> float:
     mine = rows[rank::world]
     correct = 0
@@ -914,7 +996,8 @@ def greedy_accuracy(engine, tokenizer, rows: list[dict], cfg: Config, rank: int,
         samples = engine.generate([r["ids"] for r in mine], 1, 0.0, 1.0, cfg.generate_max_len, cfg.eval_batch_size)
         texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
         scores = reward.batch_compute_scores(texts, [r["gold"] for r in mine], cfg.reward_timeout,
-                                             None if cfg.reward_workers < 0 else cfg.reward_workers)
+                                             None if cfg.reward_workers < 0 else cfg.reward_workers,
+                                             **grader_kwargs("simplerl"))  # evaluate.py's grader, whatever trains
         correct = sum(s == 1.0 for s in scores)
     counts = global_sums({"correct": correct, "n": len(mine)}, device)
     return counts["correct"] / max(counts["n"], 1)
@@ -922,6 +1005,14 @@ def greedy_accuracy(engine, tokenizer, rows: list[dict], cfg: Config, rank: int,
 
 # ---- the RL loop ----
 def main(cfg: Config) -> None:
+    if cfg.grader not in getattr(reward, "GRADERS", ("v0", "simplerl")):
+        raise SystemExit(f"--grader {cfg.grader!r}: expected one of {', '.join(getattr(reward, 'GRADERS', ('v0', 'simplerl')))}")
+    if cfg.loss_agg not in LOSS_AGGS:
+        raise SystemExit(f"--loss-agg {cfg.loss_agg!r}: expected one of {', '.join(LOSS_AGGS)}")
+    if cfg.logprob_temperature <= 0:
+        raise SystemExit(f"--logprob-temperature {cfg.logprob_temperature}: must be > 0")
+    if hasattr(reward, "check_symbolic_grader"):  # TEMPORARY guard until the reward.py branch is merged
+        reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
     rank, world, device = init_distributed()
     per_rank_prompts, rem = divmod(cfg.rollout_batch_size, world)
     rollout_per_rank = per_rank_prompts * cfg.n_samples_per_prompt
@@ -940,18 +1031,19 @@ def main(cfg: Config) -> None:
     random.seed(cfg.seed + rank)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer, cfg.prompt_max_len)
+    rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer, cfg.prompt_max_len,
+                                    cfg.long_prompts)
     test_rows = []
     if cfg.test_file:
         test_rows, _ = tokenize_prompts(read_prompts(cfg.test_file, cfg.template, cfg.levels), tokenizer,
-                                        cfg.prompt_max_len)
+                                        cfg.prompt_max_len, cfg.long_prompts)
         if cfg.eval_size > 0:
             test_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
     steps_per_episode = len(rows) // cfg.rollout_batch_size
     total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_episodes * steps_per_episode
     updates_per_step = cfg.ppo_epochs * rollout_per_rank // (cfg.train_batch_size // world)
     total_updates = total_steps * updates_per_step
-    print0(f"{len(rows)} prompts ({n_long} dropped: longer than {cfg.prompt_max_len} tokens), {total_steps} RL steps "
+    print0(f"{len(rows)} prompts ({n_long} longer than {cfg.prompt_max_len} tokens: {cfg.long_prompts}), {total_steps} RL steps "
            f"x {cfg.rollout_batch_size} prompts x {cfg.n_samples_per_prompt} samples, {updates_per_step} optimizer "
            f"steps each; {len(test_rows)} held-out problems; world {world}")
 
@@ -960,7 +1052,7 @@ def main(cfg: Config) -> None:
     actor = load_model(str(start_from / "actor") if start_from else cfg.model, cfg.seed, cfg.gradient_checkpointing)
     ref = load_model(cfg.model, cfg.seed, False)
     critic = load_critic(str(start_from / "critic") if start_from else (cfg.critic_model or cfg.model), cfg.seed,
-                         cfg.gradient_checkpointing)
+                         cfg.gradient_checkpointing, cfg.value_head_init)
     for m in (actor, ref, critic):
         disable_dropout(m)
     ref.requires_grad_(False)
@@ -1040,7 +1132,8 @@ def main(cfg: Config) -> None:
             texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
             golds = [r["gold"] for r in prompts for _ in range(cfg.n_samples_per_prompt)]
             scores = reward.batch_compute_scores(texts, golds, cfg.reward_timeout,
-                                                 None if cfg.reward_workers < 0 else cfg.reward_workers)
+                                                 None if cfg.reward_workers < 0 else cfg.reward_workers,
+                                                 **grader_kwargs(cfg.grader))
             times["score"] = time.perf_counter() - t
             # 3-5. experience: log-probs, values, KL-shaped rewards, GAE, whitening
             t = time.perf_counter()
@@ -1098,7 +1191,7 @@ def main(cfg: Config) -> None:
                 last_ckpt = save_checkpoint(out, step, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched,
                                             tokenizer, {"position": position, "config": dataclasses.asdict(cfg),
                                                         "shuffle_per_rank": _all_gather(shuffle.get_state())},
-                                            cfg.keep_checkpoints)
+                                            cfg.keep_checkpoints, cfg.keep_actor_weights)
                 if rank == 0:
                     plot_curves(out)
             over = torch.tensor(float(cfg.time_limit_minutes > 0 and

@@ -43,11 +43,28 @@ def test_oracle_scores_100_on_all_eight(tmp_path):
         assert res[b]["acc"] == 100.0, b
         assert res[b]["n_problems"] == sizes[b], b
     assert res["gaokao2023en"]["excluded_empty_gold"] == [167, 192]  # empty `answer` in the data itself
-    assert res["avg"] == 100.0
+    assert res["avg"] == 100.0 and res["avg5"] == 100.0
     table = (tmp_path / "results.md").read_text()
     assert table.splitlines()[0].startswith("| Model | GSM8K | MATH 500 | Minerva Math |") and "| Avg. |" in table
     row = json.loads((tmp_path / "oracle" / "math500.jsonl").read_text().splitlines()[0])
     assert set(row) >= {"question", "response", "pred", "gold", "correct", "length"}
+
+
+def test_table_shows_the_blogs_five_benchmark_average():
+    """The blog's table (simpleRL-reason v0 README) averages AIME 2024, MATH 500, AMC, Minerva Math and
+    OlympiadBench: SimpleRL-Zero 33.3, 77.2, 62.5, 33.5, 37.6 -> 48.8. The eight-benchmark Avg. stays beside it."""
+    assert ev.Config().grader == "simplerl" and ev.parse_args(["--grader", "v0"]).grader == "v0"
+    accs = dict(aime24=33.3, math500=77.2, amc23=62.5, minerva_math=33.5, olympiadbench=37.6,
+                gsm8k=90.0, gaokao2023en=60.0, college_math=40.0)
+    res = {b: {"acc": a} for b, a in accs.items()}
+    res["avg"] = sum(accs.values()) / 8
+    res["avg5"] = sum(accs[b] for b in ev.PAPER_FIVE) / 5
+    assert round(res["avg5"], 1) == 48.8
+    table = ev.markdown_table({"zero": res}, EIGHT)
+    head, _, row = table.splitlines()
+    assert head.endswith("| Avg. | Avg. (5) |")
+    assert row.endswith(f"| {res['avg']:.1f} | 48.8 |")
+    assert "Avg. (5)" not in ev.markdown_table({"zero": res}, ["math500", "gsm8k"])  # not all five run
 
 
 def test_grading_is_not_trivially_true():

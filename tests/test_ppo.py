@@ -4,6 +4,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
 import ppo  # noqa: E402
+import reward  # noqa: E402
 
 
 def ragged_mask(lengths, T):
@@ -95,8 +97,9 @@ def test_policy_loss_hand_worked():
     assert grad[1].item() == pytest.approx(-math.exp(0.1) / n, abs=1e-6)
     assert grad[3].item() == pytest.approx(math.exp(0.5) / n, abs=1e-6)
     assert grad[4].item() == pytest.approx(-1.0 / n, abs=1e-6)
-    # num_tokens: a sum over valid tokens divided by a given count (the global batch's)
-    assert ppo.policy_loss(logp, old, adv, mask, eps, num_tokens=10.0).item() == pytest.approx(expected * n / 10, abs=1e-5)
+    # denom: a sum over valid tokens divided by a given count (the global mini-batch's)
+    assert ppo.policy_loss(logp, old, adv, mask, eps, "token-mean", denom=10.0).item() == pytest.approx(
+        expected * n / 10, abs=1e-5)
 
 
 def test_value_loss_hand_worked():
@@ -188,7 +191,7 @@ def test_read_prompts_jsonl_json_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"c\.jsonl line 2: invalid JSON"):
         ppo.read_prompts(str(bad), "tiny")
     js.write_text(json.dumps([{"prompt": "p", "answer": "1"}, {"answer": "2"}]))
-    with pytest.raises(ValueError, match=r"b\.json index 1: none of the fields 'input', 'prompt', 'question'"):
+    with pytest.raises(ValueError, match=r"b\.json index 1: none of the fields 'input', 'prompt', 'question', 'problem'"):
         ppo.read_prompts(str(js), "tiny")
     js.write_text(json.dumps([{"question": 5, "answer": "1"}]))
     with pytest.raises(ValueError, match=r"index 0: field 'question' must be a string"):
@@ -218,6 +221,92 @@ def test_recipe_defaults():
     assert (c.warmup_ratio, c.min_lr_ratio, c.max_grad_norm, c.adam_beta1, c.adam_beta2, c.seed) == (0.03, 0.1, 1.0, 0.9, 0.95, 42)
     tiny = ppo.parse_args(["--preset", "tiny", "--max-steps", "5"])
     assert tiny.max_steps == 5 and tiny.template == "tiny" and tiny.engine == "hf"
+
+
+def test_v0_objective_defaults():
+    """Each of v0's choices is the default (simpleRL-reason v0, OpenRLHF 0.5 under train/openrlhf)."""
+    c = ppo.Config()
+    assert c.logprob_temperature == 1.0  # models/actor.py: log_probs_from_logits(output["logits"]), no / T
+    assert c.temperature == 0.6  # ... while sampling at 0.6
+    assert c.loss_agg == "seq-mean-token-mean"  # models/loss.py: masked_mean(loss, mask, dim=-1).mean()
+    assert c.grader == "v0"
+    assert c.value_head_init == "normal"  # models/model.py: normal_(0, std=1 / (hidden_size + 1))
+    assert c.keep_actor_weights is True and c.save_every == 4  # --save_steps 4 --max_ckpt_num 20000: all kept
+    assert c.stop == "</s>" and c.min_new_tokens == 1  # experience_maker.py: stop=["</s>", ...], min_tokens=1
+    assert c.long_prompts == "truncate"  # tokenize_fn(..., max_length=prompt_max_len, truncation=True)
+    assert c.train_file == "data/train/math_level3to5.jsonl"  # what data/prepare_data.py writes
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "data" / "prepare_data.py")
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    assert prep.TRAIN_OUT == "train/math_level3to5.jsonl"
+    # the loss functions' own default is v0's aggregation too
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    adv = -torch.tensor([[1.0, 2.0, 3.0], [10.0, 0.0, 0.0]])
+    z = torch.zeros(2, 3)
+    assert ppo.policy_loss(z, z, adv, mask, 0.2).item() == pytest.approx(6.0)
+    # the tiny preset keeps what its targets were measured with, and says so
+    tiny = ppo.parse_args(["--preset", "tiny"])
+    assert (tiny.loss_agg, tiny.value_head_init, tiny.grader, tiny.logprob_temperature, tiny.temperature) == \
+        ("token-mean", "zeros", "simplerl", 1.0, 1.0)
+
+
+def test_loss_aggregation_hand_worked():
+    """Two sequences: per-token losses [1, 2, 3] and [10]. v0 (seq-mean-token-mean): (2 + 10) / 2 = 6;
+    token-mean: 16 / 4 = 4. With ratio 1 the policy loss per token is -A; the value loss 0.5 (V - R)^2."""
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    adv = -torch.tensor([[1.0, 2.0, 3.0], [10.0, 99.0, 99.0]])  # padding must not count
+    logp = torch.zeros(2, 3, requires_grad=True)
+    seq = ppo.policy_loss(logp, logp.detach(), adv, mask, 0.2, "seq-mean-token-mean")
+    tok = ppo.policy_loss(logp, logp.detach(), adv, mask, 0.2, "token-mean")
+    assert seq.item() == pytest.approx(6.0) and tok.item() == pytest.approx(4.0)
+    seq.backward()  # d/dlogp of -ratio A / |s| / S: the short sequence's token weighs 3x more per token
+    torch.testing.assert_close(logp.grad, torch.tensor([[1 / 6, 2 / 6, 3 / 6], [10 / 2, 0.0, 0.0]]))
+    # value loss: V = 0, R = sqrt(2 l) so that 0.5 R^2 = l
+    ret = torch.sqrt(2 * torch.tensor([[1.0, 2.0, 3.0], [10.0, 5.0, 5.0]]))
+    v = torch.zeros(2, 3)
+    assert ppo.value_loss(v, v, ret, mask, 100.0, "seq-mean-token-mean").item() == pytest.approx(6.0)
+    assert ppo.value_loss(v, v, ret, mask, 100.0, "token-mean").item() == pytest.approx(4.0)
+    # denom: the count of the whole mini-batch (here 4 sequences, this micro-batch holds 2)
+    assert ppo.value_loss(v, v, ret, mask, 100.0, "seq-mean-token-mean", denom=4.0).item() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="loss-agg"):
+        ppo.aggregate(v, mask, "sum")
+
+
+def test_value_head_init_is_v0s_normal():
+    """OpenRLHF 0.5 models/model.py: value_head.weight.data.normal_(mean=0.0, std=1 / (config.hidden_size + 1))."""
+    lm = SimpleNamespace(config=SimpleNamespace(hidden_size=4095), model=torch.nn.Identity())
+    w = ppo.Critic(lm, "normal", seed=3).value_head.weight.detach()
+    assert w.shape == (1, 4095)
+    std = 1 / 4096
+    assert abs(w.mean().item()) < 4 * std / math.sqrt(4095)  # mean 0 within 4 standard errors
+    assert w.std().item() == pytest.approx(std, rel=0.05)  # the std (not the variance) is 1 / (hidden + 1)
+    torch.testing.assert_close(w, ppo.Critic(lm, "normal", seed=3).value_head.weight.detach())  # same on every rank
+    assert (ppo.Critic(lm, "zeros").value_head.weight == 0).all()
+    with pytest.raises(ValueError, match="value-head-init"):
+        ppo.Critic(lm, "xavier")
+
+
+def test_long_prompts_truncate_or_drop():
+    class Tok:
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [list(range(len(t))) for t in texts]}
+    rows = [{"prompt": "abc", "gold": "1"}, {"prompt": "abcdefg", "gold": "2"}]
+    kept, n_long = ppo.tokenize_prompts(rows, Tok(), 4)  # v0: truncation=True keeps the first max_len tokens
+    assert n_long == 1 and [r["ids"] for r in kept] == [[0, 1, 2], [0, 1, 2, 3]]
+    kept, n_long = ppo.tokenize_prompts(rows, Tok(), 4, "drop")
+    assert n_long == 1 and [r["gold"] for r in kept] == ["1"]
+
+
+def test_math500_rows_with_problem_load():
+    """The README's --test-file data/eval/math500/test.jsonl: rows have `problem` (and `answer`)."""
+    path = SHARED / "eval" / "math500" / "test.jsonl"
+    assert path.exists(), f"missing {path} (../shared/data beside the checkout)"
+    rows = ppo.read_prompts(str(path), "simplerl")
+    assert len(rows) == 500
+    first = json.loads(path.read_text().splitlines()[0])
+    assert rows[0]["prompt"] == reward.apply_template(first["problem"], "simplerl")
+    assert rows[0]["gold"] == first["answer"]
 
 
 def test_import_starts_nothing(tmp_path):

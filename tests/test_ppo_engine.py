@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -22,19 +23,24 @@ def setup_models(temperature=0.7):
     base = ppo.load_model(TINY, seed=0)
     actor = ppo.shard_model(copy.deepcopy(base), device)
     ref = ppo.shard_model(copy.deepcopy(base), device)
-    critic = ppo.shard_model(ppo.Critic(ppo.load_model(TINY, seed=0)), device)
+    critic = ppo.shard_model(ppo.Critic(ppo.load_model(TINY, seed=0), init="zeros"), device)
     return tok, base, actor, ref, critic, device
 
 
-def test_sampler_logprobs_equal_trainer_logprobs_and_k1_is_zero_at_step_0():
+@pytest.mark.parametrize("logprob_temperature", [1.0, 0.7])  # v0's T = 1 scoring, and the tempered variant
+def test_sampler_logprobs_equal_trainer_logprobs_and_k1_is_zero_at_step_0(logprob_temperature):
+    """Sampling at 0.7, the engine reports log-probs the way the trainer scores them (logits / T_lp), so the
+    engine-vs-trainer gap compares like with like under either --logprob-temperature."""
     tok, base, actor, ref, critic, device = setup_models()
-    engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
+    engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device,
+                          logprob_temperature=logprob_temperature)
     prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in ["Q: 1+2\nA:", "Q: 347-85+12\nA:", "Q: 9\nA:"]]
     torch.manual_seed(0)
     samples = engine.generate(prompts, n=4, temperature=0.7, top_p=1.0, max_new_tokens=16)
     assert len(samples) == 12 and all(s.engine_logprobs is not None for s in samples)
     batch = ppo.pad_samples(samples, tok.pad_token_id)
-    cfg = ppo.Config(temperature=0.7, micro_rollout_batch_size=5)  # uneven micro-batches, each trimmed
+    cfg = ppo.Config(temperature=0.7, logprob_temperature=logprob_temperature,
+                     micro_rollout_batch_size=5)  # uneven micro-batches, each trimmed
     ppo.experience_forward(actor, ref, critic, batch, cfg, device)
     for s, row in zip(samples, batch["old_logp"]):
         torch.testing.assert_close(torch.tensor(s.engine_logprobs), row[: len(s.response_ids)], atol=1e-5, rtol=1e-5)
@@ -133,3 +139,75 @@ def test_vllm_engine_call_sequence_on_a_stand_in():
     engine.generate([[1]], n=1, temperature=0.0, top_p=1.0, max_new_tokens=3)  # greedy eval
     assert fake.calls == [("wake_up", ("weights",)), ("wake_up", ("kv_cache",)), ("generate", 1)]
     assert fake.params["temperature"] == 0.0 and fake.params["logprobs"] is None
+
+
+@pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean"])
+def test_accumulated_micro_batches_equal_one_big_batch(loss_agg):
+    """One optimizer step (plain SGD, no clipping of the norm) over a mini-batch of 8 ragged responses:
+    micro-batches of 3, 3, 2 with gradient accumulation give the weights of one micro-batch of 8."""
+    rank, world, device = ppo.init_distributed()
+    g = torch.Generator().manual_seed(7)
+    samples = []
+    for _ in range(8):
+        p = torch.randint(0, 256, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
+        r = torch.randint(0, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+        samples.append(ppo.Sample(p, r, False, None))
+    scores = torch.tensor([1.0, -0.5, -1.0, 1.0, -0.5, 1.0, -1.0, -0.5])
+    noise = 0.1 * torch.randn(8, 8, generator=g)
+
+    def one_step(micro: int) -> dict:
+        actor = ppo.shard_model(ppo.load_model(TINY, seed=0), device)
+        critic = ppo.shard_model(ppo.Critic(ppo.load_model(TINY, seed=1), "normal", seed=2), device)
+        cfg = ppo.Config(train_batch_size=8, micro_train_batch_size=micro, micro_rollout_batch_size=8,
+                         loss_agg=loss_agg, max_grad_norm=1e9, entropy_coef=0.01, kl_coef=0.05)
+        batch = ppo.pad_samples(samples, 256)
+        ppo.experience_forward(actor, actor, critic, batch, cfg, device)
+        m = batch["response_mask"]
+        batch["old_logp"] = (batch["old_logp"] + noise[:, : m.size(1)]) * m  # ratios off 1, some clipped
+        batch["rewards"] = ppo.shape_rewards(scores, torch.zeros_like(m), m, cfg.kl_coef)
+        adv, batch["returns"] = ppo.compute_gae(batch["rewards"], batch["values"], m, cfg.gamma, cfg.lam)
+        batch["advantages"] = ppo.masked_whiten(adv, m)
+        opts = [torch.optim.SGD(actor.parameters(), lr=1.0), torch.optim.SGD(critic.parameters(), lr=1.0)]
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
+        stats = ppo.ppo_update(actor, critic, opts[0], opts[1], scheds[0], scheds[1], batch, cfg, world, device,
+                               train_actor=True, generator=torch.Generator().manual_seed(0))
+        out = {"a." + n: p.full_tensor().detach().clone() for n, p in actor.named_parameters()}
+        out.update({"c." + n: p.full_tensor().detach().clone() for n, p in critic.named_parameters()})
+        return out, stats
+
+    big, big_stats = one_step(8)
+    small, small_stats = one_step(3)
+    start = {"a." + n: p.detach() for n, p in ppo.load_model(TINY, seed=0).named_parameters()}
+    assert any((big[k] - start[k]).abs().max() > 1e-4 for k in start)  # the step did move the weights
+    for k in big:
+        torch.testing.assert_close(small[k], big[k], atol=2e-6, rtol=1e-5, msg=k)
+    for k in ("pg_loss", "v_loss"):
+        assert small_stats[k] == pytest.approx(big_stats[k], rel=1e-5, abs=1e-7)
+
+
+def test_checkpoint_retention_keeps_every_actor_and_prunes_resumable_state(tmp_path):
+    """v0 kept every checkpoint (--save_steps 4, --max_ckpt_num 20000; the reported model is step 120 of 160):
+    every checkpoint-<step>/actor stays; critic, optimizer and trainer state only for the newest `keep`."""
+    from pathlib import Path
+    rank, world, device = ppo.init_distributed()
+    tok = AutoTokenizer.from_pretrained(TINY)
+    actor = ppo.shard_model(ppo.load_model(TINY, seed=0), device)
+    critic = ppo.shard_model(ppo.Critic(ppo.load_model(TINY, seed=0)), device)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (actor, critic)]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
+    assert ppo.Config().keep_actor_weights is True
+    for step in (4, 8, 12, 16):
+        ppo.save_checkpoint(tmp_path, step, actor, critic, *opts, *scheds, tok, {"position": step}, keep=2)
+    resumable = {p.name for p in tmp_path.glob("checkpoint-*") if (p / "trainer_state.pt").exists()}
+    assert resumable == {"checkpoint-12", "checkpoint-16"}
+    for step in (4, 8):
+        p = tmp_path / f"checkpoint-{step}"
+        assert sorted(x.name for x in p.iterdir()) == ["actor"]  # critic, optim, trainer_state pruned
+        AutoModelForCausalLM.from_pretrained(p / "actor")  # what evaluate.py loads
+    for step in (12, 16):
+        assert {x.name for x in (tmp_path / f"checkpoint-{step}").iterdir()} >= {"actor", "critic", "optim",
+                                                                              "trainer_state.pt"}
+    assert ppo.latest_checkpoint(Path(tmp_path)).name == "checkpoint-16"
+    # --no-keep-actor-weights: older checkpoints go whole, as before
+    ppo.save_checkpoint(tmp_path, 20, actor, critic, *opts, *scheds, tok, {"position": 20}, keep=2, keep_actors=False)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-20"]

@@ -86,7 +86,7 @@ def test_prompt_field_is_used_verbatim_and_truncation():
 
 @pytest.mark.parametrize("line, message", [
     ('{"question": "1+1", "answer": "2"}', "line 2: field 'response' or 'solution' missing"),
-    ('{"solution": "2"}', "line 2: field 'prompt' or 'question' missing"),
+    ('{"solution": "2"}', "line 2: field 'prompt' or 'question' or 'problem' missing"),
     ('{"question": "1+1", "solution": 2}', "line 2: field 'solution' must be a string, got int"),
     ('{"question": "1+1", "solution": "2"', "line 2: invalid JSON"),
     ('["1+1", "2"]', "line 2: expected a JSON object"),
@@ -95,7 +95,35 @@ def test_bad_rows_name_file_line_and_field(tmp_path, line, message):
     path = tmp_path / "train.jsonl"
     path.write_text('{"question": "1+1", "solution": "\\\\boxed{2}"}\n' + line + "\n")
     with pytest.raises(ValueError, match=str(path).replace("\\", "\\\\") + " " + message.replace("(", r"\(")):
-        sft.read_rows(str(path), [("prompt", "question"), ("response", "solution")])
+        sft.read_rows(str(path), [sft.QUESTION_FIELDS, ("response", "solution")])
+
+
+def test_over_long_examples_are_counted_and_dropped_by_default():
+    """prompt + response + EOS > max_length: counted, dropped (default) or truncated; a prompt that fills the
+    window is dropped either way and counted as such."""
+    tok = AutoTokenizer.from_pretrained(TINY)
+    rows = [{"prompt": "P>", "response": "ab"},        # 2 + 2 + EOS = 5: fits max_length 6
+            {"prompt": "P>", "response": "abcdefgh"},  # 11: a long response (was silently truncated)
+            {"prompt": "PPPPPPP>", "response": "a"},   # the prompt alone is over 6
+            {"prompt": "P>", "response": "abc"}]       # 6: exactly fits, EOS kept
+    assert sft.Config().long_examples == "drop"
+    examples, n = sft.encode_all(rows, tok, cfg(max_length=6, long_examples="drop"), 258)
+    assert n == {"over_long": 2, "long_prompt": 1, "dropped": 2, "truncated": 0}
+    assert [e[0][-1] for e in examples] == [258, 258]  # every kept example ends with its EOS
+    examples, n = sft.encode_all(rows, tok, cfg(max_length=6, long_examples="truncate"), 258)
+    assert n == {"over_long": 2, "long_prompt": 1, "dropped": 1, "truncated": 1}
+    assert examples[1] == ([*b"P>abcd"], [-100, -100, *b"abcd"])  # cut: no EOS
+    assert sft.PRESETS["tiny"]["long_examples"] == "truncate"  # the demo's base.jsonl relies on it (README)
+
+
+def test_math500_test_file_loads():
+    """The README's --test-file data/eval/math500/test.jsonl: rows have `problem` and `answer`."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "math500" / "test.jsonl"
+    assert path.exists(), f"missing {path} (../shared/data beside the checkout)"
+    rows = sft.read_rows(str(path), [sft.QUESTION_FIELDS, ("answer",)])
+    assert len(rows) == 500
+    assert sft.prompt_of(rows[0], "simplerl").startswith("<|im_start|>system") and rows[0]["problem"] in \
+        sft.prompt_of(rows[0], "simplerl")
 
 
 def test_levels_filter_needs_a_level(tmp_path):
