@@ -260,7 +260,7 @@ def _strip_trailing_units(s: str) -> str:
         m = re.search(r"\\text\{[^{}]*\}(?:\^\{?\d\}?)?$", s)
         if not m:
             break
-        head = s[: m.start()].strip()
+        head = re.sub(r"(?:\\[,;: !]|~)+$", "", s[: m.start()]).strip()
         word = re.sub(r"[^a-zA-Z]", "", m.group(0)[6:])
         # Keep "\text{(C)}"-like choices and connectives; drop units only after something numeric.
         if not head or not word or word in ("or", "and") or head.endswith(("=", ",", "(")):
@@ -286,6 +286,27 @@ def _fix_fracs_and_roots(s: str) -> str:
     return s
 
 
+_TRIG_RE = re.compile(r"\\(?:sin|cos|tan|sec|csc|cot)(?![a-z])")
+_GLUED_UNITS = ("weeks?|days?|hours?|hrs?|minutes?|mins?|seconds?|secs?|years?|months?|cm|mm|km|kg|mg|ml|feet|ft|"
+                "inches|miles?|meters?|metres?|units?|dollars?|cents?|degrees?|mph|kmh|liters?|litres?|pounds?|lbs?|"
+                "ounces?|oz|grams?|g|m|s")
+_TIME_RE = re.compile(
+    r"^(\d{1,2}):([0-5]\d)(?::([0-5]\d))?\s*(?:\\text\{\s*)?(?:([aApP])\.?\s*[mM]\.?)?\s*\}?$")
+
+
+def _time_of_day(s: str) -> str:
+    """"8:34 \\text{P.M.}", "20:34:00" -> "20:34" (24-hour, seconds kept unless zero); else unchanged."""
+    m = _TIME_RE.match(s.strip())
+    if not m:
+        return s
+    hour, minute, second, half = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+    if half:
+        if not 1 <= hour <= 12:
+            return s
+        hour = hour % 12 + (12 if half in "pP" else 0)
+    return f"{hour}:{minute}" + (f":{second}" if second and second != "00" else "")
+
+
 def normalize(s: str) -> str:
     """Canonical spelling of an answer string: the stage-2 key, and the input to later stages."""
     s = s[: MAX_ANSWER_CHARS * 2]
@@ -294,9 +315,22 @@ def normalize(s: str) -> str:
     s = unicodedata.normalize("NFKC", s)
     s = "".join(c for c in s if c.isprintable() or c == " ").strip()
     s = _unwrap_boxes(s)
+    if "\\begin" not in s and "&" not in s:  # "\\\\sqrt{5}", "\\\\dfrac": a doubled backslash (JSON/escaping)
+        s = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", s)
     s = s.replace("\\\\", "\x01")  # protect the row separator "\\" from the spacing rules
+    s = re.sub(r",\\!\s*", "{,}", s)  # "11,\\! 111,\\! 100": thousands, spelled with a negative space
+    if _TRIG_RE.search(s):  # sin(90^\circ - x): inside trigonometry a degree is pi/180, not a unit
+        s = re.sub(r"\^\{?\\circ\}?", lambda m: "\\cdot\\frac{\\pi}{180}", s)
+    s = re.sub(r"\s*(?:\\approx|≈).*$", "", s) if re.match(r"^.+\S\s*(?:\\approx|≈)", s) else s  # "x \\approx 0.577"
     for old, new in _REPLACEMENTS:
         s = s.replace(old, new)
+    s = _time_of_day(s)
+    s = re.sub(r"^(-?\d+)\s+(\d+)/(\d+)$", r"\1\\frac{\2}{\3}", s)  # "1 1/2" is a mixed number
+    s = re.sub(r"(\^\{?\d+\}?)\s+(?=\d)", r"\1\\cdot ", s)  # "2^6 3^5": a product, not 2^{63}...
+    s = re.sub(r",?\s*\\text\{\s*(?:and|or)\s*\}\s*", ",", s) if "," in s else s  # "7, -2, \\text{ and } -5"
+    s = re.sub(r",\s*(?:and|or)\s+", ",", s)
+    s = re.sub(r"_\{(\w)\}", r"_\1", s)  # 4210_{7} -> 4210_7
+    s = re.sub(r"(?<=[\d+\-*])I(?![a-zA-Z])", "i", s)  # 3+4I: the imaginary unit in CAS spelling
     s = re.sub(r"\\text\{\s*\}", "", s)
     s = s.strip().rstrip(".").strip()
     s = re.sub(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*", "", s, flags=re.I)
@@ -307,7 +341,9 @@ def normalize(s: str) -> str:
     if _THOUSANDS_RE.match(s):  # "2,125", "32{,}349" -- but "32, 349" (with a space) is a pair
         s = s.replace("{,}", "").replace(",", "")
     s = s.replace("{,}", ",")
-    s = re.sub(r"\s+", "", s)
+    s = re.sub(r"^(" + _NUMBER_TOKEN + r")(?:" + _GLUED_UNITS + r")$", r"\1", s)  # "10weeks"
+    s = re.sub(r"(\\(?:arc)?(?:sin|cos|tan|sec|csc|cot)h?|\\log|\\ln|\\exp)\s+(?=[a-zA-Z])", "\\1\x02", s)  # \\sec x
+    s = re.sub(r"\s+", "", s).replace("\x02", " ")
     s = _fix_fracs_and_roots(s)
     s = re.sub(r"\\text\{\s*\}", "", s)
     s = s.rstrip(".")
@@ -340,7 +376,7 @@ _INT = r"\d{1,400}"
 _DEC_RE = re.compile(r"^(?:\d{1,400}(?:\.\d{0,400})?|\.\d{1,400})$")
 _SCI_RE = re.compile(r"^(\d{1,400}(?:\.\d{0,400})?)(?:e|E|\\times10\^|\\cdot10\^|\*10\^)\{?([-+]?\d{1,3})\}?$")
 _FRAC_RE = re.compile(r"^\\frac\{(-?" + _INT + r")\}\{(-?" + _INT + r")\}$")
-_SLASH_RE = re.compile(r"^(" + _INT + r")/(" + _INT + r")$")
+_SLASH_RE = re.compile(r"^(" + _INT + r")\.?/(" + _INT + r")\.?$")  # "-1./3": C-style literals
 _MIXED_RE = re.compile(r"^(" + _INT + r")\\frac\{(" + _INT + r")\}\{(" + _INT + r")\}$")
 _POW10_RE = re.compile(r"^10\^\{?([-+]?\d{1,3})\}?$")
 
@@ -447,6 +483,9 @@ def _letters(s: str) -> set[str]:
     return set(re.findall(r"[a-zA-Z]", _LATEX_NAMES.sub("", s))) - {"e", "i"}
 
 
+_IDENTITY_RE = re.compile(r"\\(?:arc)?(?:sin|cos|tan|sec|csc|cot)|\\log|\\ln")
+
+
 def _quick_equal(pred: str, gold: str) -> bool | None:
     """Decide with string and number work only; None when the structural/symbolic stages must."""
     if pred == gold:
@@ -470,9 +509,10 @@ def _quick_equal(pred: str, gold: str) -> bool | None:
     pn, gn = parse_number(p), parse_number(g)
     if pn is not None and gn is not None:
         return _numbers_equal(pn, gn)
-    if gn is not None and _letters(p) and "=" not in p:  # "x+1" is never a number
+    # "x+1" is never a number -- but sin^2 x + cos^2 x is: identities go to the symbolic stage
+    if gn is not None and _letters(p) and "=" not in p and not _IDENTITY_RE.search(p):
         return False
-    if pn is not None and _letters(g) and "=" not in g:
+    if pn is not None and _letters(g) and "=" not in g and not _IDENTITY_RE.search(g):
         return False
     return None
 
@@ -774,11 +814,10 @@ def _exprs_equal(p, g, places: int | None) -> bool:
     """Equal values at every sample point (one point when there are no variables)."""
     import sympy
 
-    if p.free_symbols != g.free_symbols:
-        return False
     if p.has(sympy.oo, -sympy.oo, sympy.zoo) or g.has(sympy.oo, -sympy.oo, sympy.zoo):
         return p == g
-    points = _points(p.free_symbols) if p.free_symbols else [{}]
+    symbols = p.free_symbols | g.free_symbols  # sin^2 x + cos^2 x has an x; 1 has none
+    points = _points(symbols) if symbols else [{}]
     agreed = 0
     for point in points:
         a, b = _value(p, point), _value(g, point)
@@ -869,6 +908,14 @@ def check_symbolic_grader() -> None:
 # The pipeline
 
 
+def _expand_pm(s: str) -> str:
+    """"3\\pm\\sqrt{2}" -> "\\{3+\\sqrt{2},3-\\sqrt{2}\\}": one \\pm in a scalar is the set of both signs."""
+    if s.count("\\pm") + s.count("\\mp") != 1 or _structure(s) is not None:
+        return s
+    plus, minus = (s.replace("\\pm", a).replace("\\mp", b) for a, b in (("+", "-"), ("-", "+")))
+    return "\\{" + plus + "," + minus + "\\}"
+
+
 def _equal(pred: str, gold: str, depth: int = 0) -> bool:
     if depth > 4:  # nested structures deeper than this are not answers
         return False
@@ -885,6 +932,7 @@ def _equal(pred: str, gold: str, depth: int = 0) -> bool:
         g = gi
     if p == g:
         return True
+    p, g = _expand_pm(p), _expand_pm(g)
     ps, gs = _structure(p), _structure(g)
     if ps is not None or gs is not None:
         if ps is not None and gs is not None:
