@@ -118,11 +118,12 @@ MAX_ANSWER_CHARS = 1000  # longer extracted answers are graded by exact match on
 _BRACE_RE = re.compile(r"\\[{}]|[{}]")  # an escaped brace is one token, not a brace
 
 
-def _brace_partners(text: str) -> dict[int, int]:
+def _brace_partners(text: str, start: int = 0) -> dict[int, int]:
     """Position of each "{" -> position of its matching "}", in one linear pass (a stack).
-    Escaped braces ("\\{", "\\}") are text, not grouping.  Unmatched "{" get no entry."""
+    Escaped braces ("\\{", "\\}") are text, not grouping.  Unmatched "{" get no entry.  Braces
+    before `start` cannot change which "}" closes a "{" after it, so the scan starts there."""
     partners, stack = {}, []
-    for m in _BRACE_RE.finditer(text):
+    for m in _BRACE_RE.finditer(text, start):
         c = m.group(0)
         if c == "{":
             stack.append(m.start())
@@ -145,7 +146,7 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
             i += 1
         if i < len(text) and text[i] == "{":
             if partners is None:
-                partners = _brace_partners(text)
+                partners = _brace_partners(text, i)
             j = partners.get(i)
             if j is not None:
                 found.append((m.start(), j + 1, text[i + 1 : j]))
