@@ -700,6 +700,8 @@ def _structures_equal(ps: tuple, gs: tuple, depth: int) -> bool:
         return _match_unordered(pi, gi, depth)
     if {pk, gk} == {"tuple", "list"}:  # "1, 2" for "(1, 2)": the order still matters
         return _match_ordered(pi, gi, depth)
+    if pk == gk == "list" and getattr(_ORDER, "on", False):  # the question asked for an order
+        return _match_ordered(pi, gi, depth)
     if {pk, gk} <= {"set", "list"}:
         return _match_unordered(pi, gi, depth)
     return False
@@ -946,15 +948,33 @@ def _equal(pred: str, gold: str, depth: int = 0) -> bool:
     return _symbolic_equal(p, g)
 
 
-def math_equal(pred: str, gold: str) -> bool:
+# A bare list ("1, 2, 3") is a set of answers unless the question asks for an order.
+_ORDER_RE = re.compile(
+    r"\b(?:in (?:increasing|decreasing|ascending|descending|numerical|alphabetical) order|in (?:that|this|the same|the given) order"
+    r"|in order|from (?:smallest|least|lowest|largest|greatest|highest) to|ordered (?:pair|triple|quadruple|list)|respectively)\b",
+    re.I,
+)
+_ORDER = threading.local()
+
+
+def asks_for_order(question: str | None) -> bool:
+    """Does the question make a comma-separated answer ordered ("in increasing order", "respectively")?"""
+    return bool(question) and _ORDER_RE.search(question[:20000]) is not None
+
+
+def math_equal(pred: str, gold: str, question: str | None = None) -> bool:
     """Is the predicted answer mathematically the gold answer?  Pure; no timeout inside
-    (size guards keep it fast; batch callers add a hard timeout)."""
+    (size guards keep it fast; batch callers add a hard timeout).  With the `question`, a bare
+    list is compared in order when the question asks for one; tuples always are, sets never."""
     if pred is None or gold is None:
         return False
+    previous, _ORDER.on = getattr(_ORDER, "on", False), asks_for_order(question)
     try:
         return _equal(str(pred), str(gold))
     except RecursionError:
         return False
+    finally:
+        _ORDER.on = previous
 
 
 GRADERS = ("v0", "simplerl")  # v0: simpleRL-reason v0's training verdicts; simplerl: this module's grader
@@ -989,21 +1009,22 @@ def _for_gold(candidates: list[str], gold: str) -> list[str]:
     return candidates if len(candidates) < 2 or _MULTI_PART_RE.search(str(gold)) else candidates[:1]
 
 
-def _grader_equal(pred: str, gold: str, grader: str) -> bool:
-    return v0_math_equal(pred, gold) if grader == "v0" else math_equal(pred, gold)
+def _grader_equal(pred: str, gold: str, grader: str, question: str | None = None) -> bool:
+    return v0_math_equal(pred, gold) if grader == "v0" else math_equal(pred, gold, question)
 
 
 def _grader_quick(pred: str, gold: str, grader: str) -> bool | None:
     return _v0_quick_equal(pred, gold) if grader == "v0" else _quick_equal(pred, gold)
 
 
-def compute_score(response: str, gold: str, grader: str = "simplerl") -> float:
+def compute_score(response: str, gold: str, grader: str = "simplerl", question: str | None = None) -> float:
     """SimpleRL-Zero reward: -1.0 without "boxed", +1.0 boxed and right, -0.5 boxed and wrong.
-    grader="v0" reproduces simpleRL-reason v0's training verdicts; "simplerl" is this module's."""
+    grader="v0" reproduces simpleRL-reason v0's training verdicts; "simplerl" is this module's
+    (which reads the `question`, when given, to tell an ordered list from a set)."""
     candidates = answer_candidates(response, grader)
     if candidates is None:
         return -1.0
-    return 1.0 if any(_grader_equal(c, gold, grader) for c in _for_gold(candidates, gold)) else -0.5
+    return 1.0 if any(_grader_equal(c, gold, grader, question) for c in _for_gold(candidates, gold)) else -0.5
 
 
 # ----------------------------------------------------------------------------------
@@ -1362,7 +1383,7 @@ def _v0_quick_equal(pred: str, gold: str) -> bool | None:
 
 
 def _worker_main() -> None:
-    """Grader subprocess: read [idx, pred, gold, grader] lines, answer [idx, verdict] lines."""
+    """Grader subprocess: read [idx, pred, gold, grader, question] lines, answer [idx, verdict] lines."""
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints must not corrupt the protocol
     try:
@@ -1375,9 +1396,9 @@ def _worker_main() -> None:
     out.write("ready\n")
     out.flush()
     for line in sys.stdin:
-        idx, pred, gold, grader = json.loads(line)
+        idx, pred, gold, grader, question = json.loads(line)
         try:
-            verdict = bool(_grader_equal(pred, gold, grader))
+            verdict = bool(_grader_equal(pred, gold, grader, question))
         except BaseException:
             verdict = False
         out.write(json.dumps([idx, verdict]) + "\n")
@@ -1397,7 +1418,7 @@ class _Worker:
         self.task: int | None = None
         self.deadline = 0.0
 
-    def send(self, idx: int, pair: tuple[str, str, str], deadline: float) -> bool:
+    def send(self, idx: int, pair: tuple[str, str, str, str | None], deadline: float) -> bool:
         try:
             self.proc.stdin.write((json.dumps([idx, *pair]) + "\n").encode())
             self.proc.stdin.flush()
@@ -1453,7 +1474,7 @@ atexit.register(_shutdown_pool)
 
 
 def _run_in_pool(
-    pairs: dict[int, tuple[str, str, str]], timeout: float, num_workers: int, deadline: float, report: dict
+    pairs: dict[int, tuple[str, str, str, str | None]], timeout: float, num_workers: int, deadline: float, report: dict
 ) -> dict[int, bool]:
     """Grade pairs in the pool; a pair that overruns `timeout` or crashes its worker is False,
     and so is every pair still ungraded at `deadline` (time.monotonic())."""
@@ -1531,12 +1552,14 @@ class _Timeout(BaseException):  # BaseException: broad "except Exception" inside
     pass
 
 
-def _math_equal_in_process(pred: str, gold: str, timeout: float, grader: str = "simplerl") -> bool:
+def _math_equal_in_process(
+    pred: str, gold: str, timeout: float, grader: str = "simplerl", question: str | None = None
+) -> bool:
     """num_workers=0: grade here.  On the main thread a SIGALRM timer bounds it; elsewhere
     only the size guards do (signals cannot interrupt other threads)."""
     use_timer = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     if not use_timer:
-        return _grader_equal(pred, gold, grader)
+        return _grader_equal(pred, gold, grader, question)
 
     def on_alarm(signum, frame):
         raise _Timeout
@@ -1544,7 +1567,7 @@ def _math_equal_in_process(pred: str, gold: str, timeout: float, grader: str = "
     previous = signal.signal(signal.SIGALRM, on_alarm)
     try:
         signal.setitimer(signal.ITIMER_REAL, timeout)
-        return _grader_equal(pred, gold, grader)
+        return _grader_equal(pred, gold, grader, question)
     except _Timeout:
         return False
     finally:
@@ -1553,10 +1576,10 @@ def _math_equal_in_process(pred: str, gold: str, timeout: float, grader: str = "
 
 
 def _grade_pairs(
-    pairs: list[tuple[str, str] | None], grader: str, timeout: float, num_workers: int | None,
+    pairs: list[tuple[str, str, str | None] | None], grader: str, timeout: float, num_workers: int | None,
     batch_timeout: float | None,
 ) -> list[bool]:
-    """Verdicts for (pred, gold) pairs (None: not equal): fast path here, the rest in the pool,
+    """Verdicts for (pred, gold, question) triples (None: not equal): fast path here, the rest in the pool,
     all of it finished by `batch_timeout` seconds from now (None: no batch bound)."""
     _check_grader(grader)
     if timeout <= 0 or (batch_timeout is not None and batch_timeout <= 0):
@@ -1564,7 +1587,7 @@ def _grade_pairs(
     deadline = time.monotonic() + (batch_timeout if batch_timeout is not None else float("inf"))
     report = {"pairs": len(pairs), "fast": 0, "symbolic": 0, "timed_out": 0, "past_deadline": 0}
     results = [False] * len(pairs)
-    pending: dict[int, tuple[str, str, str]] = {}
+    pending: dict[int, tuple[str, str, str, str | None]] = {}
     for i, pair in enumerate(pairs):
         if pair is None:
             continue
@@ -1576,19 +1599,19 @@ def _grade_pairs(
         except Exception:
             quick = False
         if quick is None:
-            pending[i] = (pair[0], pair[1], grader)
+            pending[i] = (pair[0], pair[1], grader, pair[2])
         else:
             report["fast"] += 1
             results[i] = quick
     report["symbolic"] = len(pending)
     workers = _default_workers() if num_workers is None else num_workers
     if pending and workers <= 0:
-        for i, (p, g, _) in pending.items():
+        for i, (p, g, _, q) in pending.items():
             left = deadline - time.monotonic()
             if left <= 0:
                 report["past_deadline"] += 1
                 continue
-            results[i] = _math_equal_in_process(p, g, min(timeout, left), grader)
+            results[i] = _math_equal_in_process(p, g, min(timeout, left), grader, q)
     elif pending:
         with _POOL_LOCK:
             for i, verdict in _run_in_pool(pending, timeout, workers, deadline, report).items():
@@ -1601,9 +1624,17 @@ def _grade_pairs(
     return results
 
 
+def _check_questions(questions: list[str] | None, n: int) -> list[str | None]:
+    if questions is None:
+        return [None] * n
+    if len(questions) != n:
+        raise ValueError(f"questions has {len(questions)} entries for {n} answers")
+    return list(questions)
+
+
 def batch_math_equal(
     preds: list[str | None], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
-    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT,
+    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT, questions: list[str] | None = None,
 ) -> list[bool]:
     """math_equal over many pairs.  The fast path runs here; undecided pairs go to a
     persistent subprocess pool (num_workers=None: one per core for this rank, at most 8;
@@ -1611,26 +1642,28 @@ def batch_math_equal(
     `batch_timeout`.  Timeouts and errors are False (see `last_batch_report`)."""
     if len(preds) != len(golds):
         raise ValueError("preds and golds differ in length")
-    pairs = [None if p is None or g is None else (str(p), str(g)) for p, g in zip(preds, golds)]
+    questions = _check_questions(questions, len(preds))
+    pairs = [None if p is None or g is None else (str(p), str(g), q) for p, g, q in zip(preds, golds, questions)]
     return _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)
 
 
 def batch_compute_scores(
     responses: list[str], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
-    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT,
+    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT, questions: list[str] | None = None,
 ) -> list[float]:
     """compute_score over many pairs: each answer candidate graded as in batch_math_equal."""
     if len(responses) != len(golds):
         raise ValueError("responses and golds differ in length")
     _check_grader(grader)
     scores: list[float] = []
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, str | None]] = []
     owner: list[int] = []
-    for i, (response, gold) in enumerate(zip(responses, golds)):
+    questions = _check_questions(questions, len(responses))
+    for i, (response, gold, question) in enumerate(zip(responses, golds, questions)):
         candidates = answer_candidates(response, grader)
         scores.append(-1.0 if candidates is None else -0.5)
         for c in _for_gold(candidates or [], gold):
-            pairs.append((c, str(gold)))
+            pairs.append((c, str(gold), question))
             owner.append(i)
     for i, ok in zip(owner, _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)):
         if ok:

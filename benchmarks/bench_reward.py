@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import reward  # noqa: E402
-from equivalence_cases import CASES  # noqa: E402
+from equivalence_cases import CASES, QUESTION_CASES  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -83,19 +83,22 @@ HARD_FAMILIES = ("unordered", "labelled", "number-format", "latex-spelling", "un
 def table_report(with_mv: bool) -> None:
     """The equivalence table scored by each grader in this run: accuracy, false positives
     (said equal, expected not), false negatives, per family and overall."""
+    # QUESTION_CASES carry the question (the order of a bare list); only reward.py reads it.
+    cases = [(p, g, None, want, fam) for p, g, want, fam in CASES] + QUESTION_CASES
     graders = {
-        "simplerl": lambda p, g: reward.math_equal(p, g),
-        "v0": lambda p, g: reward.compute_score("\\boxed{" + p + "}", g, grader="v0") == 1.0,
+        "simplerl": lambda p, g, q: reward.math_equal(p, g, question=q),
+        "v0": lambda p, g, q: reward.compute_score("\\boxed{" + p + "}", g, grader="v0") == 1.0,
     }
     if with_mv:
-        graders["math-verify"] = lambda p, g: mv_score(("\\boxed{" + p + "}", g))
-    verdicts = {name: [fn(p, g) for p, g, _, _ in CASES] for name, fn in graders.items()}
+        graders["math-verify"] = lambda p, g, q: mv_score(("\\boxed{" + p + "}", g))
+    verdicts = {name: [fn(p, g, q) for p, g, q, _, _ in cases] for name, fn in graders.items()}
+    table = [(p, g, want, fam) for p, g, _, want, fam in cases]
     groups: dict[str, list[int]] = {}
-    for i, (_, _, _, fam) in enumerate(CASES):
+    for i, (_, _, _, fam) in enumerate(table):
         groups.setdefault(fam if fam in HARD_FAMILIES else "core (other families)", []).append(i)
-    groups["all"] = list(range(len(CASES)))
+    groups["all"] = list(range(len(table)))
     order = list(HARD_FAMILIES) + ["core (other families)", "all"]
-    print(f"\nequivalence table ({len(CASES)} cases, {sum(c[2] for c in CASES)} equal, {sum(not c[2] for c in CASES)} not)")
+    print(f"\nequivalence table ({len(table)} cases, {sum(c[2] for c in table)} equal, {sum(not c[2] for c in table)} not)")
     print("| family | cases | " + " | ".join(f"{n} acc | FP | FN" for n in graders) + " |")
     print("|---|---:|" + "---:|---:|---:|" * len(graders))
     for fam in order:
@@ -103,13 +106,13 @@ def table_report(with_mv: bool) -> None:
         cells = []
         for name in graders:
             v = verdicts[name]
-            right = sum(v[i] == CASES[i][2] for i in idx)
-            fp = sum(v[i] and not CASES[i][2] for i in idx)
-            fn = sum(not v[i] and CASES[i][2] for i in idx)
+            right = sum(v[i] == table[i][2] for i in idx)
+            fp = sum(v[i] and not table[i][2] for i in idx)
+            fn = sum(not v[i] and table[i][2] for i in idx)
             cells.append(f"{right / len(idx):.1%} | {fp} | {fn}")
         print(f"| {fam} | {len(idx)} | " + " | ".join(cells) + " |")
     if with_mv:
-        for i, (p, g, want, fam) in enumerate(CASES):
+        for i, (p, g, want, fam) in enumerate(table):
             if verdicts["simplerl"][i] != want:
                 print(f"  simplerl wrong: [{fam}] {p!r} vs {g!r} expected {want}")
 

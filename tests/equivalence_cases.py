@@ -388,3 +388,18 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("x", "x", True, "exact"),
     ("a", "b", False, "exact"),
 ]
+
+# Cases whose verdict depends on the question: (pred, gold, question, expected, family).
+# A bare list is a set of answers unless the question asks for an order; tuples are always ordered.
+QUESTION_CASES: list[tuple[str, str, str, bool, str]] = [
+    ("-5, -2, 7", "7, -2, -5", "Find all real roots of $p(x)$. Enter all the roots, separated by commas.", True, "unordered"),
+    ("-5, -2, 7", "7, -2, -5", "Enter the roots in decreasing order, separated by commas.", False, "unordered"),
+    ("7, -2, -5", "7, -2, -5", "Enter the roots in decreasing order, separated by commas.", True, "unordered"),
+    ("2, 3", "3, 2", "Find the mean and the median of the list, respectively.", False, "unordered"),
+    ("3, 2", "3, 2", "Find the mean and the median of the list, respectively.", True, "unordered"),
+    ("\\frac{1}{2}, 3", "3, 0.5", "Find all values of $k$ for which the equation has exactly one solution.", True, "unordered"),
+    ("b, a, c", "a, b, c", "List the numbers $a$, $b$, $c$ from smallest to largest.", False, "unordered"),
+    ("(1, 2)", "(2, 1)", "Find all solutions $x$.", False, "unordered"),  # brackets make it a point
+    ("x-1, x", "x, x-1", "What are the two factors? Enter them separated by commas.", True, "unordered"),
+    ("2, 1", "1, 2", "Enter the ordered pair $(a, b)$ as a, b.", False, "unordered"),
+]
