@@ -326,12 +326,15 @@ def normalize(s: str) -> str:
     for old, new in _REPLACEMENTS:
         s = s.replace(old, new)
     s = _time_of_day(s)
-    s = re.sub(r"^(-?\d+)\s+(\d+)/(\d+)$", r"\1\\frac{\2}{\3}", s)  # "1 1/2" is a mixed number
+    s = re.sub(r"^(-?\d+)(?:\s|\\[ ,;])+(\d+)/(\d+)$", r"\1\\frac{\2}{\3}", s)  # "1 1/2" is a mixed number
+    s = re.sub(r"^(\d+)_\{?10\}?$", r"\1", s)  # 12_{10}: base ten is the number itself
     s = re.sub(r"(\^\{?\d+\}?)\s+(?=\d)", r"\1\\cdot ", s)  # "2^6 3^5": a product, not 2^{63}...
     s = re.sub(r",?\s*\\text\{\s*(?:and|or)\s*\}\s*", ",", s) if "," in s else s  # "7, -2, \\text{ and } -5"
     s = re.sub(r",\s*(?:and|or)\s+", ",", s)
     s = re.sub(r"_\{(\w)\}", r"_\1", s)  # 4210_{7} -> 4210_7
     s = re.sub(r"(?<=[\d+\-*])I(?![a-zA-Z])", "i", s)  # 3+4I: the imaginary unit in CAS spelling
+    if "i" not in s:
+        s = re.sub(r"(?<=[\d+\-*])j(?![a-zA-Z])", "i", s)  # 2+3j: the engineers' spelling
     s = re.sub(r"\\text\{\s*\}", "", s)
     s = s.strip().rstrip(".").strip()
     s = re.sub(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*", "", s, flags=re.I)
