@@ -7,39 +7,36 @@ The reward (simpleRL-reason v0, `preprocess_box_response_for_qwen_prompt`):
       boxed answer equal to the gold     -> +1.0
       boxed answer not equal to the gold -> -0.5
 
-"Equal" is decided by `math_equal(pred, gold)`, a pipeline that tries the cheap
-tests first and stops at the first stage that can decide:
+Two graders decide "equal" (`GRADERS`): "v0" reproduces v0's training verdicts (Qwen's
+extraction after the last "boxed", its strip_string on the prediction, its math_equal
+against the raw gold, percent leniency included); "simplerl" is this module's own
+`math_equal(pred, gold)` on the last box, a pipeline that stops at the first stage that
+can decide:
 
     1. exact string match
-    2. normalised string match (LaTeX noise, units, \\text{}, \\dfrac, ^\\circ, \\$ ... removed)
+    2. normalised string match (LaTeX noise, units, \\text{}, \\dfrac, ^\\circ, \\$, times of day)
     3. multiple-choice letters                               (A-E, "(C)", "\\text{(C)}")
     4. numbers: ints, decimals, fractions, mixed numbers, a/b, thousands separators,
        scientific notation, percent -- exact rationals; a tolerance only for decimals
-    5. structure: tuples (ordered), sets and bare lists (unordered), intervals (brackets
-       must match), matrices, unions; elements compared recursively
+    5. structure: tuples (ordered), sets and bare lists (unordered unless the question asks
+       for an order), \\pm pairs, intervals (brackets must match), matrices, unions
     6. symbolic: sympy's LaTeX grammar (never eval/sympify), size-guarded, compared
-       numerically at capped precision (random points when there are variables);
-       equations equal up to scale, inequalities up to a positive scale.
+       numerically at sample points; equations up to scale, inequalities up to a positive one.
 
-Stages 1-4 are the fast path (`_quick_equal`): pure string work, microseconds.  Only
-pairs it cannot decide reach stages 5-6; the batch entry points send those to a
-persistent pool of grader subprocesses, each comparison bounded by a timeout, and a
-worker that hangs is killed and replaced (the pair counts as wrong).
+Stages 1-4 are the fast path: string work, microseconds.  The batch entry points send
+the rest to a pool of grader subprocesses, each pair bounded by a timeout and the batch
+by a deadline; a worker that hangs is killed (the pair counts as wrong).
 
-Untrusted input: model output is attacker-controlled.  Nothing here evaluates it as
-Python.  Sympy objects are only built by `sympy.parsing.latex.parse_latex`, a grammar,
-and only after length/depth/digit guards; exponents, factorials and node counts are
-bounded before any numeric evaluation.
+Untrusted input: nothing here evaluates model output as Python.  Sympy objects are only
+built by `sympy.parsing.latex.parse_latex`, a grammar, after length/depth/digit guards;
+exponents, factorials and node counts are bounded before any numeric evaluation.
+Decisions an RL policy could exploit: percent is x/100 only ("50\\%" == 50 == 0.5, but 5
+!= 500); a decimal must be a correct rounding of an exact gold (3.1416 == \\pi, 3.14 !=
+\\pi, 10001 != 10000); open and closed intervals differ; a label is dropped ("x = 3" == 3).
 
-Decisions a grader has to make (and that an RL policy could exploit):
-  * percent is a unit meaning x/100: "50\\%" equals "50" and "0.5", but a bare 5 never
-    equals 500 or 0.05 (the Qwen grader's gold*100 / gold/100 leniency is not copied);
-  * two exact numbers must be exactly equal; a decimal matches when it is within 1e-4
-    relative AND within one unit of its last written digit, i.e. a correct rounding or
-    truncation (0.3333 == 1/3 and 3.1416 == \\pi, but 10001 != 10000, 0.33 != 1/3,
-    3.14 != \\pi and 9999.857142857143 != 10000);
-  * open and closed intervals differ; sets and bare lists ignore order, tuples do not;
-  * a label is dropped: "x = 3" == "3", "(p,q)=(3,2)" == "(3,2)".
+Layout: the public functions come first (templates, extraction, compute_score,
+batch_compute_scores, math_equal, batch_math_equal, check_symbolic_grader); the machinery
+(normalisation, numbers, structures, sympy, the v0 grader, the worker pool) is fenced below.
 """
 
 from __future__ import annotations
@@ -111,6 +108,185 @@ def cut_at_stop(response: str, stop_words: list[str] = STOP_WORDS) -> str:
 # ----------------------------------------------------------------------------------
 # Answer extraction
 
+
+def boxed_candidates(text: str) -> list[str]:
+    """The answers a response gives, best first: the last box, then -- when the boxes before it
+    are separated only by commas/"and" -- all of them joined as one list ("2, 3").
+
+    The last box alone is the answer ("\\boxed{12}. ... \\boxed{12}" restates it; with
+    "\\boxed{2} and \\boxed{-2}" the last one stands); the joined list only serves a multi-part gold.
+    """
+    boxes = _boxes(text)
+    if not boxes:
+        return []
+    parts = [boxes[-1][2]]
+    for prev, nxt in zip(reversed(boxes[:-1]), reversed(boxes[1:])):
+        if nxt[0] - prev[1] > 40 or not _BOX_SEPARATOR_RE.match(text[prev[1] : nxt[0]]):
+            break
+        parts.append(prev[2])
+    last = parts[0].strip()
+    return [last] if len(parts) == 1 else [last, ", ".join(p.strip() for p in reversed(parts))]
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}, \\boxed 5), braces matched."""
+    boxes = _boxes(text)
+    return boxes[-1][2] if boxes else None
+
+
+def extract_answer(text: str) -> str | None:
+    """Boxed answer first, then the harness fall-backs: "the answer is ...", last number."""
+    boxed = _boxed_answer(text)
+    if boxed is not None:
+        return boxed.strip()
+    if "final answer is $" in text and "$. I hope" in text:  # Minerva's few-shot format
+        return text.split("final answer is $", 1)[1].split("$. I hope", 1)[0].strip()
+    for phrase in ("he answer is", "final answer is"):
+        at = text.rfind(phrase)
+        if at != -1:
+            tail = text[at + len(phrase) :].strip().lstrip(":").strip()
+            tail = tail.split("\n", 1)[0].strip()
+            tail = re.sub(r"[.\s]+$", "", tail).strip("$ ")
+            if tail:
+                return tail
+    numbers = re.findall(r"-?\d+(?:\.\d+)?|-?\.\d+", re.sub(r"(?<=\d),(?=\d)", "", text))
+    return numbers[-1] if numbers else None
+
+
+# ----------------------------------------------------------------------------------
+# The reward and answer equivalence: the module's public entry points
+
+GRADERS = ("v0", "simplerl")  # v0: simpleRL-reason v0's training verdicts; simplerl: this module's grader
+
+BATCH_TIMEOUT = 120.0  # default bound on one batch's whole grading time, in seconds
+
+# What the last batch call did: pairs graded on the fast path, sent to the pool, timed out
+# one by one, and left ungraded at the batch deadline (all of those count as not equal).
+last_batch_report: dict[str, int] = {}
+
+
+def compute_score(response: str, gold: str, grader: str = "simplerl", question: str | None = None) -> float:
+    """SimpleRL-Zero reward: -1.0 without "boxed", +1.0 boxed and right, -0.5 boxed and wrong.
+    grader="v0" reproduces simpleRL-reason v0's training verdicts; "simplerl" is this module's
+    (which reads the `question`, when given, to tell an ordered list from a set)."""
+    candidates = answer_candidates(response, grader)
+    if candidates is None:
+        return -1.0
+    return 1.0 if any(_grader_equal(c, gold, grader, question) for c in _for_gold(candidates, gold)) else -0.5
+
+
+def batch_compute_scores(
+    responses: list[str], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
+    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT, questions: list[str] | None = None,
+) -> list[float]:
+    """compute_score over many pairs: each answer candidate graded as in batch_math_equal."""
+    if len(responses) != len(golds):
+        raise ValueError("responses and golds differ in length")
+    _check_grader(grader)
+    scores: list[float] = []
+    pairs: list[tuple[str, str, str | None]] = []
+    owner: list[int] = []
+    questions = _check_questions(questions, len(responses))
+    for i, (response, gold, question) in enumerate(zip(responses, golds, questions)):
+        candidates = answer_candidates(response, grader)
+        scores.append(-1.0 if candidates is None else -0.5)
+        for c in _for_gold(candidates or [], gold):
+            pairs.append((c, str(gold), question))
+            owner.append(i)
+    for i, ok in zip(owner, _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)):
+        if ok:
+            scores[i] = 1.0
+    return scores
+
+
+def math_equal(pred: str, gold: str, question: str | None = None) -> bool:
+    """Is the predicted answer mathematically the gold answer?  Pure; no timeout inside
+    (size guards keep it fast; batch callers add a hard timeout).  With the `question`, a bare
+    list is compared in order when the question asks for one; tuples always are, sets never."""
+    if pred is None or gold is None:
+        return False
+    previous, _ORDER.on = getattr(_ORDER, "on", False), asks_for_order(question)
+    try:
+        return _equal(str(pred), str(gold))
+    except RecursionError:
+        return False
+    finally:
+        _ORDER.on = previous
+
+
+def batch_math_equal(
+    preds: list[str | None], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
+    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT, questions: list[str] | None = None,
+) -> list[bool]:
+    """math_equal over many pairs.  The fast path runs here; undecided pairs go to a
+    persistent subprocess pool (num_workers=None: one per core for this rank, at most 8;
+    0: in this process), each bounded by `timeout` seconds and the whole call by
+    `batch_timeout`.  Timeouts and errors are False (see `last_batch_report`)."""
+    if len(preds) != len(golds):
+        raise ValueError("preds and golds differ in length")
+    questions = _check_questions(questions, len(preds))
+    pairs = [None if p is None or g is None else (str(p), str(g), q) for p, g, q in zip(preds, golds, questions)]
+    return _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)
+
+
+def answer_candidates(response: str, grader: str = "simplerl") -> list[str] | None:
+    """What a response answers, as the grader reads it; None when "boxed" is absent (-1.0).
+
+    simplerl: the last box, then (if the boxes before it are joined by commas/"and") all of them
+    as one list -- an answer is right when either matches.  v0: the text after the last
+    substring "boxed", normalised by Qwen's strip_string (one candidate).
+    """
+    _check_grader(grader)
+    text = cut_at_stop(response)
+    if "boxed" not in text:
+        return None
+    if grader == "v0":
+        return [v0_extract(text)]
+    return boxed_candidates(text)
+
+
+def asks_for_order(question: str | None) -> bool:
+    """Does the question make a comma-separated answer ordered ("in increasing order", "respectively")?"""
+    return bool(question) and _ORDER_RE.search(question[:20000]) is not None
+
+
+ANTLR_NEEDED = "4.11.0"  # sympy 1.14's LaTeX parser was generated with ANTLR 4.11
+
+
+def check_symbolic_grader() -> None:
+    """Start-up self-test: raise RuntimeError if sympy's LaTeX parser cannot grade.
+
+    With another antlr4-python3-runtime (e.g. 4.13) parse_latex fails on every input and
+    every symbolic answer would quietly score "not equal".  Under a second (mostly importing
+    sympy); call it once at start-up."""
+    from importlib import metadata
+
+    try:
+        found = metadata.version("antlr4-python3-runtime")
+    except metadata.PackageNotFoundError:
+        found = "none"
+    checks = [("x^2+2x+1", "(x+1)^2", True), ("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}", True), ("x^2+1", "(x+1)^2", False)]
+    try:
+        ok = all(_to_sympy(a) is not None and _symbolic_equal(a, b) is want for a, b, want in checks)
+    except Exception:
+        ok = False
+    if not ok:
+        raise RuntimeError(
+            f"reward.py: the symbolic grader does not work (x^2+2x+1 vs (x+1)^2 is not graded equal): sympy's "
+            f"LaTeX parser needs antlr4-python3-runtime=={ANTLR_NEEDED}, found {found}. "
+            f"Fix: pip install antlr4-python3-runtime=={ANTLR_NEEDED}"
+        )
+
+
+# ==================================================================================
+# Machinery: how the answer is found and how math_equal decides.  Nothing below this
+# line is needed to use the module; the stages are in the order the pipeline runs them.
+# ==================================================================================
+
+
+# ----------------------------------------------------------------------------------
+# Answer extraction: finding the boxes
+
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 MAX_ANSWER_CHARS = 1000  # longer extracted answers are graded by exact match only
 
@@ -157,58 +333,14 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}, \\boxed 5), braces matched."""
-    boxes = _boxes(text)
-    return boxes[-1][2] if boxes else None
-
-
 # Between two boxes, only these mean "the answer is both": "\boxed{1} and \boxed{2}".
 _BOX_SEPARATOR_RE = re.compile(r"^[\s$,;.]*(?:\\text\{\s*(?:and|or)\s*\}|and|or|\\quad|\\qquad)?[\s$,;.]*$")
-
-
-def boxed_candidates(text: str) -> list[str]:
-    """The answers a response gives, best first: the last box, then -- when the boxes before it
-    are separated only by commas/"and" -- all of them joined as one list ("2, 3").
-
-    The last box alone is the answer ("\\boxed{12}. ... \\boxed{12}" restates it; with
-    "\\boxed{2} and \\boxed{-2}" the last one stands); the joined list only serves a multi-part gold.
-    """
-    boxes = _boxes(text)
-    if not boxes:
-        return []
-    parts = [boxes[-1][2]]
-    for prev, nxt in zip(reversed(boxes[:-1]), reversed(boxes[1:])):
-        if nxt[0] - prev[1] > 40 or not _BOX_SEPARATOR_RE.match(text[prev[1] : nxt[0]]):
-            break
-        parts.append(prev[2])
-    last = parts[0].strip()
-    return [last] if len(parts) == 1 else [last, ", ".join(p.strip() for p in reversed(parts))]
 
 
 def _boxed_answer(text: str) -> str | None:
     """The last box (kept for callers of the old name)."""
     found = boxed_candidates(text)
     return found[0] if found else None
-
-
-def extract_answer(text: str) -> str | None:
-    """Boxed answer first, then the harness fall-backs: "the answer is ...", last number."""
-    boxed = _boxed_answer(text)
-    if boxed is not None:
-        return boxed.strip()
-    if "final answer is $" in text and "$. I hope" in text:  # Minerva's few-shot format
-        return text.split("final answer is $", 1)[1].split("$. I hope", 1)[0].strip()
-    for phrase in ("he answer is", "final answer is"):
-        at = text.rfind(phrase)
-        if at != -1:
-            tail = text[at + len(phrase) :].strip().lstrip(":").strip()
-            tail = tail.split("\n", 1)[0].strip()
-            tail = re.sub(r"[.\s]+$", "", tail).strip("$ ")
-            if tail:
-                return tail
-    numbers = re.findall(r"-?\d+(?:\.\d+)?|-?\.\d+", re.sub(r"(?<=\d),(?=\d)", "", text))
-    return numbers[-1] if numbers else None
 
 
 # ----------------------------------------------------------------------------------
@@ -882,34 +1014,6 @@ def _symbolic_equal(p: str, g: str) -> bool:
         return False
 
 
-ANTLR_NEEDED = "4.11.0"  # sympy 1.14's LaTeX parser was generated with ANTLR 4.11
-
-
-def check_symbolic_grader() -> None:
-    """Start-up self-test: raise RuntimeError if sympy's LaTeX parser cannot grade.
-
-    With another antlr4-python3-runtime (e.g. 4.13) parse_latex fails on every input and
-    every symbolic answer would quietly score "not equal".  Under a second (mostly importing
-    sympy); call it once at start-up."""
-    from importlib import metadata
-
-    try:
-        found = metadata.version("antlr4-python3-runtime")
-    except metadata.PackageNotFoundError:
-        found = "none"
-    checks = [("x^2+2x+1", "(x+1)^2", True), ("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}", True), ("x^2+1", "(x+1)^2", False)]
-    try:
-        ok = all(_to_sympy(a) is not None and _symbolic_equal(a, b) is want for a, b, want in checks)
-    except Exception:
-        ok = False
-    if not ok:
-        raise RuntimeError(
-            f"reward.py: the symbolic grader does not work (x^2+2x+1 vs (x+1)^2 is not graded equal): sympy's "
-            f"LaTeX parser needs antlr4-python3-runtime=={ANTLR_NEEDED}, found {found}. "
-            f"Fix: pip install antlr4-python3-runtime=={ANTLR_NEEDED}"
-        )
-
-
 # ----------------------------------------------------------------------------------
 # The pipeline
 
@@ -960,48 +1064,9 @@ _ORDER_RE = re.compile(
 _ORDER = threading.local()
 
 
-def asks_for_order(question: str | None) -> bool:
-    """Does the question make a comma-separated answer ordered ("in increasing order", "respectively")?"""
-    return bool(question) and _ORDER_RE.search(question[:20000]) is not None
-
-
-def math_equal(pred: str, gold: str, question: str | None = None) -> bool:
-    """Is the predicted answer mathematically the gold answer?  Pure; no timeout inside
-    (size guards keep it fast; batch callers add a hard timeout).  With the `question`, a bare
-    list is compared in order when the question asks for one; tuples always are, sets never."""
-    if pred is None or gold is None:
-        return False
-    previous, _ORDER.on = getattr(_ORDER, "on", False), asks_for_order(question)
-    try:
-        return _equal(str(pred), str(gold))
-    except RecursionError:
-        return False
-    finally:
-        _ORDER.on = previous
-
-
-GRADERS = ("v0", "simplerl")  # v0: simpleRL-reason v0's training verdicts; simplerl: this module's grader
-
-
 def _check_grader(grader: str) -> None:
     if grader not in GRADERS:
         raise ValueError(f"unknown grader {grader!r}; known: {GRADERS}")
-
-
-def answer_candidates(response: str, grader: str = "simplerl") -> list[str] | None:
-    """What a response answers, as the grader reads it; None when "boxed" is absent (-1.0).
-
-    simplerl: the last box, then (if the boxes before it are joined by commas/"and") all of them
-    as one list -- an answer is right when either matches.  v0: the text after the last
-    substring "boxed", normalised by Qwen's strip_string (one candidate).
-    """
-    _check_grader(grader)
-    text = cut_at_stop(response)
-    if "boxed" not in text:
-        return None
-    if grader == "v0":
-        return [v0_extract(text)]
-    return boxed_candidates(text)
 
 
 _MULTI_PART_RE = re.compile(r",|;|\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b")
@@ -1018,16 +1083,6 @@ def _grader_equal(pred: str, gold: str, grader: str, question: str | None = None
 
 def _grader_quick(pred: str, gold: str, grader: str) -> bool | None:
     return _v0_quick_equal(pred, gold) if grader == "v0" else _quick_equal(pred, gold)
-
-
-def compute_score(response: str, gold: str, grader: str = "simplerl", question: str | None = None) -> float:
-    """SimpleRL-Zero reward: -1.0 without "boxed", +1.0 boxed and right, -0.5 boxed and wrong.
-    grader="v0" reproduces simpleRL-reason v0's training verdicts; "simplerl" is this module's
-    (which reads the `question`, when given, to tell an ordered list from a set)."""
-    candidates = answer_candidates(response, grader)
-    if candidates is None:
-        return -1.0
-    return 1.0 if any(_grader_equal(c, gold, grader, question) for c in _for_gold(candidates, gold)) else -0.5
 
 
 # ----------------------------------------------------------------------------------
@@ -1455,11 +1510,6 @@ class _Worker:
 _POOL: list[_Worker] = []
 _POOL_LOCK = threading.Lock()
 STARTUP_TIMEOUT = 60.0  # a worker that cannot import sympy in this long is replaced
-BATCH_TIMEOUT = 120.0  # default bound on one batch's whole grading time, in seconds
-
-# What the last batch call did: pairs graded on the fast path, sent to the pool, timed out
-# one by one, and left ungraded at the batch deadline (all of those count as not equal).
-last_batch_report: dict[str, int] = {}
 
 
 def _default_workers() -> int:
@@ -1635,40 +1685,3 @@ def _check_questions(questions: list[str] | None, n: int) -> list[str | None]:
     return list(questions)
 
 
-def batch_math_equal(
-    preds: list[str | None], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
-    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT, questions: list[str] | None = None,
-) -> list[bool]:
-    """math_equal over many pairs.  The fast path runs here; undecided pairs go to a
-    persistent subprocess pool (num_workers=None: one per core for this rank, at most 8;
-    0: in this process), each bounded by `timeout` seconds and the whole call by
-    `batch_timeout`.  Timeouts and errors are False (see `last_batch_report`)."""
-    if len(preds) != len(golds):
-        raise ValueError("preds and golds differ in length")
-    questions = _check_questions(questions, len(preds))
-    pairs = [None if p is None or g is None else (str(p), str(g), q) for p, g, q in zip(preds, golds, questions)]
-    return _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)
-
-
-def batch_compute_scores(
-    responses: list[str], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
-    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT, questions: list[str] | None = None,
-) -> list[float]:
-    """compute_score over many pairs: each answer candidate graded as in batch_math_equal."""
-    if len(responses) != len(golds):
-        raise ValueError("responses and golds differ in length")
-    _check_grader(grader)
-    scores: list[float] = []
-    pairs: list[tuple[str, str, str | None]] = []
-    owner: list[int] = []
-    questions = _check_questions(questions, len(responses))
-    for i, (response, gold, question) in enumerate(zip(responses, golds, questions)):
-        candidates = answer_candidates(response, grader)
-        scores.append(-1.0 if candidates is None else -0.5)
-        for c in _for_gold(candidates or [], gold):
-            pairs.append((c, str(gold), question))
-            owner.append(i)
-    for i, ok in zip(owner, _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)):
-        if ok:
-            scores[i] = 1.0
-    return scores
