@@ -1111,6 +1111,7 @@ _V0_UNITS = [
 ]  # the list is used as regular expressions, in this order, duplicates included ("kmph", "sec")
 _V0_UNITS = _V0_UNITS + [u + "s" for u in _V0_UNITS]
 _V0_UNIT_RES = [re.compile(r"(^|\W)" + u + r"($|\W)") for u in _V0_UNITS]
+_V0_ANY_UNIT = re.compile(r"(^|\W)(?:" + "|".join(_V0_UNITS) + r")($|\W)")  # none of them: skip the loop
 _V0_LABELS = ["x=", "y=", "z=", "x\\in", "y\\in", "z\\in", "x\\to", "y\\to", "z\\to"]
 _V0_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -1179,7 +1180,7 @@ def v0_strip_string(s: str) -> str:
     cut = re.sub(r"\\text\{.*?\}$", "", s).strip()  # a trailing \text{...} is a unit
     if cut and cut != s:
         s = cut
-    for _ in range(2):
+    for _ in range(2 if _V0_ANY_UNIT.search(s) else 0):
         for unit in _V0_UNIT_RES:
             cut = unit.sub(r"\1\2", s)
             if cut:
