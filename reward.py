@@ -7,39 +7,36 @@ The reward (simpleRL-reason v0, `preprocess_box_response_for_qwen_prompt`):
       boxed answer equal to the gold     -> +1.0
       boxed answer not equal to the gold -> -0.5
 
-"Equal" is decided by `math_equal(pred, gold)`, a pipeline that tries the cheap
-tests first and stops at the first stage that can decide:
+Two graders decide "equal" (`GRADERS`): "v0" reproduces v0's training verdicts (Qwen's
+extraction after the last "boxed", its strip_string on the prediction, its math_equal
+against the raw gold, percent leniency included); "simplerl" is this module's own
+`math_equal(pred, gold)` on the last box, a pipeline that stops at the first stage that
+can decide:
 
     1. exact string match
-    2. normalised string match (LaTeX noise, units, \\text{}, \\dfrac, ^\\circ, \\$ ... removed)
+    2. normalised string match (LaTeX noise, units, \\text{}, \\dfrac, ^\\circ, \\$, times of day)
     3. multiple-choice letters                               (A-E, "(C)", "\\text{(C)}")
     4. numbers: ints, decimals, fractions, mixed numbers, a/b, thousands separators,
        scientific notation, percent -- exact rationals; a tolerance only for decimals
-    5. structure: tuples (ordered), sets and bare lists (unordered), intervals (brackets
-       must match), matrices, unions; elements compared recursively
+    5. structure: tuples (ordered), sets and bare lists (unordered unless the question asks
+       for an order), \\pm pairs, intervals (brackets must match), matrices, unions
     6. symbolic: sympy's LaTeX grammar (never eval/sympify), size-guarded, compared
-       numerically at capped precision (random points when there are variables);
-       equations equal up to scale, inequalities up to a positive scale.
+       numerically at sample points; equations up to scale, inequalities up to a positive one.
 
-Stages 1-4 are the fast path (`_quick_equal`): pure string work, microseconds.  Only
-pairs it cannot decide reach stages 5-6; the batch entry points send those to a
-persistent pool of grader subprocesses, each comparison bounded by a timeout, and a
-worker that hangs is killed and replaced (the pair counts as wrong).
+Stages 1-4 are the fast path: string work, microseconds.  The batch entry points send
+the rest to a pool of grader subprocesses, each pair bounded by a timeout and the batch
+by a deadline; a worker that hangs is killed (the pair counts as wrong).
 
-Untrusted input: model output is attacker-controlled.  Nothing here evaluates it as
-Python.  Sympy objects are only built by `sympy.parsing.latex.parse_latex`, a grammar,
-and only after length/depth/digit guards; exponents, factorials and node counts are
-bounded before any numeric evaluation.
+Untrusted input: nothing here evaluates model output as Python.  Sympy objects are only
+built by `sympy.parsing.latex.parse_latex`, a grammar, after length/depth/digit guards;
+exponents, factorials and node counts are bounded before any numeric evaluation.
+Decisions an RL policy could exploit: percent is x/100 only ("50\\%" == 50 == 0.5, but 5
+!= 500); a decimal must be a correct rounding of an exact gold (3.1416 == \\pi, 3.14 !=
+\\pi, 10001 != 10000); open and closed intervals differ; a label is dropped ("x = 3" == 3).
 
-Decisions a grader has to make (and that an RL policy could exploit):
-  * percent is a unit meaning x/100: "50\\%" equals "50" and "0.5", but a bare 5 never
-    equals 500 or 0.05 (the Qwen grader's gold*100 / gold/100 leniency is not copied);
-  * two exact numbers must be exactly equal; a decimal matches when it is within 1e-4
-    relative AND within one unit of its last written digit, i.e. a correct rounding or
-    truncation (0.3333 == 1/3 and 3.1416 == \\pi, but 10001 != 10000, 0.33 != 1/3,
-    3.14 != \\pi and 9999.857142857143 != 10000);
-  * open and closed intervals differ; sets and bare lists ignore order, tuples do not;
-  * a label is dropped: "x = 3" == "3", "(p,q)=(3,2)" == "(3,2)".
+Layout: the public functions come first (templates, extraction, compute_score,
+batch_compute_scores, math_equal, batch_math_equal, check_symbolic_grader); the machinery
+(normalisation, numbers, structures, sympy, the v0 grader, the worker pool) is fenced below.
 """
 
 from __future__ import annotations
@@ -111,6 +108,185 @@ def cut_at_stop(response: str, stop_words: list[str] = STOP_WORDS) -> str:
 # ----------------------------------------------------------------------------------
 # Answer extraction
 
+
+def boxed_candidates(text: str) -> list[str]:
+    """The answers a response gives, best first: the last box, then -- when the boxes before it
+    are separated only by commas/"and" -- all of them joined as one list ("2, 3").
+
+    The last box alone is the answer ("\\boxed{12}. ... \\boxed{12}" restates it; with
+    "\\boxed{2} and \\boxed{-2}" the last one stands); the joined list only serves a multi-part gold.
+    """
+    boxes = _boxes(text)
+    if not boxes:
+        return []
+    parts = [boxes[-1][2]]
+    for prev, nxt in zip(reversed(boxes[:-1]), reversed(boxes[1:])):
+        if nxt[0] - prev[1] > 40 or not _BOX_SEPARATOR_RE.match(text[prev[1] : nxt[0]]):
+            break
+        parts.append(prev[2])
+    last = parts[0].strip()
+    return [last] if len(parts) == 1 else [last, ", ".join(p.strip() for p in reversed(parts))]
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}, \\boxed 5), braces matched."""
+    boxes = _boxes(text)
+    return boxes[-1][2] if boxes else None
+
+
+def extract_answer(text: str) -> str | None:
+    """Boxed answer first, then the harness fall-backs: "the answer is ...", last number."""
+    boxed = _boxed_answer(text)
+    if boxed is not None:
+        return boxed.strip()
+    if "final answer is $" in text and "$. I hope" in text:  # Minerva's few-shot format
+        return text.split("final answer is $", 1)[1].split("$. I hope", 1)[0].strip()
+    for phrase in ("he answer is", "final answer is"):
+        at = text.rfind(phrase)
+        if at != -1:
+            tail = text[at + len(phrase) :].strip().lstrip(":").strip()
+            tail = tail.split("\n", 1)[0].strip()
+            tail = re.sub(r"[.\s]+$", "", tail).strip("$ ")
+            if tail:
+                return tail
+    numbers = re.findall(r"-?\d+(?:\.\d+)?|-?\.\d+", re.sub(r"(?<=\d),(?=\d)", "", text))
+    return numbers[-1] if numbers else None
+
+
+# ----------------------------------------------------------------------------------
+# The reward and answer equivalence: the module's public entry points
+
+GRADERS = ("v0", "simplerl")  # v0: simpleRL-reason v0's training verdicts; simplerl: this module's grader
+
+BATCH_TIMEOUT = 120.0  # default bound on one batch's whole grading time, in seconds
+
+# What the last batch call did: pairs graded on the fast path, sent to the pool, timed out
+# one by one, and left ungraded at the batch deadline (all of those count as not equal).
+last_batch_report: dict[str, int] = {}
+
+
+def compute_score(response: str, gold: str, grader: str = "simplerl", question: str | None = None) -> float:
+    """SimpleRL-Zero reward: -1.0 without "boxed", +1.0 boxed and right, -0.5 boxed and wrong.
+    grader="v0" reproduces simpleRL-reason v0's training verdicts; "simplerl" is this module's
+    (which reads the `question`, when given, to tell an ordered list from a set)."""
+    candidates = answer_candidates(response, grader)
+    if candidates is None:
+        return -1.0
+    return 1.0 if any(_grader_equal(c, gold, grader, question) for c in _for_gold(candidates, gold)) else -0.5
+
+
+def batch_compute_scores(
+    responses: list[str], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
+    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT, questions: list[str] | None = None,
+) -> list[float]:
+    """compute_score over many pairs: each answer candidate graded as in batch_math_equal."""
+    if len(responses) != len(golds):
+        raise ValueError("responses and golds differ in length")
+    _check_grader(grader)
+    scores: list[float] = []
+    pairs: list[tuple[str, str, str | None]] = []
+    owner: list[int] = []
+    questions = _check_questions(questions, len(responses))
+    for i, (response, gold, question) in enumerate(zip(responses, golds, questions)):
+        candidates = answer_candidates(response, grader)
+        scores.append(-1.0 if candidates is None else -0.5)
+        for c in _for_gold(candidates or [], gold):
+            pairs.append((c, str(gold), question))
+            owner.append(i)
+    for i, ok in zip(owner, _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)):
+        if ok:
+            scores[i] = 1.0
+    return scores
+
+
+def math_equal(pred: str, gold: str, question: str | None = None) -> bool:
+    """Is the predicted answer mathematically the gold answer?  Pure; no timeout inside
+    (size guards keep it fast; batch callers add a hard timeout).  With the `question`, a bare
+    list is compared in order when the question asks for one; tuples always are, sets never."""
+    if pred is None or gold is None:
+        return False
+    previous, _ORDER.on = getattr(_ORDER, "on", False), asks_for_order(question)
+    try:
+        return _equal(str(pred), str(gold))
+    except RecursionError:
+        return False
+    finally:
+        _ORDER.on = previous
+
+
+def batch_math_equal(
+    preds: list[str | None], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
+    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT, questions: list[str] | None = None,
+) -> list[bool]:
+    """math_equal over many pairs.  The fast path runs here; undecided pairs go to a
+    persistent subprocess pool (num_workers=None: one per core for this rank, at most 8;
+    0: in this process), each bounded by `timeout` seconds and the whole call by
+    `batch_timeout`.  Timeouts and errors are False (see `last_batch_report`)."""
+    if len(preds) != len(golds):
+        raise ValueError("preds and golds differ in length")
+    questions = _check_questions(questions, len(preds))
+    pairs = [None if p is None or g is None else (str(p), str(g), q) for p, g, q in zip(preds, golds, questions)]
+    return _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)
+
+
+def answer_candidates(response: str, grader: str = "simplerl") -> list[str] | None:
+    """What a response answers, as the grader reads it; None when "boxed" is absent (-1.0).
+
+    simplerl: the last box, then (if the boxes before it are joined by commas/"and") all of them
+    as one list -- an answer is right when either matches.  v0: the text after the last
+    substring "boxed", normalised by Qwen's strip_string (one candidate).
+    """
+    _check_grader(grader)
+    text = cut_at_stop(response)
+    if "boxed" not in text:
+        return None
+    if grader == "v0":
+        return [v0_extract(text)]
+    return boxed_candidates(text)
+
+
+def asks_for_order(question: str | None) -> bool:
+    """Does the question make a comma-separated answer ordered ("in increasing order", "respectively")?"""
+    return bool(question) and _ORDER_RE.search(question[:20000]) is not None
+
+
+ANTLR_NEEDED = "4.11.0"  # sympy 1.14's LaTeX parser was generated with ANTLR 4.11
+
+
+def check_symbolic_grader() -> None:
+    """Start-up self-test: raise RuntimeError if sympy's LaTeX parser cannot grade.
+
+    With another antlr4-python3-runtime (e.g. 4.13) parse_latex fails on every input and
+    every symbolic answer would quietly score "not equal".  Under a second (mostly importing
+    sympy); call it once at start-up."""
+    from importlib import metadata
+
+    try:
+        found = metadata.version("antlr4-python3-runtime")
+    except metadata.PackageNotFoundError:
+        found = "none"
+    checks = [("x^2+2x+1", "(x+1)^2", True), ("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}", True), ("x^2+1", "(x+1)^2", False)]
+    try:
+        ok = all(_to_sympy(a) is not None and _symbolic_equal(a, b) is want for a, b, want in checks)
+    except Exception:
+        ok = False
+    if not ok:
+        raise RuntimeError(
+            f"reward.py: the symbolic grader does not work (x^2+2x+1 vs (x+1)^2 is not graded equal): sympy's "
+            f"LaTeX parser needs antlr4-python3-runtime=={ANTLR_NEEDED}, found {found}. "
+            f"Fix: pip install antlr4-python3-runtime=={ANTLR_NEEDED}"
+        )
+
+
+# ==================================================================================
+# Machinery: how the answer is found and how math_equal decides.  Nothing below this
+# line is needed to use the module; the stages are in the order the pipeline runs them.
+# ==================================================================================
+
+
+# ----------------------------------------------------------------------------------
+# Answer extraction: finding the boxes
+
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 MAX_ANSWER_CHARS = 1000  # longer extracted answers are graded by exact match only
 
@@ -118,11 +294,12 @@ MAX_ANSWER_CHARS = 1000  # longer extracted answers are graded by exact match on
 _BRACE_RE = re.compile(r"\\[{}]|[{}]")  # an escaped brace is one token, not a brace
 
 
-def _brace_partners(text: str) -> dict[int, int]:
+def _brace_partners(text: str, start: int = 0) -> dict[int, int]:
     """Position of each "{" -> position of its matching "}", in one linear pass (a stack).
-    Escaped braces ("\\{", "\\}") are text, not grouping.  Unmatched "{" get no entry."""
+    Escaped braces ("\\{", "\\}") are text, not grouping.  Unmatched "{" get no entry.  Braces
+    before `start` cannot change which "}" closes a "{" after it, so the scan starts there."""
     partners, stack = {}, []
-    for m in _BRACE_RE.finditer(text):
+    for m in _BRACE_RE.finditer(text, start):
         c = m.group(0)
         if c == "{":
             stack.append(m.start())
@@ -145,7 +322,7 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
             i += 1
         if i < len(text) and text[i] == "{":
             if partners is None:
-                partners = _brace_partners(text)
+                partners = _brace_partners(text, i)
             j = partners.get(i)
             if j is not None:
                 found.append((m.start(), j + 1, text[i + 1 : j]))
@@ -156,58 +333,14 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}, \\boxed 5), braces matched."""
-    boxes = _boxes(text)
-    return boxes[-1][2] if boxes else None
-
-
 # Between two boxes, only these mean "the answer is both": "\boxed{1} and \boxed{2}".
 _BOX_SEPARATOR_RE = re.compile(r"^[\s$,;.]*(?:\\text\{\s*(?:and|or)\s*\}|and|or|\\quad|\\qquad)?[\s$,;.]*$")
-
-
-def boxed_candidates(text: str) -> list[str]:
-    """The answers a response gives, best first: the last box, then -- when the boxes before it
-    are separated only by commas/"and" -- all of them joined as one list ("2, 3").
-
-    The last box alone is the answer ("\\boxed{12}. ... \\boxed{12}" restates it; with
-    "\\boxed{2} and \\boxed{-2}" the last one stands); the joined list only serves a multi-part gold.
-    """
-    boxes = _boxes(text)
-    if not boxes:
-        return []
-    parts = [boxes[-1][2]]
-    for prev, nxt in zip(reversed(boxes[:-1]), reversed(boxes[1:])):
-        if nxt[0] - prev[1] > 40 or not _BOX_SEPARATOR_RE.match(text[prev[1] : nxt[0]]):
-            break
-        parts.append(prev[2])
-    last = parts[0].strip()
-    return [last] if len(parts) == 1 else [last, ", ".join(p.strip() for p in reversed(parts))]
 
 
 def _boxed_answer(text: str) -> str | None:
     """The last box (kept for callers of the old name)."""
     found = boxed_candidates(text)
     return found[0] if found else None
-
-
-def extract_answer(text: str) -> str | None:
-    """Boxed answer first, then the harness fall-backs: "the answer is ...", last number."""
-    boxed = _boxed_answer(text)
-    if boxed is not None:
-        return boxed.strip()
-    if "final answer is $" in text and "$. I hope" in text:  # Minerva's few-shot format
-        return text.split("final answer is $", 1)[1].split("$. I hope", 1)[0].strip()
-    for phrase in ("he answer is", "final answer is"):
-        at = text.rfind(phrase)
-        if at != -1:
-            tail = text[at + len(phrase) :].strip().lstrip(":").strip()
-            tail = tail.split("\n", 1)[0].strip()
-            tail = re.sub(r"[.\s]+$", "", tail).strip("$ ")
-            if tail:
-                return tail
-    numbers = re.findall(r"-?\d+(?:\.\d+)?|-?\.\d+", re.sub(r"(?<=\d),(?=\d)", "", text))
-    return numbers[-1] if numbers else None
 
 
 # ----------------------------------------------------------------------------------
@@ -260,7 +393,7 @@ def _strip_trailing_units(s: str) -> str:
         m = re.search(r"\\text\{[^{}]*\}(?:\^\{?\d\}?)?$", s)
         if not m:
             break
-        head = s[: m.start()].strip()
+        head = re.sub(r"(?:\\[,;: !]|~)+$", "", s[: m.start()]).strip()
         word = re.sub(r"[^a-zA-Z]", "", m.group(0)[6:])
         # Keep "\text{(C)}"-like choices and connectives; drop units only after something numeric.
         if not head or not word or word in ("or", "and") or head.endswith(("=", ",", "(")):
@@ -286,6 +419,27 @@ def _fix_fracs_and_roots(s: str) -> str:
     return s
 
 
+_TRIG_RE = re.compile(r"\\(?:sin|cos|tan|sec|csc|cot)(?![a-z])")
+_GLUED_UNITS = ("weeks?|days?|hours?|hrs?|minutes?|mins?|seconds?|secs?|years?|months?|cm|mm|km|kg|mg|ml|feet|ft|"
+                "inches|miles?|meters?|metres?|units?|dollars?|cents?|degrees?|mph|kmh|liters?|litres?|pounds?|lbs?|"
+                "ounces?|oz|grams?|g|m|s")
+_TIME_RE = re.compile(
+    r"^(\d{1,2}):([0-5]\d)(?::([0-5]\d))?\s*(?:\\text\{\s*)?(?:([aApP])\.?\s*[mM]\.?)?\s*\}?$")
+
+
+def _time_of_day(s: str) -> str:
+    """"8:34 \\text{P.M.}", "20:34:00" -> "20:34" (24-hour, seconds kept unless zero); else unchanged."""
+    m = _TIME_RE.match(s.strip())
+    if not m:
+        return s
+    hour, minute, second, half = int(m.group(1)), m.group(2), m.group(3), m.group(4)
+    if half:
+        if not 1 <= hour <= 12:
+            return s
+        hour = hour % 12 + (12 if half in "pP" else 0)
+    return f"{hour}:{minute}" + (f":{second}" if second and second != "00" else "")
+
+
 def normalize(s: str) -> str:
     """Canonical spelling of an answer string: the stage-2 key, and the input to later stages."""
     s = s[: MAX_ANSWER_CHARS * 2]
@@ -294,9 +448,25 @@ def normalize(s: str) -> str:
     s = unicodedata.normalize("NFKC", s)
     s = "".join(c for c in s if c.isprintable() or c == " ").strip()
     s = _unwrap_boxes(s)
+    if "\\begin" not in s and "&" not in s:  # "\\\\sqrt{5}", "\\\\dfrac": a doubled backslash (JSON/escaping)
+        s = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", s)
     s = s.replace("\\\\", "\x01")  # protect the row separator "\\" from the spacing rules
+    s = re.sub(r",\\!\s*", "{,}", s)  # "11,\\! 111,\\! 100": thousands, spelled with a negative space
+    if _TRIG_RE.search(s):  # sin(90^\circ - x): inside trigonometry a degree is pi/180, not a unit
+        s = re.sub(r"\^\{?\\circ\}?", lambda m: "\\cdot\\frac{\\pi}{180}", s)
+    s = re.sub(r"\s*(?:\\approx|≈).*$", "", s) if re.match(r"^.+\S\s*(?:\\approx|≈)", s) else s  # "x \\approx 0.577"
     for old, new in _REPLACEMENTS:
         s = s.replace(old, new)
+    s = _time_of_day(s)
+    s = re.sub(r"^(-?\d+)(?:\s|\\[ ,;])+(\d+)/(\d+)$", r"\1\\frac{\2}{\3}", s)  # "1 1/2" is a mixed number
+    s = re.sub(r"^(\d+)_\{?10\}?$", r"\1", s)  # 12_{10}: base ten is the number itself
+    s = re.sub(r"(\^\{?\d+\}?)\s+(?=\d)", r"\1\\cdot ", s)  # "2^6 3^5": a product, not 2^{63}...
+    s = re.sub(r",?\s*\\text\{\s*(?:and|or)\s*\}\s*", ",", s) if "," in s else s  # "7, -2, \\text{ and } -5"
+    s = re.sub(r",\s*(?:and|or)\s+", ",", s)
+    s = re.sub(r"_\{(\w)\}", r"_\1", s)  # 4210_{7} -> 4210_7
+    s = re.sub(r"(?<=[\d+\-*])I(?![a-zA-Z])", "i", s)  # 3+4I: the imaginary unit in CAS spelling
+    if "i" not in s:
+        s = re.sub(r"(?<=[\d+\-*])j(?![a-zA-Z])", "i", s)  # 2+3j: the engineers' spelling
     s = re.sub(r"\\text\{\s*\}", "", s)
     s = s.strip().rstrip(".").strip()
     s = re.sub(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*", "", s, flags=re.I)
@@ -307,7 +477,9 @@ def normalize(s: str) -> str:
     if _THOUSANDS_RE.match(s):  # "2,125", "32{,}349" -- but "32, 349" (with a space) is a pair
         s = s.replace("{,}", "").replace(",", "")
     s = s.replace("{,}", ",")
-    s = re.sub(r"\s+", "", s)
+    s = re.sub(r"^(" + _NUMBER_TOKEN + r")(?:" + _GLUED_UNITS + r")$", r"\1", s)  # "10weeks"
+    s = re.sub(r"(\\(?:arc)?(?:sin|cos|tan|sec|csc|cot)h?|\\log|\\ln|\\exp)\s+(?=[a-zA-Z])", "\\1\x02", s)  # \\sec x
+    s = re.sub(r"\s+", "", s).replace("\x02", " ")
     s = _fix_fracs_and_roots(s)
     s = re.sub(r"\\text\{\s*\}", "", s)
     s = s.rstrip(".")
@@ -340,7 +512,7 @@ _INT = r"\d{1,400}"
 _DEC_RE = re.compile(r"^(?:\d{1,400}(?:\.\d{0,400})?|\.\d{1,400})$")
 _SCI_RE = re.compile(r"^(\d{1,400}(?:\.\d{0,400})?)(?:e|E|\\times10\^|\\cdot10\^|\*10\^)\{?([-+]?\d{1,3})\}?$")
 _FRAC_RE = re.compile(r"^\\frac\{(-?" + _INT + r")\}\{(-?" + _INT + r")\}$")
-_SLASH_RE = re.compile(r"^(" + _INT + r")/(" + _INT + r")$")
+_SLASH_RE = re.compile(r"^(" + _INT + r")\.?/(" + _INT + r")\.?$")  # "-1./3": C-style literals
 _MIXED_RE = re.compile(r"^(" + _INT + r")\\frac\{(" + _INT + r")\}\{(" + _INT + r")\}$")
 _POW10_RE = re.compile(r"^10\^\{?([-+]?\d{1,3})\}?$")
 
@@ -447,6 +619,9 @@ def _letters(s: str) -> set[str]:
     return set(re.findall(r"[a-zA-Z]", _LATEX_NAMES.sub("", s))) - {"e", "i"}
 
 
+_IDENTITY_RE = re.compile(r"\\(?:arc)?(?:sin|cos|tan|sec|csc|cot)|\\log|\\ln")
+
+
 def _quick_equal(pred: str, gold: str) -> bool | None:
     """Decide with string and number work only; None when the structural/symbolic stages must."""
     if pred == gold:
@@ -470,9 +645,10 @@ def _quick_equal(pred: str, gold: str) -> bool | None:
     pn, gn = parse_number(p), parse_number(g)
     if pn is not None and gn is not None:
         return _numbers_equal(pn, gn)
-    if gn is not None and _letters(p) and "=" not in p:  # "x+1" is never a number
+    # "x+1" is never a number -- but sin^2 x + cos^2 x is: identities go to the symbolic stage
+    if gn is not None and _letters(p) and "=" not in p and not _IDENTITY_RE.search(p):
         return False
-    if pn is not None and _letters(g) and "=" not in g:
+    if pn is not None and _letters(g) and "=" not in g and not _IDENTITY_RE.search(g):
         return False
     return None
 
@@ -659,6 +835,8 @@ def _structures_equal(ps: tuple, gs: tuple, depth: int) -> bool:
         return _match_unordered(pi, gi, depth)
     if {pk, gk} == {"tuple", "list"}:  # "1, 2" for "(1, 2)": the order still matters
         return _match_ordered(pi, gi, depth)
+    if pk == gk == "list" and getattr(_ORDER, "on", False):  # the question asked for an order
+        return _match_ordered(pi, gi, depth)
     if {pk, gk} <= {"set", "list"}:
         return _match_unordered(pi, gi, depth)
     return False
@@ -774,11 +952,10 @@ def _exprs_equal(p, g, places: int | None) -> bool:
     """Equal values at every sample point (one point when there are no variables)."""
     import sympy
 
-    if p.free_symbols != g.free_symbols:
-        return False
     if p.has(sympy.oo, -sympy.oo, sympy.zoo) or g.has(sympy.oo, -sympy.oo, sympy.zoo):
         return p == g
-    points = _points(p.free_symbols) if p.free_symbols else [{}]
+    symbols = p.free_symbols | g.free_symbols  # sin^2 x + cos^2 x has an x; 1 has none
+    points = _points(symbols) if symbols else [{}]
     agreed = 0
     for point in points:
         a, b = _value(p, point), _value(g, point)
@@ -837,36 +1014,16 @@ def _symbolic_equal(p: str, g: str) -> bool:
         return False
 
 
-ANTLR_NEEDED = "4.11.0"  # sympy 1.14's LaTeX parser was generated with ANTLR 4.11
-
-
-def check_symbolic_grader() -> None:
-    """Start-up self-test: raise RuntimeError if sympy's LaTeX parser cannot grade.
-
-    With another antlr4-python3-runtime (e.g. 4.13) parse_latex fails on every input and
-    every symbolic answer would quietly score "not equal".  Under a second (mostly importing
-    sympy); call it once at start-up."""
-    from importlib import metadata
-
-    try:
-        found = metadata.version("antlr4-python3-runtime")
-    except metadata.PackageNotFoundError:
-        found = "none"
-    checks = [("x^2+2x+1", "(x+1)^2", True), ("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}", True), ("x^2+1", "(x+1)^2", False)]
-    try:
-        ok = all(_to_sympy(a) is not None and _symbolic_equal(a, b) is want for a, b, want in checks)
-    except Exception:
-        ok = False
-    if not ok:
-        raise RuntimeError(
-            f"reward.py: the symbolic grader does not work (x^2+2x+1 vs (x+1)^2 is not graded equal): sympy's "
-            f"LaTeX parser needs antlr4-python3-runtime=={ANTLR_NEEDED}, found {found}. "
-            f"Fix: pip install antlr4-python3-runtime=={ANTLR_NEEDED}"
-        )
-
-
 # ----------------------------------------------------------------------------------
 # The pipeline
+
+
+def _expand_pm(s: str) -> str:
+    """"3\\pm\\sqrt{2}" -> "\\{3+\\sqrt{2},3-\\sqrt{2}\\}": one \\pm in a scalar is the set of both signs."""
+    if s.count("\\pm") + s.count("\\mp") != 1 or _structure(s) is not None:
+        return s
+    plus, minus = (s.replace("\\pm", a).replace("\\mp", b) for a, b in (("+", "-"), ("-", "+")))
+    return "\\{" + plus + "," + minus + "\\}"
 
 
 def _equal(pred: str, gold: str, depth: int = 0) -> bool:
@@ -885,6 +1042,7 @@ def _equal(pred: str, gold: str, depth: int = 0) -> bool:
         g = gi
     if p == g:
         return True
+    p, g = _expand_pm(p), _expand_pm(g)
     ps, gs = _structure(p), _structure(g)
     if ps is not None or gs is not None:
         if ps is not None and gs is not None:
@@ -897,39 +1055,18 @@ def _equal(pred: str, gold: str, depth: int = 0) -> bool:
     return _symbolic_equal(p, g)
 
 
-def math_equal(pred: str, gold: str) -> bool:
-    """Is the predicted answer mathematically the gold answer?  Pure; no timeout inside
-    (size guards keep it fast; batch callers add a hard timeout)."""
-    if pred is None or gold is None:
-        return False
-    try:
-        return _equal(str(pred), str(gold))
-    except RecursionError:
-        return False
-
-
-GRADERS = ("v0", "simplerl")  # v0: simpleRL-reason v0's training verdicts; simplerl: this module's grader
+# A bare list ("1, 2, 3") is a set of answers unless the question asks for an order.
+_ORDER_RE = re.compile(
+    r"\b(?:in (?:increasing|decreasing|ascending|descending|numerical|alphabetical) order|in (?:that|this|the same|the given) order"
+    r"|in order|from (?:smallest|least|lowest|largest|greatest|highest) to|ordered (?:pair|triple|quadruple|list)|respectively)\b",
+    re.I,
+)
+_ORDER = threading.local()
 
 
 def _check_grader(grader: str) -> None:
     if grader not in GRADERS:
         raise ValueError(f"unknown grader {grader!r}; known: {GRADERS}")
-
-
-def answer_candidates(response: str, grader: str = "simplerl") -> list[str] | None:
-    """What a response answers, as the grader reads it; None when "boxed" is absent (-1.0).
-
-    simplerl: the last box, then (if the boxes before it are joined by commas/"and") all of them
-    as one list -- an answer is right when either matches.  v0: the text after the last
-    substring "boxed", normalised by Qwen's strip_string (one candidate).
-    """
-    _check_grader(grader)
-    text = cut_at_stop(response)
-    if "boxed" not in text:
-        return None
-    if grader == "v0":
-        return [v0_extract(text)]
-    return boxed_candidates(text)
 
 
 _MULTI_PART_RE = re.compile(r",|;|\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b")
@@ -940,21 +1077,12 @@ def _for_gold(candidates: list[str], gold: str) -> list[str]:
     return candidates if len(candidates) < 2 or _MULTI_PART_RE.search(str(gold)) else candidates[:1]
 
 
-def _grader_equal(pred: str, gold: str, grader: str) -> bool:
-    return v0_math_equal(pred, gold) if grader == "v0" else math_equal(pred, gold)
+def _grader_equal(pred: str, gold: str, grader: str, question: str | None = None) -> bool:
+    return v0_math_equal(pred, gold) if grader == "v0" else math_equal(pred, gold, question)
 
 
 def _grader_quick(pred: str, gold: str, grader: str) -> bool | None:
     return _v0_quick_equal(pred, gold) if grader == "v0" else _quick_equal(pred, gold)
-
-
-def compute_score(response: str, gold: str, grader: str = "simplerl") -> float:
-    """SimpleRL-Zero reward: -1.0 without "boxed", +1.0 boxed and right, -0.5 boxed and wrong.
-    grader="v0" reproduces simpleRL-reason v0's training verdicts; "simplerl" is this module's."""
-    candidates = answer_candidates(response, grader)
-    if candidates is None:
-        return -1.0
-    return 1.0 if any(_grader_equal(c, gold, grader) for c in _for_gold(candidates, gold)) else -0.5
 
 
 # ----------------------------------------------------------------------------------
@@ -983,6 +1111,7 @@ _V0_UNITS = [
 ]  # the list is used as regular expressions, in this order, duplicates included ("kmph", "sec")
 _V0_UNITS = _V0_UNITS + [u + "s" for u in _V0_UNITS]
 _V0_UNIT_RES = [re.compile(r"(^|\W)" + u + r"($|\W)") for u in _V0_UNITS]
+_V0_ANY_UNIT = re.compile(r"(^|\W)(?:" + "|".join(_V0_UNITS) + r")($|\W)")  # none of them: skip the loop
 _V0_LABELS = ["x=", "y=", "z=", "x\\in", "y\\in", "z\\in", "x\\to", "y\\to", "z\\to"]
 _V0_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
@@ -1051,7 +1180,7 @@ def v0_strip_string(s: str) -> str:
     cut = re.sub(r"\\text\{.*?\}$", "", s).strip()  # a trailing \text{...} is a unit
     if cut and cut != s:
         s = cut
-    for _ in range(2):
+    for _ in range(2 if _V0_ANY_UNIT.search(s) else 0):
         for unit in _V0_UNIT_RES:
             cut = unit.sub(r"\1\2", s)
             if cut:
@@ -1313,7 +1442,7 @@ def _v0_quick_equal(pred: str, gold: str) -> bool | None:
 
 
 def _worker_main() -> None:
-    """Grader subprocess: read [idx, pred, gold, grader] lines, answer [idx, verdict] lines."""
+    """Grader subprocess: read [idx, pred, gold, grader, question] lines, answer [idx, verdict] lines."""
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints must not corrupt the protocol
     try:
@@ -1326,9 +1455,9 @@ def _worker_main() -> None:
     out.write("ready\n")
     out.flush()
     for line in sys.stdin:
-        idx, pred, gold, grader = json.loads(line)
+        idx, pred, gold, grader, question = json.loads(line)
         try:
-            verdict = bool(_grader_equal(pred, gold, grader))
+            verdict = bool(_grader_equal(pred, gold, grader, question))
         except BaseException:
             verdict = False
         out.write(json.dumps([idx, verdict]) + "\n")
@@ -1348,7 +1477,7 @@ class _Worker:
         self.task: int | None = None
         self.deadline = 0.0
 
-    def send(self, idx: int, pair: tuple[str, str, str], deadline: float) -> bool:
+    def send(self, idx: int, pair: tuple[str, str, str, str | None], deadline: float) -> bool:
         try:
             self.proc.stdin.write((json.dumps([idx, *pair]) + "\n").encode())
             self.proc.stdin.flush()
@@ -1382,11 +1511,6 @@ class _Worker:
 _POOL: list[_Worker] = []
 _POOL_LOCK = threading.Lock()
 STARTUP_TIMEOUT = 60.0  # a worker that cannot import sympy in this long is replaced
-BATCH_TIMEOUT = 120.0  # default bound on one batch's whole grading time, in seconds
-
-# What the last batch call did: pairs graded on the fast path, sent to the pool, timed out
-# one by one, and left ungraded at the batch deadline (all of those count as not equal).
-last_batch_report: dict[str, int] = {}
 
 
 def _default_workers() -> int:
@@ -1404,7 +1528,7 @@ atexit.register(_shutdown_pool)
 
 
 def _run_in_pool(
-    pairs: dict[int, tuple[str, str, str]], timeout: float, num_workers: int, deadline: float, report: dict
+    pairs: dict[int, tuple[str, str, str, str | None]], timeout: float, num_workers: int, deadline: float, report: dict
 ) -> dict[int, bool]:
     """Grade pairs in the pool; a pair that overruns `timeout` or crashes its worker is False,
     and so is every pair still ungraded at `deadline` (time.monotonic())."""
@@ -1482,12 +1606,14 @@ class _Timeout(BaseException):  # BaseException: broad "except Exception" inside
     pass
 
 
-def _math_equal_in_process(pred: str, gold: str, timeout: float, grader: str = "simplerl") -> bool:
+def _math_equal_in_process(
+    pred: str, gold: str, timeout: float, grader: str = "simplerl", question: str | None = None
+) -> bool:
     """num_workers=0: grade here.  On the main thread a SIGALRM timer bounds it; elsewhere
     only the size guards do (signals cannot interrupt other threads)."""
     use_timer = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     if not use_timer:
-        return _grader_equal(pred, gold, grader)
+        return _grader_equal(pred, gold, grader, question)
 
     def on_alarm(signum, frame):
         raise _Timeout
@@ -1495,7 +1621,7 @@ def _math_equal_in_process(pred: str, gold: str, timeout: float, grader: str = "
     previous = signal.signal(signal.SIGALRM, on_alarm)
     try:
         signal.setitimer(signal.ITIMER_REAL, timeout)
-        return _grader_equal(pred, gold, grader)
+        return _grader_equal(pred, gold, grader, question)
     except _Timeout:
         return False
     finally:
@@ -1504,10 +1630,10 @@ def _math_equal_in_process(pred: str, gold: str, timeout: float, grader: str = "
 
 
 def _grade_pairs(
-    pairs: list[tuple[str, str] | None], grader: str, timeout: float, num_workers: int | None,
+    pairs: list[tuple[str, str, str | None] | None], grader: str, timeout: float, num_workers: int | None,
     batch_timeout: float | None,
 ) -> list[bool]:
-    """Verdicts for (pred, gold) pairs (None: not equal): fast path here, the rest in the pool,
+    """Verdicts for (pred, gold, question) triples (None: not equal): fast path here, the rest in the pool,
     all of it finished by `batch_timeout` seconds from now (None: no batch bound)."""
     _check_grader(grader)
     if timeout <= 0 or (batch_timeout is not None and batch_timeout <= 0):
@@ -1515,7 +1641,7 @@ def _grade_pairs(
     deadline = time.monotonic() + (batch_timeout if batch_timeout is not None else float("inf"))
     report = {"pairs": len(pairs), "fast": 0, "symbolic": 0, "timed_out": 0, "past_deadline": 0}
     results = [False] * len(pairs)
-    pending: dict[int, tuple[str, str, str]] = {}
+    pending: dict[int, tuple[str, str, str, str | None]] = {}
     for i, pair in enumerate(pairs):
         if pair is None:
             continue
@@ -1527,19 +1653,19 @@ def _grade_pairs(
         except Exception:
             quick = False
         if quick is None:
-            pending[i] = (pair[0], pair[1], grader)
+            pending[i] = (pair[0], pair[1], grader, pair[2])
         else:
             report["fast"] += 1
             results[i] = quick
     report["symbolic"] = len(pending)
     workers = _default_workers() if num_workers is None else num_workers
     if pending and workers <= 0:
-        for i, (p, g, _) in pending.items():
+        for i, (p, g, _, q) in pending.items():
             left = deadline - time.monotonic()
             if left <= 0:
                 report["past_deadline"] += 1
                 continue
-            results[i] = _math_equal_in_process(p, g, min(timeout, left), grader)
+            results[i] = _math_equal_in_process(p, g, min(timeout, left), grader, q)
     elif pending:
         with _POOL_LOCK:
             for i, verdict in _run_in_pool(pending, timeout, workers, deadline, report).items():
@@ -1552,38 +1678,11 @@ def _grade_pairs(
     return results
 
 
-def batch_math_equal(
-    preds: list[str | None], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
-    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT,
-) -> list[bool]:
-    """math_equal over many pairs.  The fast path runs here; undecided pairs go to a
-    persistent subprocess pool (num_workers=None: one per core for this rank, at most 8;
-    0: in this process), each bounded by `timeout` seconds and the whole call by
-    `batch_timeout`.  Timeouts and errors are False (see `last_batch_report`)."""
-    if len(preds) != len(golds):
-        raise ValueError("preds and golds differ in length")
-    pairs = [None if p is None or g is None else (str(p), str(g)) for p, g in zip(preds, golds)]
-    return _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)
+def _check_questions(questions: list[str] | None, n: int) -> list[str | None]:
+    if questions is None:
+        return [None] * n
+    if len(questions) != n:
+        raise ValueError(f"questions has {len(questions)} entries for {n} answers")
+    return list(questions)
 
 
-def batch_compute_scores(
-    responses: list[str], golds: list[str], timeout: float = 5.0, num_workers: int | None = None,
-    grader: str = "simplerl", batch_timeout: float | None = BATCH_TIMEOUT,
-) -> list[float]:
-    """compute_score over many pairs: each answer candidate graded as in batch_math_equal."""
-    if len(responses) != len(golds):
-        raise ValueError("responses and golds differ in length")
-    _check_grader(grader)
-    scores: list[float] = []
-    pairs: list[tuple[str, str]] = []
-    owner: list[int] = []
-    for i, (response, gold) in enumerate(zip(responses, golds)):
-        candidates = answer_candidates(response, grader)
-        scores.append(-1.0 if candidates is None else -0.5)
-        for c in _for_gold(candidates or [], gold):
-            pairs.append((c, str(gold)))
-            owner.append(i)
-    for i, ok in zip(owner, _grade_pairs(pairs, grader, timeout, num_workers, batch_timeout)):
-        if ok:
-            scores[i] = 1.0
-    return scores

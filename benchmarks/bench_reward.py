@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import reward  # noqa: E402
-from equivalence_cases import CASES  # noqa: E402
+from equivalence_cases import CASES, QUESTION_CASES  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -75,6 +75,46 @@ def report(name: str, lat: list[float], pool_rate: float | None) -> None:
 
 def agree(a: list[bool], b: list[bool]) -> str:
     return f"{sum(x == y for x, y in zip(a, b))}/{len(a)}"
+
+
+HARD_FAMILIES = ("unordered", "labelled", "number-format", "latex-spelling", "units-time", "symbolic-identity")
+
+
+def table_report(with_mv: bool) -> None:
+    """The equivalence table scored by each grader in this run: accuracy, false positives
+    (said equal, expected not), false negatives, per family and overall."""
+    # QUESTION_CASES carry the question (the order of a bare list); only reward.py reads it.
+    cases = [(p, g, None, want, fam) for p, g, want, fam in CASES] + QUESTION_CASES
+    graders = {
+        "simplerl": lambda p, g, q: reward.math_equal(p, g, question=q),
+        "v0": lambda p, g, q: reward.compute_score("\\boxed{" + p + "}", g, grader="v0") == 1.0,
+    }
+    if with_mv:
+        graders["math-verify"] = lambda p, g, q: mv_score(("\\boxed{" + p + "}", g))
+    verdicts = {name: [fn(p, g, q) for p, g, q, _, _ in cases] for name, fn in graders.items()}
+    table = [(p, g, want, fam) for p, g, _, want, fam in cases]
+    groups: dict[str, list[int]] = {}
+    for i, (_, _, _, fam) in enumerate(table):
+        groups.setdefault(fam if fam in HARD_FAMILIES else "core (other families)", []).append(i)
+    groups["all"] = list(range(len(table)))
+    order = list(HARD_FAMILIES) + ["core (other families)", "all"]
+    print(f"\nequivalence table ({len(table)} cases, {sum(c[2] for c in table)} equal, {sum(not c[2] for c in table)} not)")
+    print("| family | cases | " + " | ".join(f"{n} acc | FP | FN" for n in graders) + " |")
+    print("|---|---:|" + "---:|---:|---:|" * len(graders))
+    for fam in order:
+        idx = groups[fam]
+        cells = []
+        for name in graders:
+            v = verdicts[name]
+            right = sum(v[i] == table[i][2] for i in idx)
+            fp = sum(v[i] and not table[i][2] for i in idx)
+            fn = sum(not v[i] and table[i][2] for i in idx)
+            cells.append(f"{right / len(idx):.1%} | {fp} | {fn}")
+        print(f"| {fam} | {len(idx)} | " + " | ".join(cells) + " |")
+    if with_mv:
+        for i, (p, g, want, fam) in enumerate(table):
+            if verdicts["simplerl"][i] != want:
+                print(f"  simplerl wrong: [{fam}] {p!r} vs {g!r} expected {want}")
 
 
 def main() -> None:
@@ -131,20 +171,16 @@ def main() -> None:
                 print(f"    differ: ours={a} mv={b} harness={harness[i]} gold={golds[i]!r} "
                       f"pred={reward.extract_boxed(reward.cut_at_stop(responses[i]))!r}")
 
-    expected = [c[2] for c in CASES]
-    ours_table = [reward.math_equal(p, g) for p, g, _, _ in CASES]
-    print(f"\nequivalence table ({len(CASES)} cases)")
-    print(f"  reward.py   vs expected: {agree(ours_table, expected)}")
-    if mv_verify is not None:
-        mv_table = [mv_score(("\\boxed{" + p + "}", g)) for p, g, _, _ in CASES]
-        print(f"  math-verify vs expected: {agree(mv_table, expected)}")
-        print(f"  reward.py   vs math-verify: {agree(ours_table, mv_table)}")
-        by_family: dict[str, int] = {}
-        for (p, g, want, fam), m in zip(CASES, mv_table):
-            if m != want:
-                by_family[fam] = by_family.get(fam, 0) + 1
-        print("  math-verify misses by family:", dict(sorted(by_family.items(), key=lambda kv: -kv[1])))
+    print(f"\nsingle-process throughput on the 800: reward.py {len(lat) / sum(lat):.0f} pairs/s", end="")
+    if mv_lat:
+        print(f", math-verify {len(mv_lat) / sum(mv_lat):.0f} pairs/s: "
+              f"{(len(lat) / sum(lat)) / (len(mv_lat) / sum(mv_lat)):.1f}x")
+    else:
+        print()
+    v0_scores = [s == 1.0 for s in reward.batch_compute_scores(responses, golds, grader="v0", num_workers=args.workers)]
+    print(f"  grader='v0' vs harness: {agree(v0_scores, harness)} (v0 says {sum(v0_scores)} correct)")
 
+    table_report(mv_verify is not None)
     slow = "\\boxed{2^{1/2^{1000}}}"
     t = time.perf_counter()
     reward.compute_score(slow, "1")

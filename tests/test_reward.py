@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import reward as R  # noqa: E402
-from equivalence_cases import CASES  # noqa: E402
+from equivalence_cases import CASES, QUESTION_CASES  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -106,6 +106,21 @@ def test_case_table_is_broad():
 @pytest.mark.parametrize("pred, gold, expected, family", CASES, ids=[f"{c[3]}-{i}" for i, c in enumerate(CASES)])
 def test_math_equal_table(pred, gold, expected, family):
     assert R.math_equal(pred, gold) is expected
+
+
+@pytest.mark.parametrize("pred, gold, question, expected, family", QUESTION_CASES)
+def test_question_decides_order(pred, gold, question, expected, family):
+    assert R.math_equal(pred, gold, question=question) is expected
+    assert R.compute_score(f"so \\boxed{{{pred}}}", gold, question=question) == (1.0 if expected else -0.5)
+
+
+def test_question_cases_in_batch():
+    preds, golds, questions, want, _ = map(list, zip(*QUESTION_CASES))
+    assert R.batch_math_equal(preds, golds, questions=questions, num_workers=1) == want
+    assert R.batch_math_equal(preds, golds, questions=questions, num_workers=0) == want
+    assert R.asks_for_order("in increasing order") and not R.asks_for_order("Find all x.") and not R.asks_for_order(None)
+    with pytest.raises(ValueError, match="questions"):
+        R.batch_math_equal(["1"], ["1"], questions=[])
 
 
 def test_batch_matches_table():
