@@ -205,7 +205,7 @@ def import_vllm():
     # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
     # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
     def destroy_vllm_groups_only():
-        if vllm_dist._WORLD:
+        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
             vllm_dist._WORLD.destroy()
         vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
 
@@ -420,6 +420,14 @@ class VLLMEngine:
                       enforce_eager=not on_gpu)  # CPU: skip torch.compile (its warm-up costs more than tiny runs)
         self.llm, self.sampling_params_cls = llm, sampling_params_cls
         self.stop_ids = stop_token_ids(self.tokenizer)
+
+    def close(self) -> None:
+        """Shut the engine down now (memory back before the next model). LLM has no public shutdown; its
+        in-process client's (vllm/v1/engine/core_client.py InprocClient.shutdown) runs EngineCore.shutdown,
+        whose teardown would also destroy our process group but for import_vllm's patch."""
+        if self.llm is not None and hasattr(self.llm, "llm_engine"):
+            self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
@@ -654,8 +662,10 @@ def evaluate(cfg: Config) -> dict | None:
                        f"{summary['problems_per_s']:.2f} problems/s, {summary['tokens_per_s']:.0f} tokens/s)")
         if rank == 0:
             results[label]["avg"] = sum(results[label][b]["acc"] for b in benches) / len(benches)
-        del engine  # vLLM shuts down here (its memory back before the next model; our process group survives:
-        gc.collect()  # see import_vllm)
+        if hasattr(engine, "close"):
+            engine.close()  # vLLM: its memory back before the next model; our process group survives (import_vllm)
+        del engine
+        gc.collect()
     if rank != 0:
         dist.barrier()
         return None

@@ -269,7 +269,7 @@ def import_vllm():
     # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
     # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
     def destroy_vllm_groups_only():
-        if vllm_dist._WORLD:
+        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
             vllm_dist._WORLD.destroy()
         vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
 
@@ -686,7 +686,11 @@ class VLLMEngine:
                 self.weights_version = None  # level 2 discarded the weights: a wake-up brings back garbage
 
     def close(self) -> None:
-        """Shut the engine down now (its memory back), while our process group still exists."""
+        """Shut the engine down now (its memory back), while our process group still exists. LLM has no public
+        shutdown; its in-process client's (vllm/v1/engine/core_client.py InprocClient.shutdown) runs
+        EngineCore.shutdown once and detaches the finalizer that would otherwise run it at interpreter exit."""
+        if self.llm is not None and hasattr(self.llm, "llm_engine"):
+            self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
         gc.collect()
 

@@ -223,7 +223,7 @@ def import_vllm():
     # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
     # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
     def destroy_vllm_groups_only():
-        if vllm_dist._WORLD:
+        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
             vllm_dist._WORLD.destroy()
         vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
 
