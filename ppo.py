@@ -55,7 +55,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
@@ -488,6 +489,8 @@ def save_critic(critic: torch.nn.Module, tokenizer, out_dir: str) -> None:
     """A Hugging Face folder: config + model.safetensors with the trunk as `model.*` and `value_head.weight`."""
     from safetensors.torch import save_file
     state = get_model_state_dict(critic, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.cuda.is_available():  # bf16 on GPU, as save_hf_checkpoint (a resume reads the fp32 masters from DCP)
+        state = {k: v.to(torch.bfloat16) for k, v in state.items()}
     if dist.get_rank() == 0:
         out = Path(out_dir)
         tmp = out.with_name(out.name + ".tmp")
@@ -1009,7 +1012,9 @@ def save_checkpoint(out: Path, step: int, actor, critic, actor_opt, critic_opt, 
     dist.barrier()
     save_hf_checkpoint(actor, tokenizer, str(tmp / "actor"))
     save_critic(critic, tokenizer, str(tmp / "critic"))
-    dcp.save({"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt)},
+    dcp.save({"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt),
+              # the fp32 master weights (the HF folders are bf16 on GPU): what a resume continues from
+              "actor_model": get_model_state_dict(actor), "critic_model": get_model_state_dict(critic)},
              checkpoint_id=str(tmp / "optim"))
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
@@ -1031,8 +1036,11 @@ def save_checkpoint(out: Path, step: int, actor, critic, actor_opt, critic_opt, 
 
 def load_checkpoint(path: Path, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, rank: int) -> dict:
     state = torch.load(path / "trainer_state.pt", weights_only=False)
-    optim = {"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt)}
+    optim = {"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt),
+             "actor_model": get_model_state_dict(actor), "critic_model": get_model_state_dict(critic)}
     dcp.load(optim, checkpoint_id=str(path / "optim"))
+    set_model_state_dict(actor, optim["actor_model"])
+    set_model_state_dict(critic, optim["critic_model"])
     set_optimizer_state_dict(actor, actor_opt, optim_state_dict=optim["actor"])
     set_optimizer_state_dict(critic, critic_opt, optim_state_dict=optim["critic"])
     actor_sched.load_state_dict(state["actor_sched"])

@@ -198,3 +198,63 @@ def test_ppo_loop_level_1_streams_only_after_actor_updates(tmp_path, monkeypatch
     assert not fake.errors
     # version 0 (start eval, warm-up steps 1-2 and their evals, rollout 3), then once per actor update (steps 3, 4)
     assert fake.calls.count(("apply_model",)) == 3
+
+
+def test_models_load_and_shard_one_at_a_time_engine_last(tmp_path, monkeypatch):
+    """Item 8 of issue 10: never three full copies on a host at once; the rollout engine after the trainer."""
+    events = []
+    load, shard, make = ppo.load_model, ppo.shard_model, ppo.make_engine
+    monkeypatch.setattr(ppo, "load_model", lambda *a, **k: (events.append("load"), load(*a, **k))[1])
+    monkeypatch.setattr(ppo, "shard_model", lambda *a, **k: (events.append("shard"), shard(*a, **k))[1])
+    fake = FakeVLLM()
+
+    def make_engine(cfg, model_config, tokenizer, rank, world, device):
+        events.append("engine")
+        return ppo.VLLMEngine(cfg, rank, world, [258], [], device, llm=fake, sampling_params=lambda **kw: kw), [258]
+
+    monkeypatch.setattr(ppo, "make_engine", make_engine)
+    cfg = ppo.parse_args(["--preset", "tiny", "--output-dir", str(tmp_path), "--max-steps", "1", "--test-file", "",
+                          "--rollout-batch-size", "4", "--n-samples-per-prompt", "2", "--train-batch-size", "8",
+                          "--micro-train-batch-size", "8", "--save-every", "0", "--engine", "vllm"])
+    ppo.main(cfg)
+    assert events == ["load", "shard", "load", "shard", "load", "shard", "engine"]
+
+
+def test_forward_groups_fit_the_token_budget_and_pair_up():
+    """Item 10 of issue 10: the experience forwards are batched by a token budget (few forwards), each group
+    within budget, every row exactly once."""
+    g = torch.Generator().manual_seed(0)
+    samples = [ppo.Sample(list(range(int(torch.randint(3, 30, (1,), generator=g)))),
+                          list(range(int(torch.randint(1, 60, (1,), generator=g)))), False, None) for _ in range(64)]
+    batch = ppo.pad_samples(samples, 256)
+    ppo.init_distributed()
+    groups = ppo.forward_groups(batch, 0, 1024)
+    assert sorted(i for grp in groups for i in grp) == list(range(64))
+    for grp in groups:
+        P = max(len(samples[i].prompt_ids) for i in grp)
+        R = max(len(samples[i].response_ids) for i in grp)
+        assert len(grp) == 1 or len(grp) * (P + R) <= 1024
+    assert len(groups) <= 8  # 64 rows of <= 89 tokens: ~5,000 tokens; OpenRLHF's 2 rows per forward made 32
+    assert max(map(len, ppo.forward_groups(batch, 4, 10**9))) == 4  # the row cap still holds
+
+
+def test_ppo_vllm_engine_passes_only_tensor_parallel(monkeypatch):
+    """Items 4 and 6 of issue 10: a world of one runs the in-process `uni` executor (external_launcher reads
+    RANK/LOCAL_RANK from the environment); torchrun ranks are independent engines (no data_parallel_size)."""
+    _, _, _, _, _, device = setup_models()
+    built = []
+
+    class RecordingLLM:
+        def __init__(self, **kwargs):
+            built.append(kwargs)
+
+        def sleep(self, level):
+            pass
+
+    monkeypatch.setattr(ppo, "import_vllm", lambda: (RecordingLLM, dict))
+    for world in (1, 4):
+        ppo.VLLMEngine(ppo.Config(), rank=0, world=world, stop_ids=[258], stop_strings=[], device=device)
+    assert [b["distributed_executor_backend"] for b in built] == ["uni", "external_launcher"]
+    assert all(b["tensor_parallel_size"] == 1 and "data_parallel_size" not in b for b in built)
+    assert all(b["load_format"] == "dummy" for b in built)  # its weights only ever come from the actor
+    assert built[0]["enable_sleep_mode"] is False and built[0]["dtype"] == "float32"  # CPU: no sleep mode, fp32
