@@ -23,10 +23,11 @@ The functions named from the math (`kl_penalty`, `shape_rewards`, `compute_gae`,
 `policy_loss`, `value_loss`) work on [batch, time] tensors of response tokens and are what the tests check.
 Faithful to OpenRLHF as SimpleRL-Zero v0 ran it (`train/examples/script/train_ppo_qwen_base_math_lv35_new.sh`):
 rollout_batch_size=1024 prompts x n_samples_per_prompt=8 = 8192 responses per RL step; train_batch_size=128
-*responses* per optimizer step (64 optimizer steps per RL step, 1 epoch); micro_train_batch_size=2 and
-micro_rollout_batch_size=2 responses per GPU per forward. Two deliberate differences: losses are averaged over
-the valid tokens of the global batch (OpenRLHF v0 averages per sequence, then over sequences), and log-probs
-are taken at the sampling temperature (OpenRLHF v0 used the T=1 logits while sampling at T=0.6).
+*responses* per optimizer step (64 optimizer steps per RL step, 1 epoch); micro_train_batch_size=2 responses
+per GPU per forward (OpenRLHF's micro_rollout_batch_size=2 for the no-grad forwards is a token budget here,
+--rollout-forward-tokens). Two deliberate differences: losses are averaged over the valid tokens of the global
+batch (OpenRLHF v0 averages per sequence, then over sequences), and log-probs are taken at the sampling
+temperature (OpenRLHF v0 used the T=1 logits while sampling at T=0.6).
 
 Outputs in --output-dir: checkpoint-<step>/{actor,critic}/ (HF folders) + optimizer/scheduler/RNG/data state
 (for --resume), final/actor (what evaluate.py loads) and final/critic, metrics.jsonl, rollouts/step_<N>.jsonl,
@@ -744,7 +745,8 @@ def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, dev
     if kind == "vllm":
         return VLLMEngine(cfg, rank, world, stop_ids, stop_strings, device), stop_ids
     if kind == "hf":
-        model = AutoModelForCausalLM.from_config(model_config, attn_implementation="sdpa")  # weights: sync_weights
+        with torch.random.fork_rng(devices=[]):  # its random init (overwritten by sync_weights) draws no samples' RNG
+            model = AutoModelForCausalLM.from_config(model_config, attn_implementation="sdpa")
         return HFEngine(model, tokenizer, stop_ids, stop_strings, device), stop_ids
     raise ValueError(f"--engine {cfg.engine!r}: expected hf, vllm or auto")
 
