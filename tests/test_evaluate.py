@@ -272,3 +272,22 @@ def test_torchrun_data_parallel_matches_single_process(tmp_path):
         dp = (tmp_path / "dp" / "tiny" / f"{b}.jsonl").read_text()
         single = (tmp_path / "single" / "tiny" / f"{b}.jsonl").read_text()
         assert dp == single
+
+
+def test_vllm_engine_tp_in_a_world_of_one_and_only_tensor_parallel(monkeypatch):
+    """Items 5 and 6 of issue 10: `python evaluate.py --tp 2` (a world of one) is one engine over 2 devices, not an
+    error; vLLM gets tensor_parallel_size only (a data_parallel_size would lock every engine step together)."""
+    ev.init_distributed()
+    built = {}
+
+    class RecordingLLM:
+        def __init__(self, **kwargs):
+            built.update(kwargs)
+
+    monkeypatch.setattr(ev, "import_vllm", lambda: (RecordingLLM, SimpleNamespace))
+    engine = ev.VLLMEngine(str(ROOT / "data/tiny"), ev.Config(tp=2))
+    assert (engine.dp_size, engine.dp_rank) == (1, 0) and engine.shard(5) == [0, 1, 2, 3, 4]
+    assert built["tensor_parallel_size"] == 2 and "data_parallel_size" not in built
+    assert built["distributed_executor_backend"] == "mp"  # vLLM's own workers over the 2 devices
+    ev.VLLMEngine(str(ROOT / "data/tiny"), ev.Config(tp=1))
+    assert built["distributed_executor_backend"] == "uni"  # in this process: no RANK/LOCAL_RANK needed

@@ -50,10 +50,18 @@ def worker(out: str) -> None:
     batch["advantages"] = ppo.masked_whiten(adv, m, distributed=True)
     # critic lr 0.05: at 0.5 its weights blew up to |w| ~ 34 (grad norm ~5,000), where fp32 summation order
     # alone moves them by ~1e-4 and the comparison measures rounding, not the gradient's scale
+    # issue 10 item 2: never switch off gradient sync between micro-batches (FSDP2 would then keep full-size
+    # gradients of the whole model on every rank); record every call
+    sync_calls = []
+    for model in (actor, critic):
+        original = model.set_requires_gradient_sync
+        model.set_requires_gradient_sync = lambda flag, *a, original=original, **k: (sync_calls.append(flag),
+                                                                                    original(flag, *a, **k))
     opts = [torch.optim.SGD(actor.parameters(), lr=0.5), torch.optim.SGD(critic.parameters(), lr=0.05)]
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
     stats = ppo.ppo_update(actor, critic, opts[0], opts[1], scheds[0], scheds[1], batch, cfg, world, device,
                            train_actor=True, generator=torch.Generator().manual_seed(rank))
+    assert False not in sync_calls, "ppo_update accumulated unsharded gradients (set_requires_gradient_sync(False))"
     weights = {("actor." + n): p.full_tensor().detach().clone() for n, p in actor.named_parameters()}
     weights.update({("critic." + n): p.full_tensor().detach().clone() for n, p in critic.named_parameters()})
     advs = [None] * world

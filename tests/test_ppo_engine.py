@@ -34,6 +34,7 @@ def test_sampler_logprobs_equal_trainer_logprobs_and_k1_is_zero_at_step_0(logpro
     tok, base, actor, ref, critic, device = setup_models()
     engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device,
                           logprob_temperature=logprob_temperature)
+    ppo.sync_weights(actor, engine, 0)
     prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in ["Q: 1+2\nA:", "Q: 347-85+12\nA:", "Q: 9\nA:"]]
     torch.manual_seed(0)
     samples = engine.generate(prompts, n=4, temperature=0.7, top_p=1.0, max_new_tokens=16)
@@ -52,10 +53,11 @@ def test_sampler_logprobs_equal_trainer_logprobs_and_k1_is_zero_at_step_0(logpro
 def test_sampler_ignores_model_generation_defaults():
     """A model's generation_config (top_k, repetition penalty...) must not truncate sampling: the trainer
     scores the plain softmax(logits / T), so the sampler must draw from exactly that."""
-    tok, base, *_ , device = setup_models()
+    tok, base, actor, _, _, device = setup_models()
     base.generation_config.top_k = 3
     base.generation_config.repetition_penalty = 1.5
     engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
+    ppo.sync_weights(actor, engine, 0)
     torch.manual_seed(1)
     prompt = tok("Q: 1+2\nA:", add_special_tokens=False)["input_ids"]
     out = engine.model.generate(input_ids=torch.tensor([prompt]), do_sample=True, max_new_tokens=1, top_k=3,
@@ -72,21 +74,27 @@ def test_sync_streams_every_parameter_into_hf_engine():
     with torch.no_grad():
         for p in actor.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    ppo.sync_weights(actor, engine)
+    ppo.sync_weights(actor, engine, 0)
     target = dict(engine.model.named_parameters())
     for name, p in actor.named_parameters():
         torch.testing.assert_close(target[name], p.full_tensor())
 
 
 class FakeVLLM:
-    """Records what the trainer asks of vLLM's LLM: sleep/wake_up/apply_model/reset_prefix_cache/generate."""
+    """Records what the trainer asks of vLLM's LLM: sleep/wake_up/apply_model/reset_prefix_cache/generate.
+    Sleeps like vLLM on GPU: level 1 keeps the weights (in host memory), level 2 DISCARDS them, so a wake-up
+    after it brings back garbage; generating from discarded weights is recorded as an error."""
 
     def __init__(self):
         self.calls = []
         self.loaded = []
+        self.has_weights = False
+        self.errors = []
 
     def sleep(self, level):
         self.calls.append(("sleep", level))
+        if level >= 2:
+            self.has_weights = False
 
     def wake_up(self, tags=None):
         self.calls.append(("wake_up", tuple(tags)))
@@ -98,32 +106,38 @@ class FakeVLLM:
         model = SimpleNamespace(load_weights=lambda weights: self.loaded.extend(
             (name, t.shape, t.dtype, t.clone()) for name, t in weights))
         self.calls.append(("apply_model",))
+        self.has_weights = True
         return [func(model)]
 
     def generate(self, prompts, params, use_tqdm):
         self.calls.append(("generate", len(prompts)))
+        if not self.has_weights:
+            self.errors.append(f"generate #{sum(c[0] == 'generate' for c in self.calls)} sampled from discarded weights")
         self.params = params
         lp = lambda ids: [{t: SimpleNamespace(logprob=-0.1 * (k + 1))} for k, t in enumerate(ids)]  # noqa: E731
-        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[7, 258], logprobs=lp([7, 258]), finish_reason="stop"),
-                                         SimpleNamespace(token_ids=[7, 8, 9], logprobs=lp([7, 8, 9]), finish_reason="length")])
-                for _ in prompts]
+        outs = [SimpleNamespace(token_ids=[7, 258], logprobs=lp([7, 258]), finish_reason="stop"),
+                SimpleNamespace(token_ids=[7, 8, 9], logprobs=lp([7, 8, 9]), finish_reason="length")]
+        return [SimpleNamespace(outputs=[outs[j % 2] for j in range(params["n"])]) for _ in prompts]
 
 
 def test_vllm_engine_call_sequence_on_a_stand_in():
     tok, base, actor, ref, critic, device = setup_models()
     fake = FakeVLLM()
-    cfg = ppo.Config(seed=5)
-    engine = ppo.VLLMEngine(cfg, rank=0, world=1, stop_ids=[258], stop_strings=[], llm=fake,
+    cfg = ppo.Config(seed=5, vllm_sleep_level=1)
+    engine = ppo.VLLMEngine(cfg, rank=0, world=1, stop_ids=[258], stop_strings=[], device=device, llm=fake,
                             sampling_params=lambda **kw: kw)
     assert fake.calls == [("sleep", 1)]  # asleep from the start: the trainer owns the GPU
-    ppo.sync_weights(actor, engine)
-    assert fake.calls[1:] == [("wake_up", ("weights",)), ("apply_model",), ("wake_up", ("kv_cache",)),
-                              ("reset_prefix_cache",)]
+    with pytest.raises(RuntimeError, match="sync_weights"):  # its weights are not the actor's yet
+        engine.generate([[1]], n=1, temperature=0.0, top_p=1.0, max_new_tokens=3)
+    fake.calls.clear()
+    ppo.sync_weights(actor, engine, 0)
+    assert fake.calls == [("wake_up", ("weights",)), ("apply_model",), ("wake_up", ("kv_cache",)),
+                          ("reset_prefix_cache",)]
     names = [n for n, *_ in fake.loaded]
     assert names == [n for n, _ in actor.named_parameters()]  # every parameter, in the module's order
     for (name, shape, dtype, t), (_, p) in zip(fake.loaded, actor.named_parameters()):
-        assert shape == p.full_tensor().shape and dtype == torch.bfloat16
-        torch.testing.assert_close(t, p.full_tensor().to(torch.bfloat16))
+        assert shape == p.full_tensor().shape and dtype == torch.float32  # the CPU trainer's dtype (bf16 on GPU)
+        torch.testing.assert_close(t, p.full_tensor())
     fake.calls.clear()
     samples = engine.generate([[1, 2], [3]], n=2, temperature=0.6, top_p=1.0, max_new_tokens=3)
     assert fake.calls == [("generate", 2)]  # already awake: no second wake-up
@@ -136,6 +150,7 @@ def test_vllm_engine_call_sequence_on_a_stand_in():
     engine.sleep()  # idempotent
     assert fake.calls[-1] == ("sleep", 1) and fake.calls.count(("sleep", 1)) == 1
     fake.calls.clear()
+    ppo.sync_weights(actor, engine, 0)  # level 1 kept the weights: nothing to stream
     engine.generate([[1]], n=1, temperature=0.0, top_p=1.0, max_new_tokens=3)  # greedy eval
     assert fake.calls == [("wake_up", ("weights",)), ("wake_up", ("kv_cache",)), ("generate", 1)]
     assert fake.params["temperature"] == 0.0 and fake.params["logprobs"] is None
@@ -211,3 +226,112 @@ def test_checkpoint_retention_keeps_every_actor_and_prunes_resumable_state(tmp_p
     # --no-keep-actor-weights: older checkpoints go whole, as before
     ppo.save_checkpoint(tmp_path, 20, actor, critic, *opts, *scheds, tok, {"position": 20}, keep=2, keep_actors=False)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-20"]
+    assert not fake.errors
+
+
+def test_level_2_sleep_forgets_weights_and_the_next_sync_restores_them():
+    tok, base, actor, ref, critic, device = setup_models()
+    fake = FakeVLLM()
+    engine = ppo.VLLMEngine(ppo.Config(), rank=0, world=1, stop_ids=[258], stop_strings=[], device=device, llm=fake,
+                            sampling_params=lambda **kw: kw)
+    assert engine.sleep_level == 2  # the recipe's default
+    for _ in range(3):  # e.g. an eval, then two critic warm-up steps: the actor has not changed (version 0)
+        ppo.sync_weights(actor, engine, 0)
+        engine.generate([[1]], n=1, temperature=0.0, top_p=1.0, max_new_tokens=3)
+        engine.sleep()
+        assert engine.weights_version is None  # level 2 discarded them
+    assert fake.calls.count(("apply_model",)) == 3 and not fake.errors
+
+
+def run_main_on_stand_in(tmp_path, monkeypatch, sleep_level):
+    """ppo.main, world of one, with the vLLM stand-in as its engine: critic warm-up steps, evals in between."""
+    fake = FakeVLLM()
+
+    def make_engine(cfg, model_config, tokenizer, rank, world, device):
+        return ppo.VLLMEngine(cfg, rank, world, [258], [], device, llm=fake, sampling_params=lambda **kw: kw), [258]
+
+    monkeypatch.setattr(ppo, "make_engine", make_engine)
+    cfg = ppo.parse_args(["--preset", "tiny", "--output-dir", str(tmp_path), "--max-steps", "4",
+                          "--critic-warmup-steps", "2", "--eval-every", "1", "--eval-size", "4",
+                          "--rollout-batch-size", "4", "--n-samples-per-prompt", "2", "--train-batch-size", "8",
+                          "--micro-train-batch-size", "8", "--save-every", "0", "--time-limit-minutes", "0",
+                          "--vllm-sleep-level", str(sleep_level), "--engine", "vllm"])
+    ppo.main(cfg)
+    return fake
+
+
+def test_ppo_loop_never_samples_from_discarded_weights(tmp_path, monkeypatch):
+    """Item 7 of issue 10: with level-2 sleep, the start eval, each eval and each critic warm-up step must re-send
+    the weights (the old loop re-sent them only after actor updates and sampled from garbage)."""
+    fake = run_main_on_stand_in(tmp_path, monkeypatch, 2)
+    generates = [c for c in fake.calls if c[0] == "generate"]
+    assert len(generates) == 1 + 4 + 3 + 1  # start eval, 4 rollouts, evals after steps 1-3, end eval
+    assert not fake.errors, fake.errors
+    assert fake.calls.count(("apply_model",)) == len(generates)  # every wake-up after level 2 needs the weights
+
+
+def test_ppo_loop_level_1_streams_only_after_actor_updates(tmp_path, monkeypatch):
+    fake = run_main_on_stand_in(tmp_path, monkeypatch, 1)
+    assert not fake.errors
+    # version 0 (start eval, warm-up steps 1-2 and their evals, rollout 3), then once per actor update (steps 3, 4)
+    assert fake.calls.count(("apply_model",)) == 3
+
+
+def test_models_load_and_shard_one_at_a_time_engine_last(tmp_path, monkeypatch):
+    """Item 8 of issue 10: never three full copies on a host at once; the rollout engine after the trainer."""
+    events = []
+    load, shard, make = ppo.load_model, ppo.shard_model, ppo.make_engine
+    monkeypatch.setattr(ppo, "load_model", lambda *a, **k: (events.append("load"), load(*a, **k))[1])
+    monkeypatch.setattr(ppo, "shard_model", lambda *a, **k: (events.append("shard"), shard(*a, **k))[1])
+    fake = FakeVLLM()
+
+    def make_engine(cfg, model_config, tokenizer, rank, world, device):
+        events.append("engine")
+        return ppo.VLLMEngine(cfg, rank, world, [258], [], device, llm=fake, sampling_params=lambda **kw: kw), [258]
+
+    monkeypatch.setattr(ppo, "make_engine", make_engine)
+    cfg = ppo.parse_args(["--preset", "tiny", "--output-dir", str(tmp_path), "--max-steps", "1", "--test-file", "",
+                          "--rollout-batch-size", "4", "--n-samples-per-prompt", "2", "--train-batch-size", "8",
+                          "--micro-train-batch-size", "8", "--save-every", "0", "--engine", "vllm"])
+    ppo.main(cfg)
+    assert events == ["load", "shard", "load", "shard", "load", "shard", "engine"]
+
+
+def test_forward_groups_fit_the_token_budget_and_pair_up():
+    """Item 10 of issue 10: the experience forwards are batched by a token budget (few forwards), each group
+    within budget, every row exactly once."""
+    g = torch.Generator().manual_seed(0)
+    samples = [ppo.Sample(list(range(int(torch.randint(3, 30, (1,), generator=g)))),
+                          list(range(int(torch.randint(1, 60, (1,), generator=g)))), False, None) for _ in range(64)]
+    batch = ppo.pad_samples(samples, 256)
+    ppo.init_distributed()
+    groups = ppo.forward_groups(batch, 0, 1024)
+    assert sorted(i for grp in groups for i in grp) == list(range(64))
+    for grp in groups:
+        P = max(len(samples[i].prompt_ids) for i in grp)
+        R = max(len(samples[i].response_ids) for i in grp)
+        assert len(grp) == 1 or len(grp) * (P + R) <= 1024
+    assert len(groups) <= 8  # 64 rows of <= 89 tokens: ~5,000 tokens; OpenRLHF's 2 rows per forward made 32
+    assert max(map(len, ppo.forward_groups(batch, 4, 10**9))) == 4  # the row cap still holds
+
+
+def test_ppo_vllm_engine_passes_only_tensor_parallel(monkeypatch):
+    """Items 4 and 6 of issue 10: a world of one runs the in-process `uni` executor (external_launcher reads
+    RANK/LOCAL_RANK from the environment); torchrun ranks are independent engines (no data_parallel_size)."""
+    _, _, _, _, _, device = setup_models()
+    built = []
+
+    class RecordingLLM:
+        def __init__(self, **kwargs):
+            built.append(kwargs)
+
+        def sleep(self, level):
+            pass
+
+    monkeypatch.setattr(ppo, "import_vllm", lambda: (RecordingLLM, dict))
+    for world in (1, 4):
+        ppo.VLLMEngine(ppo.Config(), rank=0, world=world, stop_ids=[258], stop_strings=[], device=device)
+    assert [b["distributed_executor_backend"] for b in built] == ["uni", "external_launcher"]
+    assert all(b["tensor_parallel_size"] == 1 and "data_parallel_size" not in b for b in built)
+    assert all(b["load_format"] == "dummy" for b in built)  # its weights only ever come from the actor
+    assert built[0]["enable_sleep_mode"] is False and built[0]["dtype"] == "float32"  # CPU: no sleep mode, fp32
