@@ -183,21 +183,65 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
-def has_weights(path: str) -> bool:
-    p = Path(path)
-    return any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
+INIT_FROM_CONFIG = "INIT_FROM_CONFIG"  # marker file: this folder's model is a random init from config.json
+
+
+def model_source(path: str) -> str:
+    """Where a --model loads from, decided before anything else runs (random weights only on request):
+      "weights"  a local folder with *.safetensors / *.bin files;
+      "config"   a local folder with no weights and an INIT_FROM_CONFIG marker file: every rank draws the
+                 same random init from config.json with the seed (the tiny world's data/tiny);
+      "hub"      a Hugging Face id such as Qwen/Qwen2.5-Math-7B (the hub cache, or the hub when online).
+    Anything else stops with the reason: a folder without weights, or a path that does not exist."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
+            return "weights"
+        if (p / INIT_FROM_CONFIG).is_file():
+            return "config"
+        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start from a random "
+                         f"init on purpose, put an empty file named {INIT_FROM_CONFIG} in it (as data/tiny has)")
+    if p.exists():
+        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like Qwen/Qwen2.5-Math-7B)")
+    if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
+        raise SystemExit(f"{path}: no such directory")
+    return "hub"
+
+
+def weights_problems(path: str) -> list[str]:
+    """Truncated or corrupt *.safetensors files of a local folder: each file's 8-byte header length, JSON
+    header and tensor extents must fit the file's size (a cheap check; nothing is loaded)."""
+    problems = []
+    for f in sorted(Path(path).glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n)) if 8 + n <= size else None
+            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"), default=0)
+            if header is None or 8 + n + end > size:
+                problems.append(f"{f}: truncated ({size} bytes, its header needs {8 + n + end})")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            problems.append(f"{f}: not a valid safetensors file")
+    return problems
 
 
 def load_model(path: str, seed: int, gradient_checkpointing: bool = False) -> torch.nn.Module:
     """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed."""
     attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
-    if has_weights(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
-    else:  # a config-only folder (the tiny world): every rank draws the same init from the seed
-        print0(f"{path} has no weights: initialising from config.json with seed {seed}")
+    if model_source(path) == "config":
+        print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32,
                                                  attn_implementation=attn)
+    else:
+        bad = weights_problems(path) if Path(path).is_dir() else []
+        if bad:
+            raise SystemExit(f"{path}: cannot load the model: " + "; ".join(bad))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+        except (OSError, ValueError) as e:  # e.g. a hub id that is neither cached nor reachable
+            raise SystemExit(f"{path}: cannot load the model: {e}") from None
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = not gradient_checkpointing
