@@ -38,10 +38,14 @@ accuracy_vs_step.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import errno
 import importlib.util
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import socket
@@ -57,6 +61,7 @@ from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import reward
+import zipfile
 
 
 @dataclass
@@ -219,6 +224,133 @@ def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
         else:
             tmp.rename(out)
     dist.barrier()
+
+# ---- run directories: one run per --output-dir, --resume checks the config, damaged files are named ----
+def previous_run(out: Path) -> list[str]:
+    """What a run leaves in its output directory (checkpoints, final model, metrics), if any."""
+    found = sorted(p.name for p in out.glob("checkpoint-*"))
+    return found + [n for n in ("final", "metrics.jsonl") if (out / n).exists()]
+
+
+def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
+    """Before anything is written: a fresh run refuses a directory holding another run (unless --overwrite);
+    --resume stops if the saved config.json differs from this run's in any field outside `safe_on_resume`."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
+    found = previous_run(out)
+    if cfg.resume:
+        saved = out / "config.json"
+        if not saved.is_file():
+            return
+        try:
+            old = json.loads(saved.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config against it") from None
+        new = dataclasses.asdict(cfg)
+        diff = [k for k in new if k not in safe_on_resume and k in old and old[k] != new[k]]
+        if diff:
+            raise SystemExit(f"--resume: the config differs from {saved} in " + ", ".join(
+                f"{k} ({old[k]!r} -> {new[k]!r})" for k in diff) + ". Only these may change on resume: " +
+                ", ".join(sorted(safe_on_resume)) + ". Start a new run in another --output-dir instead.")
+    elif found and not cfg.overwrite:
+        raise SystemExit(f"--output-dir {out} holds another run ({', '.join(found[:6])}"
+                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, --overwrite to "
+                         "delete it and start over, or choose another --output-dir")
+
+
+def remove_previous_run(out: Path) -> None:
+    """--overwrite (or --resume with no checkpoint to resume): delete what a run leaves, nothing else."""
+    for p in out.glob("checkpoint-*"):
+        shutil.rmtree(p)
+    for name in ("final", "rollouts"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "curves.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's records. A torn last line (a crash or a full disk mid-write) is dropped with a
+    warning; a bad line anywhere else is an error naming it."""
+    lines = path.read_bytes().split(b"\n")
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer 'step'")
+            records.append(record)
+        except (ValueError, UnicodeDecodeError) as e:
+            if any(rest.strip() for rest in lines[n:]):
+                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); remove the line to go on") from None
+            print0(f"WARNING: {path} line {n}: torn last line dropped ({len(line)} bytes)")
+    return records
+
+
+def write_metrics(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """Damaged files of a complete checkpoint (truncated by a full disk or a copy): safetensors headers and
+    sizes, torch.save zip archives, and the byte ranges the DCP metadata (optimizer shards) points at."""
+    problems = []
+    for folder in sorted({f.parent for f in ckpt.rglob("*.safetensors")}):
+        problems += weights_problems(str(folder))
+    for f in sorted(ckpt.rglob("*.pt")):
+        try:
+            zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError):
+            problems.append(f"{f}: truncated or not a torch.save file")
+    for meta in sorted(ckpt.rglob(".metadata")):
+        try:
+            with open(meta, "rb") as fh:
+                storage = pickle.load(fh).storage_data
+            ends = {}
+            for info in storage.values():
+                ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+            for name, end in ends.items():
+                f = meta.parent / name
+                if not f.is_file() or f.stat().st_size < end:
+                    problems.append(f"{f}: truncated ({f.stat().st_size if f.is_file() else 0} bytes, needs {end})")
+        except Exception as e:  # an unpicklable metadata file is damaged, whatever the exception
+            problems.append(f"{meta}: unreadable ({type(e).__name__})")
+    return problems
+
+
+def newest_intact(checkpoints: list[Path]) -> Path | None:
+    """The newest checkpoint whose files are intact; damaged ones are named and skipped (resume falls
+    back to the one before). Every one damaged: stop, naming the files."""
+    problems = []
+    for p in sorted(checkpoints, key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        bad = checkpoint_problems(p)
+        if not bad:
+            if problems:
+                print0(f"WARNING: resuming from {p}, the newest intact checkpoint")
+            return p
+        print0(f"WARNING: skipping damaged checkpoint {p}: " + "; ".join(bad))
+        problems += bad
+    if problems:
+        raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
+    return None
+
+
+@contextlib.contextmanager
+def disk_full_is_clear(where: str):
+    """A full disk surfaces as OSError ENOSPC, a safetensors error or torch.save's "file write failed":
+    say so, with the path, instead of a traceback."""
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or "file write failed" in text:
+            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
+                             "Free some space, then --resume from the last checkpoint.") from None
+        raise
 # ---- end of setup twins ----
 
 
@@ -288,13 +420,17 @@ def load_benchmark(data_dir: str, bench: str, template: str, limit: int | None =
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python data/prepare_data.py` or pass --data-dir")
     problems, empty = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for line_no, line in enumerate(f, 1):
             if limit is not None and len(problems) + len(empty) >= limit:
                 break
             if not line.strip():
                 continue
             try:
+                try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})") from None
                 row = json.loads(line)
                 if not isinstance(row, dict):
                     raise ValueError("a row must be a JSON object")
@@ -594,14 +730,49 @@ def plot_vs_step(results: dict, steps: list[int], benches: list[str], path: Path
     plt.close(fig)
 
 
+def validate(cfg: Config) -> None:
+    """Every value checked once, before any model is loaded: a clear error, never a table of zeros."""
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    need(cfg.limit is None or cfg.limit > 0, "limit", "must be a positive number of problems per benchmark")
+    for name in ("n", "batch_size", "tp", "max_new_tokens"):
+        need(getattr(cfg, name) > 0, name, "must be a positive integer")
+    need(cfg.max_model_len is None or cfg.max_model_len > 0, "max_model_len", "must be a positive integer")
+    need(cfg.temperature >= 0, "temperature", "must be >= 0 (0: greedy)")
+    need(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
+    need(cfg.grade_timeout > 0, "grade_timeout", "must be > 0 seconds")
+    need(0 < cfg.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+    need(cfg.n == 1 or cfg.temperature > 0, "n", "> 1 needs --temperature > 0 (greedy samples are identical)")
+    need(bool(cfg.model) or cfg.engine == "oracle", "model", "is required (or --preset tiny)")
+    need(not cfg.steps or len(cfg.steps) == len(cfg.model or ["oracle"]), "steps", f"needs one value per --model")
+    try:
+        benchmark_list(cfg.benchmarks)
+    except ValueError as e:
+        raise SystemExit(f"--benchmarks: {e}") from None
+    if cfg.engine != "oracle":
+        for path in cfg.model:
+            model_source(path)
+
+
+def write_summary(cfg: Config, results: dict, benches: list[str], labels: list[str], steps: list) -> dict:
+    """summary.json and results.md for the models finished so far (rewritten after each model, atomically)."""
+    out_dir = Path(cfg.output_dir)
+    table = markdown_table(results, benches)
+    summary = dict(config=asdict(cfg), benchmarks=benches, results=results,
+                   steps=dict(zip(labels, steps)), table=table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("summary.json", json.dumps(summary, indent=2)), ("results.md", table + "\n")):
+        (out_dir / f"{name}.tmp").write_text(text)
+        os.replace(out_dir / f"{name}.tmp", out_dir / name)
+    return summary
+
+
 def evaluate(cfg: Config) -> dict | None:
     """Run everything; returns the summary on rank 0 (None elsewhere)."""
+    validate(cfg)
     rank, world, device = init_distributed()
     benches = benchmark_list(cfg.benchmarks)
-    if cfg.n > 1 and cfg.temperature <= 0:
-        raise ValueError("--n > 1 needs --temperature > 0 (greedy samples are identical)")
-    if not cfg.model and cfg.engine != "oracle":
-        raise ValueError("--model is required (or --preset tiny)")
     paths = cfg.model or ["oracle"]
     labels = model_labels(paths)
     if cfg.steps and len(cfg.steps) != len(paths):
@@ -628,16 +799,12 @@ def evaluate(cfg: Config) -> dict | None:
                        f"{summary['problems_per_s']:.2f} problems/s, {summary['tokens_per_s']:.0f} tokens/s)")
         if rank == 0:
             results[label]["avg"] = sum(results[label][b]["acc"] for b in benches) / len(benches)
+            summary = write_summary(cfg, results, benches, labels[:len(results)], steps[:len(results)])
         del engine
     if rank != 0:
         dist.barrier()
         return None
-    table = markdown_table(results, benches)
-    summary = dict(config=asdict(cfg), benchmarks=benches, results=results,
-                   steps=dict(zip(labels, steps)), table=table)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "results.md").write_text(table + "\n")
+    table = summary["table"]
     if len(paths) > 1 and all(s is not None for s in steps):
         plot_vs_step(results, steps, benches, out_dir / "accuracy_vs_step.png")
         print0(f"wrote {out_dir / 'accuracy_vs_step.png'}")
@@ -674,4 +841,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 if __name__ == "__main__":
-    evaluate(parse_args())
+    config = parse_args()
+    with disk_full_is_clear(config.output_dir):
+        evaluate(config)
