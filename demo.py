@@ -1,7 +1,7 @@
 """The miniature SimpleRL-Zero study, end to end on a CPU, in one command.
 
     python demo.py            # ~12 minutes on 2 cores; a second run reuses the steps already done
-    python demo.py --fresh    # start over
+    python demo.py --fresh    # start over (deletes only what the demo wrote in its run directory)
 
 The story of the paper in a world small enough to watch: a weak "base" model that answers in
 several styles (boxed; "The answer is N"; padded with a code snippet and no box, the way
@@ -18,12 +18,20 @@ Every step runs one of the project's scripts, the same ones the GPU recipe runs,
 
 and then prints the before/after table (the paper's layout) and the paths of the pictures:
 RUN/ppo/curves.png (training dynamics) and RUN/eval/accuracy_vs_step.png (held-out accuracy and
-response length against step). A step is done when its marker file RUN/<step>.done exists.
+response length against step). A step is done when its marker file RUN/<step>.done exists; a step
+that did not finish (a crash, Ctrl-C, a kill) continues from its last checkpoint on the next run.
+
+RUN is --run-dir (default runs/demo), relative to the current directory. The demo writes a
+`.simplerl-demo` file into the run directory it makes and never uses or deletes a non-empty directory
+without it; --fresh deletes only the files the demo writes there. Stopping the demo (Ctrl-C, SIGTERM,
+even SIGKILL) stops the training processes it started too.
 """
 import argparse
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +42,9 @@ ROOT = Path(__file__).resolve().parent
 
 
 LEVELS = "1,2"  # what a 1M-parameter model learns in minutes on a CPU; levels 3-5 need far more compute
+MARKER = ".simplerl-demo"  # written into the run directory the demo makes: what --fresh may clean
+STEP_NAMES = ("data", "base", "ppo", "eval")
+DEMO_FILES = ("synth", "base", "ppo", "eval", "eval_data", *(f"{n}.done" for n in STEP_NAMES))  # what --fresh deletes
 
 
 def steps(run: Path, quick: bool) -> list[tuple[str, list[str]]]:
@@ -41,19 +52,20 @@ def steps(run: Path, quick: bool) -> list[tuple[str, list[str]]]:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     # The base model stops at the first eval that reaches BASE_ACCURACY: "early" is picked by accuracy,
     # since the step at which the tiny model starts to get sums right varies from run to run.
-    base_accuracy, ppo_minutes, ppo_save, ppo_eval = ("0.15", 2.0, 20, 20) if quick else ("0.2", 9.0, 50, 50)
+    # PPO runs a fixed number of RL steps (the same result on any machine, however loaded).
+    base_accuracy, ppo_steps, ppo_save, ppo_eval = ("0.15", 60, 20, 20) if quick else ("0.2", 200, 50, 50)
     return [
         ("data", [sys.executable, "data/make_synth_data.py", "--out", str(run / "synth")]),
         ("base", torchrun + ["sft.py", "--preset", "tiny", "--train-file", str(run / "synth/base.jsonl"),
                              "--test-file", str(run / "synth/test.jsonl"), "--levels", LEVELS,
                              "--max-steps", "2200", "--eval-every", "25", "--eval-size", "200",
-                             "--stop-at-accuracy", base_accuracy, "--save-every", "0",
+                             "--stop-at-accuracy", base_accuracy, "--save-every", "0", "--resume",
                              "--output-dir", str(run / "base")]),
         ("ppo", torchrun + ["ppo.py", "--preset", "tiny", "--model", str(run / "base/final"),
                             "--train-file", str(run / "synth/train.jsonl"),
                             "--test-file", str(run / "synth/test.jsonl"), "--levels", LEVELS,
-                            "--time-limit-minutes", str(ppo_minutes), "--save-every", str(ppo_save),
-                            "--eval-every", str(ppo_eval), "--keep-checkpoints", "0",
+                            "--max-steps", str(ppo_steps), "--save-every", str(ppo_save),
+                            "--eval-every", str(ppo_eval), "--keep-checkpoints", "0", "--resume",
                             "--output-dir", str(run / "ppo")]),
         ("eval", None),  # built after PPO, from the checkpoints it left
     ]
@@ -89,12 +101,60 @@ def run_step(name: str, cmd: list[str], run: Path, fresh: bool) -> None:
     print(f"\n[demo] {name}: {' '.join(cmd)}", flush=True)
     t0 = time.time()
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"[demo] {name} failed with exit code {proc.returncode}; fix it and rerun "
+    returncode = run_in_own_group(cmd, env)
+    if returncode != 0:
+        raise SystemExit(f"[demo] {name} failed with exit code {returncode}; fix it and rerun "
                          f"`python demo.py` to continue from this step")
     marker.write_text(json.dumps({"seconds": round(time.time() - t0, 1), "command": cmd}) + "\n")
     print(f"[demo] {name}: finished in {time.time() - t0:.0f} s", flush=True)
+
+
+def _die_with_demo() -> None:
+    """In the child, before exec: Linux sends it SIGTERM when the demo dies, even by SIGKILL (torchrun
+    then stops its workers)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_in_own_group(cmd: list[str], env: dict) -> int:
+    """Run a step in its own process group; if the demo is stopped (Ctrl-C, SIGTERM), the whole group
+    (torchrun and its workers) is stopped with it, never left training as orphans."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, preexec_fn=_die_with_demo)
+    try:
+        return proc.wait()
+    except BaseException:
+        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=grace)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise
+
+
+def prepare_run_dir(run_dir: str, fresh: bool) -> Path:
+    """--run-dir relative to the current directory. A non-empty directory the demo did not make is never
+    used or deleted; --fresh deletes only the demo's own files in it."""
+    run = Path(run_dir).expanduser().resolve()
+    if run.exists() and not run.is_dir():
+        raise SystemExit(f"[demo] --run-dir {run} exists and is not a directory")
+    ours = (run / MARKER).is_file() or any((run / f"{n}.done").is_file() for n in STEP_NAMES)
+    if run.is_dir() and any(run.iterdir()) and not ours:
+        raise SystemExit(f"[demo] --run-dir {run} is not empty and was not made by demo.py (it has no {MARKER} "
+                         f"file): choose a new or empty directory. Nothing was changed.")
+    if fresh:
+        for name in DEMO_FILES:
+            p = run / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+    run.mkdir(parents=True, exist_ok=True)
+    (run / MARKER).write_text("made by demo.py; `python demo.py --fresh` deletes the demo's files here\n")
+    return run
 
 
 def level_table(run: Path, summary: dict) -> str:
@@ -121,14 +181,12 @@ def level_table(run: Path, summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run-dir", default="runs/demo")
-    p.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+    p.add_argument("--run-dir", default="runs/demo", help="relative to the current directory")
+    p.add_argument("--fresh", action="store_true", help="delete the demo's files in the run directory and start over")
     p.add_argument("--quick", action="store_true", help="a shortened study (CI): fewer steps")
     args = p.parse_args(argv)
-    run = (ROOT / args.run_dir).resolve()
-    if args.fresh:
-        shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True, exist_ok=True)
+    run = prepare_run_dir(args.run_dir, args.fresh)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # unwinds into run_in_own_group
     t0 = time.time()
     for name, cmd in steps(run, args.quick):
         run_step(name, cmd if cmd is not None else eval_command(run), run, fresh=False)
@@ -139,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(summary["table"])
     print()
     print(level_table(run, summary))
-    total = sum(json.loads((run / f"{name}.done").read_text())["seconds"] for name in ("data", "base", "ppo", "eval"))
+    total = sum(json.loads((run / f"{name}.done").read_text())["seconds"] for name in STEP_NAMES)
     print(f"\n[demo] base {before:.1f}% -> PPO {after:.1f}% ({after - before:+.1f} points); the four steps took "
           f"{total:.0f} s ({time.time() - t0:.0f} s this run)")
     print(f"[demo] training dynamics:        {run / 'ppo/curves.png'}")

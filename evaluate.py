@@ -43,12 +43,16 @@ accuracy_vs_step.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime
+import errno
 import gc
 import importlib.util
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import socket
@@ -64,6 +68,7 @@ from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import reward
+import zipfile
 
 
 @dataclass
@@ -141,9 +146,47 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
-def has_weights(path: str) -> bool:
-    p = Path(path)
-    return any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
+INIT_FROM_CONFIG = "INIT_FROM_CONFIG"  # marker file: this folder's model is a random init from config.json
+
+
+def model_source(path: str) -> str:
+    """Where a --model loads from, decided before anything else runs (random weights only on request):
+      "weights"  a local folder with *.safetensors / *.bin files;
+      "config"   a local folder with no weights and an INIT_FROM_CONFIG marker file: every rank draws the
+                 same random init from config.json with the seed (the tiny world's data/tiny);
+      "hub"      a Hugging Face id such as Qwen/Qwen2.5-Math-7B (the hub cache, or the hub when online).
+    Anything else stops with the reason: a folder without weights, or a path that does not exist."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
+            return "weights"
+        if (p / INIT_FROM_CONFIG).is_file():
+            return "config"
+        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start from a random "
+                         f"init on purpose, put an empty file named {INIT_FROM_CONFIG} in it (as data/tiny has)")
+    if p.exists():
+        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like Qwen/Qwen2.5-Math-7B)")
+    if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
+        raise SystemExit(f"{path}: no such directory")
+    return "hub"
+
+
+def weights_problems(path: str) -> list[str]:
+    """Truncated or corrupt *.safetensors files of a local folder: each file's 8-byte header length, JSON
+    header and tensor extents must fit the file's size (a cheap check; nothing is loaded)."""
+    problems = []
+    for f in sorted(Path(path).glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n)) if 8 + n <= size else None
+            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"), default=0)
+            if header is None or 8 + n + end > size:
+                problems.append(f"{f}: truncated ({size} bytes, its header needs {8 + n + end})")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            problems.append(f"{f}: not a valid safetensors file")
+    return problems
 
 
 def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
@@ -151,13 +194,19 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
     """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
     dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
     attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
-    if has_weights(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-    else:  # a config-only folder (the tiny world): every rank draws the same init from the seed
-        print0(f"{path} has no weights: initialising from config.json with seed {seed}")
+    if model_source(path) == "config":
+        print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
                                                  attn_implementation=attn)
+    else:
+        bad = weights_problems(path) if Path(path).is_dir() else []
+        if bad:
+            raise SystemExit(f"{path}: cannot load the model: " + "; ".join(bad))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        except (OSError, ValueError) as e:  # e.g. a hub id that is neither cached nor reachable
+            raise SystemExit(f"{path}: cannot load the model: {e}") from None
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = not gradient_checkpointing
@@ -243,6 +292,134 @@ def import_vllm():
         # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
     from vllm import LLM, SamplingParams
     return LLM, SamplingParams
+
+
+# ---- run directories: one run per --output-dir, --resume checks the config, damaged files are named ----
+def previous_run(out: Path) -> list[str]:
+    """What a run leaves in its output directory (checkpoints, final model, metrics), if any."""
+    found = sorted(p.name for p in out.glob("checkpoint-*"))
+    return found + [n for n in ("final", "metrics.jsonl") if (out / n).exists()]
+
+
+def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
+    """Before anything is written: a fresh run refuses a directory holding another run (unless --overwrite);
+    --resume stops if the saved config.json differs from this run's in any field outside `safe_on_resume`."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
+    found = previous_run(out)
+    if cfg.resume:
+        saved = out / "config.json"
+        if not saved.is_file():
+            return
+        try:
+            old = json.loads(saved.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config against it") from None
+        new = dataclasses.asdict(cfg)
+        diff = [k for k in new if k not in safe_on_resume and k in old and old[k] != new[k]]
+        if diff:
+            raise SystemExit(f"--resume: the config differs from {saved} in " + ", ".join(
+                f"{k} ({old[k]!r} -> {new[k]!r})" for k in diff) + ". Only these may change on resume: " +
+                ", ".join(sorted(safe_on_resume)) + ". Start a new run in another --output-dir instead.")
+    elif found and not cfg.overwrite:
+        raise SystemExit(f"--output-dir {out} holds another run ({', '.join(found[:6])}"
+                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, --overwrite to "
+                         "delete it and start over, or choose another --output-dir")
+
+
+def remove_previous_run(out: Path) -> None:
+    """--overwrite (or --resume with no checkpoint to resume): delete what a run leaves, nothing else."""
+    for p in out.glob("checkpoint-*"):
+        shutil.rmtree(p)
+    for name in ("final", "rollouts"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "curves.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's records. A torn last line (a crash or a full disk mid-write) is dropped with a
+    warning; a bad line anywhere else is an error naming it."""
+    lines = path.read_bytes().split(b"\n")
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer 'step'")
+            records.append(record)
+        except (ValueError, UnicodeDecodeError) as e:
+            if any(rest.strip() for rest in lines[n:]):
+                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); remove the line to go on") from None
+            print0(f"WARNING: {path} line {n}: torn last line dropped ({len(line)} bytes)")
+    return records
+
+
+def write_metrics(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """Damaged files of a complete checkpoint (truncated by a full disk or a copy): safetensors headers and
+    sizes, torch.save zip archives, and the byte ranges the DCP metadata (optimizer shards) points at."""
+    problems = []
+    for folder in sorted({f.parent for f in ckpt.rglob("*.safetensors")}):
+        problems += weights_problems(str(folder))
+    for f in sorted(ckpt.rglob("*.pt")):
+        try:
+            zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError):
+            problems.append(f"{f}: truncated or not a torch.save file")
+    for meta in sorted(ckpt.rglob(".metadata")):
+        try:
+            with open(meta, "rb") as fh:
+                storage = pickle.load(fh).storage_data
+            ends = {}
+            for info in storage.values():
+                ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+            for name, end in ends.items():
+                f = meta.parent / name
+                if not f.is_file() or f.stat().st_size < end:
+                    problems.append(f"{f}: truncated ({f.stat().st_size if f.is_file() else 0} bytes, needs {end})")
+        except Exception as e:  # an unpicklable metadata file is damaged, whatever the exception
+            problems.append(f"{meta}: unreadable ({type(e).__name__})")
+    return problems
+
+
+def newest_intact(checkpoints: list[Path]) -> Path | None:
+    """The newest checkpoint whose files are intact; damaged ones are named and skipped (resume falls
+    back to the one before). Every one damaged: stop, naming the files."""
+    problems = []
+    for p in sorted(checkpoints, key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        bad = checkpoint_problems(p)
+        if not bad:
+            if problems:
+                print0(f"WARNING: resuming from {p}, the newest intact checkpoint")
+            return p
+        print0(f"WARNING: skipping damaged checkpoint {p}: " + "; ".join(bad))
+        problems += bad
+    if problems:
+        raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
+    return None
+
+
+@contextlib.contextmanager
+def disk_full_is_clear(where: str):
+    """A full disk surfaces as OSError ENOSPC, a safetensors error or torch.save's "file write failed":
+    say so, with the path, instead of a traceback."""
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or "file write failed" in text:
+            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
+                             "Free some space, then --resume from the last checkpoint.") from None
+        raise
 # ---- end of setup twins ----
 
 
@@ -312,13 +489,17 @@ def load_benchmark(data_dir: str, bench: str, template: str, limit: int | None =
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python data/prepare_data.py` or pass --data-dir")
     problems, empty = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for line_no, line in enumerate(f, 1):
             if limit is not None and len(problems) + len(empty) >= limit:
                 break
             if not line.strip():
                 continue
             try:
+                try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})") from None
                 row = json.loads(line)
                 if not isinstance(row, dict):
                     raise ValueError("a row must be a JSON object")
@@ -511,8 +692,8 @@ def grade(responses: list[str], golds: list[str], timeout: float = 5.0, grader: 
     preds = [extract_prediction(r, g) for r, g in zip(responses, golds)]
     if grader == "simplerl":
         return preds, reward.batch_math_equal(preds, golds, timeout=timeout)
-    if grader not in getattr(reward, "GRADERS", ()):
-        raise ValueError(f"--grader {grader!r}: expected one of {', '.join(getattr(reward, 'GRADERS', ('simplerl',)))}")
+    if grader not in reward.GRADERS:
+        raise ValueError(f"--grader {grader!r}: expected one of {', '.join(reward.GRADERS)}")
     scores = reward.batch_compute_scores(responses, golds, timeout=timeout, grader=grader)
     return preds, [s == 1.0 for s in scores]
 
@@ -646,16 +827,50 @@ def plot_vs_step(results: dict, steps: list[int], benches: list[str], path: Path
     plt.close(fig)
 
 
+def validate(cfg: Config) -> None:
+    """Every value checked once, before any model is loaded: a clear error, never a table of zeros."""
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    need(cfg.limit is None or cfg.limit > 0, "limit", "must be a positive number of problems per benchmark")
+    for name in ("n", "batch_size", "tp", "max_new_tokens"):
+        need(getattr(cfg, name) > 0, name, "must be a positive integer")
+    need(cfg.max_model_len is None or cfg.max_model_len > 0, "max_model_len", "must be a positive integer")
+    need(cfg.temperature >= 0, "temperature", "must be >= 0 (0: greedy)")
+    need(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
+    need(cfg.grade_timeout > 0, "grade_timeout", "must be > 0 seconds")
+    need(0 < cfg.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+    need(cfg.n == 1 or cfg.temperature > 0, "n", "> 1 needs --temperature > 0 (greedy samples are identical)")
+    need(bool(cfg.model) or cfg.engine == "oracle", "model", "is required (or --preset tiny)")
+    need(not cfg.steps or len(cfg.steps) == len(cfg.model or ["oracle"]), "steps", f"needs one value per --model")
+    try:
+        benchmark_list(cfg.benchmarks)
+    except ValueError as e:
+        raise SystemExit(f"--benchmarks: {e}") from None
+    if cfg.engine != "oracle":
+        for path in cfg.model:
+            model_source(path)
+
+
+def write_summary(cfg: Config, results: dict, benches: list[str], labels: list[str], steps: list) -> dict:
+    """summary.json and results.md for the models finished so far (rewritten after each model, atomically)."""
+    out_dir = Path(cfg.output_dir)
+    table = markdown_table(results, benches)
+    summary = dict(config=asdict(cfg), benchmarks=benches, results=results,
+                   steps=dict(zip(labels, steps)), table=table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("summary.json", json.dumps(summary, indent=2)), ("results.md", table + "\n")):
+        (out_dir / f"{name}.tmp").write_text(text)
+        os.replace(out_dir / f"{name}.tmp", out_dir / name)
+    return summary
+
+
 def evaluate(cfg: Config) -> dict | None:
     """Run everything; returns the summary on rank 0 (None elsewhere)."""
-    if hasattr(reward, "check_symbolic_grader"):  # TEMPORARY guard until the reward.py branch is merged
-        reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
+    validate(cfg)
+    reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
     rank, world, device = init_distributed()
     benches = benchmark_list(cfg.benchmarks)
-    if cfg.n > 1 and cfg.temperature <= 0:
-        raise ValueError("--n > 1 needs --temperature > 0 (greedy samples are identical)")
-    if not cfg.model and cfg.engine != "oracle":
-        raise ValueError("--model is required (or --preset tiny)")
     paths = cfg.model or ["oracle"]
     labels = model_labels(paths)
     if cfg.steps and len(cfg.steps) != len(paths):
@@ -684,6 +899,7 @@ def evaluate(cfg: Config) -> dict | None:
             results[label]["avg"] = sum(results[label][b]["acc"] for b in benches) / len(benches)
             if all(b in benches for b in PAPER_FIVE):  # the blog's table: AIME 2024, MATH 500, AMC, Minerva, Olympiad
                 results[label]["avg5"] = sum(results[label][b]["acc"] for b in PAPER_FIVE) / len(PAPER_FIVE)
+            summary = write_summary(cfg, results, benches, labels[:len(results)], steps[:len(results)])
         if hasattr(engine, "close"):
             engine.close()  # vLLM: its memory back before the next model; our process group survives (import_vllm)
         del engine
@@ -691,12 +907,7 @@ def evaluate(cfg: Config) -> dict | None:
     if rank != 0:
         dist.barrier()
         return None
-    table = markdown_table(results, benches)
-    summary = dict(config=asdict(cfg), benchmarks=benches, results=results,
-                   steps=dict(zip(labels, steps)), table=table)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "results.md").write_text(table + "\n")
+    table = summary["table"]
     if len(paths) > 1 and all(s is not None for s in steps):
         plot_vs_step(results, steps, benches, out_dir / "accuracy_vs_step.png")
         print0(f"wrote {out_dir / 'accuracy_vs_step.png'}")
@@ -734,4 +945,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 if __name__ == "__main__":
-    evaluate(parse_args())
+    config = parse_args()
+    with disk_full_is_clear(config.output_dir):
+        evaluate(config)

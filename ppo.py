@@ -39,14 +39,17 @@ newest --keep-checkpoints, critic/ + optimizer/scheduler/RNG/data state (for --r
 evaluate.py loads) and final/critic, metrics.jsonl, rollouts/step_<N>.jsonl, curves.png.
 """
 import argparse
+import contextlib
 import copy
 import dataclasses
 import datetime
+import errno
 import gc
 import importlib.util
 import json
 import math
 import os
+import pickle
 import random
 import re
 import resource
@@ -69,6 +72,7 @@ from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import reward
+import zipfile
 
 
 @dataclass
@@ -141,14 +145,15 @@ class Config:
     keep_checkpoints: int = 2  # newest checkpoints kept resumable (critic + optimizer states, ~300 GB each for 7B; 0: all)
     keep_actor_weights: bool = True  # every checkpoint's actor/ HF folder is kept (v0 kept all; the paper's model is step 120)
     dump_rollouts_every: int = 10  # RL steps between rollouts/step_<N>.jsonl dumps (rank 0's samples)
-    resume: bool = False  # continue from the newest complete checkpoint-<step>/ in output_dir
+    resume: bool = False  # continue from the newest intact checkpoint-<step>/ in output_dir (config must match)
+    overwrite: bool = False  # start over in an output_dir that holds another run, deleting that run's files
     inject_nan_at_step: int = -1  # fault injection for tests: make the actor loss NaN at this RL step
 
 
 PRESETS = {
     # The CPU world: a ~1M-parameter Qwen2 (data/tiny) on the synthetic arithmetic task, fp32, HF generate.
-    # --model is an early SFT checkpoint (low accuracy). Tuned so 10 minutes of RL on 2 CPU cores lift
-    # held-out greedy accuracy by > 20 points: larger learning rates and KL coefficient than the 7B recipe,
+    # --model is an early SFT checkpoint (low accuracy). Tuned so 250 RL steps (~10 minutes on 2 CPU cores) lift
+    # held-out greedy accuracy by > 20 points (a fixed step count, not a time limit: the same run on any machine): larger learning rates and KL coefficient than the 7B recipe,
     # temperature 1, a short critic warm-up (the critic starts as a copy of the SFT model + a zero head).
     # It keeps the settings its targets were measured with, where they differ from v0's: token-mean losses, a zero
     # value head, reward.py's own grader, no "</s>" stop string, min_new_tokens 0 (README: the tiny world's table).
@@ -158,11 +163,62 @@ PRESETS = {
                  rollout_batch_size=32, n_samples_per_prompt=8, temperature=1.0, prompt_max_len=32,
                  generate_max_len=48, reward_workers=0, actor_lr=1e-4, critic_lr=5e-4, kl_coef=0.02,
                  train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128, rollout_forward_tokens=10240,
-                 critic_warmup_steps=30, max_steps=1200, time_limit_minutes=10.0, gradient_checkpointing=False,
+                 critic_warmup_steps=30, max_steps=250, gradient_checkpointing=False,
                  seed=0, eval_every=100, eval_size=0, eval_batch_size=640, save_every=100,
                  dump_rollouts_every=50, loss_agg="token-mean", value_head_init="zeros", grader="simplerl",
                  stop="", min_new_tokens=0, logprob_temperature=1.0),
 }
+
+
+# Fields --resume lets differ from the saved config.json: how long to run and how often to evaluate, save
+# and log, where the held-out problems come from, and memory/speed knobs with the same numbers. Every
+# other change (model, data, batch sizes, learning rates, ...) would make the resumed run a different one.
+SAFE_ON_RESUME = {"max_steps", "num_episodes", "time_limit_minutes", "eval_every", "eval_size", "eval_batch_size",
+                  "test_file", "save_every", "keep_checkpoints", "dump_rollouts_every", "resume", "overwrite",
+                  "output_dir", "micro_train_batch_size", "micro_rollout_batch_size", "gradient_checkpointing",
+                  "reward_workers", "vllm_gpu_memory_utilization", "inject_nan_at_step"}
+
+
+def validate(cfg: Config) -> None:
+    """Every value checked once, before anything is loaded or written: a clear error, never zeros."""
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    for name in ("rollout_batch_size", "n_samples_per_prompt", "train_batch_size", "micro_train_batch_size",
+                 "micro_rollout_batch_size", "eval_batch_size", "prompt_max_len", "generate_max_len", "ppo_epochs"):
+        need(getattr(cfg, name) > 0, name, "must be a positive integer")
+    need(cfg.temperature > 0, "temperature", "must be > 0 (log-probs are taken at logits / temperature; "
+         "sampling at temperature 0 is greedy decoding, which PPO cannot learn from)")
+    need(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
+    need(cfg.reward_timeout > 0, "reward_timeout", "must be > 0 seconds (each answer comparison's time limit)")
+    need(cfg.reward_workers >= -1, "reward_workers", "must be -1 (default), 0 (in-process) or a number of processes")
+    for name in ("actor_lr", "critic_lr", "weight_decay", "kl_coef", "entropy_coef", "max_grad_norm", "eval_size",
+                 "save_every", "keep_checkpoints", "dump_rollouts_every", "critic_warmup_steps", "time_limit_minutes",
+                 "eval_every"):
+        need(getattr(cfg, name) >= 0, name, "must be >= 0")
+    for name in ("clip_eps", "value_clip"):
+        need(getattr(cfg, name) > 0, name, "must be > 0")
+    for name in ("gamma", "lam", "adam_beta1", "adam_beta2", "warmup_ratio", "min_lr_ratio"):
+        need(0 <= getattr(cfg, name) <= 1, name, "must be in [0, 1]")
+    need(cfg.max_steps > 0 or cfg.num_episodes > 0, "num_episodes", "must be > 0 when --max-steps is not set")
+    need(cfg.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", "must be k1, k2 or k3")
+    need(cfg.engine in ("auto", "hf", "vllm"), "engine", "must be auto, hf or vllm")
+    need(cfg.vllm_sleep_level in (1, 2), "vllm_sleep_level", "must be 1 or 2")
+    need(cfg.grader in reward.GRADERS, "grader", "must be one of " + ", ".join(reward.GRADERS))
+    need(cfg.loss_agg in LOSS_AGGS, "loss_agg", "must be one of " + ", ".join(LOSS_AGGS))
+    need(cfg.logprob_temperature > 0, "logprob_temperature", "must be > 0")
+    need(cfg.value_head_init in ("normal", "zeros"), "value_head_init", "must be normal or zeros")
+    need(cfg.long_prompts in ("truncate", "drop"), "long_prompts", "must be truncate or drop")
+    need(cfg.min_new_tokens >= 0, "min_new_tokens", "must be >= 0")
+    need(cfg.rollout_forward_tokens > 0, "rollout_forward_tokens", "must be a positive number of tokens")
+    need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")
+    parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
+    need(all(x.lstrip("-").isdigit() for x in parts), "levels", "must be comma-separated integers, e.g. 3,4,5")
+    need(bool(cfg.train_file) and Path(cfg.train_file).is_file(), "train_file", "no such file")
+    need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
+    model_source(cfg.model)
+    if cfg.critic_model:
+        model_source(cfg.critic_model)
 
 
 def parse_args(argv=None) -> Config:
@@ -217,9 +273,47 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
-def has_weights(path: str) -> bool:
-    p = Path(path)
-    return any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
+INIT_FROM_CONFIG = "INIT_FROM_CONFIG"  # marker file: this folder's model is a random init from config.json
+
+
+def model_source(path: str) -> str:
+    """Where a --model loads from, decided before anything else runs (random weights only on request):
+      "weights"  a local folder with *.safetensors / *.bin files;
+      "config"   a local folder with no weights and an INIT_FROM_CONFIG marker file: every rank draws the
+                 same random init from config.json with the seed (the tiny world's data/tiny);
+      "hub"      a Hugging Face id such as Qwen/Qwen2.5-Math-7B (the hub cache, or the hub when online).
+    Anything else stops with the reason: a folder without weights, or a path that does not exist."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
+            return "weights"
+        if (p / INIT_FROM_CONFIG).is_file():
+            return "config"
+        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start from a random "
+                         f"init on purpose, put an empty file named {INIT_FROM_CONFIG} in it (as data/tiny has)")
+    if p.exists():
+        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like Qwen/Qwen2.5-Math-7B)")
+    if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
+        raise SystemExit(f"{path}: no such directory")
+    return "hub"
+
+
+def weights_problems(path: str) -> list[str]:
+    """Truncated or corrupt *.safetensors files of a local folder: each file's 8-byte header length, JSON
+    header and tensor extents must fit the file's size (a cheap check; nothing is loaded)."""
+    problems = []
+    for f in sorted(Path(path).glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n)) if 8 + n <= size else None
+            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"), default=0)
+            if header is None or 8 + n + end > size:
+                problems.append(f"{f}: truncated ({size} bytes, its header needs {8 + n + end})")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            problems.append(f"{f}: not a valid safetensors file")
+    return problems
 
 
 def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
@@ -227,13 +321,19 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
     """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
     dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
     attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
-    if has_weights(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-    else:  # a config-only folder (the tiny world): every rank draws the same init from the seed
-        print0(f"{path} has no weights: initialising from config.json with seed {seed}")
+    if model_source(path) == "config":
+        print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
                                                  attn_implementation=attn)
+    else:
+        bad = weights_problems(path) if Path(path).is_dir() else []
+        if bad:
+            raise SystemExit(f"{path}: cannot load the model: " + "; ".join(bad))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        except (OSError, ValueError) as e:  # e.g. a hub id that is neither cached nor reachable
+            raise SystemExit(f"{path}: cannot load the model: {e}") from None
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = not gradient_checkpointing
@@ -319,6 +419,134 @@ def import_vllm():
         # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
     from vllm import LLM, SamplingParams
     return LLM, SamplingParams
+
+
+# ---- run directories: one run per --output-dir, --resume checks the config, damaged files are named ----
+def previous_run(out: Path) -> list[str]:
+    """What a run leaves in its output directory (checkpoints, final model, metrics), if any."""
+    found = sorted(p.name for p in out.glob("checkpoint-*"))
+    return found + [n for n in ("final", "metrics.jsonl") if (out / n).exists()]
+
+
+def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
+    """Before anything is written: a fresh run refuses a directory holding another run (unless --overwrite);
+    --resume stops if the saved config.json differs from this run's in any field outside `safe_on_resume`."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
+    found = previous_run(out)
+    if cfg.resume:
+        saved = out / "config.json"
+        if not saved.is_file():
+            return
+        try:
+            old = json.loads(saved.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config against it") from None
+        new = dataclasses.asdict(cfg)
+        diff = [k for k in new if k not in safe_on_resume and k in old and old[k] != new[k]]
+        if diff:
+            raise SystemExit(f"--resume: the config differs from {saved} in " + ", ".join(
+                f"{k} ({old[k]!r} -> {new[k]!r})" for k in diff) + ". Only these may change on resume: " +
+                ", ".join(sorted(safe_on_resume)) + ". Start a new run in another --output-dir instead.")
+    elif found and not cfg.overwrite:
+        raise SystemExit(f"--output-dir {out} holds another run ({', '.join(found[:6])}"
+                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, --overwrite to "
+                         "delete it and start over, or choose another --output-dir")
+
+
+def remove_previous_run(out: Path) -> None:
+    """--overwrite (or --resume with no checkpoint to resume): delete what a run leaves, nothing else."""
+    for p in out.glob("checkpoint-*"):
+        shutil.rmtree(p)
+    for name in ("final", "rollouts"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "curves.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's records. A torn last line (a crash or a full disk mid-write) is dropped with a
+    warning; a bad line anywhere else is an error naming it."""
+    lines = path.read_bytes().split(b"\n")
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer 'step'")
+            records.append(record)
+        except (ValueError, UnicodeDecodeError) as e:
+            if any(rest.strip() for rest in lines[n:]):
+                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); remove the line to go on") from None
+            print0(f"WARNING: {path} line {n}: torn last line dropped ({len(line)} bytes)")
+    return records
+
+
+def write_metrics(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """Damaged files of a complete checkpoint (truncated by a full disk or a copy): safetensors headers and
+    sizes, torch.save zip archives, and the byte ranges the DCP metadata (optimizer shards) points at."""
+    problems = []
+    for folder in sorted({f.parent for f in ckpt.rglob("*.safetensors")}):
+        problems += weights_problems(str(folder))
+    for f in sorted(ckpt.rglob("*.pt")):
+        try:
+            zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError):
+            problems.append(f"{f}: truncated or not a torch.save file")
+    for meta in sorted(ckpt.rglob(".metadata")):
+        try:
+            with open(meta, "rb") as fh:
+                storage = pickle.load(fh).storage_data
+            ends = {}
+            for info in storage.values():
+                ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+            for name, end in ends.items():
+                f = meta.parent / name
+                if not f.is_file() or f.stat().st_size < end:
+                    problems.append(f"{f}: truncated ({f.stat().st_size if f.is_file() else 0} bytes, needs {end})")
+        except Exception as e:  # an unpicklable metadata file is damaged, whatever the exception
+            problems.append(f"{meta}: unreadable ({type(e).__name__})")
+    return problems
+
+
+def newest_intact(checkpoints: list[Path]) -> Path | None:
+    """The newest checkpoint whose files are intact; damaged ones are named and skipped (resume falls
+    back to the one before). Every one damaged: stop, naming the files."""
+    problems = []
+    for p in sorted(checkpoints, key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        bad = checkpoint_problems(p)
+        if not bad:
+            if problems:
+                print0(f"WARNING: resuming from {p}, the newest intact checkpoint")
+            return p
+        print0(f"WARNING: skipping damaged checkpoint {p}: " + "; ".join(bad))
+        problems += bad
+    if problems:
+        raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
+    return None
+
+
+@contextlib.contextmanager
+def disk_full_is_clear(where: str):
+    """A full disk surfaces as OSError ENOSPC, a safetensors error or torch.save's "file write failed":
+    say so, with the path, instead of a traceback."""
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or "file write failed" in text:
+            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
+                             "Free some space, then --resume from the last checkpoint.") from None
+        raise
 # ---- end of setup twins ----
 
 
@@ -331,7 +559,12 @@ GOLD_FIELDS = ("answer", "gt_answer", "ground_truth_answer")
 def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
     """Rows {prompt, gold} from a JSON list or a JSONL file. Errors name the file, line/index and field."""
     keep = {int(x) for x in levels.split(",") if x.strip()}
-    text = Path(path).read_text(encoding="utf-8")
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
     if text.lstrip().startswith("["):
         try:
             items = [(f"index {i}", row) for i, row in enumerate(json.loads(text))]
@@ -1050,7 +1283,7 @@ def plot_curves(out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    records = read_metrics(out / "metrics.jsonl")
     keys = ["reward", "format_rate", "accuracy", "eval/accuracy", "response_length", "kl", "reflection_rate"]
     keys = [k for k in keys if any(k in r for r in records)]
     if not keys:
@@ -1070,7 +1303,7 @@ def plot_curves(out: Path) -> None:
 def latest_checkpoint(out: Path) -> Path | None:
     done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
             and (p / "trainer_state.pt").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    return newest_intact(done)
 
 
 def save_checkpoint(out: Path, step: int, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched,
@@ -1269,14 +1502,8 @@ def held_out_eval(engine, actor, version: int, tokenizer, test_rows: list[dict],
 
 # ---- the RL loop ----
 def main(cfg: Config) -> None:
-    if cfg.grader not in getattr(reward, "GRADERS", ("v0", "simplerl")):
-        raise SystemExit(f"--grader {cfg.grader!r}: expected one of {', '.join(getattr(reward, 'GRADERS', ('v0', 'simplerl')))}")
-    if cfg.loss_agg not in LOSS_AGGS:
-        raise SystemExit(f"--loss-agg {cfg.loss_agg!r}: expected one of {', '.join(LOSS_AGGS)}")
-    if cfg.logprob_temperature <= 0:
-        raise SystemExit(f"--logprob-temperature {cfg.logprob_temperature}: must be > 0")
-    if hasattr(reward, "check_symbolic_grader"):  # TEMPORARY guard until the reward.py branch is merged
-        reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
+    validate(cfg)
+    reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
     rank, world, device = init_distributed()
     per_rank_prompts, rem = divmod(cfg.rollout_batch_size, world)
     rollout_per_rank = per_rank_prompts * cfg.n_samples_per_prompt
@@ -1285,12 +1512,13 @@ def main(cfg: Config) -> None:
                          f"{cfg.n_samples_per_prompt} must split into {world} ranks and whole mini-batches of "
                          f"--train-batch-size {cfg.train_batch_size}")
     out = Path(cfg.output_dir)
+    check_output_dir(cfg, SAFE_ON_RESUME)  # config.json is written only once the run has started
     resume_from = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
         print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
+    dist.barrier()  # every rank has looked at the directory before rank 0 changes it
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed + rank)  # sampling differs per rank
     random.seed(cfg.seed + rank)
 
@@ -1303,6 +1531,10 @@ def main(cfg: Config) -> None:
                                         cfg.prompt_max_len, cfg.long_prompts)
         if cfg.eval_size > 0:
             test_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
+    if len(rows) < cfg.rollout_batch_size:
+        raise SystemExit(f"{cfg.train_file}: {len(rows)} prompts (levels {cfg.levels or 'all'}, at most "
+                         f"{cfg.prompt_max_len} tokens), fewer than one rollout batch of --rollout-batch-size "
+                         f"{cfg.rollout_batch_size}")
     steps_per_episode = len(rows) // cfg.rollout_batch_size
     total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_episodes * steps_per_episode
     updates_per_step = cfg.ppo_epochs * rollout_per_rank // (cfg.train_batch_size // world)
@@ -1359,18 +1591,21 @@ def main(cfg: Config) -> None:
         step, position = state["step"], state["position"]
         shuffle.set_state(state["shuffle_per_rank"][rank % len(state["shuffle_per_rank"])])
         print0(f"resumed from {resume_from} at RL step {step} (prompt position {position})")
-        if rank == 0 and (out / "metrics.jsonl").exists():  # drop what the killed run logged after its checkpoint
-            kept = [line for line in open(out / "metrics.jsonl") if json.loads(line)["step"] <= step]
-            (out / "metrics.jsonl").write_text("".join(kept))
-    elif rank == 0:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        shutil.rmtree(out / "rollouts", ignore_errors=True)
+        kept = read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
+        if rank == 0:  # drop what the killed run logged after its checkpoint
+            write_metrics(out / "metrics.jsonl", [r for r in kept if r["step"] <= step])
+    elif rank == 0:  # a fresh start: the directory held no run, or --overwrite / --resume said whose it is
+        remove_previous_run(out)
     if rank == 0:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
         (out / "rollouts").mkdir(exist_ok=True)
     version = 0  # the actor's weights version: +1 per RL step that updates it; the engine records which it holds
-    acc0 = held_out_eval(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device, step, "start")
-    if rank == 0 and acc0 is not None:
-        log_metrics(out, {"step": step, "eval/accuracy": acc0})
+    if resume_from is None:
+        acc0 = held_out_eval(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device, step, "start")
+        if rank == 0 and acc0 is not None:
+            log_metrics(out, {"step": step, "eval/accuracy": acc0})
+    else:  # the start's accuracy is in the resumed run's log; evaluating again would add a second record
+        acc0 = next((r["eval/accuracy"] for r in kept if "eval/accuracy" in r), None)
     bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="ppo", dynamic_ncols=True)
     t_start = time.perf_counter()
     phase_ms = []
@@ -1397,7 +1632,7 @@ def main(cfg: Config) -> None:
             golds = [r["gold"] for r in prompts for _ in range(cfg.n_samples_per_prompt)]
             scores = reward.batch_compute_scores(texts, golds, cfg.reward_timeout,
                                                  None if cfg.reward_workers < 0 else cfg.reward_workers,
-                                                 **grader_kwargs(cfg.grader))
+                                                 grader=cfg.grader)
             times["score"] = time.perf_counter() - t
             # 3-5. experience: log-probs, values, KL-shaped rewards, GAE, whitening
             t = time.perf_counter()
@@ -1469,7 +1704,8 @@ def main(cfg: Config) -> None:
         bar.close()
         where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
         print0(f"ERROR at RL step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step was "
-               f"saved; {where}. Lower the learning rates or check the data, then --resume.")
+               f"saved; {where}. Check the config first (learning rates {cfg.actor_lr:g}/{cfg.critic_lr:g}, temperature "
+               f"{cfg.temperature:g}, max_grad_norm {cfg.max_grad_norm:g}), then the data; then --resume.")
         engine.close()
         dist.destroy_process_group()
         raise SystemExit(1)
@@ -1509,4 +1745,6 @@ def _all_gather(obj) -> list:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    config = parse_args()
+    with disk_full_is_clear(config.output_dir):
+        main(config)

@@ -25,13 +25,16 @@ Outputs in --output-dir: checkpoint-<step>/ (HF folder + trainer_state.pt, for -
 (HF folder), metrics.jsonl, curves.png.
 """
 import argparse
+import contextlib
 import copy
 import dataclasses
 import datetime
+import errno
 import importlib.util
 import json
 import math
 import os
+import pickle
 import random
 import resource
 import shutil
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import zipfile
 import torch.distributed as dist
 import torch.nn.functional as F
 import torch.distributed.checkpoint as dcp
@@ -87,7 +91,8 @@ class Config:
     save_every: int = 50  # steps between resumable checkpoints (0: only final/)
     log_every: int = 1
     seed: int = 42  # OpenRLHF --seed default
-    resume: bool = False  # continue from the newest complete checkpoint-<step>/ in output_dir
+    resume: bool = False  # continue from the newest intact checkpoint-<step>/ in output_dir (config must match)
+    overwrite: bool = False  # start over in an output_dir that holds another run, deleting that run's files
     stop_at_accuracy: float = 0.0  # > 0: stop (saving final/) once a periodic eval reaches it: an "early" checkpoint picked by accuracy
     stop_after: int = -1  # testing aid: stop after this step as if killed (the schedule still spans max_steps)
     eos_token: str = "<|im_end|>"  # appended to every response: the chat turn's end, a stop word of the RL stage
@@ -107,6 +112,36 @@ PRESETS = {
                  # demo's base model was measured learning their truncated starts, so the preset keeps truncating
                  long_examples="truncate"),
 }
+
+
+# Fields --resume lets differ from the saved config.json: how long to run, how often to evaluate, save and
+# log, the held-out problems, and memory/speed knobs with the same numbers. Anything else (model, data,
+# learning rate, batch size, ...) would make the resumed run a different one.
+SAFE_ON_RESUME = {"max_steps", "epochs", "eval_every", "eval_size", "eval_batch_size", "max_new_tokens", "test_file",
+                  "save_every", "log_every", "resume", "overwrite", "output_dir", "stop_at_accuracy", "stop_after",
+                  "micro_batch_size", "gradient_checkpointing"}
+
+
+def validate(cfg: Config) -> None:
+    """Every value checked once, before anything is loaded or written: a clear error, never zeros."""
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    need(bool(cfg.train_file), "train_file", "is required (or --preset tiny)")
+    for name in ("global_batch_size", "micro_batch_size", "max_length", "eval_batch_size", "max_new_tokens",
+                 "eval_size", "log_every"):
+        need(getattr(cfg, name) > 0, name, "must be a positive integer")
+    need(cfg.max_steps > 0 or cfg.epochs > 0, "epochs", "must be > 0 when --max-steps is not set")
+    for name in ("lr", "weight_decay", "grad_clip", "eval_every", "save_every", "stop_at_accuracy"):
+        need(getattr(cfg, name) >= 0, name, "must be >= 0")
+    for name in ("adam_beta1", "adam_beta2", "warmup_ratio", "min_lr_ratio"):
+        need(0 <= getattr(cfg, name) <= 1, name, "must be in [0, 1]")
+    need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")
+    parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
+    need(all(x.lstrip("-").isdigit() for x in parts), "levels", "must be comma-separated integers, e.g. 3,4,5")
+    need(Path(cfg.train_file).is_file(), "train_file", "no such file")
+    need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
+    model_source(cfg.model)
 
 
 def parse_args(argv=None) -> Config:
@@ -161,9 +196,47 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
-def has_weights(path: str) -> bool:
-    p = Path(path)
-    return any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
+INIT_FROM_CONFIG = "INIT_FROM_CONFIG"  # marker file: this folder's model is a random init from config.json
+
+
+def model_source(path: str) -> str:
+    """Where a --model loads from, decided before anything else runs (random weights only on request):
+      "weights"  a local folder with *.safetensors / *.bin files;
+      "config"   a local folder with no weights and an INIT_FROM_CONFIG marker file: every rank draws the
+                 same random init from config.json with the seed (the tiny world's data/tiny);
+      "hub"      a Hugging Face id such as Qwen/Qwen2.5-Math-7B (the hub cache, or the hub when online).
+    Anything else stops with the reason: a folder without weights, or a path that does not exist."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
+            return "weights"
+        if (p / INIT_FROM_CONFIG).is_file():
+            return "config"
+        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start from a random "
+                         f"init on purpose, put an empty file named {INIT_FROM_CONFIG} in it (as data/tiny has)")
+    if p.exists():
+        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like Qwen/Qwen2.5-Math-7B)")
+    if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
+        raise SystemExit(f"{path}: no such directory")
+    return "hub"
+
+
+def weights_problems(path: str) -> list[str]:
+    """Truncated or corrupt *.safetensors files of a local folder: each file's 8-byte header length, JSON
+    header and tensor extents must fit the file's size (a cheap check; nothing is loaded)."""
+    problems = []
+    for f in sorted(Path(path).glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n)) if 8 + n <= size else None
+            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"), default=0)
+            if header is None or 8 + n + end > size:
+                problems.append(f"{f}: truncated ({size} bytes, its header needs {8 + n + end})")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            problems.append(f"{f}: not a valid safetensors file")
+    return problems
 
 
 def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
@@ -171,13 +244,19 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
     """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
     dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
     attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
-    if has_weights(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-    else:  # a config-only folder (the tiny world): every rank draws the same init from the seed
-        print0(f"{path} has no weights: initialising from config.json with seed {seed}")
+    if model_source(path) == "config":
+        print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
                                                  attn_implementation=attn)
+    else:
+        bad = weights_problems(path) if Path(path).is_dir() else []
+        if bad:
+            raise SystemExit(f"{path}: cannot load the model: " + "; ".join(bad))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        except (OSError, ValueError) as e:  # e.g. a hub id that is neither cached nor reachable
+            raise SystemExit(f"{path}: cannot load the model: {e}") from None
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = not gradient_checkpointing
@@ -263,6 +342,134 @@ def import_vllm():
         # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
     from vllm import LLM, SamplingParams
     return LLM, SamplingParams
+
+
+# ---- run directories: one run per --output-dir, --resume checks the config, damaged files are named ----
+def previous_run(out: Path) -> list[str]:
+    """What a run leaves in its output directory (checkpoints, final model, metrics), if any."""
+    found = sorted(p.name for p in out.glob("checkpoint-*"))
+    return found + [n for n in ("final", "metrics.jsonl") if (out / n).exists()]
+
+
+def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
+    """Before anything is written: a fresh run refuses a directory holding another run (unless --overwrite);
+    --resume stops if the saved config.json differs from this run's in any field outside `safe_on_resume`."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
+    found = previous_run(out)
+    if cfg.resume:
+        saved = out / "config.json"
+        if not saved.is_file():
+            return
+        try:
+            old = json.loads(saved.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config against it") from None
+        new = dataclasses.asdict(cfg)
+        diff = [k for k in new if k not in safe_on_resume and k in old and old[k] != new[k]]
+        if diff:
+            raise SystemExit(f"--resume: the config differs from {saved} in " + ", ".join(
+                f"{k} ({old[k]!r} -> {new[k]!r})" for k in diff) + ". Only these may change on resume: " +
+                ", ".join(sorted(safe_on_resume)) + ". Start a new run in another --output-dir instead.")
+    elif found and not cfg.overwrite:
+        raise SystemExit(f"--output-dir {out} holds another run ({', '.join(found[:6])}"
+                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, --overwrite to "
+                         "delete it and start over, or choose another --output-dir")
+
+
+def remove_previous_run(out: Path) -> None:
+    """--overwrite (or --resume with no checkpoint to resume): delete what a run leaves, nothing else."""
+    for p in out.glob("checkpoint-*"):
+        shutil.rmtree(p)
+    for name in ("final", "rollouts"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "curves.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's records. A torn last line (a crash or a full disk mid-write) is dropped with a
+    warning; a bad line anywhere else is an error naming it."""
+    lines = path.read_bytes().split(b"\n")
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer 'step'")
+            records.append(record)
+        except (ValueError, UnicodeDecodeError) as e:
+            if any(rest.strip() for rest in lines[n:]):
+                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); remove the line to go on") from None
+            print0(f"WARNING: {path} line {n}: torn last line dropped ({len(line)} bytes)")
+    return records
+
+
+def write_metrics(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """Damaged files of a complete checkpoint (truncated by a full disk or a copy): safetensors headers and
+    sizes, torch.save zip archives, and the byte ranges the DCP metadata (optimizer shards) points at."""
+    problems = []
+    for folder in sorted({f.parent for f in ckpt.rglob("*.safetensors")}):
+        problems += weights_problems(str(folder))
+    for f in sorted(ckpt.rglob("*.pt")):
+        try:
+            zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError):
+            problems.append(f"{f}: truncated or not a torch.save file")
+    for meta in sorted(ckpt.rglob(".metadata")):
+        try:
+            with open(meta, "rb") as fh:
+                storage = pickle.load(fh).storage_data
+            ends = {}
+            for info in storage.values():
+                ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+            for name, end in ends.items():
+                f = meta.parent / name
+                if not f.is_file() or f.stat().st_size < end:
+                    problems.append(f"{f}: truncated ({f.stat().st_size if f.is_file() else 0} bytes, needs {end})")
+        except Exception as e:  # an unpicklable metadata file is damaged, whatever the exception
+            problems.append(f"{meta}: unreadable ({type(e).__name__})")
+    return problems
+
+
+def newest_intact(checkpoints: list[Path]) -> Path | None:
+    """The newest checkpoint whose files are intact; damaged ones are named and skipped (resume falls
+    back to the one before). Every one damaged: stop, naming the files."""
+    problems = []
+    for p in sorted(checkpoints, key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        bad = checkpoint_problems(p)
+        if not bad:
+            if problems:
+                print0(f"WARNING: resuming from {p}, the newest intact checkpoint")
+            return p
+        print0(f"WARNING: skipping damaged checkpoint {p}: " + "; ".join(bad))
+        problems += bad
+    if problems:
+        raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
+    return None
+
+
+@contextlib.contextmanager
+def disk_full_is_clear(where: str):
+    """A full disk surfaces as OSError ENOSPC, a safetensors error or torch.save's "file write failed":
+    say so, with the path, instead of a traceback."""
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or "file write failed" in text:
+            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
+                             "Free some space, then --resume from the last checkpoint.") from None
+        raise
 # ---- end of setup twins ----
 
 
@@ -272,8 +479,12 @@ def read_rows(path: str, need: list[tuple[str, ...]], levels: str = "") -> list[
     must be present (e.g. ("prompt", "question")). Errors name the file, the line and the field."""
     keep = {int(x) for x in levels.split(",") if x.strip()}
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path} line {n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -394,6 +605,11 @@ def train_step(model, optimizer, scheduler, micro_batches, cfg: Config, world: i
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     if isinstance(grad_norm, DTensor):
         grad_norm = grad_norm.full_tensor()
+    finite = torch.isfinite(loss_sum).float() * torch.isfinite(grad_norm).float()
+    dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together, before the optimizer step
+    if finite.item() < 1:
+        raise FloatingPointError(f"non-finite loss or gradient norm (loss {loss_sum.item():.4g} on rank "
+                                 f"{dist.get_rank()}, gradient norm {grad_norm.item():.4g})")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     lr = scheduler.get_last_lr()[0]
@@ -428,8 +644,6 @@ def sync_weights(copy_: torch.nn.Module, model: torch.nn.Module) -> None:
 def greedy_accuracy(copy_, tokenizer, rows: list[dict], cfg: Config, device, rank: int, world: int) -> float:
     """Each rank answers rows[rank::world]; counts are summed over ranks."""
     stop_ids = [tokenizer.convert_tokens_to_ids(w) for w in STOP_WORDS if w in tokenizer.get_vocab()]
-    # evaluate.py's grader; TEMPORARY hasattr guard until the reward.py branch (reward.GRADERS) is merged
-    grader = {"grader": "simplerl"} if hasattr(reward, "GRADERS") else {}
     mine = rows[rank::world]
     correct = 0
     for i in range(0, len(mine), cfg.eval_batch_size):
@@ -439,7 +653,7 @@ def greedy_accuracy(copy_, tokenizer, rows: list[dict], cfg: Config, device, ran
         out = copy_.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=False, eos_token_id=stop_ids,
                              pad_token_id=tokenizer.pad_token_id)
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=False)
-        correct += sum(compute_score(t, r["answer"], **grader) == 1.0 for t, r in zip(texts, chunk))
+        correct += sum(compute_score(t, r["answer"], grader="simplerl") == 1.0 for t, r in zip(texts, chunk))
     counts = torch.tensor([float(correct), float(len(mine))], device=device)
     dist.all_reduce(counts)
     return (counts[0] / counts[1]).item()
@@ -449,7 +663,7 @@ def greedy_accuracy(copy_, tokenizer, rows: list[dict], cfg: Config, device, ran
 def latest_checkpoint(out: Path) -> Path | None:
     """Newest checkpoint-<step>/ that is complete (trainer_state.pt is written last)."""
     done = [p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / "trainer_state.pt").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    return newest_intact(done)
 
 
 def save_checkpoint(model, optimizer, scheduler, tokenizer, step: int, data_state: dict, out: Path) -> None:
@@ -467,7 +681,7 @@ def save_checkpoint(model, optimizer, scheduler, tokenizer, step: int, data_stat
     dist.all_gather_object(rngs, rng)
     if dist.get_rank() == 0:
         state = {"step": step, "scheduler": scheduler.state_dict(),
-                 "data": data_state, "rng_per_rank": rngs}
+                 "data": data_state, "rng_per_rank": rngs, "config": json.loads((out / "config.json").read_text())}
         torch.save(state, path / "trainer_state.pt.tmp")
         os.replace(path / "trainer_state.pt.tmp", path / "trainer_state.pt")  # the checkpoint is complete now
     dist.barrier()
@@ -500,7 +714,7 @@ def plot_curves(out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    records = read_metrics(out / "metrics.jsonl")
     keys = [k for k in ("loss", "lr", "grad_norm", "eval_accuracy") if any(k in r for r in records)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -514,22 +728,21 @@ def plot_curves(out: Path) -> None:
 
 
 def main(cfg: Config) -> None:
-    if hasattr(reward, "check_symbolic_grader"):  # TEMPORARY guard until the reward.py branch is merged
-        reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
+    validate(cfg)
+    reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
     rank, world, device = init_distributed()
-    if not cfg.train_file:
-        raise SystemExit("--train-file is required (or --preset tiny)")
     per_rank, rem = divmod(cfg.global_batch_size, world)
     if rem or per_rank % cfg.micro_batch_size:
         raise SystemExit(f"--global-batch-size {cfg.global_batch_size} must split into {world} ranks x "
                          f"micro-batches of {cfg.micro_batch_size}")
     out = Path(cfg.output_dir)
+    check_output_dir(cfg, SAFE_ON_RESUME)  # config.json is written only once the run has started
     resume_from = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
         print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
+    dist.barrier()  # every rank has looked at the directory before rank 0 changes it
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
@@ -561,10 +774,11 @@ def main(cfg: Config) -> None:
         step = load_trainer_state(resume_from, model, optimizer, scheduler, data_state, rank)
         print0(f"resumed from {resume_from} at step {step}")
         if rank == 0 and (out / "metrics.jsonl").exists():  # drop records the killed run wrote after its checkpoint
-            kept = [l for l in open(out / "metrics.jsonl") if json.loads(l)["step"] <= step]
-            (out / "metrics.jsonl").write_text("".join(kept))
-    elif rank == 0:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+            write_metrics(out / "metrics.jsonl", [r for r in read_metrics(out / "metrics.jsonl") if r["step"] <= step])
+    elif rank == 0:  # a fresh start: the directory held no run, or --overwrite / --resume said whose it is
+        remove_previous_run(out)
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     copy_ = None
 
     def evaluate(rows_: list[dict]) -> float:
@@ -581,7 +795,16 @@ def main(cfg: Config) -> None:
         idx = global_batch(step, len(examples), cfg.global_batch_size, cfg.seed)[rank * per_rank: (rank + 1) * per_rank]
         micro = [collate([examples[j] for j in idx[k: k + cfg.micro_batch_size]], tokenizer.pad_token_id)
                  for k in range(0, per_rank, cfg.micro_batch_size)]
-        stats = train_step(model, optimizer, scheduler, micro, cfg, world, device)
+        try:
+            stats = train_step(model, optimizer, scheduler, micro, cfg, world, device)
+        except FloatingPointError as e:
+            bar.close()
+            last = latest_checkpoint(out)
+            print0(f"ERROR at step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step was "
+                   f"saved; {f'the last good checkpoint is {last}' if last else 'no checkpoint was written yet'}. "
+                   f"Check the config first (--lr {cfg.lr:g}, --grad-clip {cfg.grad_clip:g}), then the data.")
+            dist.destroy_process_group()
+            raise SystemExit(1)
         step += 1
         dt = time.perf_counter() - t0
         times.append(dt)
@@ -629,4 +852,6 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    config = parse_args()
+    with disk_full_is_clear(config.output_dir):
+        main(config)

@@ -1,8 +1,9 @@
 """Write data/tiny/: the CPU world's model folder (config, tokenizer, generation config; no weights).
 
 The tokenizer is byte-level BPE with no merges: 256 byte tokens plus Qwen's chat specials, so any
-text round-trips and every character costs one token. The model is a ~1M-parameter Qwen2. Stages
-that find no weights in a model folder initialise it from config.json with the run's seed.
+text round-trips and every character costs one token. The model is a ~1M-parameter Qwen2. The folder
+holds no weights but an INIT_FROM_CONFIG marker file: only such a folder is initialised from config.json
+with the run's seed (any other folder without weights is an error in sft.py, ppo.py and evaluate.py).
 
     python data/make_tiny_model.py            # rewrites data/tiny/
 """
@@ -84,6 +85,8 @@ def main(out: Path = Path(__file__).resolve().parent / "tiny") -> None:
     (out / "config.json").write_text(json.dumps(CONFIG, indent=2) + "\n")
     gen = {"bos_token_id": 256, "eos_token_id": [258, 256], "pad_token_id": 256, "do_sample": False}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    (out / "INIT_FROM_CONFIG").write_text("This folder has no weights on purpose: the stages initialise the model "
+                                          "from config.json with the run's seed.\n")
     print(f"wrote {out}")
 
 
