@@ -237,13 +237,26 @@ def test_source_never_evaluates_text():
     assert "sympy_parser" not in code
 
 
-@pytest.mark.parametrize("payload", PAYLOADS, ids=range(len(PAYLOADS)))
-def test_payload_direct_is_fast_and_harmless(payload):
+# Inputs that made a regex or a scan quadratic somewhere (v0's strip_string on 100 KB of digits took 114 s).
+SLOW_PAYLOADS = [
+    "\\boxed{" + "\\text{a" * 16000 + "}",
+    "\\boxed{" + "(" * 20000 + "}",
+    "\\boxed{" + "1," * 30000 + "}",
+    "boxed " + "x" * 100_000,
+    "\\boxed{\\begin{pmatrix}" + "{1," * 600 + "}",
+    "\\boxed{" * 16000,
+]
+
+
+@pytest.mark.parametrize("grader", ["simplerl", "v0"])
+@pytest.mark.parametrize("payload", PAYLOADS + SLOW_PAYLOADS, ids=range(len(PAYLOADS) + len(SLOW_PAYLOADS)))
+def test_payload_direct_is_fast_and_harmless(payload, grader):
     marker = Path("/tmp/simplerl_pwned")
     marker.unlink(missing_ok=True)
+    R.compute_score("\\boxed{x+1}", "1+x", grader=grader)  # sympy imported outside the timed call
     t = time.perf_counter()
-    assert R.compute_score(payload, "1") in (-0.5, 1.0)
-    assert time.perf_counter() - t < 5.0
+    assert R.compute_score(payload, "1", grader=grader) in (-0.5, 1.0)
+    assert time.perf_counter() - t < 5.0  # each takes < 0.2 s here
     assert not marker.exists()
 
 
@@ -254,6 +267,8 @@ def test_payloads_in_batch_within_timeout():
     t = time.perf_counter()
     scores = R.batch_compute_scores(PAYLOADS, ["1"] * len(PAYLOADS), timeout=timeout, num_workers=2)
     assert time.perf_counter() - t < timeout * len(PAYLOADS) / 2 + 10
+    assert all(s in (-0.5, 1.0) for s in scores)
+    scores = R.batch_compute_scores(PAYLOADS, ["1"] * len(PAYLOADS), timeout=timeout, num_workers=2, grader="v0")
     assert all(s in (-0.5, 1.0) for s in scores)
     assert not marker.exists()
 
