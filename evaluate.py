@@ -659,8 +659,8 @@ def vllm_importable() -> bool:
 
 def make_engine(path: str, cfg: Config, device: torch.device):
     engine = cfg.engine
-    if engine == "auto":
-        engine = "vllm" if vllm_importable() else "hf"
+    if engine == "auto":  # vLLM when it imports; a random init from config.json (data/tiny) has no weights for it
+        engine = "vllm" if vllm_importable() and model_source(path) != "config" else "hf"
     if engine == "hf":
         return HFEngine(path, cfg, device)
     if engine == "vllm":
