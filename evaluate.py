@@ -471,7 +471,9 @@ def vllm_importable() -> bool:
 def make_engine(path: str, cfg: Config, device: torch.device):
     engine = cfg.engine
     if engine == "auto":
-        engine = "vllm" if vllm_importable() else "hf"
+        # vLLM when it imports and can read the weights (a config-only folder such as data/tiny: HF, which
+        # initialises from the config with the seed); a hub name is not a local folder
+        engine = "vllm" if vllm_importable() and (has_weights(path) or not Path(path).exists()) else "hf"
     if engine == "hf":
         return HFEngine(path, cfg, device)
     if engine == "vllm":
