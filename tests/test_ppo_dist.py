@@ -86,8 +86,13 @@ def test_two_rank_fsdp_update_matches_one_process(tmp_path, loss_agg):
     start = {("actor." + n): p for n, p in ppo.load_model(TINY, seed=0).named_parameters()}
     moved = max((a["weights"][k] - v).abs().max().item() for k, v in start.items())
     assert moved > 1e-3, "the update did not move the actor: the comparison would be vacuous"
+    start.update({("critic." + n): p for n, p in ppo.Critic(ppo.load_model(TINY, seed=1)).named_parameters()
+                  if n != "value_head.weight"})
     for k in a["weights"]:
-        torch.testing.assert_close(b["weights"][k], a["weights"][k], atol=2e-5, rtol=1e-4, msg=k)
+        # fp32 summation order differs (2 ranks reduce-scatter every micro-batch's gradients): allow 1e-5 of how
+        # far the tensor moved (the critic's layers move by up to ~30 here: lr 0.5, gradient norm ~4,000)
+        moved_k = (a["weights"][k] - start[k]).abs().max().item() if k in start else 0.0
+        torch.testing.assert_close(b["weights"][k], a["weights"][k], atol=2e-5 + 1e-5 * moved_k, rtol=1e-4, msg=k)
     torch.testing.assert_close(torch.tensor(sorted(b["advantages"])), torch.tensor(sorted(a["advantages"])),
                                atol=1e-5, rtol=1e-5)
     for k in ("pg_loss", "v_loss", "entropy", "clipfrac", "approx_kl"):
