@@ -390,13 +390,15 @@ def newest_intact(checkpoints: list[Path]) -> Path | None:
 
 @contextlib.contextmanager
 def disk_full_is_clear(where: str):
-    """A full disk surfaces as OSError ENOSPC, a safetensors error or torch.save's "file write failed":
-    say so, with the path, instead of a traceback."""
+    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
+    than 64 MiB left): say so, with the path, instead of a traceback."""
     try:
         yield
     except Exception as e:
         text = str(e)
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or "file write failed" in text:
+        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
+        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26  # torch.save's
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:  # "iostream error"
             raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
                              "Free some space, then --resume from the last checkpoint.") from None
         raise
