@@ -340,6 +340,14 @@ def newest_intact(checkpoints: list[Path]) -> Path | None:
 
 
 @contextlib.contextmanager
+def data_errors_are_clear():
+    """A bad or missing data file (the error names file, line and field) ends the run with that line, no traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+@contextlib.contextmanager
 def disk_full_is_clear(where: str):
     """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
     than 64 MiB left): say so, with the path, instead of a traceback."""
@@ -780,7 +788,8 @@ def evaluate(cfg: Config) -> dict | None:
     if cfg.steps and len(cfg.steps) != len(paths):
         raise ValueError(f"--steps has {len(cfg.steps)} values for {len(paths)} models")
     steps = cfg.steps or [step_of(p) for p in paths]
-    data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit) for b in benches}
+    with data_errors_are_clear():
+        data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit) for b in benches}
     out_dir = Path(cfg.output_dir)
     results: dict[str, dict] = {}
     for path, label in zip(paths, labels):

@@ -389,6 +389,14 @@ def newest_intact(checkpoints: list[Path]) -> Path | None:
 
 
 @contextlib.contextmanager
+def data_errors_are_clear():
+    """A bad or missing data file (the error names file, line and field) ends the run with that line, no traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+@contextlib.contextmanager
 def disk_full_is_clear(where: str):
     """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
     than 64 MiB left): say so, with the path, instead of a traceback."""
@@ -646,11 +654,12 @@ def main(cfg: Config) -> None:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     eos_id = tokenizer.convert_tokens_to_ids(cfg.eos_token) if cfg.eos_token in tokenizer.get_vocab() \
         else tokenizer.eos_token_id
-    rows = read_rows(cfg.train_file, [("prompt", "question"), ("response", "solution")], cfg.levels)
+    with data_errors_are_clear():
+        rows = read_rows(cfg.train_file, [("prompt", "question"), ("response", "solution")], cfg.levels)
+        test_rows = read_rows(cfg.test_file, [("prompt", "question"), ("answer",)], cfg.levels) if cfg.test_file else []
     examples = [encode(r, tokenizer, cfg, eos_id) for r in rows]
     examples = [e for e in examples if any(x != -100 for x in e[1])]  # a prompt of max_length leaves no target
     n_cut = len(rows) - len(examples)
-    test_rows = read_rows(cfg.test_file, [("prompt", "question"), ("answer",)], cfg.levels) if cfg.test_file else []
     eval_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
     if len(examples) < cfg.global_batch_size:
         raise SystemExit(f"{cfg.train_file}: {len(examples)} examples, fewer than one global batch")
