@@ -409,14 +409,24 @@ def newest_intact(checkpoints: list[Path]) -> Path | None:
 
 
 @contextlib.contextmanager
+def data_errors_are_clear():
+    """A bad or missing data file (the error names file, line and field) ends the run with that line, no traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+@contextlib.contextmanager
 def disk_full_is_clear(where: str):
-    """A full disk surfaces as OSError ENOSPC, a safetensors error or torch.save's "file write failed":
-    say so, with the path, instead of a traceback."""
+    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
+    than 64 MiB left): say so, with the path, instead of a traceback."""
     try:
         yield
     except Exception as e:
         text = str(e)
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or "file write failed" in text:
+        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
+        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26  # torch.save's
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:  # "iostream error"
             raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
                              "Free some space, then --resume from the last checkpoint.") from None
         raise
@@ -839,6 +849,7 @@ def validate(cfg: Config) -> None:
     need(cfg.temperature >= 0, "temperature", "must be >= 0 (0: greedy)")
     need(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
     need(cfg.grade_timeout > 0, "grade_timeout", "must be > 0 seconds")
+    need(cfg.grader in reward.GRADERS, "grader", "must be one of " + ", ".join(reward.GRADERS))
     need(0 < cfg.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
     need(cfg.n == 1 or cfg.temperature > 0, "n", "> 1 needs --temperature > 0 (greedy samples are identical)")
     need(bool(cfg.model) or cfg.engine == "oracle", "model", "is required (or --preset tiny)")
@@ -876,7 +887,8 @@ def evaluate(cfg: Config) -> dict | None:
     if cfg.steps and len(cfg.steps) != len(paths):
         raise ValueError(f"--steps has {len(cfg.steps)} values for {len(paths)} models")
     steps = cfg.steps or [step_of(p) for p in paths]
-    data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit) for b in benches}
+    with data_errors_are_clear():
+        data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit) for b in benches}
     out_dir = Path(cfg.output_dir)
     results: dict[str, dict] = {}
     for path, label in zip(paths, labels):

@@ -536,14 +536,24 @@ def newest_intact(checkpoints: list[Path]) -> Path | None:
 
 
 @contextlib.contextmanager
+def data_errors_are_clear():
+    """A bad or missing data file (the error names file, line and field) ends the run with that line, no traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+@contextlib.contextmanager
 def disk_full_is_clear(where: str):
-    """A full disk surfaces as OSError ENOSPC, a safetensors error or torch.save's "file write failed":
-    say so, with the path, instead of a traceback."""
+    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
+    than 64 MiB left): say so, with the path, instead of a traceback."""
     try:
         yield
     except Exception as e:
         text = str(e)
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or "file write failed" in text:
+        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
+        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26  # torch.save's
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:  # "iostream error"
             raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
                              "Free some space, then --resume from the last checkpoint.") from None
         raise
@@ -1523,12 +1533,12 @@ def main(cfg: Config) -> None:
     random.seed(cfg.seed + rank)
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer, cfg.prompt_max_len,
-                                    cfg.long_prompts)
-    test_rows = []
-    if cfg.test_file:
-        test_rows, _ = tokenize_prompts(read_prompts(cfg.test_file, cfg.template, cfg.levels), tokenizer,
+    with data_errors_are_clear():
+        rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer,
                                         cfg.prompt_max_len, cfg.long_prompts)
+        test_rows = read_prompts(cfg.test_file, cfg.template, cfg.levels) if cfg.test_file else []
+    if test_rows:
+        test_rows, _ = tokenize_prompts(test_rows, tokenizer, cfg.prompt_max_len, cfg.long_prompts)
         if cfg.eval_size > 0:
             test_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
     if len(rows) < cfg.rollout_batch_size:

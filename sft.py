@@ -128,6 +128,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
     need(bool(cfg.train_file), "train_file", "is required (or --preset tiny)")
+    need(cfg.long_examples in ("drop", "truncate"), "long_examples", "must be drop or truncate")
     for name in ("global_batch_size", "micro_batch_size", "max_length", "eval_batch_size", "max_new_tokens",
                  "eval_size", "log_every"):
         need(getattr(cfg, name) > 0, name, "must be a positive integer")
@@ -459,14 +460,24 @@ def newest_intact(checkpoints: list[Path]) -> Path | None:
 
 
 @contextlib.contextmanager
+def data_errors_are_clear():
+    """A bad or missing data file (the error names file, line and field) ends the run with that line, no traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+@contextlib.contextmanager
 def disk_full_is_clear(where: str):
-    """A full disk surfaces as OSError ENOSPC, a safetensors error or torch.save's "file write failed":
-    say so, with the path, instead of a traceback."""
+    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
+    than 64 MiB left): say so, with the path, instead of a traceback."""
     try:
         yield
     except Exception as e:
         text = str(e)
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or "file write failed" in text:
+        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
+        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26  # torch.save's
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:  # "iostream error"
             raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
                              "Free some space, then --resume from the last checkpoint.") from None
         raise
@@ -749,9 +760,10 @@ def main(cfg: Config) -> None:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     eos_id = tokenizer.convert_tokens_to_ids(cfg.eos_token) if cfg.eos_token in tokenizer.get_vocab() \
         else tokenizer.eos_token_id
-    rows = read_rows(cfg.train_file, [QUESTION_FIELDS, ("response", "solution")], cfg.levels)
+    with data_errors_are_clear():
+        rows = read_rows(cfg.train_file, [QUESTION_FIELDS, ("response", "solution")], cfg.levels)
+        test_rows = read_rows(cfg.test_file, [QUESTION_FIELDS, ("answer",)], cfg.levels) if cfg.test_file else []
     examples, n = encode_all(rows, tokenizer, cfg, eos_id)
-    test_rows = read_rows(cfg.test_file, [QUESTION_FIELDS, ("answer",)], cfg.levels) if cfg.test_file else []
     eval_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
     if len(examples) < cfg.global_batch_size:
         raise SystemExit(f"{cfg.train_file}: {len(examples)} examples, fewer than one global batch")

@@ -256,6 +256,17 @@ def test_non_utf8_bytes_are_reported_with_file_and_line(tmp_path):
         evaluate.load_benchmark(str(tmp_path), "synth", "tiny")
 
 
+@pytest.mark.parametrize("script", ["ppo.py", "sft.py", "evaluate.py"])
+def test_data_errors_end_without_a_traceback(script, tmp_path):
+    path = tmp_path / "synth" / "test.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(b'{"question": " 1+ 2", "solution": "3", "answer": "3", "level": 1}\n' * 300 + b'{"question": "\xff"}\n')
+    args = ["--data-dir", str(tmp_path)] if script == "evaluate.py" else ["--train-file", str(path)]
+    r = subprocess.run([sys.executable, script, "--preset", "tiny", "--output-dir", str(tmp_path / "o"), *args],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    clear_error(r, str(path), "301", "not UTF-8")
+
+
 # ---- item 9: evaluate.py writes its summary as each model finishes ----
 def test_evaluate_keeps_finished_models_when_a_later_one_fails(tmp_path):
     broken = tmp_path / "broken"
