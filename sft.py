@@ -31,6 +31,8 @@ import dataclasses
 import datetime
 import errno
 import importlib.util
+import inspect
+import io
 import json
 import math
 import os
@@ -39,7 +41,9 @@ import random
 import resource
 import shutil
 import socket
+import sys
 import time
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +73,7 @@ class Config:
     test_file: str = ""  # JSONL: prompt|question, answer; greedy exact-match eval (optional)
     levels: str = ""  # keep only rows whose "level" is in this list, e.g. "3,4,5" (empty: all)
     template: str = "simplerl"  # the RL stage's prompt, so SFT teaches the format RL then rewards
-    output_dir: str = "runs/sft"
+    output_dir: str = "runs/sft"  # metrics.jsonl, config.json, checkpoint-<step>/, final/
     max_length: int = 4096  # prompt + response tokens; long-CoT responses exceed OpenRLHF's 2048
     long_examples: str = "drop"  # longer examples: drop (counted) | truncate (keeps the start: no EOS, often no box)
     epochs: int = 2  # OpenRLHF train_sft --max_epochs default
@@ -79,7 +83,7 @@ class Config:
     warmup_ratio: float = 0.03  # OpenRLHF: warm-up over ceil(0.03 x steps)
     weight_decay: float = 0.0  # OpenRLHF --l2 default
     adam_beta1: float = 0.9  # OpenRLHF --adam_betas (0.9, 0.95)
-    adam_beta2: float = 0.95
+    adam_beta2: float = 0.95  # AdamW second-moment decay
     grad_clip: float = 1.0  # OpenRLHF --max_norm
     global_batch_size: int = 128  # sequences per optimizer step, all ranks: OpenRLHF --train_batch_size
     micro_batch_size: int = 1  # sequences per forward per rank (4096-token sequences of a 7B model)
@@ -89,7 +93,7 @@ class Config:
     eval_batch_size: int = 64  # prompts per generate call per rank
     max_new_tokens: int = 4096  # eval generation budget
     save_every: int = 50  # steps between resumable checkpoints (0: only final/)
-    log_every: int = 1
+    log_every: int = 1  # steps between metrics.jsonl lines
     seed: int = 42  # OpenRLHF --seed default
     resume: bool = False  # continue from the newest intact checkpoint-<step>/ in output_dir (config must match)
     overwrite: bool = False  # start over in an output_dir that holds another run, deleting that run's files
@@ -148,13 +152,16 @@ def validate(cfg: Config) -> None:
 def parse_args(argv=None) -> Config:
     """Command line = the dataclass: --preset fills in its values first, then explicit flags win."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS))
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (tiny: the CPU world); "
+                        "explicit flags override it")
+    comments = config_help(Config)  # the help text is the field's comment in Config
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
+        text = f"{comments[f.name]} (default: {f.default!r})".replace("%", "%%")
         if f.type is bool or f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, type=type(f.default), default=None)
+            parser.add_argument(flag, type=type(f.default), default=None, help=text)
     args = parser.parse_args(argv)
     values = dict(PRESETS[args.preset]) if args.preset else {}
     values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
@@ -481,6 +488,31 @@ def disk_full_is_clear(where: str):
             raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
                              "Free some space, then --resume from the last checkpoint.") from None
         raise
+
+def config_help(cls) -> dict[str, str]:
+    """Each config field's `# comment` (continued on lines that start with `#   `): the --help text, so the
+    dataclass stays the one place a flag is documented. A comment on a line of its own is a section heading."""
+    fields, text, last = {f.name for f in dataclasses.fields(cls)}, {}, None
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in fields:  # `name: type = default`
+            last = tok.string
+        elif tok.type == tokenize.COMMENT and last is not None:
+            if not tok.line.lstrip().startswith("#"):  # trailing: this field's comment
+                text[last] = tok.string[1:].strip()
+            elif tok.string.startswith("#   "):  # continued
+                text[last] = (text.get(last, "") + " " + tok.string[1:].strip()).strip()
+            else:  # a heading: the next field starts a new comment
+                last = None
+    return text
+
+
+def progress_settings(stream, total: int) -> dict:
+    """tqdm's settings: live updates on a terminal; in a log file (not a terminal) at most one carriage-return
+    update per 1% of the run and per minute, not one per step (thousands of lines in a long run)."""
+    if getattr(stream, "isatty", lambda: False)():
+        return {}
+    return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
+
 # ---- end of setup twins ----
 
 
@@ -800,7 +832,8 @@ def main(cfg: Config) -> None:
         return greedy_accuracy(copy_, tokenizer, rows_, cfg, device, rank, world)
 
     model.train()
-    bar = tqdm(total=total, initial=step, disable=rank != 0, desc="sft", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, disable=rank != 0, desc="sft", dynamic_ncols=True,
+               **progress_settings(sys.stderr, total))
     times, tokens = [], []
     while step < total and step != cfg.stop_after:
         t0 = time.perf_counter()
@@ -827,9 +860,9 @@ def main(cfg: Config) -> None:
             record["eval_accuracy"] = evaluate(eval_rows)
         if rank == 0 and (step % cfg.log_every == 0 or "eval_accuracy" in record):
             log_metrics(out, record)
-        bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", gnorm=f"{stats['grad_norm']:.2f}",
-                        **({"acc": f"{record['eval_accuracy']:.3f}"} if "eval_accuracy" in record else {}))
+                        **({"acc": f"{record['eval_accuracy']:.3f}"} if "eval_accuracy" in record else {}), refresh=False)
+        bar.update(1)  # after the postfix: a refresh (see progress_settings) shows this step's numbers
         if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total:
             save_checkpoint(model, optimizer, scheduler, tokenizer, step, data_state, out)
             if rank == 0:
