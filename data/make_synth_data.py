@@ -148,7 +148,8 @@ def main(out: Path = Path(__file__).resolve().parent / "synth", seed: int = 0) -
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "synth")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "synth",
+                        help="output folder for train.jsonl, test.jsonl, base.jsonl (default: data/synth)")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (default: 0, the checked-in files)")
     args = parser.parse_args()
     main(args.out, args.seed)

@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(Path(__file__).resolve().parent), help="output root (default: data/)")
     p.add_argument("--from-local", metavar="DIR", help="convert a local copy (e.g. ../shared/data) instead of downloading")
     p.add_argument("--train-file", help="with --from-local: the training JSON/parquet (default: searched under DIR/train)")
-    p.add_argument("--train-source", choices=["github", "hf"], default="github")
+    p.add_argument("--train-source", choices=["github", "hf"], default="github",
+                   help="where the training set is downloaded from (default: github)")
     p.add_argument("--only", choices=["eval", "train"], help="prepare one half only")
     p.add_argument("--no-verify", action="store_true", help="skip SHA-1 and row-count checks (modified copies)")
     args = p.parse_args(argv)
