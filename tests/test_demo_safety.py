@@ -15,6 +15,8 @@ sys.path.insert(0, str(ROOT))
 
 import demo  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end to end: demo.py and its training processes in subprocesses
+
 ENV = dict(os.environ, HF_HUB_OFFLINE="1")
 
 

@@ -225,6 +225,7 @@ def test_vllm_engine_with_standin():
 
 # ---- end to end on CPU ----
 
+@pytest.mark.slow
 def test_tiny_model_end_to_end_on_the_real_sets(tmp_path):
     """The done command in small: a tiny checkpoint on every real benchmark; long prompts are counted, not fatal."""
     summary = run(["--model", str(ROOT / "data/tiny"), "--data-dir", str(EVAL), "--benchmarks", "all", "--limit", "3",
@@ -238,6 +239,7 @@ def test_tiny_model_end_to_end_on_the_real_sets(tmp_path):
     assert "| tiny |" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_tiny_preset_several_checkpoints_plot(tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -257,6 +259,7 @@ def test_tiny_preset_several_checkpoints_plot(tmp_path):
     assert summary["config"]["template"] == "tiny"
 
 
+@pytest.mark.slow
 def test_torchrun_data_parallel_matches_single_process(tmp_path):
     """Two CPU ranks split the problems and rank 0 gathers them: same per-sample results as one process."""
     args = ["--model", str(ROOT / "data/tiny"), "--data-dir", str(EVAL), "--benchmarks", "gsm8k,amc23",

@@ -15,6 +15,8 @@ import evaluate
 import ppo
 import sft
 
+pytestmark = pytest.mark.slow  # end to end: each stage loads a model in a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "tiny"
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"

@@ -19,6 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 import ppo  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end to end: ppo.py updates under torchrun
+
 TINY = str(ROOT / "data" / "tiny")
 
 

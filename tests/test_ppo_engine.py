@@ -260,6 +260,7 @@ def run_main_on_stand_in(tmp_path, monkeypatch, sleep_level):
     return fake
 
 
+@pytest.mark.slow
 def test_ppo_loop_never_samples_from_discarded_weights(tmp_path, monkeypatch):
     """Item 7 of issue 10: with level-2 sleep, the start eval, each eval and each critic warm-up step must re-send
     the weights (the old loop re-sent them only after actor updates and sampled from garbage)."""
@@ -270,6 +271,7 @@ def test_ppo_loop_never_samples_from_discarded_weights(tmp_path, monkeypatch):
     assert fake.calls.count(("apply_model",)) == len(generates)  # every wake-up after level 2 needs the weights
 
 
+@pytest.mark.slow
 def test_ppo_loop_level_1_streams_only_after_actor_updates(tmp_path, monkeypatch):
     fake = run_main_on_stand_in(tmp_path, monkeypatch, 1)
     assert not fake.errors
@@ -277,6 +279,7 @@ def test_ppo_loop_level_1_streams_only_after_actor_updates(tmp_path, monkeypatch
     assert fake.calls.count(("apply_model",)) == 3
 
 
+@pytest.mark.slow
 def test_models_load_and_shard_one_at_a_time_engine_last(tmp_path, monkeypatch):
     """Item 8 of issue 10: never three full copies on a host at once; the rollout engine after the trainer."""
     events = []

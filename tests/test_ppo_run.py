@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+pytestmark = pytest.mark.slow  # end to end: ppo.py training runs in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TINY = str(ROOT / "data" / "tiny")

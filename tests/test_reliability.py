@@ -71,6 +71,7 @@ def copy_run(src: Path, tmp_path: Path) -> Path:
 
 
 # ---- item 2 and 11: a fresh run never touches another run's directory; a typo overwrites nothing ----
+@pytest.mark.slow  # stage scripts in subprocesses
 @pytest.mark.parametrize("script", ["ppo.py", "sft.py"])
 def test_fresh_run_refuses_a_directory_holding_another_run(script, ppo_run, sft_run, tmp_path):
     out = copy_run(ppo_run if script == "ppo.py" else sft_run, tmp_path)
@@ -81,6 +82,7 @@ def test_fresh_run_refuses_a_directory_holding_another_run(script, ppo_run, sft_
     assert after == before  # metrics, rollouts, checkpoints and config.json untouched
 
 
+@pytest.mark.slow  # stage scripts in subprocesses
 @pytest.mark.parametrize("script", ["ppo.py", "sft.py"])
 def test_a_start_that_fails_on_a_typo_keeps_the_previous_config(script, ppo_run, sft_run, tmp_path):
     out = copy_run(ppo_run if script == "ppo.py" else sft_run, tmp_path)
@@ -90,6 +92,7 @@ def test_a_start_that_fails_on_a_typo_keeps_the_previous_config(script, ppo_run,
     assert (out / "config.json").read_text() == config
 
 
+@pytest.mark.slow  # stage scripts in subprocesses
 def test_overwrite_starts_over_and_keeps_only_the_new_run(ppo_run, tmp_path):
     out = copy_run(ppo_run, tmp_path)
     r = run("ppo.py", out, "--max-steps", "1", "--overwrite", "--seed", "5")
@@ -102,6 +105,7 @@ def test_overwrite_starts_over_and_keeps_only_the_new_run(ppo_run, tmp_path):
 @pytest.mark.parametrize("script,changed", [("ppo.py", ["--actor-lr", "0.001", "--rollout-batch-size", "8"]),
                                             ("sft.py", ["--lr", "0.01"]),
                                             ("ppo.py", ["--model", str(ROOT / "tests")])])
+@pytest.mark.slow  # stage scripts in subprocesses
 def test_resume_stops_on_a_changed_config(script, changed, ppo_run, sft_run, tmp_path):
     out = copy_run(ppo_run if script == "ppo.py" else sft_run, tmp_path)
     r = run(script, out, "--resume", *changed)
@@ -115,6 +119,7 @@ def test_resume_stops_on_a_changed_config(script, changed, ppo_run, sft_run, tmp
     assert "max_steps" in r.stderr  # the fields that may change are listed
 
 
+@pytest.mark.slow  # stage scripts in subprocesses
 def test_resume_accepts_safe_changes_and_logs_no_extra_eval(ppo_run, tmp_path):
     out = copy_run(ppo_run, tmp_path)
     r = run("ppo.py", out, "--resume", "--max-steps", "4", "--eval-size", "8")
@@ -126,6 +131,7 @@ def test_resume_accepts_safe_changes_and_logs_no_extra_eval(ppo_run, tmp_path):
 
 
 # ---- item 6: torn metrics line, truncated checkpoint, full disk ----
+@pytest.mark.slow  # stage scripts in subprocesses
 @pytest.mark.parametrize("script", ["ppo.py", "sft.py"])
 def test_resume_survives_a_torn_metrics_line_and_a_truncated_checkpoint(script, ppo_run, sft_run, tmp_path):
     out = copy_run(ppo_run if script == "ppo.py" else sft_run, tmp_path)
@@ -145,6 +151,7 @@ def test_resume_survives_a_torn_metrics_line_and_a_truncated_checkpoint(script, 
     assert steps(out, "reward" if script == "ppo.py" else "loss") == expected
 
 
+@pytest.mark.slow  # stage scripts in subprocesses
 def test_every_checkpoint_damaged_is_an_error_naming_the_files(sft_run, tmp_path):
     out = copy_run(sft_run, tmp_path)
     for step in (2, 4):
@@ -154,6 +161,7 @@ def test_every_checkpoint_damaged_is_an_error_naming_the_files(sft_run, tmp_path
     clear_error(r, "every checkpoint is damaged", f"{out / 'checkpoint-2' / 'trainer_state.pt'}: truncated")
 
 
+@pytest.mark.slow  # stage scripts in subprocesses
 def test_full_disk_says_no_space_left(tmp_path):
     for mod in (ppo, sft, evaluate):
         with pytest.raises(SystemExit, match=f"no space left on {tmp_path}"):
@@ -169,6 +177,7 @@ def test_full_disk_says_no_space_left(tmp_path):
 
 
 # ---- item 7: NaN stops, temperature 0 ----
+@pytest.mark.slow  # stage scripts in subprocesses
 def test_sft_stops_on_nan_and_saves_no_nan_weights(tmp_path):
     out = tmp_path / "nan"
     r = run("sft.py", out, "--lr", "1e12", "--warmup-ratio", "0")
@@ -179,6 +188,7 @@ def test_sft_stops_on_nan_and_saves_no_nan_weights(tmp_path):
         assert all(torch.isfinite(t).all() for t in load_file(ckpt / "model.safetensors").values())
 
 
+@pytest.mark.slow  # stage scripts in subprocesses
 def test_ppo_nan_message_points_at_the_config(tmp_path):
     r = run("ppo.py", tmp_path / "nan", "--max-steps", "3", "--inject-nan-at-step", "1", "--test-file", "")
     assert r.returncode == 1
@@ -229,6 +239,7 @@ def test_evaluate_validate(args, message):
 @pytest.mark.parametrize("script,args,message", [("ppo.py", ["--temperature", "0"], PPO_BAD[0][1]),
                                                  ("sft.py", ["--levels", "1,x"], SFT_BAD[2][1]),
                                                  ("evaluate.py", ["--limit", "0"], EVAL_BAD[0][1])])
+@pytest.mark.slow  # stage scripts in subprocesses
 def test_the_scripts_validate_before_they_run(script, args, message, tmp_path):
     r = subprocess.run([sys.executable, script, "--preset", "tiny", "--output-dir", str(tmp_path / "o"), *args],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
@@ -236,6 +247,7 @@ def test_the_scripts_validate_before_they_run(script, args, message, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # stage scripts in subprocesses
 def test_ppo_with_fewer_prompts_than_one_rollout_batch_is_an_error(tmp_path):
     r = run("ppo.py", tmp_path / "o", "--levels", "1", "--rollout-batch-size", "256", "--train-batch-size", "256",
             "--micro-train-batch-size", "256")
@@ -256,6 +268,7 @@ def test_non_utf8_bytes_are_reported_with_file_and_line(tmp_path):
         evaluate.load_benchmark(str(tmp_path), "synth", "tiny")
 
 
+@pytest.mark.slow  # stage scripts in subprocesses
 @pytest.mark.parametrize("script", ["ppo.py", "sft.py", "evaluate.py"])
 def test_data_errors_end_without_a_traceback(script, tmp_path):
     path = tmp_path / "synth" / "test.jsonl"
@@ -268,6 +281,7 @@ def test_data_errors_end_without_a_traceback(script, tmp_path):
 
 
 # ---- item 9: evaluate.py writes its summary as each model finishes ----
+@pytest.mark.slow  # stage scripts in subprocesses
 def test_evaluate_keeps_finished_models_when_a_later_one_fails(tmp_path):
     broken = tmp_path / "broken"
     torch.manual_seed(0)

@@ -181,6 +181,7 @@ def test_batched_left_padded_generation_equals_one_by_one():
         assert batched[i].tolist() == alone.tolist()
 
 
+@pytest.mark.slow
 def test_short_run_lowers_the_loss_and_writes_its_outputs(straight):
     records = [json.loads(line) for line in open(straight / "metrics.jsonl")]
     losses = [r["loss"] for r in records if "loss" in r]
@@ -194,6 +195,7 @@ def test_short_run_lowers_the_loss_and_writes_its_outputs(straight):
     assert model.config.model_type == "qwen2"
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(straight, tmp_path):
     run_sft(tmp_path, "--stop-after", "3")  # "killed" right after the checkpoint at step 3
     assert not (tmp_path / "final").exists()
@@ -205,6 +207,7 @@ def test_resume_continues_exactly(straight, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_two_rank_fsdp_matches_one_process(straight, tmp_path):
     out = run_sft(tmp_path, "--test-file", str(ROOT / "data" / "synth" / "test.jsonl"), ranks=2)
     assert_same_weights(tmp_path / "final", straight / "final", atol=1e-5)

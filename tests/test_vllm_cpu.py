@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 import ppo  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end to end: the real vLLM engine under torchrun
+
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", VLLM_CPU_KVCACHE_SPACE="1")
 ENV.pop("RANK", None)
 
