@@ -1092,6 +1092,21 @@ def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, dev
 
 
 # ---- experience: samples -> padded tensors -> log-probs, values, rewards, advantages ----
+# The batch: one dict of CPU tensors per RL step, B = responses on this rank, P = longest prompt, R = longest
+# response (>= 1); response-aligned columns t = 0..R-1 are the response's tokens. Filled in this order:
+#   key             shape       dtype    filled by
+#   input_ids       B x (P+R)   int64    pad_samples: prompt left-padded to P | response right-padded to R
+#   attention_mask  B x (P+R)   int64    pad_samples: 1 on real tokens
+#   position_ids    B x (P+R)   int64    pad_samples: counts real tokens only (left padding shifts nothing)
+#   response_mask   B x R       float32  pad_samples: 1 on response tokens (the mask m of every loss and sum)
+#   old_logp        B x R       float32  experience_forward: log pi_old(a_t) of the actor that sampled (0 on pads)
+#   ref_logp        B x R       float32  experience_forward: log pi_ref(a_t) of the frozen reference (0 on pads)
+#   values          B x R       float32  experience_forward: V_old(s_t) of the critic (0 on pads)
+#   rewards         B x R       float32  main, shape_rewards: -kl_coef * kl_t, + the score on the last token
+#   returns         B x R       float32  main, compute_gae: A_t + V_old(s_t) (the value target)
+#   advantages      B x R       float32  main, compute_gae then masked_whiten (if --whiten-advantages)
+# micro_batches slices rows of it (trimmed to their own longest prompt and response) and adds "R": int.
+# tests/test_shape.py checks a tiny batch has exactly these keys, shapes and dtypes.
 def pad_samples(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
     """[prompt left-padded to P | response right-padded to R]. Position ids count only real tokens (as the
     sampler's did), so left padding does not shift them."""

@@ -200,3 +200,41 @@ def test_sft_tiny_run_into_a_log_file_has_few_carriage_returns(tmp_path):
     updates = [part for part in re.split(r"[\r\n]", text) if part.startswith("sft:")]
     assert 1 <= len(updates) <= 300 // 3 + 2, len(updates)
     assert text.count("\r") <= 300 // 3 + 2
+
+
+# ---- ppo.py's batch schema ----
+def documented_batch_schema() -> dict[str, tuple[str, str]]:
+    """key -> (shape, dtype) from the comment table above ppo.pad_samples."""
+    src = source("ppo.py")
+    table = src[src.index("#   key             shape"): src.index("def pad_samples(")]
+    rows = re.findall(r"^#   (\w+)\s+(B x \S+)\s+(\w+)\s", table, re.M)
+    return {key: (shape, dtype) for key, shape, dtype in rows}
+
+
+def test_a_tiny_batch_has_exactly_the_documented_keys_shapes_and_dtypes():
+    schema = documented_batch_schema()
+    assert len(schema) == 10
+    rank, world, device = ppo.init_distributed()
+    tiny = str(ROOT / "data" / "tiny")
+    actor, ref = ppo.load_model(tiny, seed=0), ppo.load_model(tiny, seed=0)
+    critic = ppo.Critic(ppo.load_model(tiny, seed=0), init="zeros")
+    samples = [ppo.Sample([5, 6, 7], [8, 9], False, None), ppo.Sample([5], [8, 9, 10, 11], False, None),
+               ppo.Sample([5, 6], [], False, None)]
+    cfg = ppo.Config(**{**ppo.PRESETS["tiny"]})
+    # the lines of ppo.main's steps 3-5
+    batch = ppo.pad_samples(samples, 0)
+    ppo.experience_forward(actor, ref, critic, batch, cfg, device)
+    m = batch["response_mask"]
+    kl = ppo.kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator) * m
+    batch["rewards"] = ppo.shape_rewards(torch.tensor([1.0, -1.0, -0.5]), kl, m, cfg.kl_coef)
+    advantages, batch["returns"] = ppo.compute_gae(batch["rewards"], batch["values"], m, cfg.gamma, cfg.lam)
+    batch["advantages"] = ppo.masked_whiten(advantages, m, distributed=True)
+    assert set(batch) == set(schema)
+    B, P, R = 3, 3, 4
+    sizes = {"B x (P+R)": (B, P + R), "B x R": (B, R)}
+    for key, (shape, dtype) in schema.items():
+        assert tuple(batch[key].shape) == sizes[shape], key
+        assert batch[key].dtype == getattr(torch, dtype), key
+    # the main loop's keys are the schema's: every batch["..."] written or read in ppo.py is documented
+    used = set(re.findall(r'batch\["(\w+)"\]', source("ppo.py"))) | set(re.findall(r'mb\["(\w+)"\]', source("ppo.py")))
+    assert used - {"R"} <= set(schema), used - set(schema)
