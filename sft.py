@@ -861,7 +861,8 @@ def main(cfg: Config) -> None:
         if rank == 0 and (step % cfg.log_every == 0 or "eval_accuracy" in record):
             log_metrics(out, record)
         bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", gnorm=f"{stats['grad_norm']:.2f}",
-                        **({"acc": f"{record['eval_accuracy']:.3f}"} if "eval_accuracy" in record else {}), refresh=False)
+                        **({"acc": f"{record['eval_accuracy']:.3f}"} if "eval_accuracy" in record else {}),
+                        refresh=False)
         bar.update(1)  # after the postfix: a refresh (see progress_settings) shows this step's numbers
         if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total:
             save_checkpoint(model, optimizer, scheduler, tokenizer, step, data_state, out)
