@@ -111,15 +111,15 @@ class Config:
     critic_lr: float = 9e-6  # peak learning rate of the critic (trunk + value head)
     adam_beta1: float = 0.9  # AdamW betas [--adam_betas], both networks
     adam_beta2: float = 0.95  # AdamW second-moment decay
-    weight_decay: float = 0.0  # [--l2]
+    weight_decay: float = 0.0  # AdamW decoupled weight decay, both networks [--l2]
     warmup_ratio: float = 0.03  # linear warm-up over ceil(0.03 x optimizer steps), then cosine
     min_lr_ratio: float = 0.1  # cosine floor: 0.1 x peak (OpenRLHF cosine_with_min_lr)
     max_grad_norm: float = 1.0  # global gradient-norm clip per network [--max_norm]
-    kl_coef: float = 0.01  # [--init_kl_coef], fixed
+    kl_coef: float = 0.01  # beta in r_t = -beta * kl_t (+ the score on the last token) [--init_kl_coef], fixed
     kl_estimator: str = "k1"  # k1 | k2 | k3, per token in the reward
     gamma: float = 1.0  # GAE discount: delta_t = r_t + gamma V_{t+1} - V_t
-    lam: float = 0.95  # [--lambd]
-    clip_eps: float = 0.2  # [--eps_clip]
+    lam: float = 0.95  # GAE lambda: A_t = delta_t + gamma * lam * A_{t+1} [--lambd]
+    clip_eps: float = 0.2  # policy loss: -min(rho A, clip(rho, 1 - eps, 1 + eps) A) [--eps_clip]
     value_clip: float = 0.2  # value loss: max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2) / 2
     entropy_coef: float = 0.0  # entropy is always logged; > 0 adds -coef * H to the policy loss
     logprob_temperature: float = 1.0  # old/new/reference log-probs from logits / this (v0: 1, the raw logits, while
@@ -127,7 +127,7 @@ class Config:
     loss_agg: str = "seq-mean-token-mean"  # v0: mean over each sequence's tokens, then over sequences (policy and value);
     #   token-mean: one mean over every token of the mini-batch (long responses weigh more; no per-sequence length bias)
     value_head_init: str = "normal"  # v0: normal(0, std = 1/(hidden+1)) (OpenRLHF models/model.py) | zeros (V = 0 at first)
-    ppo_epochs: int = 1  # [--max_epochs]
+    ppo_epochs: int = 1  # passes over each RL step's responses [--max_epochs]
     train_batch_size: int = 128  # responses per optimizer step, all ranks together
     micro_train_batch_size: int = 2  # responses per forward+backward per rank
     micro_rollout_batch_size: int = 0  # most responses per no-grad experience forward per rank (0: no cap)

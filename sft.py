@@ -81,10 +81,10 @@ class Config:
     lr: float = 1e-5  # peak; common for 7B long-CoT SFT (s1, Sky-T1); OpenRLHF's default is 5e-6
     min_lr_ratio: float = 0.1  # cosine floor = 0.1 x peak: OpenRLHF's cosine_with_min_lr
     warmup_ratio: float = 0.03  # OpenRLHF: warm-up over ceil(0.03 x steps)
-    weight_decay: float = 0.0  # OpenRLHF --l2 default
+    weight_decay: float = 0.0  # AdamW decoupled weight decay: OpenRLHF --l2 default
     adam_beta1: float = 0.9  # OpenRLHF --adam_betas (0.9, 0.95)
     adam_beta2: float = 0.95  # AdamW second-moment decay
-    grad_clip: float = 1.0  # OpenRLHF --max_norm
+    grad_clip: float = 1.0  # global gradient-norm clip: OpenRLHF --max_norm
     global_batch_size: int = 128  # sequences per optimizer step, all ranks: OpenRLHF --train_batch_size
     micro_batch_size: int = 1  # sequences per forward per rank (4096-token sequences of a 7B model)
     gradient_checkpointing: bool = True  # activations of 4096 tokens x 28 layers do not fit otherwise
@@ -94,7 +94,7 @@ class Config:
     max_new_tokens: int = 4096  # eval generation budget
     save_every: int = 50  # steps between resumable checkpoints (0: only final/)
     log_every: int = 1  # steps between metrics.jsonl lines
-    seed: int = 42  # OpenRLHF --seed default
+    seed: int = 42  # data order and the eval sample: OpenRLHF --seed default
     resume: bool = False  # continue from the newest intact checkpoint-<step>/ in output_dir (config must match)
     overwrite: bool = False  # start over in an output_dir that holds another run, deleting that run's files
     stop_at_accuracy: float = 0.0  # > 0: stop (saving final/) once a periodic eval reaches it: an "early" checkpoint picked by accuracy
