@@ -94,7 +94,7 @@ class Config:
     max_new_tokens: int = 4096  # eval generation budget
     save_every: int = 50  # steps between resumable checkpoints (0: only final/)
     log_every: int = 1  # steps between metrics.jsonl lines
-    seed: int = 42  # data order and the eval sample: OpenRLHF --seed default
+    seed: int = 42  # data order, the eval sample, any random init: OpenRLHF --seed default
     resume: bool = False  # continue from the newest intact checkpoint-<step>/ in output_dir (config must match)
     overwrite: bool = False  # start over in an output_dir that holds another run, deleting that run's files
     stop_at_accuracy: float = 0.0  # > 0: stop (saving final/) once a periodic eval reaches it: an "early" checkpoint picked by accuracy
