@@ -670,7 +670,10 @@ class VLLMEngine:
             n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
             max_tokens=p["budget"], stop=list(reward.STOP_WORDS), stop_token_ids=self.stop_ids,
             skip_special_tokens=False) for p in problems]
-        bar = lambda **kw: tqdm(**kw, **progress_settings(sys.stderr, kw.get("total") or 0))  # vLLM's bar, log-safe
+        def bar(*args, **kw):  # vLLM calls use_tqdm(iterable, desc=..., ...): its bar, log-safe
+            total = kw.get("total") or (len(args[0]) if args and hasattr(args[0], "__len__") else 0)
+            return tqdm(*args, **{**kw, **progress_settings(sys.stderr, total)})
+
         outputs = self.llm.generate([p["prompt"] for p in problems], params, use_tqdm=bar if progress else False)
         return [[(o.text, len(o.token_ids)) for o in req.outputs] for req in outputs]  # in input order
 
