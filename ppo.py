@@ -1,14 +1,14 @@
 """SimpleRL-Zero: PPO from a base model on math, with a rule-based reward (no SFT, no reward model).
 
-    torchrun --nproc_per_node=8 ppo.py --model Qwen/Qwen2.5-Math-7B --output-dir runs/ppo   # GPU: FSDP2 + vLLM
-    torchrun --nproc_per_node=2 ppo.py --preset tiny --model runs/demo/base/final           # CPU: gloo, HF generate
-    python -c "import ppo"                                                                  # importing trains nothing
+    torchrun --nproc_per_node=8 ppo.py --model Qwen/Qwen2.5-Math-7B --output-dir runs/ppo  # GPU: FSDP2, vLLM
+    torchrun --nproc_per_node=2 ppo.py --preset tiny --model runs/demo/base/final  # CPU: gloo, HF generate
+    python -c "import ppo"  # importing trains nothing
 
 Where things are: GAE -> compute_gae; the losses -> policy_loss, value_loss (reduced by aggregate); the value
 head -> Critic; the KL penalty -> kl_penalty, shape_rewards; the weight sync -> sync_weights and the engine's
-weights_version; one optimizer step -> Learner.step; the update -> ppo_update; the loop -> main. The math comes
-first, then Config, models, engines, experience, update and main; plumbing (setup twins, data, checkpoints,
-logging, memory plan, CLI) is below the "plumbing below" marker.
+weights_version; one optimizer step -> Learner.step; the update -> ppo_update; the loop -> main. The math
+comes first, then Config, models, engines, experience, update and main; plumbing (setup twins, data,
+checkpoints, logging, memory plan, CLI) is below the "plumbing below" marker.
 
 One RL step, in the order the code runs it (`main`, same numbers):
 
@@ -91,7 +91,8 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, distributed: bool = False, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, distributed: bool = False,
+                  eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over the valid tokens only (padding contributes nothing; it comes out 0);
     distributed=True takes mean and std over the valid tokens of every rank."""
     stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
@@ -158,7 +159,8 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "seq-
         seq-mean-token-mean (v0, OpenRLHF 0.5 models/loss.py):  1/S   sum_s (1/|s| sum_{t in s} l_t)
         token-mean:                                             1/N   sum_s sum_{t in s} l_t
     `denom` replaces S (the number of sequences) or N (the number of valid tokens) of this batch: with the
-    counts of the whole mini-batch (all micro-batches and ranks), the accumulated gradient is the mini-batch's."""
+    counts of the whole mini-batch (all micro-batches and ranks), the accumulated gradient is the
+    mini-batch's."""
     if loss_agg == "seq-mean-token-mean":
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         return per_seq.sum() / (per_seq.numel() if denom is None else denom)
@@ -170,8 +172,8 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "seq-
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_eps: float, loss_agg: str = "seq-mean-token-mean",
                 denom: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Clipped surrogate per token: l_t = max(-ratio_t A_t, -clip(ratio_t, 1-eps, 1+eps) A_t),  ratio = pi / pi_old,
-    reduced by `aggregate`."""
+    """Clipped surrogate per token: l_t = max(-ratio_t A_t, -clip(ratio_t, 1-eps, 1+eps) A_t),  ratio = pi /
+    pi_old, reduced by `aggregate`."""
     ratio = torch.exp(logp - old_logp)
     per_token = torch.max(-ratio * advantages, -ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
     return aggregate(per_token, mask, loss_agg, denom)
@@ -193,7 +195,7 @@ class Config:
     # Defaults: SimpleRL-Zero v0 on Qwen2.5-Math-7B (OpenRLHF flags in brackets where they differ in name).
     model: str = "Qwen/Qwen2.5-Math-7B"  # actor and reference start here [--pretrain]
     critic_model: str = ""  # critic trunk (+ value head); empty: the same as --model [--critic_pretrain]
-    train_file: str = "data/train/math_level3to5.jsonl"  # v0's 8,523 MATH level 3-5 problems (data/prepare_data.py)
+    train_file: str = "data/train/math_level3to5.jsonl"  # v0's 8,523 MATH level 3-5 problems
     test_file: str = ""  # held-out problems for greedy accuracy (optional; evaluate.py is the full benchmark)
     levels: str = ""  # keep only rows whose "level" is in this list, e.g. "3,4,5" (empty: all)
     template: str = "simplerl"  # for rows with a bare `question`; `input`/`prompt` rows are already formatted
@@ -205,16 +207,16 @@ class Config:
     temperature: float = 0.6  # sampling temperature of the rollouts
     top_p: float = 1.0  # nucleus sampling of the rollouts (1: off)
     prompt_max_len: int = 1024  # prompt tokens (see --long-prompts)
-    long_prompts: str = "truncate"  # longer prompts: truncate (v0: keep the first prompt_max_len tokens) | drop; counted
+    long_prompts: str = "truncate"  # longer prompts (counted): truncate (v0: keep the first tokens) | drop
     generate_max_len: int = 3000  # most new tokens per response
-    stop: str = "</s>"  # extra stop strings, comma-separated (v0: "</s>"; the tokenizer's stop-word tokens always stop)
+    stop: str = "</s>"  # extra stop strings, comma-separated (v0: "</s>"; the stop-word tokens always stop)
     min_new_tokens: int = 1  # v0's vLLM min_tokens=1: no stop token as the first token (the sampler masks it)
-    vllm_gpu_memory_utilization: float = 0.5  # share of GPU memory for vLLM weights + KV cache (asleep while training)
+    vllm_gpu_memory_utilization: float = 0.5  # GPU memory share: vLLM weights + KV cache (asleep in training)
     vllm_sleep_level: int = 2  # 2: weights and KV cache freed (the weights are re-streamed after every update
     #   anyway); 1: weights copied to pinned host memory (~15 GB per rank at 7B, every step), KV cache freed
     reward_timeout: float = 5.0  # seconds per answer comparison (reward.batch_compute_scores)
     reward_workers: int = -1  # grading subprocesses per rank (-1: reward.py's default; 0: in-process)
-    grader: str = "v0"  # the training reward: v0 (simpleRL v0's verdicts) | simplerl (reward.py's own; held-out evals use it)
+    grader: str = "v0"  # training reward: v0 (simpleRL v0's verdicts) | simplerl (reward.py's; evals use it)
     # PPO
     actor_lr: float = 5e-7  # peak learning rate of the policy
     critic_lr: float = 9e-6  # peak learning rate of the critic (trunk + value head)
@@ -224,25 +226,28 @@ class Config:
     warmup_ratio: float = 0.03  # linear warm-up over ceil(0.03 x optimizer steps), then cosine
     min_lr_ratio: float = 0.1  # cosine floor: 0.1 x peak (OpenRLHF cosine_with_min_lr)
     max_grad_norm: float = 1.0  # global gradient-norm clip per network [--max_norm]
-    kl_coef: float = 0.01  # beta in r_t = -beta * kl_t (+ the score on the last token) [--init_kl_coef], fixed
+    kl_coef: float = 0.01  # fixed beta in r_t = -beta * kl_t (+ the score on the last token) [--init_kl_coef]
     kl_estimator: str = "k1"  # k1 | k2 | k3, per token in the reward
     gamma: float = 1.0  # GAE discount: delta_t = r_t + gamma V_{t+1} - V_t
     lam: float = 0.95  # GAE lambda: A_t = delta_t + gamma * lam * A_{t+1} [--lambd]
     clip_eps: float = 0.2  # policy loss: -min(rho A, clip(rho, 1 - eps, 1 + eps) A) [--eps_clip]
     value_clip: float = 0.2  # value loss: max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2) / 2
     entropy_coef: float = 0.0  # entropy is always logged; > 0 adds -coef * H to the policy loss
-    logprob_temperature: float = 1.0  # old/new/reference log-probs from logits / this (v0: 1, the raw logits, while
-    #   sampling at 0.6); = --temperature scores the distribution that was sampled (clip and KL on the tempered policy)
-    loss_agg: str = "seq-mean-token-mean"  # v0: mean over each sequence's tokens, then over sequences (policy and value);
-    #   token-mean: one mean over every token of the mini-batch (long responses weigh more; no per-sequence length bias)
-    value_head_init: str = "normal"  # v0: normal(0, std = 1/(hidden+1)) (OpenRLHF models/model.py) | zeros (V = 0 at first)
+    logprob_temperature: float = 1.0  # old/new/reference log-probs from logits / this (v0: 1, the raw logits,
+    #   while sampling at 0.6); = --temperature scores the distribution that was sampled (clip and KL on the
+    #   tempered policy)
+    loss_agg: str = "seq-mean-token-mean"  # v0: mean over each sequence's tokens, then over sequences (policy
+    #   and value); token-mean: one mean over every token of the mini-batch (long responses weigh more; no
+    #   per-sequence length bias)
+    value_head_init: str = "normal"  # v0: normal(0, std = 1/(hidden+1)) (OpenRLHF) | zeros (V = 0 at first)
     ppo_epochs: int = 1  # passes over each RL step's responses [--max_epochs]
     train_batch_size: int = 128  # responses per optimizer step, all ranks together
     micro_train_batch_size: int = 2  # responses per forward+backward per rank
     micro_rollout_batch_size: int = 0  # most responses per no-grad experience forward per rank (0: no cap)
     rollout_forward_tokens: int = 8192  # and at most this many (padded) tokens per such forward: OpenRLHF's
-    #   micro_rollout_batch_size=2 meant ~1,536 forwards per rank per RL step at 7B (each re-gathering the model);
-    #   8,192 tokens is 2 x the longest sequence (1024 + 3000), so peak memory is unchanged (logits: 8192 x 152k)
+    #   micro_rollout_batch_size=2 meant ~1,536 forwards per rank per RL step at 7B (each re-gathering the
+    #   model); 8,192 tokens is 2 x the longest sequence (1024 + 3000), so peak memory is unchanged (logits:
+    #   8192 x 152k)
     whiten_advantages: bool = True  # advantages to mean 0, std 1 over the batch's valid tokens
     critic_warmup_steps: int = 0  # RL steps that train only the critic [--freezing_actor_steps]
     num_episodes: int = 20  # passes over the prompts; sets the number of RL steps when --max-steps <= 0
@@ -255,26 +260,28 @@ class Config:
     eval_size: int = 0  # problems per eval, a seeded sample of the test file (0: all)
     eval_batch_size: int = 64  # prompts per generate call per rank in eval
     save_every: int = 4  # RL steps between resumable checkpoints [--save_steps]; 0: only final/
-    keep_checkpoints: int = 2  # newest checkpoints kept resumable (critic + optimizer states, ~300 GB each for 7B; 0: all)
-    keep_actor_weights: bool = True  # every checkpoint's actor/ HF folder is kept (v0 kept all; the paper's model is step 120)
+    keep_checkpoints: int = 2  # newest checkpoints kept resumable (critic, optimizers: ~300 GB at 7B; 0: all)
+    keep_actor_weights: bool = True  # every checkpoint's actor/ kept (v0 kept all; the paper's is step 120)
     dump_rollouts_every: int = 10  # RL steps between rollouts/step_<N>.jsonl dumps (rank 0's samples)
-    resume: bool = False  # continue from the newest intact checkpoint-<step>/ in output_dir (config must match)
+    resume: bool = False  # continue from the newest intact checkpoint-<step>/ (the config must match)
     overwrite: bool = False  # start over in an output_dir that holds another run, deleting that run's files
 
 
 PRESETS = {
     # The CPU world: a ~1M-parameter Qwen2 (data/tiny) on the synthetic arithmetic task, fp32, HF generate.
-    # --model is an early SFT checkpoint (low accuracy). Tuned so 250 RL steps (~10 minutes on 2 CPU cores) lift
-    # held-out greedy accuracy by > 20 points (a fixed step count, not a time limit: the same run on any machine): larger learning rates and KL coefficient than the 7B recipe,
-    # temperature 1, a short critic warm-up (the critic starts as a copy of the SFT model + a zero head).
-    # It keeps the settings its targets were measured with, where they differ from v0's: token-mean losses, a zero
-    # value head, reward.py's own grader, no "</s>" stop string, min_new_tokens 0 (README: the tiny world's table).
-    # Its log-probs are at T = 1 either way (temperature 1).
+    # --model is an early SFT checkpoint (low accuracy). Tuned so 250 RL steps (~10 minutes on 2 CPU cores)
+    # lift held-out greedy accuracy by > 20 points (a fixed step count, not a time limit: the same run on any
+    # machine): larger learning rates and KL coefficient than the 7B recipe, temperature 1, a short critic
+    # warm-up (the critic starts as a copy of the SFT model + a zero head). It keeps the settings its targets
+    # were measured with, where they differ from v0's: token-mean losses, a zero value head, reward.py's own
+    # grader, no "</s>" stop string, min_new_tokens 0 (README: the tiny world's table). Its log-probs are
+    # at T = 1 either way (temperature 1).
     "tiny": dict(model="data/tiny", train_file="data/synth/train.jsonl", test_file="data/synth/test.jsonl",
                  levels="1,2", template="tiny", output_dir="runs/ppo-tiny", engine="hf",
                  rollout_batch_size=32, n_samples_per_prompt=8, temperature=1.0, prompt_max_len=32,
                  generate_max_len=48, reward_workers=0, actor_lr=1e-4, critic_lr=5e-4, kl_coef=0.02,
-                 train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128, rollout_forward_tokens=10240,
+                 train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128,
+                 rollout_forward_tokens=10240,
                  critic_warmup_steps=30, max_steps=250, gradient_checkpointing=False,
                  seed=0, eval_every=100, eval_size=0, eval_batch_size=640, save_every=100,
                  dump_rollouts_every=50, loss_agg="token-mean", value_head_init="zeros", grader="simplerl",
@@ -286,8 +293,9 @@ PRESETS = {
 class Critic(torch.nn.Module):
     """V(prefix): the base model's trunk (no LM head) + a value head Linear(hidden, 1, bias=False).
     `self.model` is the trunk so the twins' shard_model (model.model.layers) shards it the same way.
-    init "normal": v0's value head, w ~ normal(0, std = 1 / (hidden + 1)) (OpenRLHF 0.5 models/model.py, the std,
-    not the variance), drawn from `seed` so every rank holds the same head; "zeros": V = 0 until the critic learns."""
+    init "normal": v0's value head, w ~ normal(0, std = 1 / (hidden + 1)) (OpenRLHF 0.5 models/model.py, the
+    std, not the variance), drawn from `seed` so every rank holds the same head; "zeros": V = 0 until the
+    critic learns."""
 
     def __init__(self, causal_lm: torch.nn.Module, init: str = "normal", seed: int = 0):
         super().__init__()
@@ -314,7 +322,8 @@ class Critic(torch.nn.Module):
 
 
 def load_critic(path: str, seed: int, gradient_checkpointing: bool, init: str = "normal") -> Critic:
-    """A critic folder written by save_critic (trunk + value_head.weight), or any causal LM (a new head, `init`)."""
+    """A critic folder written by save_critic (trunk + value_head.weight), or any causal LM (a new head,
+    `init`)."""
     critic = Critic(load_model(path, seed, gradient_checkpointing), init, seed)
     from safetensors import safe_open
     for f in Path(path).glob("*.safetensors"):
@@ -325,17 +334,19 @@ def load_critic(path: str, seed: int, gradient_checkpointing: bool, init: str = 
 
 
 def save_critic(critic: torch.nn.Module, tokenizer, out_dir: str) -> None:
-    """A Hugging Face folder: config + model.safetensors with the trunk as `model.*` and `value_head.weight`."""
+    """A Hugging Face folder: config + model.safetensors with the trunk as `model.*` and
+    `value_head.weight`."""
     from safetensors.torch import save_file
     state = get_model_state_dict(critic, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if torch.cuda.is_available():  # bf16 on GPU, as save_hf_checkpoint (a resume reads the fp32 masters from DCP)
+    if torch.cuda.is_available():  # bf16 on GPU, as save_hf_checkpoint (a resume reads fp32 masters from DCP)
         state = {k: v.to(torch.bfloat16) for k, v in state.items()}
     if dist.get_rank() == 0:
         out = Path(out_dir)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
         critic.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(out, ignore_errors=True)
@@ -353,10 +364,10 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 def token_logprobs(model, input_ids, attention_mask, position_ids, response_len: int, temperature: float,
                    with_entropy: bool | str = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(y_t | y_<t) of the response tokens under log_softmax(logits / T) (T = --logprob-temperature: 1 in
-    v0, the raw logits; the sampling temperature gives the distribution the engine sampled from), and optionally
-    the entropy of that distribution. Logits at position i predict the token at i+1, so the response's R tokens
-    are predicted by the last R+1 positions but one."""
+    """log pi(y_t | y_<t) of the response tokens under log_softmax(logits / T) (T = --logprob-temperature: 1
+    in v0, the raw logits; the sampling temperature gives the distribution the engine sampled from), and
+    optionally the entropy of that distribution. Logits at position i predict the token at i+1, so the
+    response's R tokens are predicted by the last R+1 positions but one."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    logits_to_keep=response_len + 1).logits[:, :-1].float() / temperature
     targets = input_ids[:, -response_len:]
@@ -378,7 +389,8 @@ class Sample:
     engine_logprobs: list[float] | None  # the sampler's log-probs of response_ids (None if not available)
 
 
-def stream_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def stream_weights(model: torch.nn.Module,
+                   dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) for every parameter, in the module's fixed order. full_tensor() is a collective:
     every rank must run through this generator to its end, in the same order."""
     for name, p in model.named_parameters():
@@ -403,13 +415,15 @@ def sync_weights(actor: torch.nn.Module, engine, version: int) -> None:
 
 class HFEngine:
     """HF generate on a plain unsharded copy of the actor on each rank (no collectives while sampling).
-    Greedy when temperature == 0. Returns the sampler's own log-probs of its raw logits (output_logits) divided
-    by `logprob_temperature` (None: the sampling temperature), the trainer's scoring, so the trainer can check
-    that it scores exactly the policy that sampled. `min_new_tokens` masks the stop tokens for the first tokens.
-    Its weights are only the actor's after a sync_weights (weights_version is None until then)."""
+    Greedy when temperature == 0. Returns the sampler's own log-probs of its raw logits (output_logits)
+    divided by `logprob_temperature` (None: the sampling temperature), the trainer's scoring, so the trainer
+    can check that it scores exactly the policy that sampled. `min_new_tokens` masks the stop tokens for the
+    first tokens. Its weights are only the actor's after a sync_weights (weights_version is None until
+    then)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, stop_ids: list[int], stop_strings: list[str], device,
-                 return_logprobs: bool = True, logprob_temperature: float | None = None, min_new_tokens: int = 0):
+    def __init__(self, model: torch.nn.Module, tokenizer, stop_ids: list[int], stop_strings: list[str],
+                 device, return_logprobs: bool = True, logprob_temperature: float | None = None,
+                 min_new_tokens: int = 0):
         self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.model = copy.deepcopy(model).to(device=device, dtype=self.dtype).eval()
         if getattr(self.model, "is_gradient_checkpointing", False):
@@ -436,10 +450,11 @@ class HFEngine:
             params[name].copy_(tensor)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 batch_size: int = 0) -> list[Sample]:
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, batch_size: int = 0) -> list[Sample]:
         if self.weights_version is None:
-            raise RuntimeError("HF engine asked to generate without the actor's weights: call sync_weights first")
+            raise RuntimeError("HF engine asked to generate without the actor's weights: "
+                               "call sync_weights first")
         prompts = [p for p in prompts for _ in range(n)]  # the n samples of a prompt are neighbours
         out = []
         step = batch_size or len(prompts)
@@ -451,12 +466,16 @@ class HFEngine:
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                                      device=self.device)
         greedy = temperature == 0
-        kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=pad,
-                      top_k=0 if self.model.generation_config.top_k else None,  # no top-k: the trainer scores the full softmax
+        kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
+                      pad_token_id=pad,
+                      # no top-k: the trainer scores the full softmax
+                      top_k=0 if self.model.generation_config.top_k else None,
                       top_p=1.0 if greedy else top_p, temperature=1.0 if greedy else temperature,
-                      repetition_penalty=1.0, return_dict_in_generate=True, min_new_tokens=self.min_new_tokens,
+                      repetition_penalty=1.0, return_dict_in_generate=True,
+                      min_new_tokens=self.min_new_tokens,
                       output_logits=self.return_logprobs and not greedy)
         if self.stop_strings:
             kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
@@ -465,7 +484,8 @@ class HFEngine:
         logprobs = None
         if gen.logits is not None:  # raw logits: the trainer's log-prob is log_softmax(logits / T_lp)
             logits = torch.stack(gen.logits, dim=1).float() / (self.logprob_temperature or temperature)
-            logprobs = (logits.gather(-1, responses.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)).tolist()
+            picked = logits.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+            logprobs = (picked - torch.logsumexp(logits, -1)).tolist()
         samples = []
         stop = set(self.stop_ids)
         for i, (p, r) in enumerate(zip(prompts, responses.tolist())):
@@ -476,13 +496,14 @@ class HFEngine:
                     n -= 1
                 end = n if n < len(r) else None
             resp = r[:end] if end is not None else r
-            samples.append(Sample(p, resp, end is None, logprobs[i][:len(resp)] if logprobs is not None else None))
+            lp = logprobs[i][:len(resp)] if logprobs is not None else None
+            samples.append(Sample(p, resp, end is None, lp))
         return samples
 
 
 class VLLMEngine:
-    """vLLM colocated on every rank, running inside this process: under torchrun `external_launcher` makes each
-    rank one independent engine (tensor parallel 1, no data-parallel lock-step: a rank may generate while
+    """vLLM colocated on every rank, running inside this process: under torchrun `external_launcher` makes
+    each rank one independent engine (tensor parallel 1, no data-parallel lock-step: a rank may generate while
     another does not); plain `python` uses the in-process `uni` executor. The engine never reads the
     checkpoint (load_format="dummy"): its weights are only ever the actor's, streamed in by sync_weights, so
     `weights_version` (None = not the actor's) is the whole truth about them. On GPU, sleep mode frees its
@@ -509,11 +530,12 @@ class VLLMEngine:
             llm = LLM(model=cfg.model, load_format="dummy",  # weights come from the actor (sync_weights)
                       dtype=str(self.dtype).removeprefix("torch."), seed=self.seed,
                       tensor_parallel_size=1,  # only TP: a data_parallel_size would lock every engine step
-                      distributed_executor_backend="external_launcher" if world > 1 else "uni",  # world of one: no RANK env
+                      # a world of one has no RANK environment: the in-process executor
+                      distributed_executor_backend="external_launcher" if world > 1 else "uni",
                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                       max_model_len=cfg.prompt_max_len + cfg.generate_max_len,
                       enable_sleep_mode=self.sleep_level > 0,
-                      enforce_eager=not on_gpu,  # CPU: skip torch.compile (its warm-up costs more than tiny runs)
+                      enforce_eager=not on_gpu,  # CPU: no torch.compile (its warm-up outlasts tiny runs)
                       enable_prefix_caching=True, logprobs_mode=logprobs_mode or "raw_logprobs")
         self.llm, self.sampling_params = llm, sampling_params
         self.awake = {"weights", "kv_cache"}
@@ -538,7 +560,8 @@ class VLLMEngine:
     def close(self) -> None:
         """Shut the engine down now (its memory back), while our process group still exists. LLM has no public
         shutdown; its in-process client's (vllm/v1/engine/core_client.py InprocClient.shutdown) runs
-        EngineCore.shutdown once and detaches the finalizer that would otherwise run it at interpreter exit."""
+        EngineCore.shutdown once and detaches the finalizer that would otherwise run it at interpreter
+        exit."""
         if self.llm is not None and hasattr(self.llm, "llm_engine"):
             self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
@@ -553,17 +576,19 @@ class VLLMEngine:
         # the model lives in this process: the generator is consumed one tensor at a time
         self.llm.apply_model(lambda model: model.load_weights(weights))
 
-    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 batch_size: int = 0) -> list[Sample]:
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, batch_size: int = 0) -> list[Sample]:
         if self.weights_version is None:  # the failure this guards against samples silently from garbage
-            raise RuntimeError("vLLM engine asked to generate without the actor's weights: call sync_weights first")
+            raise RuntimeError("vLLM engine asked to generate without the actor's weights: "
+                               "call sync_weights first")
         self.wake_up()
         greedy = temperature == 0
         params = self.sampling_params(n=n, temperature=temperature, top_p=1.0 if greedy else top_p,
                                       max_tokens=max_new_tokens, min_tokens=self.min_tokens,
                                       stop=self.stop_strings or None, stop_token_ids=self.stop_ids,
                                       logprobs=None if greedy or not self.return_logprobs else 0,
-                                      detokenize=bool(self.stop_strings))  # we decode ourselves; stop strings need text
+                                      # we decode ourselves; stop strings need text
+                                      detokenize=bool(self.stop_strings))
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         samples = []
         for p, out in zip(prompts, outputs):
@@ -585,17 +610,20 @@ def vllm_importable() -> bool:
 def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, device):
     """Built last, after the trainer's models are sharded. Its weights are not the actor's until the first
     sync_weights (weights_version None)."""
-    stop_ids = sorted({tokenizer.convert_tokens_to_ids(w) for w in reward.STOP_WORDS if w in tokenizer.get_vocab()}
+    vocab = tokenizer.get_vocab()
+    stop_ids = sorted({tokenizer.convert_tokens_to_ids(w) for w in reward.STOP_WORDS if w in vocab}
                       | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
     stop_strings = [s for s in cfg.stop.split(",") if s]
     kind = cfg.engine if cfg.engine != "auto" else ("vllm" if vllm_importable() else "hf")
     if kind == "vllm":
         return VLLMEngine(cfg, rank, world, stop_ids, stop_strings, device), stop_ids
     if kind == "hf":
-        with torch.random.fork_rng(devices=[]):  # its random init (overwritten by sync_weights) draws no samples' RNG
+        # its random init (overwritten by sync_weights) draws nothing from the samples' RNG
+        with torch.random.fork_rng(devices=[]):
             model = AutoModelForCausalLM.from_config(model_config, attn_implementation="sdpa")
-        return HFEngine(model, tokenizer, stop_ids, stop_strings, device,
-                        logprob_temperature=cfg.logprob_temperature, min_new_tokens=cfg.min_new_tokens), stop_ids
+        engine = HFEngine(model, tokenizer, stop_ids, stop_strings, device,
+                          logprob_temperature=cfg.logprob_temperature, min_new_tokens=cfg.min_new_tokens)
+        return engine, stop_ids
     raise ValueError(f"--engine {cfg.engine!r}: expected hf, vllm or auto")
 
 
@@ -607,8 +635,8 @@ def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, dev
 #   attention_mask  B x (P+R)   int64    pad_samples: 1 on real tokens
 #   position_ids    B x (P+R)   int64    pad_samples: counts real tokens only (left padding shifts nothing)
 #   response_mask   B x R       float32  pad_samples: 1 on response tokens (the mask m of every loss and sum)
-#   old_logp        B x R       float32  experience_forward: log pi_old(a_t) of the actor that sampled (0 on pads)
-#   ref_logp        B x R       float32  experience_forward: log pi_ref(a_t) of the frozen reference (0 on pads)
+#   old_logp        B x R       float32  experience_forward: log pi_old(a_t), the sampling actor (0 on pads)
+#   ref_logp        B x R       float32  experience_forward: log pi_ref(a_t), the frozen reference (0 on pads)
 #   values          B x R       float32  experience_forward: V_old(s_t) of the critic (0 on pads)
 #   rewards         B x R       float32  main, shape_rewards: -kl_coef * kl_t, + the score on the last token
 #   returns         B x R       float32  main, compute_gae: A_t + V_old(s_t) (the value target)
@@ -660,11 +688,13 @@ def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: in
     the most: each forward all-gathers the sharded model, and those collectives must pair up across ranks."""
     prompt_len = (batch["attention_mask"].sum(1) - batch["response_mask"].sum(1)).long().tolist()
     resp_len = batch["response_mask"].sum(1).long().tolist()
-    order = sorted(range(len(resp_len)), key=lambda i: (prompt_len[i] + resp_len[i], resp_len[i]), reverse=True)
+    order = sorted(range(len(resp_len)), key=lambda i: (prompt_len[i] + resp_len[i], resp_len[i]),
+                   reverse=True)
     groups, P, R = [], 0, 0
     for i in order:
         p, r = max(P, prompt_len[i]), max(R, max(resp_len[i], 1))
-        if groups and len(groups[-1]) < (max_rows or len(order)) and (len(groups[-1]) + 1) * (p + r) <= max_tokens:
+        fits = bool(groups) and (len(groups[-1]) + 1) * (p + r) <= max_tokens
+        if fits and len(groups[-1]) < (max_rows or len(order)):
             groups[-1].append(i)
             P, R = p, r
         else:
@@ -675,16 +705,18 @@ def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: in
     while len(groups) < count.item():
         k = max(range(len(groups)), key=lambda j: len(groups[j]))
         if len(groups[k]) < 2:
-            raise ValueError("ranks hold different numbers of rollout rows: cannot pair the experience forwards")
+            raise ValueError("ranks hold different numbers of rollout rows: "
+                             "cannot pair the experience forwards")
         groups[k: k + 1] = [groups[k][: len(groups[k]) // 2], groups[k][len(groups[k]) // 2:]]
     return groups
 
 
 @torch.no_grad()
 def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device) -> None:
-    """old log-probs (actor), reference log-probs, values (0 with no critic): no-grad, in groups of rows that fit
-    --rollout-forward-tokens (every rank runs the same number of forwards: the FSDP all-gathers must pair up).
-    Few, large forwards: each one re-gathers every sharded layer, so the count of forwards is what costs."""
+    """old log-probs (actor), reference log-probs, values (0 with no critic): no-grad, in groups of rows that
+    fit --rollout-forward-tokens (every rank runs the same number of forwards: the FSDP all-gathers must pair
+    up). Few, large forwards: each one re-gathers every sharded layer, so the count of forwards is what
+    costs."""
     B, R_full = batch["response_mask"].shape
     for key in ("old_logp", "ref_logp", "values"):
         batch[key] = torch.zeros(B, R_full)
@@ -693,7 +725,8 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device) -> 
         args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
         rows = torch.tensor(group)
         batch["old_logp"][rows, :mb["R"]] = token_logprobs(actor, *args, cfg.logprob_temperature)[0].cpu()
-        batch["ref_logp"][rows, :mb["R"]] = token_logprobs(ref, *args, cfg.logprob_temperature)[0].cpu().float()
+        ref_logp = token_logprobs(ref, *args, cfg.logprob_temperature)[0]
+        batch["ref_logp"][rows, :mb["R"]] = ref_logp.cpu().float()
         if critic is not None:
             batch["values"][rows, :mb["R"]] = critic(*args).cpu()
     m = batch["response_mask"]
@@ -705,7 +738,8 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device) -> 
 @dataclass
 class Learner:
     """One trained network with its optimizer, LR schedule and gradient clip: what ppo_update steps and a
-    checkpoint saves and restores. The critic's Learner may be None (no value network) wherever it is passed."""
+    checkpoint saves and restores. The critic's Learner may be None (no value network) wherever it is
+    passed."""
     name: str  # "actor" | "critic": the key of its metrics and of its parts of a checkpoint
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -729,7 +763,8 @@ class Learner:
 
 
 def make_learner(name: str, model: torch.nn.Module, lr: float, cfg: Config, total_updates: int) -> Learner:
-    """AdamW with the recipe's betas and weight decay; linear warm-up, then cosine down to min_lr_ratio x lr."""
+    """AdamW with the recipe's betas and weight decay; linear warm-up, then cosine down to min_lr_ratio x
+    lr."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             weight_decay=cfg.weight_decay)
     warmup = math.ceil(cfg.warmup_ratio * total_updates)
@@ -739,7 +774,8 @@ def make_learner(name: str, model: torch.nn.Module, lr: float, cfg: Config, tota
 
 
 class Sums:
-    """Running float64 sums of the update's diagnostics, all-reduced over ranks in one collective at the end."""
+    """Running float64 sums of the update's diagnostics, all-reduced over ranks in one collective at the
+    end."""
 
     def __init__(self, *names: str):
         self.total = {k: torch.zeros((), dtype=torch.float64) for k in names}
@@ -770,7 +806,7 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
     norms = {"actor_grad_norm": [], "critic_grad_norm": []}
     learners = [x for x in (actor if train_actor else None, critic) if x is not None]
     n_minibatches = 0
-    for epoch in range(cfg.ppo_epochs):
+    for _ in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator).tolist()
         for start in range(0, B - per_rank + 1, per_rank):
             idx = order[start: start + per_rank]
@@ -785,18 +821,20 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
                                                    with_entropy="grad" if cfg.entropy_coef else True)
                     pg = policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip_eps, cfg.loss_agg,
                                      denom)
-                    loss = pg - cfg.entropy_coef * aggregate(entropy, mask, cfg.loss_agg, denom) \
-                        if cfg.entropy_coef else pg
+                    loss = pg
+                    if cfg.entropy_coef:  # an entropy bonus: - coef * H
+                        loss = pg - cfg.entropy_coef * aggregate(entropy, mask, cfg.loss_agg, denom)
                     finite *= torch.isfinite(loss.detach()).float()
                     loss.backward()
                     add_policy_stats(sums, pg, logp, entropy, mb, cfg.clip_eps)
                 if critic is not None:
                     values = critic.model(*args)
-                    vl = value_loss(values, mb["values"], mb["returns"], mask, cfg.value_clip, cfg.loss_agg, denom)
+                    vl = value_loss(values, mb["values"], mb["returns"], mask, cfg.value_clip, cfg.loss_agg,
+                                    denom)
                     finite *= torch.isfinite(vl.detach()).float()
                     vl.backward()
-                    sums.add(v_loss=vl.item(), vf_clipfrac=(((values - mb["values"]).abs() > cfg.value_clip).float()
-                                                            * mask).sum().item())
+                    clipped = ((values - mb["values"]).abs() > cfg.value_clip).float()
+                    sums.add(v_loss=vl.item(), vf_clipfrac=(clipped * mask).sum().item())
                 sums.add(tokens=mask.sum().item())
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together, before any step
             if finite.item() < 1:
@@ -824,7 +862,8 @@ def add_policy_stats(sums: Sums, pg: torch.Tensor, logp, entropy, mb: dict, clip
              approx_kl=(kl_penalty(logp, mb["old_logp"], "k3") * mask).sum().item())
 
 
-def update_metrics(out: dict[str, float], norms: dict[str, list[float]], n_losses: int, train_actor: bool) -> dict:
+def update_metrics(out: dict[str, float], norms: dict[str, list[float]], n_losses: int,
+                   train_actor: bool) -> dict:
     """Per-token means of the diagnostics; the losses as optimised (the mean over mini-batches and ranks of
     each one's loss); the mean gradient norms. No policy metrics in a critic warm-up step."""
     tokens = max(out.pop("tokens"), 1.0)
@@ -849,15 +888,17 @@ def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
 
 
 # ---- evaluation: held-out greedy accuracy ----
-def greedy_accuracy(engine, actor, version: int, tokenizer, rows: list[dict], cfg: Config, rank: int, world: int,
-                    device) -> float:
+def greedy_accuracy(engine, actor, version: int, tokenizer, rows: list[dict], cfg: Config, rank: int,
+                    world: int, device) -> float:
     """Held-out greedy accuracy of the actor's update `version` (the engine is synced first, as before every
-    generate). A rank with no problems of its own generates nothing; the engines do not wait for each other."""
+    generate). A rank with no problems of its own generates nothing; the engines do not wait for each
+    other."""
     sync_weights(actor, engine, version)
     mine = rows[rank::world]
     correct = 0
     if mine:
-        samples = engine.generate([r["ids"] for r in mine], 1, 0.0, 1.0, cfg.generate_max_len, cfg.eval_batch_size)
+        samples = engine.generate([r["ids"] for r in mine], 1, 0.0, 1.0, cfg.generate_max_len,
+                                  cfg.eval_batch_size)
         texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
         scores = reward.batch_compute_scores(texts, [r["gold"] for r in mine], cfg.reward_timeout,
                                              None if cfg.reward_workers < 0 else cfg.reward_workers,
@@ -868,21 +909,22 @@ def greedy_accuracy(engine, actor, version: int, tokenizer, rows: list[dict], cf
     return counts["correct"] / max(counts["n"], 1)
 
 
-def held_out_eval(engine, actor, version: int, tokenizer, test_rows: list[dict], cfg: Config, rank: int, world: int,
-                  device, step: int, tag: str) -> float | None:
+def held_out_eval(engine, actor, version: int, tokenizer, test_rows: list[dict], cfg: Config, rank: int,
+                  world: int, device, step: int, tag: str) -> float | None:
     if not test_rows:
         return None
     t0 = time.perf_counter()
     acc = greedy_accuracy(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device)
-    print0(f"[eval {tag}] step {step}: held-out greedy accuracy {100 * acc:.1f}% on {len(test_rows)} problems "
+    print0(f"[eval {tag}] step {step}: held-out greedy accuracy {100 * acc:.1f}% "
+           f"on {len(test_rows)} problems "
            f"({time.perf_counter() - t0:.1f} s)")
     return acc
 
 
 # ---- the RL loop ----
 def main(cfg: Config) -> None:
-    """Set up (checks, data, models, engine, learners, resume), then steps 1-7 of the module docstring once per
-    RL step; the final model, held-out accuracy and a timing report at the end."""
+    """Set up (checks, data, models, engine, learners, resume), then steps 1-7 of the module docstring once
+    per RL step; the final model, held-out accuracy and a timing report at the end."""
     validate(cfg)
     reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
     rank, world, device = init_distributed()
@@ -895,19 +937,16 @@ def main(cfg: Config) -> None:
     total_steps, total_updates = count_steps(cfg, len(rows), len(test_rows), world)
     actor, ref, critic = load_models(cfg, resume_from, device)
     write_memory_plan(out, actor.config, world, cfg, device, rank)
-    engine, _ = make_engine(cfg, actor.config, tokenizer, rank, world, device)  # last: the trainer's memory is in place
-    ref.eval()
-    actor.train()
-    critic.train()
+    engine, _ = make_engine(cfg, actor.config, tokenizer, rank, world, device)  # last: after the trainer
     actor = make_learner("actor", actor, cfg.actor_lr, cfg, total_updates)
     critic = make_learner("critic", critic, cfg.critic_lr, cfg, total_updates)
     grad_bytes = record_grad_bytes(actor, critic)  # for memory_plan's check
     shuffle = torch.Generator().manual_seed(cfg.seed + rank)
     step, position, kept = start_or_resume(out, cfg, resume_from, actor, critic, shuffle, rank)
-    version = 0  # the actor's weights version: +1 per RL step that updates it; the engine records which it holds
+    version = 0  # the actor's weights: +1 per RL step that updates it; the engine records the one it holds
     if resume_from is None:
-        acc0 = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world, device, step,
-                             "start")
+        acc0 = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world, device,
+                             step, "start")
         if rank == 0 and acc0 is not None:
             log_metrics(out, {"step": step, "eval/accuracy": acc0})
     else:  # the start's accuracy is in the resumed run's log; evaluating again would add a second record
@@ -925,8 +964,8 @@ def main(cfg: Config) -> None:
                     rank * per_rank_prompts: (rank + 1) * per_rank_prompts]
                 position += cfg.rollout_batch_size
                 prompts = [rows[i] for i in idx]
-                samples = engine.generate([r["ids"] for r in prompts], cfg.n_samples_per_prompt, cfg.temperature,
-                                          cfg.top_p, cfg.generate_max_len)
+                samples = engine.generate([r["ids"] for r in prompts], cfg.n_samples_per_prompt,
+                                          cfg.temperature, cfg.top_p, cfg.generate_max_len)
                 engine.sleep()
             with timer(times, "score"):  # 3. score
                 texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
@@ -941,18 +980,19 @@ def main(cfg: Config) -> None:
                 kl = kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator) * m
                 batch["rewards"] = shape_rewards(torch.tensor(scores), kl, m, cfg.kl_coef)
                 adv, batch["returns"] = compute_gae(batch["rewards"], batch["values"], m, cfg.gamma, cfg.lam)
-                batch["advantages"] = masked_whiten(adv, m, distributed=True) if cfg.whiten_advantages else adv
+                whiten = cfg.whiten_advantages
+                batch["advantages"] = masked_whiten(adv, m, distributed=True) if whiten else adv
             with timer(times, "train"):  # 7. update
                 train_actor = step >= cfg.critic_warmup_steps
                 stats = ppo_update(actor, critic, batch, cfg, world, device, train_actor, shuffle)
                 version += int(train_actor)
             step += 1
-            record = step_record(step, batch, samples, texts, scores, stats, times, actor, critic, train_actor,
-                                 cfg, device)
+            record = step_record(step, batch, samples, texts, scores, stats, times, actor, critic,
+                                 train_actor, cfg, device)
             phase_ms.append(times)
             if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
-                acc = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world, device,
-                                    step, f"step {step}")
+                acc = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world,
+                                    device, step, f"step {step}")
                 if acc is not None:
                     record["eval/accuracy"] = acc
             if rank == 0:
@@ -974,7 +1014,8 @@ def main(cfg: Config) -> None:
     save_hf_checkpoint(actor.model, tokenizer, str(out / "final" / "actor"))
     save_critic(critic.model, tokenizer, str(out / "final" / "critic"))
     print0(f"saved {out / 'final' / 'actor'}")
-    acc1 = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world, device, step, "end")
+    acc1 = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world, device, step,
+                         "end")
     write_measured_memory(out, actor, critic, ref, engine, grad_bytes, rank)
     engine.close()  # before our process group goes: vLLM's shutdown tears down its groups on it
     final_report(out, step, acc0, acc1, phase_ms, rl_minutes, rank, world)
@@ -1334,13 +1375,14 @@ def progress_settings(stream, total: int) -> dict:
 
 # ---- main's helpers: set-up, resume, per-step logging, the time limit, the end ----
 def prompts_per_rank(cfg: Config, world: int) -> int:
-    """Each rank's share of a rollout batch's prompts; the batch must split into ranks and whole mini-batches."""
+    """Each rank's share of a rollout batch's prompts; the batch must split into ranks and whole
+    mini-batches."""
     per_rank_prompts, rem = divmod(cfg.rollout_batch_size, world)
     rollout_per_rank = per_rank_prompts * cfg.n_samples_per_prompt
     if rem or (cfg.train_batch_size % world) or rollout_per_rank % (cfg.train_batch_size // world):
         raise SystemExit(f"--rollout-batch-size {cfg.rollout_batch_size} x --n-samples-per-prompt "
-                         f"{cfg.n_samples_per_prompt} must split into {world} ranks and whole mini-batches of "
-                         f"--train-batch-size {cfg.train_batch_size}")
+                         f"{cfg.n_samples_per_prompt} must split into {world} ranks and whole mini-batches "
+                         f"of --train-batch-size {cfg.train_batch_size}")
     return per_rank_prompts
 
 
@@ -1370,8 +1412,8 @@ def load_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
             test_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
     if len(rows) < cfg.rollout_batch_size:
         raise SystemExit(f"{cfg.train_file}: {len(rows)} prompts (levels {cfg.levels or 'all'}, at most "
-                         f"{cfg.prompt_max_len} tokens), fewer than one rollout batch of --rollout-batch-size "
-                         f"{cfg.rollout_batch_size}")
+                         f"{cfg.prompt_max_len} tokens), fewer than one rollout batch of "
+                         f"--rollout-batch-size {cfg.rollout_batch_size}")
     print0(f"{len(rows)} prompts ({n_long} longer than {cfg.prompt_max_len} tokens: {cfg.long_prompts})")
     return rows, test_rows
 
@@ -1388,14 +1430,16 @@ def count_steps(cfg: Config, n_rows: int, n_test: int, world: int) -> tuple[int,
 
 
 def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
-    """actor (trained), reference (frozen), critic (trunk + value head); all FSDP2-sharded. One at a time: each
-    is loaded on the host, sharded (each rank keeps 1/world of it) and only then the next is loaded, so a rank's
-    host never holds more than one full copy; the reference in bf16 on GPU (it is only ever run in bf16)."""
+    """actor (trained), reference (frozen), critic (trunk + value head); all FSDP2-sharded. One at a time:
+    each is loaded on the host, sharded (each rank keeps 1/world of it) and only then the next is loaded, so a
+    rank's host never holds more than one full copy; the reference in bf16 on GPU (it is only ever run in
+    bf16)."""
     actor = load_model(str(resume_from / "actor") if resume_from else cfg.model, cfg.seed,
                        cfg.gradient_checkpointing)
     disable_dropout(actor)
     actor = shard_model(actor, device)
-    ref = load_model(cfg.model, cfg.seed, False, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    ref_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    ref = load_model(cfg.model, cfg.seed, False, dtype=ref_dtype)
     disable_dropout(ref)
     ref.requires_grad_(False)
     ref = shard_model(ref, device)
@@ -1403,6 +1447,9 @@ def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
                          cfg.seed, cfg.gradient_checkpointing, cfg.value_head_init)
     disable_dropout(critic)
     critic = shard_model(critic, device)
+    ref.eval()
+    actor.train()
+    critic.train()
     return actor, ref, critic
 
 
@@ -1449,7 +1496,8 @@ def step_record(step: int, batch: dict, samples: list[Sample], texts: list[str],
     if record["kl"] < -3 * record["kl_stderr"] - 1e-6:
         print0(f"WARNING step {step}: mean k1 = {record['kl']:.4g} < 0 (stderr {record['kl_stderr']:.2g}). "
                "In expectation KL(pi||pi_ref) >= 0: the scored policy is not the sampled one "
-               "(sampler/scorer masking, temperature or weight sync mismatch). The KL penalty is now a bonus.")
+               "(sampler/scorer masking, temperature or weight sync mismatch). "
+               "The KL penalty is now a bonus.")
     if record.get("engine_logprob_gap", 0) > (1e-3 if device.type == "cpu" else 0.1):  # fp32 vs bf16 noise
         print0(f"WARNING step {step}: engine vs trainer log-prob gap {record['engine_logprob_gap']:.3g} "
                "nats/token: the rollout engine does not sample the policy being trained (weight sync?)")
@@ -1492,12 +1540,14 @@ def time_is_up(cfg: Config, t_start: float, step: int) -> bool:
 
 
 def stop_on_non_finite(e: FloatingPointError, cfg: Config, step: int, last_ckpt: Path | None, bar, engine):
-    """A NaN/inf loss or gradient norm (ppo_update raises before any optimizer step): say where to go on from."""
+    """A NaN/inf loss or gradient norm (ppo_update raises before any optimizer step): say where to go on
+    from."""
     bar.close()
     where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
     print0(f"ERROR at RL step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step was "
            f"saved; {where}. Check the config first (learning rates {cfg.actor_lr:g}/{cfg.critic_lr:g}, "
-           f"temperature {cfg.temperature:g}, max_grad_norm {cfg.max_grad_norm:g}), then the data; then --resume.")
+           f"temperature {cfg.temperature:g}, max_grad_norm {cfg.max_grad_norm:g}), then the data; "
+           "then --resume.")
     engine.close()
     dist.destroy_process_group()
     raise SystemExit(1)
@@ -1524,7 +1574,7 @@ def final_report(out: Path, step: int, acc0, acc1, phase_ms: list[dict], rl_minu
 
 # ---- data ----
 PROMPT_FIELDS = ("input", "prompt")  # already formatted
-QUESTION_FIELDS = ("question", "problem")  # formatted with reward.apply_template (MATH 500's rows have `problem`)
+QUESTION_FIELDS = ("question", "problem")  # formatted by reward.apply_template (MATH 500's rows: `problem`)
 GOLD_FIELDS = ("answer", "gt_answer", "ground_truth_answer")
 
 
@@ -1536,7 +1586,8 @@ def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+        raise ValueError(f"{path} line {line}: not UTF-8 "
+                         f"(byte 0x{raw[e.start]:02x} at offset {e.start})") from None
     if text.lstrip().startswith("["):
         try:
             items = [(f"index {i}", row) for i, row in enumerate(json.loads(text))]
@@ -1568,7 +1619,8 @@ def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
         else:
             raise ValueError(f"{path} {where}: none of the fields 'input', 'prompt', 'question', 'problem'")
         if not isinstance(prompt, str):
-            raise ValueError(f"{path} {where}: field '{prompt_key}' must be a string, got {type(prompt).__name__}")
+            raise ValueError(f"{path} {where}: field '{prompt_key}' must be a string, "
+                             f"got {type(prompt).__name__}")
         if prompt_key in QUESTION_FIELDS:
             prompt = reward.apply_template(prompt, template)
         gold_key = next((k for k in GOLD_FIELDS if k in row), None)
@@ -1619,8 +1671,8 @@ def save_checkpoint(out: Path, step: int, actor: Learner, critic: Learner | None
                     keep: int, keep_actors: bool = True) -> Path:
     """Written into checkpoint-<step>.tmp/ and renamed when complete: a run killed mid-save leaves only
     a .tmp that resume ignores. Optimizer states are sharded (each rank writes its own part, DCP).
-    Retention: the newest `keep` (0: all) stay resumable; older ones keep only actor/ (the HF folder evaluate.py
-    loads, as v0 kept every checkpoint), or are deleted whole when keep_actors is False."""
+    Retention: the newest `keep` (0: all) stay resumable; older ones keep only actor/ (the HF folder
+    evaluate.py loads, as v0 kept every checkpoint), or are deleted whole when keep_actors is False."""
     final = out / f"checkpoint-{step}"
     tmp = out / f"checkpoint-{step}.tmp"
     learners = [x for x in (actor, critic) if x is not None]
@@ -1648,7 +1700,8 @@ def save_checkpoint(out: Path, step: int, actor: Learner, critic: Learner | None
                 if not keep_actors:
                     shutil.rmtree(p, ignore_errors=True)
                     continue
-                (p / "trainer_state.pt").unlink(missing_ok=True)  # first: a half-pruned folder is never resumed
+                # first: a half-pruned folder is never resumed
+                (p / "trainer_state.pt").unlink(missing_ok=True)
                 for part in ("critic", "optim"):
                     shutil.rmtree(p / part, ignore_errors=True)
     dist.barrier()
@@ -1682,8 +1735,8 @@ def load_checkpoint(path: Path, actor: Learner, critic: Learner | None, rank: in
 
 
 # ---- observability ----
-REFLECTION = re.compile(r"\b(wait|recheck|re-check|double[- ]check|let me (?:verify|check)|let's (?:verify|check)|"
-                        r"verify)\b", re.IGNORECASE)
+REFLECTION = re.compile(r"\b(wait|recheck|re-check|double[- ]check|let me (?:verify|check)|"
+                        r"let's (?:verify|check)|verify)\b", re.IGNORECASE)
 
 
 def global_sums(values: dict[str, float], device) -> dict[str, float]:
@@ -1704,7 +1757,8 @@ def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: 
     s = global_sums({
         "n": len(samples), "reward": sum(scores), "accuracy": sum(x == 1.0 for x in scores),
         "format": sum(x > -1.0 for x in scores), "length": lengths.sum().item(),
-        "truncated": sum(x.truncated for x in samples), "reflection": sum(bool(REFLECTION.search(t)) for t in texts),
+        "truncated": sum(x.truncated for x in samples),
+        "reflection": sum(bool(REFLECTION.search(t)) for t in texts),
         "tokens": m.sum().item(), "k1": k1.sum().item(), "k1_sq": (k1 ** 2).sum().item(),
         "k1_seq": k1.sum().item(), "ret": (ret * m).sum().item(), "ret_sq": (ret ** 2 * m).sum().item(),
         "err": ((ret - val) * m).sum().item(), "err_sq": ((ret - val) ** 2 * m).sum().item(),
@@ -1722,7 +1776,7 @@ def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: 
            "explained_variance": 1 - var_err / var_ret if var_ret > 0 else float("nan"),
            "kl_stderr": math.sqrt(max(s["k1_sq"] / tok - (s["k1"] / tok) ** 2, 0) / tok)}
     if s["gap_n"]:
-        out["engine_logprob_gap"] = s["gap"] / s["gap_n"]  # mean |engine - trainer| log-prob of sampled tokens
+        out["engine_logprob_gap"] = s["gap"] / s["gap_n"]  # mean |engine - trainer| log-prob, sampled tokens
     return out
 
 
@@ -1763,21 +1817,25 @@ def count_parameters(model_config) -> dict[str, int]:
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(model_config)
     total = sum(p.numel() for p in lm.parameters())  # tied embeddings count once
-    head = 0 if getattr(model_config, "tie_word_embeddings", False) else lm.get_output_embeddings().weight.numel()
+    tied = getattr(model_config, "tie_word_embeddings", False)
+    head = 0 if tied else lm.get_output_embeddings().weight.numel()
     largest_layer = max(sum(p.numel() for p in layer.parameters()) for layer in lm.model.layers)
     root = total - sum(p.numel() for p in lm.model.layers.parameters())  # embeddings, final norm, head
-    return {"actor": total, "critic": total - head + model_config.hidden_size, "layer": largest_layer, "root": root}
+    return {"actor": total, "critic": total - head + model_config.hidden_size, "layer": largest_layer,
+            "root": root}
 
 
-def memory_plan(model_config, world: int, cfg: Config, device_type: str = "cuda", device_gb: float = 80.0) -> dict:
+def memory_plan(model_config, world: int, cfg: Config, device_type: str = "cuda",
+                device_gb: float = 80.0) -> dict:
     """What each GPU holds, in bytes, for this model, world size and batch settings (on CPU: per rank, host).
     Resident all run long: FSDP2 shards of fp32 weights, fp32 gradients and AdamW's two fp32 moments
     (16 bytes per parameter / world) for actor and critic; the reference's shard (bf16 on GPU); the FSDP
     all-gather buffers of the unit being computed (root + one layer, in the compute dtype). Phase peaks:
-    training activations (micro_train_batch_size sequences) or the experience forwards' (rollout_forward_tokens)
-    while vLLM sleeps; vLLM's share (gpu_memory_utilization of the device: weights + KV cache) while it generates.
-    Gradients are accumulated sharded (item 2 of issue 10): `grad_accum_unsharded` is what keeping full
-    gradients between micro-batches would add, and is not part of any peak."""
+    training activations (micro_train_batch_size sequences) or the experience forwards'
+    (rollout_forward_tokens) while vLLM sleeps; vLLM's share (gpu_memory_utilization of the device: weights +
+    KV cache) while it generates. Gradients are accumulated sharded (item 2 of issue 10):
+    `grad_accum_unsharded` is what keeping full gradients between micro-batches would add, and is not part of
+    any peak."""
     n = count_parameters(model_config)
     gpu = device_type == "cuda"
     compute = 2 if gpu else 4  # bf16 on GPU, fp32 on CPU
@@ -1803,20 +1861,23 @@ def memory_plan(model_config, world: int, cfg: Config, device_type: str = "cuda"
     plan["train_activations"] = layers + tokens * V * (14 if gpu else 16) * cfg.generate_max_len / seq
     # experience forwards (no grad): logits of every kept position, plus one layer's activations
     exp_tokens = min(cfg.rollout_forward_tokens, (cfg.micro_rollout_batch_size or 10 ** 9) * seq)
-    plan["experience_activations"] = exp_tokens * V * (compute + 8) + compute * exp_tokens * (4 * h + 2 * kv + 3 * inter)
+    plan["experience_activations"] = (exp_tokens * V * (compute + 8)
+                                      + compute * exp_tokens * (4 * h + 2 * kv + 3 * inter))
     plan["grad_accum_unsharded"] = 4 * (n["actor"] + n["critic"])
-    if gpu:  # vLLM while awake: gpu_memory_utilization of the device; its weights in bf16, the rest KV cache + its activations
+    if gpu:  # vLLM awake: gpu_memory_utilization of the device; bf16 weights, the rest KV cache + activations
         plan["vllm_weights"] = 2 * n["actor"]
-        plan["vllm_kv_cache_and_activations"] = cfg.vllm_gpu_memory_utilization * device_gb * 1e9 - 2 * n["actor"]
+        vllm_bytes = cfg.vllm_gpu_memory_utilization * device_gb * 1e9
+        plan["vllm_kv_cache_and_activations"] = vllm_bytes - 2 * n["actor"]
         host_sleep = 2 * n["actor"] if cfg.vllm_sleep_level == 1 else 0
-    else:  # CPU: fp32 weights, VLLM_CPU_KVCACHE_SPACE GiB of KV cache (HF engine: the same unsharded fp32 copy)
+    else:  # CPU: fp32 weights, VLLM_CPU_KVCACHE_SPACE GiB of KV cache (HF engine: the same fp32 copy)
         plan["vllm_weights"] = 4 * n["actor"]
         plan["vllm_kv_cache_and_activations"] = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 1)) * gb \
             if cfg.engine == "vllm" else 0.0
         host_sleep = 0
-    resident = sum(plan[k] for k in ("actor_weights", "actor_grads", "actor_adam", "critic_weights", "critic_grads",
-                                     "critic_adam", "reference"))
-    plan["peak_training"] = resident + plan["fsdp_gather"] + max(plan["train_activations"], plan["experience_activations"])
+    resident = sum(plan[k] for k in ("actor_weights", "actor_grads", "actor_adam", "critic_weights",
+                                     "critic_grads", "critic_adam", "reference"))
+    activations = max(plan["train_activations"], plan["experience_activations"])
+    plan["peak_training"] = resident + plan["fsdp_gather"] + activations
     plan["peak_generation"] = resident + plan["vllm_weights"] + plan["vllm_kv_cache_and_activations"]
     plan["host_sleep_level_1_per_rank"] = host_sleep
     plan["parameters"] = n
@@ -1830,7 +1891,8 @@ def format_memory_plan(plan: dict, model_config, world: int) -> str:
              f"critic {n['critic'] / 1e9:.3g}B), GB:"]
     lines += [f"  {k:32s} {plan[k] / 1e9:9.3f}" for k in rows]
     if plan["host_sleep_level_1_per_rank"]:
-        lines.append(f"  (sleep level 1 parks {plan['host_sleep_level_1_per_rank'] / 1e9:.1f} GB per rank in host memory)")
+        lines.append(f"  (sleep level 1 parks {plan['host_sleep_level_1_per_rank'] / 1e9:.1f} GB per rank "
+                     "in host memory)")
     return "\n".join(lines)
 
 
@@ -1844,7 +1906,8 @@ def measured_memory(actor: Learner, critic: Learner | None, ref, engine) -> dict
     local = local_bytes
 
     def adam(opt):
-        return sum(local(v) for st in opt.state.values() for k, v in st.items() if torch.is_tensor(v) and v.dim() > 0)
+        return sum(local(v) for st in opt.state.values() for v in st.values()
+                   if torch.is_tensor(v) and v.dim() > 0)
 
     out = {}
     for x in (actor, critic):
@@ -1891,10 +1954,10 @@ def write_measured_memory(out: Path, actor: Learner, critic: Learner | None, ref
 # Fields --resume lets differ from the saved config.json: how long to run and how often to evaluate, save
 # and log, where the held-out problems come from, and memory/speed knobs with the same numbers. Every
 # other change (model, data, batch sizes, learning rates, ...) would make the resumed run a different one.
-SAFE_ON_RESUME = {"max_steps", "num_episodes", "time_limit_minutes", "eval_every", "eval_size", "eval_batch_size",
-                  "test_file", "save_every", "keep_checkpoints", "dump_rollouts_every", "resume", "overwrite",
-                  "output_dir", "micro_train_batch_size", "micro_rollout_batch_size", "gradient_checkpointing",
-                  "reward_workers", "vllm_gpu_memory_utilization"}
+SAFE_ON_RESUME = {"max_steps", "num_episodes", "time_limit_minutes", "eval_every", "eval_size",
+                  "eval_batch_size", "test_file", "save_every", "keep_checkpoints", "dump_rollouts_every",
+                  "resume", "overwrite", "output_dir", "micro_train_batch_size", "micro_rollout_batch_size",
+                  "gradient_checkpointing", "reward_workers", "vllm_gpu_memory_utilization"}
 
 
 def validate(cfg: Config) -> None:
@@ -1903,16 +1966,19 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
     for name in ("rollout_batch_size", "n_samples_per_prompt", "train_batch_size", "micro_train_batch_size",
-                 "micro_rollout_batch_size", "eval_batch_size", "prompt_max_len", "generate_max_len", "ppo_epochs"):
+                 "micro_rollout_batch_size", "eval_batch_size", "prompt_max_len", "generate_max_len",
+                 "ppo_epochs"):
         need(getattr(cfg, name) > 0, name, "must be a positive integer")
     need(cfg.temperature > 0, "temperature", "must be > 0 (log-probs are taken at logits / temperature; "
          "sampling at temperature 0 is greedy decoding, which PPO cannot learn from)")
     need(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
-    need(cfg.reward_timeout > 0, "reward_timeout", "must be > 0 seconds (each answer comparison's time limit)")
-    need(cfg.reward_workers >= -1, "reward_workers", "must be -1 (default), 0 (in-process) or a number of processes")
-    for name in ("actor_lr", "critic_lr", "weight_decay", "kl_coef", "entropy_coef", "max_grad_norm", "eval_size",
-                 "save_every", "keep_checkpoints", "dump_rollouts_every", "critic_warmup_steps", "time_limit_minutes",
-                 "eval_every"):
+    need(cfg.reward_timeout > 0, "reward_timeout",
+         "must be > 0 seconds (each answer comparison's time limit)")
+    need(cfg.reward_workers >= -1, "reward_workers",
+         "must be -1 (default), 0 (in-process) or a number of processes")
+    for name in ("actor_lr", "critic_lr", "weight_decay", "kl_coef", "entropy_coef", "max_grad_norm",
+                 "eval_size", "save_every", "keep_checkpoints", "dump_rollouts_every", "critic_warmup_steps",
+                 "time_limit_minutes", "eval_every"):
         need(getattr(cfg, name) >= 0, name, "must be >= 0")
     for name in ("clip_eps", "value_clip"):
         need(getattr(cfg, name) > 0, name, "must be > 0")
@@ -1931,7 +1997,8 @@ def validate(cfg: Config) -> None:
     need(cfg.rollout_forward_tokens > 0, "rollout_forward_tokens", "must be a positive number of tokens")
     need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")
     parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
-    need(all(x.lstrip("-").isdigit() for x in parts), "levels", "must be comma-separated integers, e.g. 3,4,5")
+    need(all(x.lstrip("-").isdigit() for x in parts), "levels",
+         "must be comma-separated integers, e.g. 3,4,5")
     need(bool(cfg.train_file) and Path(cfg.train_file).is_file(), "train_file", "no such file")
     need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
     model_source(cfg.model)
@@ -1942,8 +2009,8 @@ def validate(cfg: Config) -> None:
 def parse_args(argv=None) -> Config:
     """Command line = the dataclass: --preset fills in its values first, then explicit flags win."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (tiny: the CPU world); "
-                        "explicit flags override it")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="a named set of defaults (tiny: the CPU world); explicit flags override it")
     comments = config_help(Config)  # the help text is the field's comment in Config
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
