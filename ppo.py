@@ -879,14 +879,6 @@ def update_metrics(out: dict[str, float], norms: dict[str, list[float]], n_losse
     return result
 
 
-def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 # ---- evaluation: held-out greedy accuracy ----
 def greedy_accuracy(engine, actor, version: int, tokenizer, rows: list[dict], cfg: Config, rank: int,
                     world: int, device) -> float:
@@ -1274,9 +1266,39 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def write_metrics(path: Path, records: list[dict]) -> None:
+    replace_atomically(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
+
+
+def log_metrics(out: Path, record: dict) -> None:
+    """One record appended to metrics.jsonl (read_metrics drops a torn last line)."""
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def replace_atomically(path: Path, write) -> None:
+    """write(tmp), then rename tmp over `path`: a reader, or a crash, never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write(tmp)
     os.replace(tmp, path)
+
+
+def plot_metrics(out: Path, keys: list[str], xlabel: str) -> None:
+    """curves.png: one panel per key that a record of metrics.jsonl has (eval keys drawn as points)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = read_metrics(out / "metrics.jsonl")
+    keys = [k for k in keys if any(k in r for r in records)]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot(*zip(*pts), marker="o" if "eval" in key else None, markersize=3)
+        ax.set(title=key, xlabel=xlabel)
+    fig.tight_layout()
+    replace_atomically(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)
 
 
 def checkpoint_problems(ckpt: Path) -> list[str]:
@@ -1321,6 +1343,13 @@ def newest_intact(checkpoints: list[Path]) -> Path | None:
     if problems:
         raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
     return None
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint-<step>/ (its trainer_state.pt is written last) whose files are intact."""
+    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+            and (p / "trainer_state.pt").exists()]
+    return newest_intact(done)
 
 
 @contextlib.contextmanager
@@ -1369,6 +1398,14 @@ def progress_settings(stream, total: int) -> dict:
     if getattr(stream, "isatty", lambda: False)():
         return {}
     return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 # ---- end of setup twins ----
 
@@ -1661,12 +1698,6 @@ def prompts_at(position: int, count: int, n: int, seed: int) -> list[int]:
 
 
 # ---- checkpoints: checkpoint-<step>/{actor,critic,optim,trainer_state.pt}, complete once renamed ----
-def latest_checkpoint(out: Path) -> Path | None:
-    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
-            and (p / "trainer_state.pt").exists()]
-    return newest_intact(done)
-
-
 def save_checkpoint(out: Path, step: int, actor: Learner, critic: Learner | None, tokenizer, state: dict,
                     keep: int, keep_actors: bool = True) -> Path:
     """Written into checkpoint-<step>.tmp/ and renamed when complete: a run killed mid-save leaves only
@@ -1780,29 +1811,9 @@ def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: 
     return out
 
 
-def log_metrics(out: Path, record: dict) -> None:
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def plot_curves(out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    records = read_metrics(out / "metrics.jsonl")
-    keys = ["reward", "format_rate", "accuracy", "eval/accuracy", "response_length", "kl", "reflection_rate"]
-    keys = [k for k in keys if any(k in r for r in records)]
-    if not keys:
-        return
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(*zip(*pts), marker="o" if key.startswith("eval") else None, markersize=3)
-        ax.set(title=key, xlabel="RL step")
-    fig.tight_layout()
-    fig.savefig(out / "curves.tmp.png", dpi=80)
-    plt.close(fig)
-    os.replace(out / "curves.tmp.png", out / "curves.png")
+    plot_metrics(out, ["reward", "format_rate", "accuracy", "eval/accuracy", "response_length", "kl",
+                       "reflection_rate"], "RL step")
 
 
 def _all_gather(obj) -> list:

@@ -38,6 +38,7 @@ import math
 import os
 import pickle
 import random
+import re
 import resource
 import shutil
 import socket
@@ -417,9 +418,39 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def write_metrics(path: Path, records: list[dict]) -> None:
+    replace_atomically(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
+
+
+def log_metrics(out: Path, record: dict) -> None:
+    """One record appended to metrics.jsonl (read_metrics drops a torn last line)."""
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def replace_atomically(path: Path, write) -> None:
+    """write(tmp), then rename tmp over `path`: a reader, or a crash, never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write(tmp)
     os.replace(tmp, path)
+
+
+def plot_metrics(out: Path, keys: list[str], xlabel: str) -> None:
+    """curves.png: one panel per key that a record of metrics.jsonl has (eval keys drawn as points)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = read_metrics(out / "metrics.jsonl")
+    keys = [k for k in keys if any(k in r for r in records)]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot(*zip(*pts), marker="o" if "eval" in key else None, markersize=3)
+        ax.set(title=key, xlabel=xlabel)
+    fig.tight_layout()
+    replace_atomically(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)
 
 
 def checkpoint_problems(ckpt: Path) -> list[str]:
@@ -464,6 +495,13 @@ def newest_intact(checkpoints: list[Path]) -> Path | None:
     if problems:
         raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
     return None
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint-<step>/ (its trainer_state.pt is written last) whose files are intact."""
+    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+            and (p / "trainer_state.pt").exists()]
+    return newest_intact(done)
 
 
 @contextlib.contextmanager
@@ -512,6 +550,14 @@ def progress_settings(stream, total: int) -> dict:
     if getattr(stream, "isatty", lambda: False)():
         return {}
     return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 # ---- end of setup twins ----
 
@@ -619,14 +665,6 @@ def global_batch(step: int, n: int, batch_size: int, seed: int) -> list[int]:
 
 
 # ---- optimisation ----
-def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def token_nll_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """sum over response tokens of -log p(y_t | y_<t): logits at t predict the token at t+1."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -703,12 +741,6 @@ def greedy_accuracy(copy_, tokenizer, rows: list[dict], cfg: Config, device, ran
 
 
 # ---- checkpoints and logs ----
-def latest_checkpoint(out: Path) -> Path | None:
-    """Newest checkpoint-<step>/ that is complete (trainer_state.pt is written last)."""
-    done = [p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / "trainer_state.pt").exists()]
-    return newest_intact(done)
-
-
 def save_checkpoint(model, optimizer, scheduler, tokenizer, step: int, data_state: dict, out: Path) -> None:
     path = out / f"checkpoint-{step}"
     save_hf_checkpoint(model, tokenizer, str(path))
@@ -748,26 +780,8 @@ def load_trainer_state(path: Path, model, optimizer, scheduler, data_state: dict
     return state["step"]
 
 
-def log_metrics(out: Path, record: dict) -> None:
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def plot_curves(out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    records = read_metrics(out / "metrics.jsonl")
-    keys = [k for k in ("loss", "lr", "grad_norm", "eval_accuracy") if any(k in r for r in records)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(*zip(*pts), marker="o" if key == "eval_accuracy" else None)
-        ax.set(title=key, xlabel="step")
-    fig.tight_layout()
-    fig.savefig(out / "curves.png.tmp.png", dpi=80)
-    plt.close(fig)
-    os.replace(out / "curves.png.tmp.png", out / "curves.png")
+    plot_metrics(out, ["loss", "lr", "grad_norm", "eval_accuracy"], "step")
 
 
 def main(cfg: Config) -> None:
