@@ -171,7 +171,7 @@ def test_full_disk_says_no_space_left(tmp_path):
                     f.flush()
     out = tmp_path / "run"
     out.mkdir()
-    (out / "curves.tmp.png").symlink_to("/dev/full")  # the first save's plot lands on a full disk
+    (out / "curves.png.tmp").symlink_to("/dev/full")  # the first save's plot lands on a full disk
     r = run("ppo.py", out, "--max-steps", "2", "--test-file", "")
     clear_error(r, f"no space left on {out}")
 
