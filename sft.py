@@ -1,8 +1,9 @@
 """Supervised fine-tuning: the long-CoT warm-up of SimpleRL (SFT, then the same RL as SimpleRL-Zero).
 
     torchrun --nproc_per_node=8 sft.py --train-file long_cot.jsonl --output-dir runs/sft   # GPU: FSDP2, bf16
-    torchrun --nproc_per_node=2 sft.py --preset tiny                                          # CPU: gloo, fp32
-    python sft.py --preset tiny                                                               # a world of one
+    torchrun --nproc_per_node=2 sft.py --preset tiny                                          # CPU: gloo,
+    fp32 python sft.py --preset tiny                                                               # a world
+    of one
 
 The objective is next-token cross-entropy on the response only, averaged over every response token
 of the global batch:
@@ -20,6 +21,19 @@ dropped: cut to max_length it would teach a response with no EOS and often no fi
 `question`/`problem`/`prompt` and `answer` (MATH 500's test.jsonl works): at the end (and every
 `--eval-every` steps) a plain unsharded copy of the model answers it greedily and `reward.compute_score`
 (grader "simplerl", as evaluate.py) grades it (exact match = score 1.0).
+
+Where things are: the objective -> token_nll_sum; one optimizer step -> train_step; the held-out eval ->
+HeldOutEval, greedy_accuracy; the loop -> main. Config, the math and the loop come first; plumbing (setup
+twins, data, checkpoints, logging, CLI) is below the "plumbing below" marker.
+
+One optimizer step, in the order the code runs it (`main`, same numbers):
+
+  1. batch     the step's global batch (a seeded permutation per epoch: the step number alone fixes it),
+               this rank's share, in micro-batches of --micro-train-batch-size (global_batch, collate)
+  2. loss      per micro-batch: forward, the summed response-token NLL x world / N, backward (train_step)
+  3. step      clip the global gradient norm (stop on NaN/inf), AdamW step, cosine schedule (train_step)
+  4. log       metrics.jsonl, every --eval-every steps the held-out accuracy, the progress bar
+  5. save      every --save-every steps a resumable checkpoint
 
 Outputs in --output-dir: checkpoint-<step>/ (HF folder + trainer_state.pt, for --resume), final/
 (HF folder), metrics.jsonl, curves.png.
@@ -45,11 +59,11 @@ import socket
 import sys
 import time
 import tokenize
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import zipfile
 import torch.distributed as dist
 import torch.nn.functional as F
 import torch.distributed.checkpoint as dcp
@@ -76,7 +90,8 @@ class Config:
     template: str = "simplerl"  # the RL stage's prompt, so SFT teaches the format RL then rewards
     output_dir: str = "runs/sft"  # metrics.jsonl, config.json, checkpoint-<step>/, final/
     max_length: int = 4096  # prompt + response tokens; long-CoT responses exceed OpenRLHF's 2048
-    long_examples: str = "drop"  # longer examples: drop (counted) | truncate (keeps the start: no EOS, often no box)
+    long_examples: str = "drop"  # longer examples (counted): drop | truncate (keeps the start: no EOS, often
+    #   no box)
     epochs: int = 2  # OpenRLHF train_sft --max_epochs default
     max_steps: int = -1  # optimizer steps; > 0 overrides epochs (the data then cycles through epochs)
     lr: float = 1e-5  # peak; common for 7B long-CoT SFT (s1, Sky-T1); OpenRLHF's default is 5e-6
@@ -85,22 +100,24 @@ class Config:
     weight_decay: float = 0.0  # AdamW decoupled weight decay: OpenRLHF --l2 default
     adam_beta1: float = 0.9  # OpenRLHF --adam_betas (0.9, 0.95)
     adam_beta2: float = 0.95  # AdamW second-moment decay
-    grad_clip: float = 1.0  # global gradient-norm clip: OpenRLHF --max_norm
-    global_batch_size: int = 128  # sequences per optimizer step, all ranks: OpenRLHF --train_batch_size
-    micro_batch_size: int = 1  # sequences per forward per rank (4096-token sequences of a 7B model)
+    max_grad_norm: float = 1.0  # global gradient-norm clip [--max_norm] (was --grad-clip)
+    train_batch_size: int = 128  # sequences per optimizer step, all ranks together (was --global-batch-size)
+    micro_train_batch_size: int = 1  # sequences per forward per rank, 4096-token sequences at 7B (was
+    #   --micro-batch-size)
     gradient_checkpointing: bool = True  # activations of 4096 tokens x 28 layers do not fit otherwise
     eval_every: int = 0  # steps between held-out evals (0: only the final one)
     eval_size: int = 100  # problems in each periodic eval (a seeded sample of the test file)
     eval_batch_size: int = 64  # prompts per generate call per rank
-    max_new_tokens: int = 4096  # eval generation budget
+    generate_max_len: int = 4096  # most new tokens per held-out answer (was --max-new-tokens)
     save_every: int = 50  # steps between resumable checkpoints (0: only final/)
     log_every: int = 1  # steps between metrics.jsonl lines
     seed: int = 42  # data order, the eval sample, any random init: OpenRLHF --seed default
-    resume: bool = False  # continue from the newest intact checkpoint-<step>/ in output_dir (config must match)
+    resume: bool = False  # continue from the newest intact checkpoint-<step>/ (the config must match)
     overwrite: bool = False  # start over in an output_dir that holds another run, deleting that run's files
-    stop_at_accuracy: float = 0.0  # > 0: stop (saving final/) once a periodic eval reaches it: an "early" checkpoint picked by accuracy
-    stop_after: int = -1  # testing aid: stop after this step as if killed (the schedule still spans max_steps)
-    eos_token: str = "<|im_end|>"  # appended to every response: the chat turn's end, a stop word of the RL stage
+    stop_at_accuracy: float = 0.0  # > 0: stop (saving final/) once a periodic eval reaches it: an "early"
+    #   checkpoint picked by accuracy
+    stop_after: int = -1  # testing aid: stop after this step as if killed (the schedule spans max_steps)
+    eos_token: str = "<|im_end|>"  # appended to every response: the turn's end, a stop word of the RL stage
 
 
 PRESETS = {
@@ -110,63 +127,189 @@ PRESETS = {
                  # many small steps: accuracy jumps from <10% to >90% after 700-1300 updates of 32 sequences;
                  # 800-900 updates of 64 or 128 stayed under 25% (measured on this CPU)
                  max_steps=2200, lr=2e-3, min_lr_ratio=0.1, warmup_ratio=0.05, weight_decay=0.0,
-                 adam_beta1=0.9, adam_beta2=0.98, global_batch_size=32, micro_batch_size=16,
+                 adam_beta1=0.9, adam_beta2=0.98, train_batch_size=32, micro_train_batch_size=16,
                  gradient_checkpointing=False, eval_every=0, eval_size=100, eval_batch_size=320,
-                 max_new_tokens=32, save_every=200, seed=0,
-                 # the demo's base.jsonl: 457 of its 1,570 examples (the code-padded style) exceed 64 tokens; the
-                 # demo's base model was measured learning their truncated starts, so the preset keeps truncating
+                 generate_max_len=32, save_every=200, seed=0,
+                 # the demo's base.jsonl: 457 of its 1,570 examples (the code-padded style) exceed 64 tokens;
+                 # the demo's base model was measured learning their truncated starts, so the preset keeps
+                 # truncating
                  long_examples="truncate"),
 }
 
 
-# Fields --resume lets differ from the saved config.json: how long to run, how often to evaluate, save and
-# log, the held-out problems, and memory/speed knobs with the same numbers. Anything else (model, data,
-# learning rate, batch size, ...) would make the resumed run a different one.
-SAFE_ON_RESUME = {"max_steps", "epochs", "eval_every", "eval_size", "eval_batch_size", "max_new_tokens", "test_file",
-                  "save_every", "log_every", "resume", "overwrite", "output_dir", "stop_at_accuracy", "stop_after",
-                  "micro_batch_size", "gradient_checkpointing"}
+# ---- the objective and one optimizer step ----
+def token_nll_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """sum over response tokens of -log p(y_t | y_<t): logits at t predict the token at t+1."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                           ignore_index=-100, reduction="sum")
 
 
-def validate(cfg: Config) -> None:
-    """Every value checked once, before anything is loaded or written: a clear error, never zeros."""
-    def need(ok: bool, flag: str, rule: str) -> None:
-        if not ok:
-            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
-    need(bool(cfg.train_file), "train_file", "is required (or --preset tiny)")
-    need(cfg.long_examples in ("drop", "truncate"), "long_examples", "must be drop or truncate")
-    for name in ("global_batch_size", "micro_batch_size", "max_length", "eval_batch_size", "max_new_tokens",
-                 "eval_size", "log_every"):
-        need(getattr(cfg, name) > 0, name, "must be a positive integer")
-    need(cfg.max_steps > 0 or cfg.epochs > 0, "epochs", "must be > 0 when --max-steps is not set")
-    for name in ("lr", "weight_decay", "grad_clip", "eval_every", "save_every", "stop_at_accuracy"):
-        need(getattr(cfg, name) >= 0, name, "must be >= 0")
-    for name in ("adam_beta1", "adam_beta2", "warmup_ratio", "min_lr_ratio"):
-        need(0 <= getattr(cfg, name) <= 1, name, "must be in [0, 1]")
-    need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")
-    parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
-    need(all(x.lstrip("-").isdigit() for x in parts), "levels", "must be comma-separated integers, e.g. 3,4,5")
-    need(Path(cfg.train_file).is_file(), "train_file", "no such file")
-    need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
-    model_source(cfg.model)
+def train_step(model, optimizer, scheduler, micro_batches, cfg: Config, world: int, device) -> dict:
+    """One optimizer step over this rank's share of the global batch (gradient accumulation)."""
+    n_tokens = sum((mb["labels"][:, 1:] != -100).sum() for mb in micro_batches)
+    n_tokens = torch.tensor(float(n_tokens), device=device)
+    dist.all_reduce(n_tokens)  # N: response tokens of the whole global batch
+    loss_sum = torch.zeros((), device=device)
+    for mb in micro_batches:
+        mb = {k: v.to(device) for k, v in mb.items()}
+        nll = token_nll_sum(model, mb)
+        # FSDP averages gradients over ranks (divides by world), hence x world: the sum is over all ranks / N
+        (nll * world / n_tokens).backward()
+        loss_sum += nll.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    if isinstance(grad_norm, DTensor):
+        grad_norm = grad_norm.full_tensor()
+    finite = torch.isfinite(loss_sum).float() * torch.isfinite(grad_norm).float()
+    dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together, before the optimizer step
+    if finite.item() < 1:
+        raise FloatingPointError(f"non-finite loss or gradient norm (loss {loss_sum.item():.4g} on rank "
+                                 f"{dist.get_rank()}, gradient norm {grad_norm.item():.4g})")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    dist.all_reduce(loss_sum)
+    n_seen = torch.tensor(float(sum(mb["attention_mask"].sum() for mb in micro_batches)), device=device)
+    dist.all_reduce(n_seen)
+    return {"loss": (loss_sum / n_tokens).item(), "lr": lr, "grad_norm": grad_norm.item(),
+            "tokens": n_seen.item()}
 
 
-def parse_args(argv=None) -> Config:
-    """Command line = the dataclass: --preset fills in its values first, then explicit flags win."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (tiny: the CPU world); "
-                        "explicit flags override it")
-    comments = config_help(Config)  # the help text is the field's comment in Config
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        text = f"{comments[f.name]} (default: {f.default!r})".replace("%", "%%")
-        if f.type is bool or f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=None, help=text)
-    args = parser.parse_args(argv)
-    values = dict(PRESETS[args.preset]) if args.preset else {}
-    values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
-    return Config(**values)
+# ---- evaluation: greedy exact match on held-out problems ----
+def inference_copy(model, device) -> torch.nn.Module:
+    """A plain (unsharded) model of the same architecture: HF generate stops at different lengths on
+    different ranks, which a sharded model (an all-gather per layer per forward) cannot do."""
+    config = copy.deepcopy(model.config)
+    config.use_cache = True
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with torch.device(device):
+        copy_ = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return copy_.eval()
+
+
+@torch.no_grad()
+def copy_weights(model: torch.nn.Module, copy_: torch.nn.Module) -> None:
+    """model -> copy_: gather each sharded parameter in turn (a collective: every rank, same order)."""
+    target = dict(copy_.named_parameters())
+    for name, p in model.named_parameters():
+        target[name].copy_(p.full_tensor() if isinstance(p, DTensor) else p)
+
+
+class HeldOutEval:
+    """Greedy exact-match accuracy of the trained model: its weights copied into an unsharded inference copy
+    (made at the first call), which answers. Call it on every rank (the copy is a collective)."""
+
+    def __init__(self, model, tokenizer, cfg: Config, device, rank: int, world: int):
+        self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
+        self.rank, self.world, self.copy = rank, world, None
+
+    def __call__(self, rows: list[dict]) -> float:
+        self.copy = self.copy or inference_copy(self.model, self.device)
+        copy_weights(self.model, self.copy)
+        return greedy_accuracy(self.copy, self.tokenizer, rows, self.cfg, self.device, self.rank, self.world)
+
+
+@torch.no_grad()
+def greedy_accuracy(copy_, tokenizer, rows: list[dict], cfg: Config, device, rank: int, world: int) -> float:
+    """Each rank answers rows[rank::world]; counts are summed over ranks."""
+    stop_ids = [tokenizer.convert_tokens_to_ids(w) for w in STOP_WORDS if w in tokenizer.get_vocab()]
+    mine = rows[rank::world]
+    correct = 0
+    for i in range(0, len(mine), cfg.eval_batch_size):
+        chunk = mine[i: i + cfg.eval_batch_size]
+        enc = tokenizer([prompt_of(r, cfg.template) for r in chunk], return_tensors="pt", padding=True,
+                        padding_side="left", add_special_tokens=False).to(device)
+        out = copy_.generate(**enc, max_new_tokens=cfg.generate_max_len, do_sample=False,
+                             eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=False)
+        correct += sum(compute_score(t, r["answer"], grader="simplerl") == 1.0 for t, r in zip(texts, chunk))
+    counts = torch.tensor([float(correct), float(len(mine))], device=device)
+    dist.all_reduce(counts)
+    return (counts[0] / counts[1]).item()
+
+
+# ---- the training loop ----
+def main(cfg: Config) -> None:
+    """Set up (checks, data, model, optimizer, resume), then steps 1-4 of the module docstring once per
+    optimizer step; final/, the held-out accuracy and a timing report at the end."""
+    validate(cfg)
+    reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
+    rank, world, device = init_distributed()
+    per_rank = sequences_per_rank(cfg, world)
+    out, resume_from = prepare_output_dir(cfg, rank)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    examples, test_rows, eval_rows = load_data(cfg, tokenizer)
+    steps_per_epoch = len(examples) // cfg.train_batch_size
+    total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
+    print0(f"{steps_per_epoch} steps/epoch, {total} steps, {len(test_rows)} test problems, world {world}")
+    model = load_model(str(resume_from or cfg.model), cfg.seed, cfg.gradient_checkpointing)
+    model = shard_model(model, device)
+    optimizer, scheduler = make_optimizer(model, cfg, total)
+    data_state = {"n_examples": len(examples), "train_batch_size": cfg.train_batch_size, "seed": cfg.seed}
+    step = start_or_resume(out, cfg, resume_from, model, optimizer, scheduler, data_state, rank)
+    evaluator = HeldOutEval(model, tokenizer, cfg, device, rank, world)
+    model.train()
+    bar = tqdm(total=total, initial=step, disable=rank != 0, desc="sft", dynamic_ncols=True,
+               **progress_settings(sys.stderr, total))
+    phase_s, tokens = [], []
+    while step < total and step != cfg.stop_after:
+        times = {}
+        with timer(times, "step"):
+            # 1. batch: this rank's share of the step's global batch, in micro-batches
+            idx = global_batch(step, len(examples), cfg.train_batch_size, cfg.seed)[
+                rank * per_rank: (rank + 1) * per_rank]
+            size = cfg.micro_train_batch_size
+            micro = [collate([examples[j] for j in idx[k: k + size]], tokenizer.pad_token_id)
+                     for k in range(0, per_rank, size)]
+            # 2. loss and 3. step: accumulate the gradient of L over the micro-batches, clip, AdamW step
+            try:
+                stats = train_step(model, optimizer, scheduler, micro, cfg, world, device)
+            except FloatingPointError as e:
+                stop_on_non_finite(e, cfg, step, out, bar)
+        step += 1
+        dt = times["step"]
+        phase_s.append(dt)
+        tokens.append(stats["tokens"])
+        # 4. log: metrics.jsonl, the periodic held-out eval, the progress bar
+        record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": stats["loss"],
+                  "lr": stats["lr"], "grad_norm": stats["grad_norm"], "ms_per_step": 1000 * dt,
+                  "tokens_per_s": stats["tokens"] / dt}
+        if cfg.eval_every > 0 and step % cfg.eval_every == 0 and eval_rows:
+            record["eval_accuracy"] = evaluator(eval_rows)
+        if rank == 0 and (step % cfg.log_every == 0 or "eval_accuracy" in record):
+            log_metrics(out, record)
+        show_progress(bar, record)
+        # 5. save: a resumable checkpoint every --save-every steps
+        if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total:
+            save_checkpoint(model, optimizer, scheduler, tokenizer, step, data_state, out)
+            if rank == 0:
+                plot_curves(out)
+        if 0 < cfg.stop_at_accuracy <= record.get("eval_accuracy", -1.0):  # all-reduced: equal on every rank
+            print0(f"\nheld-out accuracy {record['eval_accuracy']:.1%} reached --stop-at-accuracy "
+                   f"at step {step}")
+            break
+    bar.close()
+    if step == cfg.stop_after:
+        print0(f"stopped after step {step} (--stop-after)")
+        dist.destroy_process_group()
+        return
+    save_hf_checkpoint(model, tokenizer, str(out / "final"))
+    print0(f"saved {out / 'final'}")
+    if test_rows:
+        with timer(times := {}, "eval"):
+            acc = evaluator(test_rows)
+        print0(f"held-out greedy exact-match accuracy: {100 * acc:.1f}% on {len(test_rows)} problems "
+               f"({cfg.test_file}, levels {cfg.levels or 'all'}; eval {times['eval']:.1f} s)")
+        if rank == 0:
+            log_metrics(out, {"step": step, "final_eval_accuracy": acc, "eval_accuracy": acc})
+    final_report(out, phase_s, tokens, rank)
+    dist.destroy_process_group()
+
+
+# ==== plumbing below: setup twins, main's helpers, data, checkpoints, logging, CLI ====
 
 
 # ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
@@ -605,6 +748,95 @@ def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
 # ---- end of setup twins ----
 
 
+# ---- main's helpers: set-up, resume, logging, the end ----
+def sequences_per_rank(cfg: Config, world: int) -> int:
+    """Each rank's share of a global batch; it must split into ranks and whole micro-batches."""
+    per_rank, rem = divmod(cfg.train_batch_size, world)
+    if rem or per_rank % cfg.micro_train_batch_size:
+        raise SystemExit(f"--train-batch-size {cfg.train_batch_size} must split into {world} ranks x "
+                         f"micro-batches of {cfg.micro_train_batch_size}")
+    return per_rank
+
+
+def load_data(cfg: Config, tokenizer) -> tuple[list, list[dict], list[dict]]:
+    """(training examples, test rows, the periodic evals' seeded sample of them), with the counts printed."""
+    eos_id = tokenizer.convert_tokens_to_ids(cfg.eos_token) if cfg.eos_token in tokenizer.get_vocab() \
+        else tokenizer.eos_token_id
+    with data_errors_are_clear():
+        rows = read_rows(cfg.train_file, [QUESTION_FIELDS, ("response", "solution")], cfg.levels)
+        test_rows = (read_rows(cfg.test_file, [QUESTION_FIELDS, ("answer",)], cfg.levels) if cfg.test_file
+                     else [])
+    examples, n = encode_all(rows, tokenizer, cfg, eos_id)
+    eval_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
+    if len(examples) < cfg.train_batch_size:
+        raise SystemExit(f"{cfg.train_file}: {len(examples)} examples, fewer than one global batch")
+    print0(f"{len(examples)} training examples of {len(rows)}; {n['over_long']} longer than "
+           f"{cfg.max_length} tokens (prompt + response + EOS): {n['dropped']} dropped ({n['long_prompt']} "
+           f"with a prompt alone that long), {n['truncated']} truncated "
+           f"(--long-examples {cfg.long_examples})")
+    return examples, test_rows, eval_rows
+
+
+def make_optimizer(model, cfg: Config, total: int):
+    """AdamW with the recipe's betas and weight decay; linear warm-up, then cosine down to min_lr_ratio x
+    lr."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    warmup = math.ceil(cfg.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, total, cfg.min_lr_ratio))
+    return optimizer, scheduler
+
+
+def start_or_resume(out: Path, cfg: Config, resume_from: Path | None, model, optimizer, scheduler,
+                    data_state: dict, rank: int) -> int:
+    """The step to start at. Resume: the checkpoint's weights, optimizer, schedule and RNG states, and
+    metrics.jsonl cut back to its step; a fresh start: the previous run's files removed."""
+    step = 0
+    if resume_from is not None:
+        step = load_trainer_state(resume_from, model, optimizer, scheduler, data_state, rank)
+        print0(f"resumed from {resume_from} at step {step}")
+        metrics = out / "metrics.jsonl"
+        if rank == 0 and metrics.exists():  # drop records the killed run wrote after its checkpoint
+            write_metrics(metrics, [r for r in read_metrics(metrics) if r["step"] <= step])
+    elif rank == 0:  # a fresh start: the directory held no run, or --overwrite / --resume said whose it is
+        remove_previous_run(out)
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    return step
+
+
+def stop_on_non_finite(e: FloatingPointError, cfg: Config, step: int, out: Path, bar) -> None:
+    """A NaN/inf loss or gradient norm (train_step raises before the optimizer step): say where to go on."""
+    bar.close()
+    last = latest_checkpoint(out)
+    print0(f"ERROR at step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step was "
+           f"saved; {f'the last good checkpoint is {last}' if last else 'no checkpoint was written yet'}. "
+           f"Check the config first (--lr {cfg.lr:g}, --max-grad-norm {cfg.max_grad_norm:g}), then the data.")
+    dist.destroy_process_group()
+    raise SystemExit(1)
+
+
+def show_progress(bar, record: dict) -> None:
+    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                    gnorm=f"{record['grad_norm']:.2f}",
+                    **({"acc": f"{record['eval_accuracy']:.3f}"} if "eval_accuracy" in record else {}),
+                    refresh=False)
+    bar.update(1)  # after the postfix: a refresh (see progress_settings) shows this step's numbers
+
+
+def final_report(out: Path, phase_s: list[float], tokens: list[float], rank: int) -> None:
+    """ms per step and tokens/s (the first step, with its one-off warm-up, left out); curves.png."""
+    rss = all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if phase_s:
+        steady = phase_s[1:] or phase_s
+        print0(f"{1000 * sum(steady) / len(steady):.0f} ms/step, "
+               f"{sum(tokens[1:] or tokens) / sum(steady):.0f} tokens/s, "
+               f"peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
+    if rank == 0:
+        plot_curves(out)
+
+
 # ---- data ----
 def read_rows(path: str, need: list[tuple[str, ...]], levels: str = "") -> list[dict]:
     """Parse a JSONL file; each entry of `need` is a group of alternative string fields one of which
@@ -616,7 +848,8 @@ def read_rows(path: str, need: list[tuple[str, ...]], levels: str = "") -> list[
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path} line {n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+                raise ValueError(f"{path} line {n}: not UTF-8 "
+                                 f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -634,7 +867,8 @@ def read_rows(path: str, need: list[tuple[str, ...]], levels: str = "") -> list[
                                      f"got {type(row[present[0]]).__name__}")
             if keep:
                 if not isinstance(row.get("level"), int):
-                    raise ValueError(f"{path} line {n}: field 'level' missing or not an integer (--levels is set)")
+                    raise ValueError(f"{path} line {n}: field 'level' missing or not an integer "
+                                     "(--levels is set)")
                 if row["level"] not in keep:
                     continue
             rows.append(row)
@@ -643,18 +877,21 @@ def read_rows(path: str, need: list[tuple[str, ...]], levels: str = "") -> list[
     return rows
 
 
-QUESTION_FIELDS = ("prompt", "question", "problem")  # `prompt` is already formatted; MATH 500's rows have `problem`
+QUESTION_FIELDS = ("prompt", "question", "problem")  # `prompt` is already formatted; MATH 500 has `problem`
 
 
 def prompt_of(row: dict, template: str) -> str:
-    return row["prompt"] if "prompt" in row else apply_template(row.get("question", row.get("problem")), template)
+    if "prompt" in row:
+        return row["prompt"]
+    return apply_template(row.get("question", row.get("problem")), template)
 
 
 def encode(row: dict, tokenizer, cfg: Config, eos_id: int) -> tuple[list[int], list[int]]:
     """input ids and labels; labels are -100 on the prompt, so only response tokens carry loss.
     Prompt and response are tokenized separately: the RL stage also generates after the prompt's ids."""
     prompt = tokenizer(prompt_of(row, cfg.template), add_special_tokens=False)["input_ids"]
-    response = tokenizer(row.get("response", row.get("solution")), add_special_tokens=False)["input_ids"] + [eos_id]
+    response = tokenizer(row.get("response", row.get("solution")), add_special_tokens=False)["input_ids"]
+    response = response + [eos_id]
     ids = (prompt + response)[: cfg.max_length]
     labels = ([-100] * len(prompt) + response)[: cfg.max_length]
     return ids, labels
@@ -707,82 +944,6 @@ def global_batch(step: int, n: int, batch_size: int, seed: int) -> list[int]:
     return order[i * batch_size: (i + 1) * batch_size]
 
 
-# ---- optimisation ----
-def token_nll_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """sum over response tokens of -log p(y_t | y_<t): logits at t predict the token at t+1."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
-                           ignore_index=-100, reduction="sum")
-
-
-def train_step(model, optimizer, scheduler, micro_batches, cfg: Config, world: int, device) -> dict:
-    """One optimizer step over this rank's share of the global batch (gradient accumulation)."""
-    n_tokens = torch.tensor(float(sum((mb["labels"][:, 1:] != -100).sum() for mb in micro_batches)), device=device)
-    dist.all_reduce(n_tokens)  # N: response tokens of the whole global batch
-    loss_sum = torch.zeros((), device=device)
-    for mb in micro_batches:
-        mb = {k: v.to(device) for k, v in mb.items()}
-        nll = token_nll_sum(model, mb)
-        # FSDP averages gradients over ranks (divides by world), hence x world: the sum is over all ranks / N
-        (nll * world / n_tokens).backward()
-        loss_sum += nll.detach()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    if isinstance(grad_norm, DTensor):
-        grad_norm = grad_norm.full_tensor()
-    finite = torch.isfinite(loss_sum).float() * torch.isfinite(grad_norm).float()
-    dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together, before the optimizer step
-    if finite.item() < 1:
-        raise FloatingPointError(f"non-finite loss or gradient norm (loss {loss_sum.item():.4g} on rank "
-                                 f"{dist.get_rank()}, gradient norm {grad_norm.item():.4g})")
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    lr = scheduler.get_last_lr()[0]
-    scheduler.step()
-    dist.all_reduce(loss_sum)
-    n_seen = torch.tensor(float(sum(mb["attention_mask"].sum() for mb in micro_batches)), device=device)
-    dist.all_reduce(n_seen)
-    return {"loss": (loss_sum / n_tokens).item(), "lr": lr, "grad_norm": grad_norm.item(), "tokens": n_seen.item()}
-
-
-# ---- evaluation: greedy exact match on held-out problems ----
-def inference_copy(model, device) -> torch.nn.Module:
-    """A plain (unsharded) model of the same architecture: HF generate stops at different lengths on
-    different ranks, which a sharded model (an all-gather per layer per forward) cannot do."""
-    config = copy.deepcopy(model.config)
-    config.use_cache = True
-    with torch.device(device):
-        copy_ = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
-                                                 attn_implementation="sdpa")
-    return copy_.eval()
-
-
-@torch.no_grad()
-def sync_weights(copy_: torch.nn.Module, model: torch.nn.Module) -> None:
-    """Gather each sharded parameter in turn (a collective: every rank, same order) into the copy."""
-    target = dict(copy_.named_parameters())
-    for name, p in model.named_parameters():
-        target[name].copy_(p.full_tensor() if isinstance(p, DTensor) else p)
-
-
-@torch.no_grad()
-def greedy_accuracy(copy_, tokenizer, rows: list[dict], cfg: Config, device, rank: int, world: int) -> float:
-    """Each rank answers rows[rank::world]; counts are summed over ranks."""
-    stop_ids = [tokenizer.convert_tokens_to_ids(w) for w in STOP_WORDS if w in tokenizer.get_vocab()]
-    mine = rows[rank::world]
-    correct = 0
-    for i in range(0, len(mine), cfg.eval_batch_size):
-        chunk = mine[i: i + cfg.eval_batch_size]
-        enc = tokenizer([prompt_of(r, cfg.template) for r in chunk], return_tensors="pt", padding=True,
-                        padding_side="left", add_special_tokens=False).to(device)
-        out = copy_.generate(**enc, max_new_tokens=cfg.max_new_tokens, do_sample=False, eos_token_id=stop_ids,
-                             pad_token_id=tokenizer.pad_token_id)
-        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=False)
-        correct += sum(compute_score(t, r["answer"], grader="simplerl") == 1.0 for t, r in zip(texts, chunk))
-    counts = torch.tensor([float(correct), float(len(mine))], device=device)
-    dist.all_reduce(counts)
-    return (counts[0] / counts[1]).item()
-
-
 # ---- checkpoints and logs ----
 def save_checkpoint(model, optimizer, scheduler, tokenizer, step: int, data_state: dict, out: Path) -> None:
     path = out / f"checkpoint-{step}"
@@ -798,18 +959,18 @@ def save_checkpoint(model, optimizer, scheduler, tokenizer, step: int, data_stat
     rngs = [None] * dist.get_world_size()
     dist.all_gather_object(rngs, rng)
     if dist.get_rank() == 0:
-        state = {"step": step, "scheduler": scheduler.state_dict(),
-                 "data": data_state, "rng_per_rank": rngs, "config": json.loads((out / "config.json").read_text())}
-        torch.save(state, path / "trainer_state.pt.tmp")
-        os.replace(path / "trainer_state.pt.tmp", path / "trainer_state.pt")  # the checkpoint is complete now
+        state = {"step": step, "scheduler": scheduler.state_dict(), "data": data_state, "rng_per_rank": rngs,
+                 "config": json.loads((out / "config.json").read_text())}
+        # the checkpoint is complete once trainer_state.pt exists
+        replace_atomically(path / "trainer_state.pt", lambda tmp: torch.save(state, tmp))
     dist.barrier()
 
 
 def load_trainer_state(path: Path, model, optimizer, scheduler, data_state: dict, rank: int) -> int:
     state = torch.load(path / "trainer_state.pt", weights_only=False)
-    if state["data"]["n_examples"] != data_state["n_examples"] or state["data"]["global_batch_size"] != data_state["global_batch_size"] \
-            or state["data"]["seed"] != data_state["seed"]:
-        raise ValueError(f"{path}: saved with data {state['data']}, this run has {data_state}: --resume needs the same data")
+    if state["data"] != data_state:
+        raise ValueError(f"{path}: saved with data {state['data']}, this run has {data_state}: "
+                         "--resume needs the same data")
     sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
     dcp.load(sharded, checkpoint_id=str(path / "dcp"))
     set_model_state_dict(model, sharded["model"])  # the fp32 masters (the HF folder is bf16 on GPU)
@@ -827,131 +988,61 @@ def plot_curves(out: Path) -> None:
     plot_metrics(out, ["loss", "lr", "grad_norm", "eval_accuracy"], "step")
 
 
-def main(cfg: Config) -> None:
-    validate(cfg)
-    reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
-    rank, world, device = init_distributed()
-    per_rank, rem = divmod(cfg.global_batch_size, world)
-    if rem or per_rank % cfg.micro_batch_size:
-        raise SystemExit(f"--global-batch-size {cfg.global_batch_size} must split into {world} ranks x "
-                         f"micro-batches of {cfg.micro_batch_size}")
-    out = Path(cfg.output_dir)
-    check_output_dir(cfg, SAFE_ON_RESUME)  # config.json is written only once the run has started
-    resume_from = latest_checkpoint(out) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
-    dist.barrier()  # every rank has looked at the directory before rank 0 changes it
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+# ---- command line ----
+# Fields --resume lets differ from the saved config.json: how long to run, how often to evaluate, save and
+# log, the held-out problems, and memory/speed knobs with the same numbers. Anything else (model, data,
+# learning rate, batch size, ...) would make the resumed run a different one.
+SAFE_ON_RESUME = {"max_steps", "epochs", "eval_every", "eval_size", "eval_batch_size", "generate_max_len",
+                  "test_file", "save_every", "log_every", "resume", "overwrite", "output_dir",
+                  "stop_at_accuracy", "stop_after", "micro_train_batch_size", "gradient_checkpointing"}
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    eos_id = tokenizer.convert_tokens_to_ids(cfg.eos_token) if cfg.eos_token in tokenizer.get_vocab() \
-        else tokenizer.eos_token_id
-    with data_errors_are_clear():
-        rows = read_rows(cfg.train_file, [QUESTION_FIELDS, ("response", "solution")], cfg.levels)
-        test_rows = read_rows(cfg.test_file, [QUESTION_FIELDS, ("answer",)], cfg.levels) if cfg.test_file else []
-    examples, n = encode_all(rows, tokenizer, cfg, eos_id)
-    eval_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
-    if len(examples) < cfg.global_batch_size:
-        raise SystemExit(f"{cfg.train_file}: {len(examples)} examples, fewer than one global batch")
-    steps_per_epoch = len(examples) // cfg.global_batch_size
-    total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
-    print0(f"{len(examples)} training examples of {len(rows)}; {n['over_long']} longer than {cfg.max_length} tokens "
-           f"(prompt + response + EOS): {n['dropped']} dropped ({n['long_prompt']} with a prompt alone that long), "
-           f"{n['truncated']} truncated (--long-examples {cfg.long_examples}); "
-           f"{steps_per_epoch} steps/epoch, {total} steps, {len(test_rows)} test problems, world {world}")
 
-    model = load_model(str(resume_from or cfg.model), cfg.seed, cfg.gradient_checkpointing)
-    model = shard_model(model, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
-    warmup = math.ceil(cfg.warmup_ratio * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total, cfg.min_lr_ratio))
-    data_state = {"n_examples": len(examples), "global_batch_size": cfg.global_batch_size, "seed": cfg.seed}
-    step = 0
-    if resume_from is not None:
-        step = load_trainer_state(resume_from, model, optimizer, scheduler, data_state, rank)
-        print0(f"resumed from {resume_from} at step {step}")
-        if rank == 0 and (out / "metrics.jsonl").exists():  # drop records the killed run wrote after its checkpoint
-            write_metrics(out / "metrics.jsonl", [r for r in read_metrics(out / "metrics.jsonl") if r["step"] <= step])
-    elif rank == 0:  # a fresh start: the directory held no run, or --overwrite / --resume said whose it is
-        remove_previous_run(out)
-    if rank == 0:
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    copy_ = None
+def validate(cfg: Config) -> None:
+    """Every value checked once, before anything is loaded or written: a clear error, never zeros."""
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    need(bool(cfg.train_file), "train_file", "is required (or --preset tiny)")
+    need(cfg.long_examples in ("drop", "truncate"), "long_examples", "must be drop or truncate")
+    for name in ("train_batch_size", "micro_train_batch_size", "max_length", "eval_batch_size",
+                 "generate_max_len", "eval_size", "log_every"):
+        need(getattr(cfg, name) > 0, name, "must be a positive integer")
+    need(cfg.max_steps > 0 or cfg.epochs > 0, "epochs", "must be > 0 when --max-steps is not set")
+    for name in ("lr", "weight_decay", "max_grad_norm", "eval_every", "save_every", "stop_at_accuracy"):
+        need(getattr(cfg, name) >= 0, name, "must be >= 0")
+    for name in ("adam_beta1", "adam_beta2", "warmup_ratio", "min_lr_ratio"):
+        need(0 <= getattr(cfg, name) <= 1, name, "must be in [0, 1]")
+    need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")
+    parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
+    need(all(x.lstrip("-").isdigit() for x in parts), "levels",
+         "must be comma-separated integers, e.g. 3,4,5")
+    need(Path(cfg.train_file).is_file(), "train_file", "no such file")
+    need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
+    model_source(cfg.model)
 
-    def evaluate(rows_: list[dict]) -> float:
-        nonlocal copy_
-        copy_ = copy_ or inference_copy(model, device)
-        sync_weights(copy_, model)
-        return greedy_accuracy(copy_, tokenizer, rows_, cfg, device, rank, world)
 
-    model.train()
-    bar = tqdm(total=total, initial=step, disable=rank != 0, desc="sft", dynamic_ncols=True,
-               **progress_settings(sys.stderr, total))
-    times, tokens = [], []
-    while step < total and step != cfg.stop_after:
-        t0 = time.perf_counter()
-        idx = global_batch(step, len(examples), cfg.global_batch_size, cfg.seed)[rank * per_rank: (rank + 1) * per_rank]
-        micro = [collate([examples[j] for j in idx[k: k + cfg.micro_batch_size]], tokenizer.pad_token_id)
-                 for k in range(0, per_rank, cfg.micro_batch_size)]
-        try:
-            stats = train_step(model, optimizer, scheduler, micro, cfg, world, device)
-        except FloatingPointError as e:
-            bar.close()
-            last = latest_checkpoint(out)
-            print0(f"ERROR at step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step was "
-                   f"saved; {f'the last good checkpoint is {last}' if last else 'no checkpoint was written yet'}. "
-                   f"Check the config first (--lr {cfg.lr:g}, --grad-clip {cfg.grad_clip:g}), then the data.")
-            dist.destroy_process_group()
-            raise SystemExit(1)
-        step += 1
-        dt = time.perf_counter() - t0
-        times.append(dt)
-        tokens.append(stats["tokens"])
-        record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": stats["loss"], "lr": stats["lr"],
-                  "grad_norm": stats["grad_norm"], "ms_per_step": 1000 * dt, "tokens_per_s": stats["tokens"] / dt}
-        if cfg.eval_every > 0 and step % cfg.eval_every == 0 and eval_rows:
-            record["eval_accuracy"] = evaluate(eval_rows)
-        if rank == 0 and (step % cfg.log_every == 0 or "eval_accuracy" in record):
-            log_metrics(out, record)
-        bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", gnorm=f"{stats['grad_norm']:.2f}",
-                        **({"acc": f"{record['eval_accuracy']:.3f}"} if "eval_accuracy" in record else {}),
-                        refresh=False)
-        bar.update(1)  # after the postfix: a refresh (see progress_settings) shows this step's numbers
-        if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total:
-            save_checkpoint(model, optimizer, scheduler, tokenizer, step, data_state, out)
-            if rank == 0:
-                plot_curves(out)
-        if 0 < cfg.stop_at_accuracy <= record.get("eval_accuracy", -1.0):  # the same all-reduced value on every rank
-            print0(f"\nheld-out accuracy {record['eval_accuracy']:.1%} reached --stop-at-accuracy at step {step}")
-            break
-    bar.close()
-    if step == cfg.stop_after:
-        print0(f"stopped after step {step} (--stop-after)")
-        dist.destroy_process_group()
-        return
+# Flags renamed to ppo.py's (OpenRLHF's) names; the old spellings still work.
+OLD_FLAGS = {"max_grad_norm": ["--grad-clip"], "train_batch_size": ["--global-batch-size"],
+             "micro_train_batch_size": ["--micro-batch-size"], "generate_max_len": ["--max-new-tokens"]}
 
-    save_hf_checkpoint(model, tokenizer, str(out / "final"))
-    print0(f"saved {out / 'final'}")
-    if test_rows:
-        t0 = time.perf_counter()
-        acc = evaluate(test_rows)
-        print0(f"held-out greedy exact-match accuracy: {100 * acc:.1f}% on {len(test_rows)} problems "
-               f"({cfg.test_file}, levels {cfg.levels or 'all'}; eval {time.perf_counter() - t0:.1f} s)")
-        if rank == 0:
-            log_metrics(out, {"step": step, "final_eval_accuracy": acc, "eval_accuracy": acc})
-    rss = [None] * world
-    dist.all_gather_object(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    if times:
-        steady = times[1:] or times  # the first step includes one-off warm-up
-        print0(f"{1000 * sum(steady) / len(steady):.0f} ms/step, {sum(tokens[1:] or tokens) / sum(steady):.0f} tokens/s, "
-               f"peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
-    if rank == 0:
-        plot_curves(out)
-    dist.destroy_process_group()
+
+def parse_args(argv=None) -> Config:
+    """Command line = the dataclass: --preset fills in its values first, then explicit flags win."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="a named set of defaults (tiny: the CPU world); explicit flags override it")
+    comments = config_help(Config)  # the help text is the field's comment in Config
+    for f in dataclasses.fields(Config):
+        flags = ["--" + f.name.replace("_", "-"), *OLD_FLAGS.get(f.name, [])]
+        text = f"{comments[f.name]} (default: {f.default!r})".replace("%", "%%")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(*flags, type=type(f.default), default=None, help=text)
+    args = parser.parse_args(argv)
+    values = dict(PRESETS[args.preset]) if args.preset else {}
+    values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
+    return Config(**values)
 
 
 if __name__ == "__main__":

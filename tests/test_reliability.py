@@ -25,7 +25,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
 PPO = ["--preset", "tiny", "--model", TINY, "--test-file", TEST, "--eval-size", "16", "--rollout-batch-size", "4",
        "--n-samples-per-prompt", "4", "--train-batch-size", "8", "--micro-train-batch-size", "8",
        "--generate-max-len", "12", "--critic-warmup-steps", "1", "--save-every", "1", "--keep-checkpoints", "0"]
-SFT = ["--preset", "tiny", "--max-steps", "6", "--global-batch-size", "16", "--micro-batch-size", "8",
+SFT = ["--preset", "tiny", "--max-steps", "6", "--train-batch-size", "16", "--micro-train-batch-size", "8",
        "--save-every", "2", "--test-file", "", "--lr", "3e-3"]
 
 
@@ -207,8 +207,8 @@ PPO_BAD = [(["--temperature", "0"], "--temperature 0.0: must be > 0"),
            (["--eval-size", "-5"], "--eval-size -5: must be >= 0"),
            (["--model", "runs/demo/base/fnal"], "runs/demo/base/fnal: no such directory"),
            (["--resume", "--overwrite"], "--overwrite True: and --resume exclude each other")]
-SFT_BAD = [(["--global-batch-size", "0"], "--global-batch-size 0: must be a positive integer"),
-           (["--micro-batch-size", "-1"], "--micro-batch-size -1: must be a positive integer"),
+SFT_BAD = [(["--train-batch-size", "0"], "--train-batch-size 0: must be a positive integer"),
+           (["--micro-train-batch-size", "-1"], "--micro-train-batch-size -1: must be a positive integer"),
            (["--levels", "1,x"], "--levels '1,x': must be comma-separated integers"),
            (["--eval-size", "-5"], "--eval-size -5: must be a positive integer"),
            (["--model", "runs/sft/checkpoint-1"], "runs/sft/checkpoint-1: no such directory"),

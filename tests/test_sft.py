@@ -19,7 +19,7 @@ import sft  # noqa: E402
 TINY = str(ROOT / "data" / "tiny")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 # 6 steps of 16 sequences (2 micro-batches of 4 per rank on 2 ranks; 4 of 4 on one), checkpoint at 3
-RUN = ["--preset", "tiny", "--max-steps", "6", "--global-batch-size", "16", "--micro-batch-size", "4",
+RUN = ["--preset", "tiny", "--max-steps", "6", "--train-batch-size", "16", "--micro-train-batch-size", "4",
        "--save-every", "3", "--test-file", "", "--lr", "3e-3", "--warmup-ratio", "0.34"]
 
 
@@ -212,3 +212,13 @@ def test_two_rank_fsdp_matches_one_process(straight, tmp_path):
     out = run_sft(tmp_path, "--test-file", str(ROOT / "data" / "synth" / "test.jsonl"), ranks=2)
     assert_same_weights(tmp_path / "final", straight / "final", atol=1e-5)
     assert "held-out greedy exact-match accuracy" in out and "on 330 problems" in out  # levels 1,2: 30 + 300
+
+
+def test_renamed_flags_keep_their_old_spelling():
+    """sft.py's flags carry ppo.py's (OpenRLHF's) names; the old spellings still parse to the same fields."""
+    old = sft.parse_args(["--preset", "tiny", "--grad-clip", "2", "--global-batch-size", "16",
+                          "--micro-batch-size", "8", "--max-new-tokens", "12"])
+    new = sft.parse_args(["--preset", "tiny", "--max-grad-norm", "2", "--train-batch-size", "16",
+                          "--micro-train-batch-size", "8", "--generate-max-len", "12"])
+    assert old == new and (new.max_grad_norm, new.train_batch_size, new.micro_train_batch_size,
+                           new.generate_max_len) == (2.0, 16, 8, 12)

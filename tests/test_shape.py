@@ -39,8 +39,13 @@ DIFFERENT_ON_PURPOSE = {
     "VLLMEngine": "as HFEngine: ppo's sleeps and receives weights every step; evaluate's loads a folder once",
     "make_engine": "builds the stage's own engine classes above",
     "greedy_accuracy": "sft evaluates an inference copy of the model; ppo evaluates through its rollout engine",
+    # main's helpers: the same step of each stage's main, on that stage's own data, models and metrics
+    "load_data": "sft encodes prompt + response examples; ppo tokenizes prompts only",
+    "start_or_resume": "sft restores one model and optimizer; ppo restores two Learners and the prompt stream",
+    "stop_on_non_finite": "the message names each stage's own learning-rate and clip flags",
+    "show_progress": "each stage's bar shows its own metrics",
+    "final_report": "sft reports tokens/s; ppo the time per phase and the accuracy change",
     # Not yet unified (issue 14 item 6): the same job written twice.
-    "sync_weights": "sft: model -> inference copy; ppo: actor -> engine with a version (issue 14 item 6, open)",
 }
 
 
