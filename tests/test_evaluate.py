@@ -180,7 +180,7 @@ def test_sampling_summary_reports_avg_and_pass_at_k(tmp_path):
 # ---- engines ----
 
 def tiny_engine(**overrides):
-    cfg = ev.Config(**{**ev.TINY, "max_new_tokens": 12, "batch_size": 4, **overrides})
+    cfg = ev.Config(**{**ev.TINY, "generate_max_len": 12, "batch_size": 4, **overrides})
     ev.init_distributed()
     return ev.HFEngine("data/tiny" if (ROOT / "data/tiny").is_dir() else str(ROOT / "data/tiny"), cfg, torch.device("cpu")), cfg
 
@@ -208,7 +208,7 @@ def test_vllm_engine_with_standin():
             return [SimpleNamespace(outputs=[SimpleNamespace(text=f"{p} \\boxed{{{j}}}<|im_end|>", token_ids=[1] * (j + 2))
                                              for j in range(sp.n)]) for p, sp in zip(prompts, params)]
 
-    cfg = ev.Config(n=2, temperature=0.7, top_p=0.9, max_new_tokens=100)
+    cfg = ev.Config(n=2, temperature=0.7, top_p=0.9, generate_max_len=100)
     ev.init_distributed()
     engine = ev.VLLMEngine(str(ROOT / "data/tiny"), cfg, llm=FakeLLM(), sampling_params_cls=Params)
     assert engine.max_len == 512 and 258 in engine.stop_ids
@@ -229,7 +229,7 @@ def test_vllm_engine_with_standin():
 def test_tiny_model_end_to_end_on_the_real_sets(tmp_path):
     """The done command in small: a tiny checkpoint on every real benchmark; long prompts are counted, not fatal."""
     summary = run(["--model", str(ROOT / "data/tiny"), "--data-dir", str(EVAL), "--benchmarks", "all", "--limit", "3",
-                   "--max-new-tokens", "8", "--output-dir", str(tmp_path)])
+                   "--generate-max-len", "8", "--output-dir", str(tmp_path)])
     res = summary["results"]["tiny"]
     assert all(res[b]["n_problems"] == 3 for b in EIGHT)
     assert sum(res[b]["too_long"] for b in EIGHT) > 0  # byte-level tokens: some prompts exceed 512 positions
@@ -252,7 +252,7 @@ def test_tiny_preset_several_checkpoints_plot(tmp_path):
         AutoTokenizer.from_pretrained(ROOT / "data/tiny").save_pretrained(path)
         paths.append(str(path))
     summary = run(["--preset", "tiny", "--data-dir", str(ROOT / "data"), "--model", *paths, "--limit", "6",
-                   "--max-new-tokens", "6", "--output-dir", str(tmp_path / "out")])
+                   "--generate-max-len", "6", "--output-dir", str(tmp_path / "out")])
     assert list(summary["results"]) == ["run/checkpoint-20", "run/checkpoint-10"]
     assert summary["steps"] == {"run/checkpoint-20": 20, "run/checkpoint-10": 10}
     assert (tmp_path / "out" / "accuracy_vs_step.png").stat().st_size > 1000
@@ -263,7 +263,7 @@ def test_tiny_preset_several_checkpoints_plot(tmp_path):
 def test_torchrun_data_parallel_matches_single_process(tmp_path):
     """Two CPU ranks split the problems and rank 0 gathers them: same per-sample results as one process."""
     args = ["--model", str(ROOT / "data/tiny"), "--data-dir", str(EVAL), "--benchmarks", "gsm8k,amc23",
-            "--limit", "5", "--max-new-tokens", "6", "--batch-size", "2"]
+            "--limit", "5", "--generate-max-len", "6", "--batch-size", "2"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            f"--master_port={ev._free_port()}", str(ROOT / "evaluate.py"), *args,
@@ -294,3 +294,10 @@ def test_vllm_engine_tp_in_a_world_of_one_and_only_tensor_parallel(monkeypatch):
     assert built["distributed_executor_backend"] == "mp"  # vLLM's own workers over the 2 devices
     ev.VLLMEngine(str(ROOT / "data/tiny"), ev.Config(tp=1))
     assert built["distributed_executor_backend"] == "uni"  # in this process: no RANK/LOCAL_RANK needed
+
+
+def test_renamed_flags_keep_their_old_spelling():
+    """evaluate.py's flags carry ppo.py's names; the old spellings still parse to the same fields."""
+    old = ev.parse_args(["--max-new-tokens", "7", "--gpu-memory-utilization", "0.5", "--grade-timeout", "3"])
+    new = ev.parse_args(["--generate-max-len", "7", "--vllm-gpu-memory-utilization", "0.5", "--reward-timeout", "3"])
+    assert old == new and (new.generate_max_len, new.vllm_gpu_memory_utilization, new.reward_timeout) == (7, 0.5, 3.0)

@@ -216,7 +216,7 @@ SFT_BAD = [(["--train-batch-size", "0"], "--train-batch-size 0: must be a positi
 EVAL_BAD = [(["--limit", "0"], "--limit 0: must be a positive number"),
             (["--n", "0"], "--n 0: must be a positive integer"),
             (["--batch-size", "-2"], "--batch-size -2: must be a positive integer"),
-            (["--grade-timeout", "0"], "--grade-timeout 0.0: must be > 0"),
+            (["--reward-timeout", "0"], "--reward-timeout 0.0: must be > 0"),
             (["--model", "runs/ppo/final/actr"], "runs/ppo/final/actr: no such directory")]
 
 

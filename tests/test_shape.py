@@ -58,10 +58,41 @@ def twin_block(src: str) -> str:
     return src[src.index(START): src.index(END)]
 
 
+def block_defs(name: str) -> dict[str, str]:
+    """The setup block's top-level definitions (functions with their decorators, classes, constants) by name."""
+    src = source(name)
+    lines = src.split("\n")
+    lo, hi = src[:src.index(START)].count("\n") + 1, src[:src.index(END)].count("\n") + 1
+    defs = {}
+    for node in ast.parse(src).body:
+        if lo <= node.lineno <= hi:
+            first = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
+            key = node.name if hasattr(node, "name") else node.targets[0].id
+            defs[key] = "\n".join(lines[first - 1: node.end_lineno])
+    return defs
+
+
 def test_setup_twins_are_identical_in_every_stage():
-    blocks = {name: twin_block(source(name)) for name in STAGES}
-    for name in STAGES[1:]:
-        assert blocks[name] == blocks[STAGES[0]], f"the setup block of {name} differs from {STAGES[0]}'s"
+    """sft.py and ppo.py share the whole block, text for text; evaluate.py holds the subset it uses, each
+    definition identical to the training stages' copy."""
+    assert twin_block(source("ppo.py")) == twin_block(source("sft.py")), "ppo.py's setup block differs from sft.py's"
+    full, ev = block_defs("sft.py"), block_defs("evaluate.py")
+    assert ev.keys() <= full.keys(), f"evaluate.py's setup block has definitions sft.py's lacks: {ev.keys() - full.keys()}"
+    for key, text in ev.items():
+        assert text == full[key], f"evaluate.py's {key} differs from sft.py's"
+
+
+def test_evaluate_keeps_only_the_twins_it_uses():
+    """Every definition in evaluate.py's setup block is used by evaluate.py, directly or through another twin."""
+    src, defs = source("evaluate.py"), block_defs("evaluate.py")
+    outside = src[:src.index(START)] + src[src.index(END):]
+    used, todo = set(), [k for k in defs if re.search(rf"(?<![.\w]){re.escape(k)}\b", outside)]
+    while todo:
+        key = todo.pop()
+        if key not in used:
+            used.add(key)
+            todo += [k for k in defs if k not in used and re.search(rf"(?<![.\w]){re.escape(k)}\b", defs[key])]
+    assert not defs.keys() - used, f"twins evaluate.py does not use: {sorted(defs.keys() - used)}"
 
 
 def top_level_outside_block(name: str) -> dict[str, str]:

@@ -87,7 +87,7 @@ def test_ppo_world_of_one_real_vllm(sft_checkpoints, tmp_path):
 
 
 def test_evaluate_two_checkpoints_one_run_vllm_equals_hf(sft_checkpoints, tmp_path):
-    args = ["evaluate.py", "--preset", "tiny", "--model", *sft_checkpoints, "--limit", "15", "--max-new-tokens", "24"]
+    args = ["evaluate.py", "--preset", "tiny", "--model", *sft_checkpoints, "--limit", "15", "--generate-max-len", "24"]
     run(args + ["--engine", "vllm", "--output-dir", str(tmp_path / "vllm")], torchrun=True)
     run(args + ["--engine", "hf", "--output-dir", str(tmp_path / "hf")], torchrun=True)
     v = json.loads((tmp_path / "vllm" / "summary.json").read_text())["results"]
