@@ -300,8 +300,7 @@ def make_engine(path: str, cfg: Config, device: torch.device):
     raise ValueError(f"unknown engine {cfg.engine!r}; choose auto, hf, vllm or oracle")
 
 
-# ---- the loop: for each model, for each benchmark: generate (sharded over ranks), gather, grade on rank 0
-# ----
+# ---- the loop: for each model and benchmark: generate (sharded over ranks), gather, grade on rank 0 ----
 def evaluate_benchmark(engine, problems: list[dict], cfg: Config, rank: int,
                        world: int) -> tuple[list[list], float]:
     """Completions for every problem (on rank 0; other ranks get their own share back) and the wall time."""
@@ -644,8 +643,7 @@ def all_gather_object(obj) -> list:
 # ---- end of setup twins ----
 
 
-# ---- data: questions and gold answers, field for field as the harness's parse_question/parse_ground_truth
-# ----
+# ---- data: questions and golds, field for field as the harness's parse_question/parse_ground_truth ----
 def gold_answer(row: dict, bench: str) -> str:
     """The gold answer string, from the field the paper's harness used (no strip_string damage)."""
     if bench in ("math500", "minerva_math"):  # the last \boxed{} of the reference solution

@@ -1,9 +1,8 @@
 """Supervised fine-tuning: the long-CoT warm-up of SimpleRL (SFT, then the same RL as SimpleRL-Zero).
 
-    torchrun --nproc_per_node=8 sft.py --train-file long_cot.jsonl --output-dir runs/sft   # GPU: FSDP2, bf16
-    torchrun --nproc_per_node=2 sft.py --preset tiny                                          # CPU: gloo,
-    fp32 python sft.py --preset tiny                                                               # a world
-    of one
+    torchrun --nproc_per_node=8 sft.py --train-file long_cot.jsonl --output-dir runs/sft  # GPU: FSDP2, bf16
+    torchrun --nproc_per_node=2 sft.py --preset tiny  # CPU: gloo, fp32
+    python sft.py --preset tiny  # a world of one
 
 The objective is next-token cross-entropy on the response only, averaged over every response token
 of the global batch:
@@ -231,7 +230,7 @@ def greedy_accuracy(copy_, tokenizer, rows: list[dict], cfg: Config, device, ran
 
 # ---- the training loop ----
 def main(cfg: Config) -> None:
-    """Set up (checks, data, model, optimizer, resume), then steps 1-4 of the module docstring once per
+    """Set up (checks, data, model, optimizer, resume), then steps 1-5 of the module docstring once per
     optimizer step; final/, the held-out accuracy and a timing report at the end."""
     validate(cfg)
     reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
