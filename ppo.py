@@ -1341,15 +1341,24 @@ def plot_curves(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     records = read_metrics(out / "metrics.jsonl")
-    keys = ["reward", "format_rate", "accuracy", "eval/accuracy", "response_length", "kl", "reflection_rate"]
-    keys = [k for k in keys if any(k in r for r in records)]
-    if not keys:
+    # Two rows, like the SimpleRL-Zero blog's figures: what is rewarded (top), then how the responses change: the
+    # mean sampled response length and the share of responses with a reflection word (REFLECTION), against step.
+    rows = [["reward", "accuracy", "eval/accuracy", "format_rate"], ["response_length", "reflection_rate", "kl"]]
+    titles = {"response_length": "mean response length (tokens)", "reflection_rate": "share with a reflection word",
+              "accuracy": "accuracy (sampled)", "eval/accuracy": "eval/accuracy (greedy, held out)"}
+    rows = [[k for k in row if any(k in r for r in records)] for row in rows]
+    rows = [row for row in rows if row]
+    if not rows:
         return
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(*zip(*pts), marker="o" if key.startswith("eval") else None, markersize=3)
-        ax.set(title=key, xlabel="RL step")
+    width = max(map(len, rows))
+    fig, axes = plt.subplots(len(rows), width, figsize=(3.6 * width, 3 * len(rows)), squeeze=False)
+    for ax_row, keys in zip(axes, rows):
+        for ax in ax_row[len(keys):]:
+            ax.axis("off")
+        for ax, key in zip(ax_row, keys):
+            pts = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot(*zip(*pts), marker="o" if key.startswith("eval") else None, markersize=3)
+            ax.set(title=titles.get(key, key), xlabel="RL step")
     fig.tight_layout()
     fig.savefig(out / "curves.tmp.png", dpi=80)
     plt.close(fig)
