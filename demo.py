@@ -41,7 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 
-PPO_STEPS, PPO_STEPS_QUICK = 50, 40  # RL steps: the whole arc (length falls, then rises with "let me check") fits
+BASE_STEPS = "800"  # SFT steps of the base model's "pretraining" (a cosine schedule over them), unless --stop-at-accuracy
+PPO_STEPS, PPO_STEPS_QUICK = 40, 30  # RL steps: the whole arc (length falls, then rises with "let me check") fits
 CRITIC_WARMUP = "5"  # RL steps that train only the critic first (the preset's 30 would be most of this short run)
 LEVELS = "1,2"  # what a 1M-parameter model learns in minutes on a CPU; levels 3-5 need far more compute
 MARKER = ".simplerl-demo"  # written into the run directory the demo makes: what --fresh may clean
@@ -68,7 +69,7 @@ def steps(run: Path, quick: bool) -> list[tuple[str, list[str]]]:
         ("data", [sys.executable, "data/make_synth_data.py", "--out", str(run / "synth")]),
         ("base", torchrun + ["sft.py", "--preset", "tiny", "--train-file", str(run / "synth/base.jsonl"),
                              "--test-file", str(run / "synth/test.jsonl"), "--levels", LEVELS,
-                             "--max-steps", "2200", "--eval-every", "25", "--eval-size", "200",
+                             "--max-steps", BASE_STEPS, "--eval-every", "25", "--eval-size", "200",
                              "--stop-at-accuracy", base_accuracy, "--save-every", "0", "--resume",
                              *SFT_WINDOW, "--output-dir", str(run / "base")]),
         ("ppo", torchrun + ["ppo.py", "--preset", "tiny", "--model", str(run / "base/final"),
