@@ -45,9 +45,10 @@ def test_quick_demo_end_to_end(tmp_path):
     assert "| Level 1 | Level 2 |" in out and "| reflection | mean length |" in out
     assert str(run / "ppo/curves.png") in out and "[demo] sampled rollouts during PPO" in out
 
-    # the base model was picked by accuracy: its last periodic eval reached the target
+    # the base model is weak: a fixed 800 steps of "pretraining", where one-go sums are still mostly wrong
     base = [json.loads(line) for line in (run / "base/metrics.jsonl").read_text().splitlines()]
-    assert max(r.get("eval_accuracy", 0.0) for r in base) >= 0.15
+    assert max(r["step"] for r in base) == int(demo.BASE_STEPS)
+    assert before < 40.0, before
 
     # RL on the rule reward: the format rate and the reward rise over training
     ppo = [r for r in map(json.loads, (run / "ppo/metrics.jsonl").read_text().splitlines()) if "reward" in r]
