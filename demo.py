@@ -1,13 +1,16 @@
 """The miniature SimpleRL-Zero study, end to end on a CPU, in one command.
 
-    python demo.py            # ~12 minutes on 2 cores; a second run reuses the steps already done
+    python demo.py            # ~8 minutes on 2 cores; a second run reuses the steps already done
     python demo.py --fresh    # start over (deletes only what the demo wrote in its run directory)
 
 The story of the paper in a world small enough to watch: a weak "base" model that answers in
-several styles (boxed; "The answer is N"; padded with a code snippet and no box, the way
-Qwen2.5-Math-7B pads its answers with code), then PPO with nothing but the rule-based reward
-(+1 boxed and right, -0.5 boxed and wrong, -1 no box). RL first drops the unrewarded styles
-(format rate rises, responses get shorter), then gets more answers right.
+several styles (boxed, the answer in one go; "The answer is N." after working column by column;
+the column work padded with a code snippet and no box, the way Qwen2.5-Math-7B pads its answers
+with code; and, rarely, an answer that checks itself: "let me check:" column by column, "wait, not
+N" after a slip, the checked value boxed), then PPO with nothing but the rule-based reward (+1 boxed
+and right, -0.5 boxed and wrong, -1 no box). RL first drops the unrewarded styles (format rate rises,
+responses get shorter), then discovers that checking pays (the reflection share and the response
+length rise, and so does accuracy): the blog's "aha moment", in a minute of RL.
 
 Every step runs one of the project's scripts, the same ones the GPU recipe runs, with --preset tiny:
 
@@ -16,7 +19,8 @@ Every step runs one of the project's scripts, the same ones the GPU recipe runs,
     3 ppo    torchrun ppo.py  --preset tiny --model RUN/base/final                 SimpleRL-Zero
     4 eval   python evaluate.py --preset tiny --model RUN/base/final RUN/ppo/checkpoint-*/actor ...
 
-and then prints the before/after table (the paper's layout) and the paths of the pictures:
+and then prints the before/after table (the paper's layout, with the reflection share and mean length), the
+sampled rollouts' arc (length at the start, its minimum, at the end; reflection share) and the paths of the pictures:
 RUN/ppo/curves.png (training dynamics) and RUN/eval/accuracy_vs_step.png (held-out accuracy and
 response length against step). A step is done when its marker file RUN/<step>.done exists; a step
 that did not finish (a crash, Ctrl-C, a kill) continues from its last checkpoint on the next run.
@@ -41,31 +45,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 
+BASE_STEPS = "800"  # SFT steps of the base model's "pretraining" (a cosine schedule over them), unless --stop-at-accuracy
+PPO_STEPS, PPO_STEPS_QUICK = 40, 30  # RL steps: the whole arc (length falls, then rises with "let me check") fits
+CRITIC_WARMUP = "5"  # RL steps that train only the critic first (the preset's 30 would be most of this short run)
 LEVELS = "1,2"  # what a 1M-parameter model learns in minutes on a CPU; levels 3-5 need far more compute
 MARKER = ".simplerl-demo"  # written into the run directory the demo makes: what --fresh may clean
 STEP_NAMES = ("data", "base", "ppo", "eval")
 DEMO_FILES = ("synth", "base", "ppo", "eval", "eval_data", *(f"{n}.done" for n in STEP_NAMES))  # what --fresh deletes
 
 
+# The tiny world's settings the demo changes, on the command line (the presets stay as other runs use them):
+# responses that check themselves are longer, up to 82 tokens with EOS (a first answer, "let me check:" column by
+# column, "wait, not N", the box), so SFT windows, rollouts and evals are longer than the preset's 64 / 48.
+SFT_WINDOW = ["--max-length", "96", "--generate-max-len", "84"]
+RESPONSE_BUDGET = "84"
+
+
 def steps(run: Path, quick: bool) -> list[tuple[str, list[str]]]:
     """(name, command) in the order they run. --quick is the CI-sized version of the same study."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    # The base model stops at the first eval that reaches BASE_ACCURACY: "early" is picked by accuracy,
-    # since the step at which the tiny model starts to get sums right varies from run to run.
-    # PPO runs a fixed number of RL steps (the same result on any machine, however loaded).
-    base_accuracy, ppo_steps, ppo_save, ppo_eval = ("0.15", 60, 20, 20) if quick else ("0.2", 200, 50, 50)
+    # The base model: BASE_STEPS of SFT, or fewer if a periodic eval reaches 20% first (a guard: the 800-step base
+    # ends near 15%). PPO runs a fixed number of RL steps. Both: the same result on any machine, however loaded.
+    ppo_steps = PPO_STEPS_QUICK if quick else PPO_STEPS
+    base_accuracy, ppo_save, ppo_eval = "0.2", 10, 10
     return [
         ("data", [sys.executable, "data/make_synth_data.py", "--out", str(run / "synth")]),
         ("base", torchrun + ["sft.py", "--preset", "tiny", "--train-file", str(run / "synth/base.jsonl"),
                              "--test-file", str(run / "synth/test.jsonl"), "--levels", LEVELS,
-                             "--max-steps", "2200", "--eval-every", "25", "--eval-size", "200",
+                             "--max-steps", BASE_STEPS, "--eval-every", "25", "--eval-size", "200",
                              "--stop-at-accuracy", base_accuracy, "--save-every", "0", "--resume",
-                             "--output-dir", str(run / "base")]),
+                             *SFT_WINDOW, "--output-dir", str(run / "base")]),
         ("ppo", torchrun + ["ppo.py", "--preset", "tiny", "--model", str(run / "base/final"),
                             "--train-file", str(run / "synth/train.jsonl"),
                             "--test-file", str(run / "synth/test.jsonl"), "--levels", LEVELS,
                             "--max-steps", str(ppo_steps), "--save-every", str(ppo_save),
                             "--eval-every", str(ppo_eval), "--keep-checkpoints", "0", "--resume",
+                            "--generate-max-len", RESPONSE_BUDGET, "--critic-warmup-steps", CRITIC_WARMUP,
                             "--output-dir", str(run / "ppo")]),
         ("eval", None),  # built after PPO, from the checkpoints it left
     ]
@@ -89,7 +104,7 @@ def eval_command(run: Path) -> list[str]:
     models = [run / "base/final", *ckpts, ppo_dir / "final/actor"]
     step_ids = [0, *(int(c.parent.name.split("-")[1]) for c in ckpts), records[-1]["step"]]
     return [sys.executable, "evaluate.py", "--preset", "tiny", "--data-dir", str(held_out_split(run)),
-            "--model", *map(str, models), "--steps", ",".join(map(str, step_ids)),
+            "--model", *map(str, models), "--steps", ",".join(map(str, step_ids)), "--generate-max-len", RESPONSE_BUDGET,
             "--output-dir", str(run / "eval")]
 
 
@@ -158,25 +173,42 @@ def prepare_run_dir(run_dir: str, fresh: bool) -> Path:
 
 
 def level_table(run: Path, summary: dict) -> str:
-    """Accuracy and format rate per difficulty level, before and after RL (from evaluate.py's samples)."""
+    """Accuracy per difficulty level, format rate, reflection share and mean response length, before and after RL
+    (from evaluate.py's greedy samples)."""
+    from ppo import REFLECTION  # the words the rollout metrics count ("wait", "let me check", "verify", ...)
     levels = [json.loads(line)["level"] for line in (run / "eval_data/synth/test.jsonl").read_text().splitlines()]
     labels = list(summary["results"])
     rows = {"base": labels[0], "SimpleRL-Zero (PPO)": labels[-1]}
     head = "| model | " + " | ".join(f"Level {lv}" for lv in sorted(set(levels))) + \
-           " | all | boxed | mean length |"
+           " | all | boxed | reflection | mean length |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, label in rows.items():
-        by_level, boxed, lengths = defaultdict(list), [], []
+        by_level, boxed, reflect, lengths = defaultdict(list), [], [], []
         for line in (run / "eval" / label / "synth.jsonl").read_text().splitlines():
             s = json.loads(line)
             by_level[levels[s["idx"]]].append(bool(s["correct"]))  # idx: the row's index in the test file
             boxed.append("boxed" in s["response"])
+            reflect.append(bool(REFLECTION.search(s["response"])))
             lengths.append(s["length"])
         every = [c for v in by_level.values() for c in v]
         cells = [f"{100 * sum(v) / len(v):.1f}" for _, v in sorted(by_level.items())]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * sum(every) / len(every):.1f} | "
-                     f"{100 * sum(boxed) / len(boxed):.0f}% | {sum(lengths) / len(lengths):.1f} |")
+                     f"{100 * sum(boxed) / len(boxed):.0f}% | {100 * sum(reflect) / len(reflect):.0f}% | "
+                     f"{sum(lengths) / len(lengths):.1f} |")
     return "\n".join(lines)
+
+
+def rollout_arc(run: Path, k: int = 3) -> dict:
+    """The sampled rollouts' story (ppo/metrics.jsonl), each point a mean over k consecutive RL steps: mean response
+    length at the start, its minimum and at the end; the share of responses with a reflection word, start and end."""
+    recs = [json.loads(line) for line in (run / "ppo/metrics.jsonl").read_text().splitlines()]
+    recs = [r for r in recs if "response_length" in r]
+    smooth = lambda key: [sum(r[key] for r in recs[i:i + k]) / k for i in range(len(recs) - k + 1)]  # noqa: E731
+    length, reflection = smooth("response_length"), smooth("reflection_rate")
+    low = min(range(len(length)), key=length.__getitem__)
+    return {"length_start": length[0], "length_min": length[low], "length_min_step": recs[low + k // 2]["step"],
+            "length_end": length[-1], "reflection_start": reflection[0], "reflection_end": reflection[-1],
+            "steps": recs[-1]["step"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -197,12 +229,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(summary["table"])
     print()
     print(level_table(run, summary))
+    arc = rollout_arc(run)
+    print(f"\n[demo] sampled rollouts during PPO (means over 3 RL steps): response length {arc['length_start']:.1f} "
+          f"-> minimum {arc['length_min']:.1f} (step {arc['length_min_step']}) -> {arc['length_end']:.1f} tokens at "
+          f"step {arc['steps']}; responses with a reflection word (\"let me check\", \"wait\") "
+          f"{100 * arc['reflection_start']:.0f}% -> {100 * arc['reflection_end']:.0f}%")
     total = sum(json.loads((run / f"{name}.done").read_text())["seconds"] for name in STEP_NAMES)
     print(f"\n[demo] base {before:.1f}% -> PPO {after:.1f}% ({after - before:+.1f} points); the four steps took "
           f"{total:.0f} s ({time.time() - t0:.0f} s this run)")
     print(f"[demo] training dynamics:        {run / 'ppo/curves.png'}")
     print(f"[demo] held-out accuracy vs step: {run / 'eval/accuracy_vs_step.png'}")
-    return {"before": before, "after": after, "run": str(run)}
+    return {"before": before, "after": after, "run": str(run), **arc}
 
 
 if __name__ == "__main__":

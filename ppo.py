@@ -1290,20 +1290,26 @@ def replace_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def plot_metrics(out: Path, keys: list[str], xlabel: str) -> None:
-    """curves.png: one panel per key that a record of metrics.jsonl has (eval keys drawn as points)."""
+def plot_metrics(out: Path, rows: list[list[str]], xlabel: str, titles: dict | None = None) -> None:
+    """curves.png: a grid of panels, one row per list of keys, one panel per key that a record of
+    metrics.jsonl has (eval keys drawn as points); titles maps a key to its panel title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     records = read_metrics(out / "metrics.jsonl")
-    keys = [k for k in keys if any(k in r for r in records)]
-    if not keys:
+    rows = [[k for k in row if any(k in r for r in records)] for row in rows]
+    rows = [row for row in rows if row]
+    if not rows:
         return
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(*zip(*pts), marker="o" if "eval" in key else None, markersize=3)
-        ax.set(title=key, xlabel=xlabel)
+    width = max(map(len, rows))
+    fig, axes = plt.subplots(len(rows), width, figsize=(3.6 * width, 3 * len(rows)), squeeze=False)
+    for ax_row, keys in zip(axes, rows):
+        for ax in ax_row[len(keys):]:
+            ax.axis("off")
+        for ax, key in zip(ax_row, keys):
+            pts = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot(*zip(*pts), marker="o" if "eval" in key else None, markersize=3)
+            ax.set(title=(titles or {}).get(key, key), xlabel=xlabel)
     fig.tight_layout()
     replace_atomically(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
@@ -1831,8 +1837,13 @@ def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: 
 
 
 def plot_curves(out: Path) -> None:
-    plot_metrics(out, ["reward", "format_rate", "accuracy", "eval/accuracy", "response_length", "kl",
-                       "reflection_rate"], "RL step")
+    # Two rows, like the SimpleRL-Zero blog's figures: what is rewarded (top), then how the responses change:
+    # the mean sampled response length and the share of responses with a reflection word (REFLECTION).
+    plot_metrics(out, [["reward", "accuracy", "eval/accuracy", "format_rate"],
+                       ["response_length", "reflection_rate", "kl"]], "RL step",
+                 titles={"response_length": "mean response length (tokens)",
+                         "reflection_rate": "share with a reflection word", "accuracy": "accuracy (sampled)",
+                         "eval/accuracy": "eval/accuracy (greedy, held out)"})
 
 
 # ---- memory plan: bytes per GPU (per rank on CPU), by component ----
