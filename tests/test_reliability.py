@@ -171,7 +171,7 @@ def test_full_disk_says_no_space_left(tmp_path):
                     f.flush()
     out = tmp_path / "run"
     out.mkdir()
-    (out / "curves.tmp.png").symlink_to("/dev/full")  # the first save's plot lands on a full disk
+    (out / "curves.png.tmp").symlink_to("/dev/full")  # the first save's plot lands on a full disk
     r = run("ppo.py", out, "--max-steps", "2", "--test-file", "")
     clear_error(r, f"no space left on {out}")
 
@@ -190,7 +190,9 @@ def test_sft_stops_on_nan_and_saves_no_nan_weights(tmp_path):
 
 @pytest.mark.slow  # stage scripts in subprocesses
 def test_ppo_nan_message_points_at_the_config(tmp_path):
-    r = run("ppo.py", tmp_path / "nan", "--max-steps", "3", "--inject-nan-at-step", "1", "--test-file", "")
+    r = subprocess.run([sys.executable, "tests/nan_at_step.py", "1", *PPO, "--output-dir", str(tmp_path / "nan"),
+                        "--max-steps", "3", "--test-file", ""], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)  # a NaN actor loss at RL step 2
     assert r.returncode == 1
     assert "Check the config first (learning rates" in r.stdout and "temperature 1" in r.stdout
 

@@ -40,7 +40,6 @@ DIFFERENT_ON_PURPOSE = {
     "make_engine": "builds the stage's own engine classes above",
     "greedy_accuracy": "sft evaluates an inference copy of the model; ppo evaluates through its rollout engine",
     # Not yet unified (issue 14 item 6): the same job written twice.
-    "latest_checkpoint": "two spellings of the same checkpoint-<step> filter (issue 14 item 6, open)",
     "sync_weights": "sft: model -> inference copy; ppo: actor -> engine with a version (issue 14 item 6, open)",
 }
 
