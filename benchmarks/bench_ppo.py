@@ -13,6 +13,8 @@ losses, fp32, HF generate, one process (no torchrun), --threads torch threads in
 
   gae   ppo.py --preset tiny --advantage gae   (actor, reference, critic; GAE; the tiny preset's critic lr)
   grpo  ppo.py --preset tiny --advantage grpo  (no critic; group-normalised outcome rewards)
+  gae+sampler, grpo+sampler   the same with --old-logprobs sampler: pi_old from the rollout engine's log-probs
+        instead of the recipe's no-grad actor forward (a deviation from the recipe; printed when run)
   trl   TRL GRPOTrainer (use_cpu, per_device_train_batch_size 64, steps_per_generation 4, num_generations 8,
         max_completion_length 48, beta 0.02, loss_type dapo = token-mean): one generation round = one RL step
 
@@ -140,7 +142,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="RL steps measured per run (after --warmup)")
     p.add_argument("--warmup", type=int, default=2, help="RL steps dropped at the start of each run")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (OMP_NUM_THREADS for ppo.py)")
-    p.add_argument("--only", default="gae,grpo,trl", help="comma-separated subset of gae, grpo, trl")
+    p.add_argument("--only", default="gae,grpo,gae+sampler,grpo+sampler,trl",
+                   help="comma-separated subset of gae, grpo, gae+sampler, grpo+sampler (--old-logprobs sampler), trl")
     p.add_argument("--trl-worker", help=argparse.SUPPRESS)  # internal: run TRL on this model folder
     p.add_argument("--rounds", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -161,15 +164,20 @@ def main() -> None:
               f"RL steps per run, {a.threads} threads, one process each", flush=True)
         if extra:
             print(f"ppo.py runs get extra flags: {' '.join(extra)}", flush=True)
-        for name in ("gae", "grpo"):
+        for name in ("gae", "grpo", "gae+sampler", "grpo+sampler"):
             if name not in want:
                 continue
-            if not has_advantage:
-                if name == "grpo":
-                    print("grpo: skipped, this ppo.py has no --advantage flag yet", flush=True)
-                    continue
+            advantage, _, sampler = name.partition("+")
+            if not has_advantage and (advantage == "grpo" or sampler):
+                print(f"{name}: skipped, this ppo.py has no --advantage / --old-logprobs flag yet", flush=True)
+                continue
+            flags = ["--old-logprobs", "sampler"] if sampler else []
+            if sampler:  # a deviation from the recipe (v0 scores pi_old with a trainer forward): say so
+                print(f"{name}: ppo.py --advantage {advantage} --old-logprobs sampler (the rollout engine's "
+                      "log-probs as pi_old, not the recipe's trainer forward)", flush=True)
             t = time.perf_counter()
-            r = run_ppo(name if has_advantage else None, init, Path(tmp) / f"ppo-{name}", a.warmup + a.steps, extra, env)
+            r = run_ppo(advantage if has_advantage else None, init, Path(tmp) / f"ppo-{name}", a.warmup + a.steps,
+                        flags + extra, env)
             results.append(summary(f"ppo.py {name}", r, a.warmup))
             print(f"{name}: done in {time.perf_counter() - t:.0f} s", flush=True)
         if "trl" in want:
@@ -187,16 +195,15 @@ def main() -> None:
                 results.append(summary("TRL GRPOTrainer", r, a.warmup))
                 print(f"trl: done in {time.perf_counter() - t:.0f} s", flush=True)
     trl = next((r for r in results if r["name"].startswith("TRL")), None)
-    print(f"\n{'run':18s} {'s/step':>7s} {'tokens/s':>9s} {'mean len':>8s} {'vs TRL':>7s}  phases (median s)")
+    print(f"\n{'run':20s} {'s/step':>7s} {'tokens/s':>9s} {'mean len':>8s} {'vs TRL':>7s}  phases (median s)")
     for r in results:
         ratio = f"{r['s_step'] / trl['s_step']:.2f}x" if trl else "-"
         phases = " ".join(f"{k} {v:.2f}" for k, v in r.get("phases", {}).items())
-        print(f"{r['name']:18s} {r['s_step']:7.2f} {r['tok_s']:9.0f} {r['len']:8.1f} {ratio:>7s}  {phases}")
+        print(f"{r['name']:20s} {r['s_step']:7.2f} {r['tok_s']:9.0f} {r['len']:8.1f} {ratio:>7s}  {phases}")
     if trl:
-        targets = {"ppo.py gae": 1.4, "ppo.py grpo": 0.75}
         for r in results:
-            if r["name"] in targets:
-                ratio, target = r["s_step"] / trl["s_step"], targets[r["name"]]
+            if r["name"].startswith("ppo.py"):
+                ratio, target = r["s_step"] / trl["s_step"], 0.75 if "grpo" in r["name"] else 1.4
                 print(f"{r['name']}: {ratio:.2f}x TRL's time per step, target <= {target}x: "
                       f"{'met' if ratio <= target else 'NOT met'}")
 
