@@ -901,7 +901,11 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
                 raise FloatingPointError("non-finite PPO loss (NaN/inf)")
             for learner in learners:
                 norms[f"{learner.name}_grad_norm"].append(learner.step())
-    return update_metrics(sums.all_reduce(), norms, world * n_minibatches, train_actor)
+    metrics = update_metrics(sums.all_reduce(), norms, world * n_minibatches, train_actor)
+    if critic is None:  # --advantage grpo: no value loss
+        for k in ("v_loss", "vf_clipfrac"):
+            metrics.pop(k)
+    return metrics
 
 
 def minibatch_count(batch: dict, idx: list[int], loss_agg: str, device) -> torch.Tensor:
@@ -1887,6 +1891,9 @@ def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: 
            "kl_stderr": math.sqrt(max(s["k1_sq"] / tok - (s["k1"] / tok) ** 2, 0) / tok)}
     if s["gap_n"]:
         out["engine_logprob_gap"] = s["gap"] / s["gap_n"]  # mean |engine - trainer| log-prob, sampled tokens
+    if cfg.advantage == "grpo":  # no critic: no values to explain the returns
+        for k in ("values", "explained_variance"):
+            out.pop(k)
     return out
 
 
