@@ -314,3 +314,64 @@ def test_import_starts_nothing(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
+
+
+# ---- GRPO: group-normalised outcome advantages (--advantage grpo) ----
+def test_group_advantages_hand_worked():
+    # group 1: scores 1, -0.5, -1, 1: mean 0.125; deviations 0.875, -0.625, -1.125, 0.875; squares sum to
+    # 3.1875, / (4 - 1) = 1.0625, std = 1.0307764; A = deviation / std. Group 2 scored alike: A = 0.
+    # Group 3 (size 4 as well): 1, 1, -1, -1: mean 0, std = sqrt(4 / 3) = 1.1547005; A = +-0.8660254.
+    scores = torch.tensor([1.0, -0.5, -1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0, -1.0, -1.0])
+    got = ppo.group_advantages(scores, 4, eps=0.0 + 1e-12)
+    want = torch.tensor([0.8488747, -0.6063391, -1.0914104, 0.8488747, 0, 0, 0, 0,
+                         0.8660254, 0.8660254, -0.8660254, -0.8660254])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert ppo.group_advantages(scores, 4).shape == scores.shape
+    with pytest.raises(ValueError):
+        ppo.group_advantages(scores, 5)  # 12 scores are not groups of 5
+    with pytest.raises(ValueError):
+        ppo.group_advantages(scores, 1)  # a group of one has no spread
+
+
+def test_grpo_advantage_is_the_normalised_score_on_every_token_plus_the_kl_to_come():
+    # two prompts x 2 samples; lengths 3, 1, 2, 3 of T = 3
+    mask = ragged_mask([3, 1, 2, 3], 3)
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, 0, 0], [-0.2, -0.3, 0], [-1.0, -1.0, -1.0]]) * mask
+    ref = torch.tensor([[-1.5, -2.0, -0.25], [-0.5, 0, 0], [-0.2, -0.1, 0], [-1.0, -1.0, -1.0]]) * mask
+    batch = {"response_mask": mask, "old_logp": old, "ref_logp": ref, "values": torch.zeros(4, 3)}
+    cfg = ppo.Config(advantage="grpo", n_samples_per_prompt=2, kl_coef=0.0)
+    ppo.advantages_and_returns(batch, [1.0, -1.0, -0.5, -0.5], cfg)
+    # kl_coef 0: group 1 (1, -1): +-1/sqrt(2) on every valid token; group 2 scored alike: 0; pads 0
+    a = 1 / math.sqrt(2)
+    torch.testing.assert_close(batch["advantages"], torch.tensor([[a, a, a], [-a, 0, 0], [0, 0, 0], [0, 0, 0]]),
+                               atol=1e-6, rtol=0)
+    # kl_coef 0.1, k1 per token = old - ref: row 0 has 0.5, 0, -0.25, row 2 0, -0.2 (its group scored alike);
+    # A_t = the normalised score - 0.1 * (the KL from t on)
+    cfg = ppo.Config(advantage="grpo", n_samples_per_prompt=2, kl_coef=0.1)
+    ppo.advantages_and_returns(batch, [1.0, -1.0, -0.5, -0.5], cfg)
+    torch.testing.assert_close(batch["advantages"][0], torch.tensor([a - 0.025, a + 0.025, a + 0.025]),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch["advantages"][1], torch.tensor([-a + 0.05, 0, 0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch["advantages"][2], torch.tensor([0.02, 0.02, 0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch["returns"], batch["advantages"])  # no critic: V = 0
+
+
+def test_grpo_needs_groups_and_plans_no_critic():
+    cfg = ppo.parse_args(["--preset", "tiny", "--advantage", "grpo", "--n-samples-per-prompt", "1"])
+    with pytest.raises(SystemExit, match="n-samples-per-prompt"):
+        ppo.validate(cfg)
+    with pytest.raises(SystemExit, match="--advantage 'ppo'"):
+        ppo.validate(ppo.parse_args(["--preset", "tiny", "--advantage", "ppo"]))
+    config = ppo.AutoConfig.from_pretrained(ROOT / "data" / "tiny")
+    gae = ppo.memory_plan(config, 1, ppo.parse_args(["--preset", "tiny"]), "cpu")
+    grpo = ppo.memory_plan(config, 1, ppo.parse_args(["--preset", "tiny", "--advantage", "grpo"]), "cpu")
+    for k in ("critic_weights", "critic_grads", "critic_adam"):
+        assert gae[k] > 0 and grpo[k] == 0
+    assert grpo["peak_training"] < gae["peak_training"]
+
+
+def test_sampler_logprobs_fill_the_old_logprobs():
+    samples = [ppo.Sample([1, 2], [3, 4, 5], False, [-0.1, -0.2, -0.3]), ppo.Sample([1], [6], False, [-0.5])]
+    torch.testing.assert_close(ppo.sampler_logprobs(samples, 3), torch.tensor([[-0.1, -0.2, -0.3], [-0.5, 0, 0]]))
+    with pytest.raises(SystemExit, match="old-logprobs"):
+        ppo.sampler_logprobs([ppo.Sample([1], [6], False, None)], 1)

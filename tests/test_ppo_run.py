@@ -4,6 +4,7 @@
 - a NaN loss stops the run with a clear message and leaves the last good checkpoint intact."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,3 +144,30 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     r = run(ppo_cmd(out, *SMALL, "--resume", "--max-steps", "6"))  # and the run can go on from there
     assert r.returncode == 0 and "resumed from" in r.stdout and "RL step 4" in r.stdout, r.stderr[-2000:]
+
+
+def test_grpo_run_has_no_critic_and_resumes_exactly(tmp_path):
+    """--advantage grpo: no critic loaded, saved or planned for; a resume from its checkpoint (actor and
+    optimizer only) continues exactly as the uninterrupted run."""
+    args = ["--model", TINY, "--test-file", "", "--rollout-batch-size", "4", "--n-samples-per-prompt", "4",
+            "--train-batch-size", "8", "--micro-train-batch-size", "8", "--generate-max-len", "12",
+            "--max-steps", "4", "--save-every", "2", "--advantage", "grpo"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = run(ppo_cmd(a, *args))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (a / "checkpoint-2").iterdir()) == ["actor", "optim", "trainer_state.pt"]
+    assert not (a / "final" / "critic").exists()
+    assert json.loads((a / "memory_plan.json").read_text())["critic_weights"] == 0
+    assert all(not {"critic_lr", "v_loss", "values", "explained_variance"} & set(x) for x in records(a))
+    shutil.copytree(a, b)
+    shutil.rmtree(b / "final")
+    r = run(ppo_cmd(b, *args, "--resume"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and "checkpoint-2" in r.stdout
+    wa, wb = final_weights(a), final_weights(b)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-6, rtol=1e-6, msg=k)
+    ra, rb = records(a), records(b)
+    assert [x["step"] for x in rb] == [x["step"] for x in ra] == [1, 2, 3, 4]
+    for x, y in zip(ra, rb):
+        assert x["reward"] == y["reward"] and abs(x["kl"] - y["kl"]) < 1e-6
