@@ -1073,6 +1073,7 @@ def main(cfg: Config) -> None:
     write_measured_memory(out, actor, critic, ref, engine, grad_bytes, rank)
     engine.close()  # before our process group goes: vLLM's shutdown tears down its groups on it
     final_report(out, step, acc0, acc1, phase_ms, rl_minutes, rank, world)
+    dist.barrier()  # every rank done with the group before any tears it down
     dist.destroy_process_group()
 
 
