@@ -28,6 +28,7 @@ def main() -> None:
     cfg = ppo.parse_args(sys.argv[2:])
     with ppo.disk_full_is_clear(cfg.output_dir):
         ppo.main(cfg)
+    ppo.end_process()
 
 
 if __name__ == "__main__":

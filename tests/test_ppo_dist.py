@@ -72,6 +72,7 @@ def worker(out: str) -> None:
     torch.distributed.all_gather_object(advs, batch["advantages"][m > 0].tolist())
     if rank == 0:
         torch.save({"weights": weights, "stats": stats, "advantages": sum(advs, [])}, out)
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
@@ -106,3 +107,4 @@ def test_two_rank_fsdp_update_matches_one_process(tmp_path, loss_agg):
 
 if __name__ == "__main__":
     worker(sys.argv[1])
+    ppo.end_process()  # what ppo.py's own runs do: no interpreter teardown for gloo's threads to race with
