@@ -1,4 +1,4 @@
-"""A 2-rank FSDP2 update (gloo, CPU) matches a 1-process update on the same rollout.
+"""A 2-rank FSDP2 update (gloo, CPU) matches a 1-process update (unsharded) on the same rollout.
 
 Run as a script (`python tests/test_ppo_dist.py OUT` or under torchrun) it is the worker: it builds a fixed
 rollout of 8 responses, takes this rank's share, computes old log-probs, KL-shaped rewards, GAE and
@@ -56,6 +56,10 @@ def worker(out: str) -> None:
     # gradients of the whole model on every rank); record every call
     sync_calls = []
     for model in (actor, critic):
+        # a world of one on CPU is left unsharded by shard_model (a plain module: nothing to switch off)
+        assert hasattr(model, "set_requires_gradient_sync") == (world > 1), "2 ranks must run FSDP2-sharded"
+        if world == 1:
+            continue
         original = model.set_requires_gradient_sync
         model.set_requires_gradient_sync = lambda flag, *a, original=original, **k: (sync_calls.append(flag),
                                                                                     original(flag, *a, **k))
@@ -66,8 +70,11 @@ def worker(out: str) -> None:
     stats = ppo.ppo_update(*learners, batch, cfg, world, device, train_actor=True,
                            generator=torch.Generator().manual_seed(rank))
     assert False not in sync_calls, "ppo_update accumulated unsharded gradients (set_requires_gradient_sync(False))"
-    weights = {("actor." + n): p.full_tensor().detach().clone() for n, p in actor.named_parameters()}
-    weights.update({("critic." + n): p.full_tensor().detach().clone() for n, p in critic.named_parameters()})
+    def full(p):  # DTensor shards (2 ranks) or the plain tensor (one process)
+        return p.full_tensor() if isinstance(p, ppo.DTensor) else p
+
+    weights = {("actor." + n): full(p).detach().clone() for n, p in actor.named_parameters()}
+    weights.update({("critic." + n): full(p).detach().clone() for n, p in critic.named_parameters()})
     advs = [None] * world
     torch.distributed.all_gather_object(advs, batch["advantages"][m > 0].tolist())
     if rank == 0:

@@ -17,6 +17,11 @@ import ppo  # noqa: E402
 TINY = str(ROOT / "data" / "tiny")
 
 
+def full(p: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: shard_model leaves a world of one on CPU unsharded (plain tensors), FSDP2 holds DTensors."""
+    return p.full_tensor() if isinstance(p, ppo.DTensor) else p
+
+
 def setup_models(temperature=0.7):
     rank, world, device = ppo.init_distributed()
     tok = AutoTokenizer.from_pretrained(TINY)
@@ -77,7 +82,7 @@ def test_sync_streams_every_parameter_into_hf_engine():
     ppo.sync_weights(actor, engine, 0)
     target = dict(engine.model.named_parameters())
     for name, p in actor.named_parameters():
-        torch.testing.assert_close(target[name], p.full_tensor())
+        torch.testing.assert_close(target[name], full(p))
 
 
 class FakeVLLM:
@@ -136,8 +141,8 @@ def test_vllm_engine_call_sequence_on_a_stand_in():
     names = [n for n, *_ in fake.loaded]
     assert names == [n for n, _ in actor.named_parameters()]  # every parameter, in the module's order
     for (name, shape, dtype, t), (_, p) in zip(fake.loaded, actor.named_parameters()):
-        assert shape == p.full_tensor().shape and dtype == torch.float32  # the CPU trainer's dtype (bf16 on GPU)
-        torch.testing.assert_close(t, p.full_tensor())
+        assert shape == full(p).shape and dtype == torch.float32  # the CPU trainer's dtype (bf16 on GPU)
+        torch.testing.assert_close(t, full(p))
     fake.calls.clear()
     samples = engine.generate([[1, 2], [3]], n=2, temperature=0.6, top_p=1.0, max_new_tokens=3)
     assert fake.calls == [("generate", 2)]  # already awake: no second wake-up
@@ -189,8 +194,8 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg):
                     zip(("actor", "critic"), (actor, critic), opts, scheds)]
         stats = ppo.ppo_update(*learners, batch, cfg, world, device, train_actor=True,
                                generator=torch.Generator().manual_seed(0))
-        out = {"a." + n: p.full_tensor().detach().clone() for n, p in actor.named_parameters()}
-        out.update({"c." + n: p.full_tensor().detach().clone() for n, p in critic.named_parameters()})
+        out = {"a." + n: full(p).detach().clone() for n, p in actor.named_parameters()}
+        out.update({"c." + n: full(p).detach().clone() for n, p in critic.named_parameters()})
         return out, stats
 
     big, big_stats = one_step(8)
