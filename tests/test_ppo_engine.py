@@ -347,3 +347,24 @@ def test_ppo_vllm_engine_passes_only_tensor_parallel(monkeypatch):
     assert all(b["tensor_parallel_size"] == 1 and "data_parallel_size" not in b for b in built)
     assert all(b["load_format"] == "dummy" for b in built)  # its weights only ever come from the actor
     assert built[0]["enable_sleep_mode"] is False and built[0]["dtype"] == "float32"  # CPU: no sleep mode, fp32
+
+
+def test_right_padded_rows_score_the_same_without_a_mask(monkeypatch):
+    """attention_mask_or_none drops the mask only when no row is left-padded; the log-probs and values of real
+    tokens are then exactly those computed with the mask (causal attention never sees the right padding)."""
+    g = torch.Generator().manual_seed(3)
+    samples = [ppo.Sample([5, 6, 7], torch.randint(0, 256, (n,), generator=g).tolist(), False, None) for n in (6, 2, 4)]
+    batch = ppo.pad_samples(samples, 256)
+    m = batch["response_mask"]
+    args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], m.size(1))
+    assert ppo.attention_mask_or_none(batch["attention_mask"]) is None  # same prompt lengths: right padding only
+    ragged = ppo.pad_samples([ppo.Sample([5], [1, 2], False, None)] + samples, 256)["attention_mask"]
+    assert ppo.attention_mask_or_none(ragged) is ragged  # a left-padded row keeps the mask
+    actor = ppo.load_model(TINY, seed=0)
+    critic = ppo.Critic(ppo.load_model(TINY, seed=1), "normal", seed=2)
+    with torch.no_grad():
+        causal = ppo.token_logprobs(actor, *args, 1.0, with_entropy=True), critic(*args)
+        monkeypatch.setattr(ppo, "attention_mask_or_none", lambda mask: mask)
+        masked = ppo.token_logprobs(actor, *args, 1.0, with_entropy=True), critic(*args)
+    for a, b in ((causal[0][0], masked[0][0]), (causal[0][1], masked[0][1]), (causal[1], masked[1])):
+        assert torch.equal(a * m, b * m)
