@@ -1,4 +1,4 @@
-"""A 2-rank FSDP2 update (gloo, CPU) matches a 1-process update on the same rollout.
+"""A 2-rank FSDP2 update (gloo, CPU) matches a 1-process update (unsharded) on the same rollout.
 
 Run as a script (`python tests/test_ppo_dist.py OUT` or under torchrun) it is the worker: it builds a fixed
 rollout of 8 responses, takes this rank's share, computes old log-probs, KL-shaped rewards, GAE and
@@ -30,6 +30,12 @@ def worker(out: str) -> None:
     critic = ppo.Critic(ppo.load_model(TINY, seed=1))
     torch.nn.init.normal_(critic.value_head.weight, std=0.5, generator=torch.Generator().manual_seed(2))
     actor, critic = ppo.shard_model(actor, device), ppo.shard_model(critic, device)
+    # the optimizers take the parameters before any forward, as ppo.py's main does: after a no-grad forward FSDP2
+    # leaves the root unsharded, and .parameters() would then hand the optimizer the root's (embeddings, final
+    # norm, value head) temporary unsharded copies, which a step would update while the model used its shards
+    # critic lr 0.05: at 0.5 its weights blew up to |w| ~ 34 (grad norm ~5,000), where fp32 summation order
+    # alone moves them by ~1e-4 and the comparison measures rounding, not the gradient's scale
+    opts = [torch.optim.SGD(actor.parameters(), lr=0.5), torch.optim.SGD(critic.parameters(), lr=0.05)]
     g = torch.Generator().manual_seed(123)
     samples = []
     for i in range(8):  # the same rollout on every rank; ragged prompts and responses
@@ -50,24 +56,28 @@ def worker(out: str) -> None:
     batch["rewards"] = ppo.shape_rewards(scores, kl, m, cfg.kl_coef)
     adv, batch["returns"] = ppo.compute_gae(batch["rewards"], batch["values"], m, cfg.gamma, cfg.lam)
     batch["advantages"] = ppo.masked_whiten(adv, m, distributed=True)
-    # critic lr 0.05: at 0.5 its weights blew up to |w| ~ 34 (grad norm ~5,000), where fp32 summation order
-    # alone moves them by ~1e-4 and the comparison measures rounding, not the gradient's scale
     # issue 10 item 2: never switch off gradient sync between micro-batches (FSDP2 would then keep full-size
     # gradients of the whole model on every rank); record every call
     sync_calls = []
     for model in (actor, critic):
+        # a world of one on CPU is left unsharded by shard_model (a plain module: nothing to switch off)
+        assert hasattr(model, "set_requires_gradient_sync") == (world > 1), "2 ranks must run FSDP2-sharded"
+        if world == 1:
+            continue
         original = model.set_requires_gradient_sync
         model.set_requires_gradient_sync = lambda flag, *a, original=original, **k: (sync_calls.append(flag),
                                                                                     original(flag, *a, **k))
-    opts = [torch.optim.SGD(actor.parameters(), lr=0.5), torch.optim.SGD(critic.parameters(), lr=0.05)]
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
     learners = [ppo.Learner(n, m, o, s, cfg.max_grad_norm) for n, m, o, s in
                 zip(("actor", "critic"), (actor, critic), opts, scheds)]
     stats = ppo.ppo_update(*learners, batch, cfg, world, device, train_actor=True,
                            generator=torch.Generator().manual_seed(rank))
     assert False not in sync_calls, "ppo_update accumulated unsharded gradients (set_requires_gradient_sync(False))"
-    weights = {("actor." + n): p.full_tensor().detach().clone() for n, p in actor.named_parameters()}
-    weights.update({("critic." + n): p.full_tensor().detach().clone() for n, p in critic.named_parameters()})
+    def full(p):  # DTensor shards (2 ranks) or the plain tensor (one process)
+        return p.full_tensor() if isinstance(p, ppo.DTensor) else p
+
+    weights = {("actor." + n): full(p).detach().clone() for n, p in actor.named_parameters()}
+    weights.update({("critic." + n): full(p).detach().clone() for n, p in critic.named_parameters()})
     advs = [None] * world
     torch.distributed.all_gather_object(advs, batch["advantages"][m > 0].tolist())
     if rank == 0:
@@ -91,6 +101,9 @@ def test_two_rank_fsdp_update_matches_one_process(tmp_path, loss_agg):
     start = {("actor." + n): p for n, p in ppo.load_model(TINY, seed=0).named_parameters()}
     moved = max((a["weights"][k] - v).abs().max().item() for k, v in start.items())
     assert moved > 1e-3, "the update did not move the actor: the comparison would be vacuous"
+    for run in (a, b):  # the root's parameters (embeddings, final norm) too, in both runs
+        root = ("actor.model.embed_tokens.weight", "actor.model.norm.weight")
+        assert min((run["weights"][k] - start[k]).abs().max().item() for k in root) > 1e-4, "root not updated"
     start.update({("critic." + n): p for n, p in ppo.Critic(ppo.load_model(TINY, seed=1)).named_parameters()
                   if n != "value_head.weight"})
     for k in a["weights"]:

@@ -17,6 +17,11 @@ import ppo  # noqa: E402
 TINY = str(ROOT / "data" / "tiny")
 
 
+def full(p: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: shard_model leaves a world of one on CPU unsharded (plain tensors), FSDP2 holds DTensors."""
+    return p.full_tensor() if isinstance(p, ppo.DTensor) else p
+
+
 def setup_models(temperature=0.7):
     rank, world, device = ppo.init_distributed()
     tok = AutoTokenizer.from_pretrained(TINY)
@@ -77,7 +82,7 @@ def test_sync_streams_every_parameter_into_hf_engine():
     ppo.sync_weights(actor, engine, 0)
     target = dict(engine.model.named_parameters())
     for name, p in actor.named_parameters():
-        torch.testing.assert_close(target[name], p.full_tensor())
+        torch.testing.assert_close(target[name], full(p))
 
 
 class FakeVLLM:
@@ -136,8 +141,8 @@ def test_vllm_engine_call_sequence_on_a_stand_in():
     names = [n for n, *_ in fake.loaded]
     assert names == [n for n, _ in actor.named_parameters()]  # every parameter, in the module's order
     for (name, shape, dtype, t), (_, p) in zip(fake.loaded, actor.named_parameters()):
-        assert shape == p.full_tensor().shape and dtype == torch.float32  # the CPU trainer's dtype (bf16 on GPU)
-        torch.testing.assert_close(t, p.full_tensor())
+        assert shape == full(p).shape and dtype == torch.float32  # the CPU trainer's dtype (bf16 on GPU)
+        torch.testing.assert_close(t, full(p))
     fake.calls.clear()
     samples = engine.generate([[1, 2], [3]], n=2, temperature=0.6, top_p=1.0, max_new_tokens=3)
     assert fake.calls == [("generate", 2)]  # already awake: no second wake-up
@@ -189,8 +194,8 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg):
                     zip(("actor", "critic"), (actor, critic), opts, scheds)]
         stats = ppo.ppo_update(*learners, batch, cfg, world, device, train_actor=True,
                                generator=torch.Generator().manual_seed(0))
-        out = {"a." + n: p.full_tensor().detach().clone() for n, p in actor.named_parameters()}
-        out.update({"c." + n: p.full_tensor().detach().clone() for n, p in critic.named_parameters()})
+        out = {"a." + n: full(p).detach().clone() for n, p in actor.named_parameters()}
+        out.update({"c." + n: full(p).detach().clone() for n, p in critic.named_parameters()})
         return out, stats
 
     big, big_stats = one_step(8)
@@ -342,3 +347,24 @@ def test_ppo_vllm_engine_passes_only_tensor_parallel(monkeypatch):
     assert all(b["tensor_parallel_size"] == 1 and "data_parallel_size" not in b for b in built)
     assert all(b["load_format"] == "dummy" for b in built)  # its weights only ever come from the actor
     assert built[0]["enable_sleep_mode"] is False and built[0]["dtype"] == "float32"  # CPU: no sleep mode, fp32
+
+
+def test_right_padded_rows_score_the_same_without_a_mask(monkeypatch):
+    """attention_mask_or_none drops the mask only when no row is left-padded; the log-probs and values of real
+    tokens are then exactly those computed with the mask (causal attention never sees the right padding)."""
+    g = torch.Generator().manual_seed(3)
+    samples = [ppo.Sample([5, 6, 7], torch.randint(0, 256, (n,), generator=g).tolist(), False, None) for n in (6, 2, 4)]
+    batch = ppo.pad_samples(samples, 256)
+    m = batch["response_mask"]
+    args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], m.size(1))
+    assert ppo.attention_mask_or_none(batch["attention_mask"]) is None  # same prompt lengths: right padding only
+    ragged = ppo.pad_samples([ppo.Sample([5], [1, 2], False, None)] + samples, 256)["attention_mask"]
+    assert ppo.attention_mask_or_none(ragged) is ragged  # a left-padded row keeps the mask
+    actor = ppo.load_model(TINY, seed=0)
+    critic = ppo.Critic(ppo.load_model(TINY, seed=1), "normal", seed=2)
+    with torch.no_grad():
+        causal = ppo.token_logprobs(actor, *args, 1.0, with_entropy=True), critic(*args)
+        monkeypatch.setattr(ppo, "attention_mask_or_none", lambda mask: mask)
+        masked = ppo.token_logprobs(actor, *args, 1.0, with_entropy=True), critic(*args)
+    for a, b in ((causal[0][0], masked[0][0]), (causal[0][1], masked[0][1]), (causal[1], masked[1])):
+        assert torch.equal(a * m, b * m)
