@@ -1213,10 +1213,10 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
 
 
 def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head). A world of
-    one on CPU stays a plain module: one rank's shard is the whole model, so FSDP would only add copies (its
-    all-gathers and reduce-scatters: ~7% of the tiny PPO update) and no mixed precision (none on CPU). The
-    math is the same; everything downstream takes either (DTensor checks, DCP and state-dict helpers)."""
+    """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head). A world
+    of one on CPU stays a plain module: one rank's shard is the whole model, so FSDP would only add copies
+    (its all-gathers and reduce-scatters: ~7% of the tiny PPO update) and no mixed precision (none on CPU).
+    The math is the same; everything downstream takes either (DTensor checks, DCP and state-dict helpers)."""
     model.to(device)
     if device.type == "cpu" and dist.get_world_size() == 1:
         return model
