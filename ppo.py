@@ -387,9 +387,10 @@ def attention_mask_or_none(attention_mask: torch.Tensor) -> torch.Tensor | None:
     """The mask the model is given: None when no row is left-padded (column 0 is real in every row; rows are
     [left pads | prompt | response | right pads]). Causal attention alone then gives every real token exactly
     the keys the mask would (the right padding comes after all of them), and SDPA runs its causal kernel
-    instead of a dense B x 1 x T x T mask: bitwise the same values on real tokens, ~5% less time per
-    forward+backward of the tiny model. Pad positions then attend causally too: their outputs differ, and
-    every use multiplies them by the response mask."""
+    instead of a dense B x 1 x T x T mask: the same math on real tokens (bitwise in the test; another kernel
+    may round a batch differently in the last bits), ~5% less time per forward+backward of the tiny model.
+    Pad positions then attend causally too: their outputs differ, and every use multiplies them by the
+    response mask."""
     return None if bool(attention_mask[:, 0].all()) else attention_mask
 
 
