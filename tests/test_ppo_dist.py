@@ -73,13 +73,10 @@ def worker(out: str) -> None:
     stats = ppo.ppo_update(*learners, batch, cfg, world, device, train_actor=True,
                            generator=torch.Generator().manual_seed(rank))
     assert False not in sync_calls, "ppo_update accumulated unsharded gradients (set_requires_gradient_sync(False))"
-    def full(p):  # DTensor shards (2 ranks) or the plain tensor (one process)
-        return p.full_tensor() if isinstance(p, ppo.DTensor) else p
-
-    weights = {("actor." + n): full(p).detach().clone() for n, p in actor.named_parameters()}
-    weights.update({("critic." + n): full(p).detach().clone() for n, p in critic.named_parameters()})
-    advs = [None] * world
-    torch.distributed.all_gather_object(advs, batch["advantages"][m > 0].tolist())
+    # full weights: gathered from the DTensor shards (2 ranks, a collective) or the plain tensors (one process)
+    weights = {("actor." + n): t.clone() for n, t in ppo.stream_weights(actor)}
+    weights.update({("critic." + n): t.clone() for n, t in ppo.stream_weights(critic)})
+    advs = ppo.all_gather_object(batch["advantages"][m > 0].tolist())
     if rank == 0:
         torch.save({"weights": weights, "stats": stats, "advantages": sum(advs, [])}, out)
     torch.distributed.barrier()

@@ -17,11 +17,6 @@ import ppo  # noqa: E402
 TINY = str(ROOT / "data" / "tiny")
 
 
-def full(p: torch.Tensor) -> torch.Tensor:
-    """The whole tensor: shard_model leaves a world of one on CPU unsharded (plain tensors), FSDP2 holds DTensors."""
-    return p.full_tensor() if isinstance(p, ppo.DTensor) else p
-
-
 def setup_models(temperature=0.7):
     rank, world, device = ppo.init_distributed()
     tok = AutoTokenizer.from_pretrained(TINY)
@@ -81,8 +76,8 @@ def test_sync_streams_every_parameter_into_hf_engine():
             p.add_(0.01 * torch.randn_like(p))
     ppo.sync_weights(actor, engine, 0)
     target = dict(engine.model.named_parameters())
-    for name, p in actor.named_parameters():
-        torch.testing.assert_close(target[name], full(p))
+    for name, t in ppo.stream_weights(actor):
+        torch.testing.assert_close(target[name], t)
 
 
 class FakeVLLM:
@@ -140,9 +135,9 @@ def test_vllm_engine_call_sequence_on_a_stand_in():
                           ("reset_prefix_cache",)]
     names = [n for n, *_ in fake.loaded]
     assert names == [n for n, _ in actor.named_parameters()]  # every parameter, in the module's order
-    for (name, shape, dtype, t), (_, p) in zip(fake.loaded, actor.named_parameters()):
-        assert shape == full(p).shape and dtype == torch.float32  # the CPU trainer's dtype (bf16 on GPU)
-        torch.testing.assert_close(t, full(p))
+    for (name, shape, dtype, t), (_, p) in zip(fake.loaded, ppo.stream_weights(actor)):
+        assert shape == p.shape and dtype == torch.float32  # the CPU trainer's dtype (bf16 on GPU)
+        torch.testing.assert_close(t, p)
     fake.calls.clear()
     samples = engine.generate([[1, 2], [3]], n=2, temperature=0.6, top_p=1.0, max_new_tokens=3)
     assert fake.calls == [("generate", 2)]  # already awake: no second wake-up
@@ -194,8 +189,8 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg):
                     zip(("actor", "critic"), (actor, critic), opts, scheds)]
         stats = ppo.ppo_update(*learners, batch, cfg, world, device, train_actor=True,
                                generator=torch.Generator().manual_seed(0))
-        out = {"a." + n: full(p).detach().clone() for n, p in actor.named_parameters()}
-        out.update({"c." + n: full(p).detach().clone() for n, p in critic.named_parameters()})
+        out = {"a." + n: t.clone() for n, t in ppo.stream_weights(actor)}
+        out.update({"c." + n: t.clone() for n, t in ppo.stream_weights(critic)})
         return out, stats
 
     big, big_stats = one_step(8)
