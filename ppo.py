@@ -83,7 +83,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 import reward
 
@@ -489,19 +489,36 @@ class HFEngine:
         if self.weights_version is None:
             raise RuntimeError("HF engine asked to generate without the actor's weights: "
                                "call sync_weights first")
-        prompts = [p for p in prompts for _ in range(n)]  # the n samples of a prompt are neighbours
         out = []
-        step = batch_size or len(prompts)
+        step = max((batch_size or len(prompts) * n) // n, 1)  # prompts per call: a prompt's n samples together
         for i in range(0, len(prompts), step):
-            out += self._generate(prompts[i: i + step], temperature, top_p, max_new_tokens)
+            out += self._generate(prompts[i: i + step], n, temperature, top_p, max_new_tokens)
         return out
 
-    def _generate(self, prompts, temperature, top_p, max_new_tokens) -> list[Sample]:
+    def prompt_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int):
+        """The keys and values of every prompt token but the last, computed once per prompt and repeated for its
+        n samples (the n samples of a prompt are neighbours), as vLLM's prefix caching shares them: generate
+        then runs only the last prompt token and the new ones. The same tokens as without it (the same
+        computation per row; a different batch may round the last bits differently); here it saves 7/8 of the
+        prompts' forward, ~10% of a tiny rollout. None when there is nothing to share."""
+        if n == 1 or input_ids.size(1) < 2:
+            return None
+        cache = DynamicCache(config=self.model.config)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                   position_ids=position_ids[:, :-1], past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(n)
+        return cache
+
+    def _generate(self, prompts, n, temperature, top_p, max_new_tokens) -> list[Sample]:
         pad = self.tokenizer.pad_token_id
         width = max(map(len, prompts))
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
                                       device=self.device)
+        cache = self.prompt_cache(input_ids, attention_mask, n)
+        prompts = [p for p in prompts for _ in range(n)]
+        input_ids, attention_mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
         greedy = temperature == 0
         kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
                       pad_token_id=pad,
@@ -513,7 +530,8 @@ class HFEngine:
                       output_logits=self.return_logprobs and not greedy)
         if self.stop_strings:
             kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
-        gen = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        gen = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                                  **kwargs)
         responses = gen.sequences[:, width:]
         logprobs = None
         if gen.logits is not None:  # raw logits: the trainer's log-prob is log_softmax(logits / T_lp)

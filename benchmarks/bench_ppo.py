@@ -18,8 +18,10 @@ losses, fp32, HF generate, one process (no torchrun), --threads torch threads in
   trl   TRL GRPOTrainer (use_cpu, per_device_train_batch_size 64, steps_per_generation 4, num_generations 8,
         max_completion_length 48, beta 0.02, loss_type dapo = token-mean): one generation round = one RL step
 
-Each runs --warmup + --steps RL steps in its own fresh process; the first --warmup are dropped, and the
-median of the rest is reported. ppo.py's step is the sum of its timed phases (sync, generate, score, forward,
+Each run is --warmup + --steps RL steps in its own fresh process; the first --warmup are dropped. --repeats
+rounds each run every variant once, in turn (this machine's speed drifts by ~10% over minutes: a slow spell then
+falls on every variant), and the median of all measured steps of all rounds is reported, with the range of the
+per-round ratios to TRL. ppo.py's step is the sum of its timed phases (sync, generate, score, forward,
 train: everything but the per-step metrics record), TRL's the wall time between the ends of its generation
 rounds (its 4 optimizer steps each). Arguments after `--` go to every ppo.py run (printed, e.g. a deviation
 from the recipe such as `--old-logprobs sampler`). tokens/s: generated tokens / step time.
@@ -126,21 +128,36 @@ def trl_worker(a) -> None:
                       "threads": torch.get_num_threads()}), flush=True)
 
 
-def summary(name: str, r: dict, warmup: int) -> dict:
-    step = r["step_s"][warmup:]
-    tok = r["tokens"][warmup:]
+def summary(name: str, runs: list[dict], warmup: int) -> dict:
+    """Pooled over rounds: the median step of all measured steps, tokens/s, mean length, and the median phases;
+    `rounds` keeps each round's median step (for the per-round ratios)."""
+    step = [x for r in runs for x in r["step_s"][warmup:]]
+    tok = [x for r in runs for x in r["tokens"][warmup:]]
     out = {"name": name, "s_step": statistics.median(step), "tok_s": sum(tok) / sum(step),
-           "len": sum(tok) / len(tok) / (PROMPTS * SAMPLES), "n": len(step)}
-    if "phases" in r:
-        ph = r["phases"][warmup:]
+           "len": sum(tok) / len(tok) / (PROMPTS * SAMPLES), "n": len(step),
+           "rounds": [statistics.median(r["step_s"][warmup:]) for r in runs]}
+    if "phases" in runs[0]:
+        ph = [p for r in runs for p in r["phases"][warmup:]]
         out["phases"] = {k: statistics.median(p[k] for p in ph) for k in ph[0]}
     return out
 
 
+def run_trl(init: Path, out: Path, a, env: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--trl-worker", str(init), "--out", str(out),
+           "--rounds", str(a.warmup + a.steps), "--threads", str(a.threads)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"TRL run failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=10, help="RL steps measured per run (after --warmup)")
-    p.add_argument("--warmup", type=int, default=2, help="RL steps dropped at the start of each run")
+    p.add_argument("--steps", type=int, default=6, help="RL steps measured per run (after --warmup)")
+    p.add_argument("--warmup", type=int, default=1, help="RL steps dropped at the start of each run")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds; each runs every variant once, in turn, so that a slow spell of the machine "
+                        "falls on all of them")
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (OMP_NUM_THREADS for ppo.py)")
     p.add_argument("--only", default="gae,grpo,gae+sampler,grpo+sampler,trl",
                    help="comma-separated subset of gae, grpo, gae+sampler, grpo+sampler (--old-logprobs sampler), trl")
@@ -154,52 +171,55 @@ def main() -> None:
         return trl_worker(a)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(a.threads), TOKENIZERS_PARALLELISM="false")
     want = [x.strip() for x in a.only.split(",") if x.strip()]
-    results = []
+    if "trl" in want and importlib.util.find_spec("trl") is None:
+        print("trl: skipped, TRL is not installed here: pip install -r requirements-bench.txt "
+              "(trl==1.16.0, accelerate, datasets; benchmark only)", flush=True)
+        want.remove("trl")
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         init = Path(tmp) / "init"
         write_init(init)
         has_advantage = "--advantage" in ppo_flags()
         print(f"work: {PROMPTS} prompts x {SAMPLES} samples, <= {MAX_NEW} new tokens, {PROMPTS * SAMPLES // TRAIN_BATCH} "
               f"optimizer steps of {TRAIN_BATCH}, lr {LR:g}, KL {KL:g}, T=1; {a.warmup} warm-up + {a.steps} measured "
-              f"RL steps per run, {a.threads} threads, one process each", flush=True)
+              f"RL steps per run, {a.repeats} rounds of every variant in turn, {a.threads} threads, one process "
+              "each", flush=True)
         if extra:
             print(f"ppo.py runs get extra flags: {' '.join(extra)}", flush=True)
-        for name in ("gae", "grpo", "gae+sampler", "grpo+sampler"):
-            if name not in want:
-                continue
+        for name in list(want):
             advantage, _, sampler = name.partition("+")
-            if not has_advantage and (advantage == "grpo" or sampler):
+            if name != "trl" and not has_advantage and (advantage == "grpo" or sampler):
                 print(f"{name}: skipped, this ppo.py has no --advantage / --old-logprobs flag yet", flush=True)
-                continue
-            flags = ["--old-logprobs", "sampler"] if sampler else []
-            if sampler:  # a deviation from the recipe (v0 scores pi_old with a trainer forward): say so
+                want.remove(name)
+            elif sampler:  # a deviation from the recipe (v0 scores pi_old with a trainer forward): say so
                 print(f"{name}: ppo.py --advantage {advantage} --old-logprobs sampler (the rollout engine's "
                       "log-probs as pi_old, not the recipe's trainer forward)", flush=True)
-            t = time.perf_counter()
-            r = run_ppo(advantage if has_advantage else None, init, Path(tmp) / f"ppo-{name}", a.warmup + a.steps,
-                        flags + extra, env)
-            results.append(summary(f"ppo.py {name}", r, a.warmup))
-            print(f"{name}: done in {time.perf_counter() - t:.0f} s", flush=True)
-        if "trl" in want:
-            if importlib.util.find_spec("trl") is None:
-                print("trl: skipped, TRL is not installed here: pip install -r requirements-bench.txt "
-                      "(trl==1.16.0, accelerate, datasets; benchmark only)", flush=True)
-            else:
+        for k in range(a.repeats):
+            for name in want:
                 t = time.perf_counter()
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--trl-worker", str(init), "--out",
-                       str(Path(tmp) / "trl"), "--rounds", str(a.warmup + a.steps), "--threads", str(a.threads)]
-                proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-                if proc.returncode:
-                    sys.exit(f"TRL run failed:\n{proc.stderr[-4000:]}")
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
-                results.append(summary("TRL GRPOTrainer", r, a.warmup))
-                print(f"trl: done in {time.perf_counter() - t:.0f} s", flush=True)
+                out = Path(tmp) / f"{name}-{k}"
+                if name == "trl":
+                    r = run_trl(init, out, a, env)
+                else:
+                    advantage, _, sampler = name.partition("+")
+                    flags = ["--old-logprobs", "sampler"] if sampler else []
+                    r = run_ppo(advantage if has_advantage else None, init, out, a.warmup + a.steps,
+                                flags + extra, env)
+                runs.setdefault(name, []).append(r)
+                print(f"round {k + 1}/{a.repeats} {name}: done in {time.perf_counter() - t:.0f} s, median step "
+                      f"{statistics.median(r['step_s'][a.warmup:]):.2f} s", flush=True)
+    results = [summary("TRL GRPOTrainer" if name == "trl" else f"ppo.py {name}", runs[name], a.warmup)
+               for name in want]
     trl = next((r for r in results if r["name"].startswith("TRL")), None)
-    print(f"\n{'run':20s} {'s/step':>7s} {'tokens/s':>9s} {'mean len':>8s} {'vs TRL':>7s}  phases (median s)")
+    print(f"\n{'run':20s} {'s/step':>7s} {'tokens/s':>9s} {'mean len':>8s} {'vs TRL':>7s} {'rounds':>11s}  "
+          "phases (median s)")
     for r in results:
         ratio = f"{r['s_step'] / trl['s_step']:.2f}x" if trl else "-"
+        per_round = [x / y for x, y in zip(r["rounds"], trl["rounds"])] if trl else []
+        spread = f"{min(per_round):.2f}-{max(per_round):.2f}x" if per_round else "-"
         phases = " ".join(f"{k} {v:.2f}" for k, v in r.get("phases", {}).items())
-        print(f"{r['name']:20s} {r['s_step']:7.2f} {r['tok_s']:9.0f} {r['len']:8.1f} {ratio:>7s}  {phases}")
+        print(f"{r['name']:20s} {r['s_step']:7.2f} {r['tok_s']:9.0f} {r['len']:8.1f} {ratio:>7s} {spread:>11s}  "
+              f"{phases}")
     if trl:
         for r in results:
             if r["name"].startswith("ppo.py"):

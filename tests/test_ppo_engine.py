@@ -68,6 +68,37 @@ def test_sampler_ignores_model_generation_defaults():
     assert max(ranks) >= 3, "sampled tokens never left the top-3: a top-k filter is active in the sampler"
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.0])  # sampled rollouts and greedy
+def test_shared_prompt_cache_samples_the_same_tokens(temperature):
+    """The n samples of a prompt share its prompt's keys and values (prompt_cache). With the same seed they
+    draw the same tokens, with the same log-probs, as when each sample runs its whole prompt, also for
+    left-padded prompts of different lengths and in batches that split the prompts."""
+    tok, base, actor, _, _, device = setup_models()
+    engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
+    ppo.sync_weights(actor, engine, 0)
+    prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in ["Q: 1+2\nA:", "Q: 347-85+12\nA:", "Q:"]]
+    runs, caches, real = {}, [], engine.prompt_cache
+    for shared in (True, False):
+        # counted, then off: every sample runs its own prompt, as HF generate alone does
+        engine.prompt_cache = (lambda *args: caches.append(real(*args)) or caches[-1]) if shared else \
+            (lambda *args: None)
+        for batch_size in (0, 8):
+            torch.manual_seed(3)
+            runs[shared, batch_size] = engine.generate(prompts, n=4, temperature=temperature, top_p=1.0,
+                                                       max_new_tokens=12, batch_size=batch_size)
+    for batch_size in (0, 8):
+        with_cache, without = runs[True, batch_size], runs[False, batch_size]
+        assert [s.prompt_ids for s in with_cache] == [p for p in prompts for _ in range(4)]
+        assert [s.response_ids for s in with_cache] == [s.response_ids for s in without]
+        if temperature:
+            for a, b in zip(with_cache, without):
+                torch.testing.assert_close(torch.tensor(a.engine_logprobs), torch.tensor(b.engine_logprobs),
+                                           atol=1e-5, rtol=1e-5)
+    assert len(caches) == 3 and all(c is not None for c in caches)  # one call, then two of 8 rows: shared
+    if temperature:
+        assert len({tuple(s.response_ids) for s in runs[True, 0]}) > 3  # the samples of a prompt differ
+
+
 def test_sync_streams_every_parameter_into_hf_engine():
     tok, base, actor, ref, critic, device = setup_models()
     engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
