@@ -897,10 +897,13 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
     norms = {"actor_grad_norm": [], "critic_grad_norm": []}
     learners = [x for x in (actor if train_actor else None, critic) if x is not None]
     n_minibatches = 0
+    length = batch["attention_mask"].sum(1).tolist()  # real tokens per row (prompt + response)
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator).tolist()
         for start in range(0, B - per_rank + 1, per_rank):
-            idx = order[start: start + per_rank]
+            # a random mini-batch; its micro-batches take its rows by length: the same gradient (a sum over the
+            # mini-batch), less padding (each micro-batch is trimmed to its own longest row)
+            idx = sorted(order[start: start + per_rank], key=lambda i: length[i])
             denom = minibatch_count(batch, idx, cfg.loss_agg, device) / world
             n_minibatches += 1
             finite = torch.ones((), device=device)

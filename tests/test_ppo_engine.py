@@ -189,10 +189,15 @@ def test_vllm_engine_call_sequence_on_a_stand_in():
 
 
 @pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean"])
-def test_accumulated_micro_batches_equal_one_big_batch(loss_agg):
+def test_accumulated_micro_batches_equal_one_big_batch(loss_agg, monkeypatch):
     """One optimizer step (plain SGD, no clipping of the norm) over a mini-batch of 8 ragged responses:
-    micro-batches of 3, 3, 2 with gradient accumulation give the weights of one micro-batch of 8."""
+    micro-batches of 3, 3, 2 with gradient accumulation give the weights of one micro-batch of 8. The
+    micro-batches take the mini-batch's rows by length (the shortest three, the next three, the longest two)."""
     rank, world, device = ppo.init_distributed()
+    cut = []  # the rows of every micro-batch ppo_update trains on
+    real_micro_batches = ppo.micro_batches
+    monkeypatch.setattr(ppo, "micro_batches", lambda batch, idx, size, device: (
+        cut.append((list(idx), size)) or real_micro_batches(batch, idx, size, device)))
     g = torch.Generator().manual_seed(7)
     samples = []
     for _ in range(8):
@@ -226,6 +231,9 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg):
 
     big, big_stats = one_step(8)
     small, small_stats = one_step(3)
+    length = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
+    idx, size = cut[-1]  # one_step(3)'s mini-batch: all 8 rows, shortest first
+    assert size == 3 and sorted(idx) == list(range(8)) and [length[i] for i in idx] == sorted(length)
     start = {"a." + n: p.detach() for n, p in ppo.load_model(TINY, seed=0).named_parameters()}
     assert any((big[k] - start[k]).abs().max() > 1e-4 for k in start)  # the step did move the weights
     for k in big:
