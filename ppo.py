@@ -490,17 +490,18 @@ class HFEngine:
             raise RuntimeError("HF engine asked to generate without the actor's weights: "
                                "call sync_weights first")
         out = []
-        step = max((batch_size or len(prompts) * n) // n, 1)  # prompts per call: a prompt's n samples together
+        step = max((batch_size or len(prompts) * n) // n, 1)  # prompts per call, each with its n samples
         for i in range(0, len(prompts), step):
             out += self._generate(prompts[i: i + step], n, temperature, top_p, max_new_tokens)
         return out
 
     def prompt_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int):
-        """The keys and values of every prompt token but the last, computed once per prompt and repeated for its
-        n samples (the n samples of a prompt are neighbours), as vLLM's prefix caching shares them: generate
-        then runs only the last prompt token and the new ones. The same tokens as without it (the same
-        computation per row; a different batch may round the last bits differently); here it saves 7/8 of the
-        prompts' forward, ~10% of a tiny rollout. None when there is nothing to share."""
+        """The keys and values of every prompt token but the last, computed once per prompt and repeated for
+        its n samples (the n samples of a prompt are neighbours), as vLLM's prefix caching shares them:
+        generate then runs only the last prompt token and the new ones. The same tokens as without it (the
+        same computation per row; a different batch may round the last bits differently); it saves 7/8 of the
+        prompts' forward: a tiny rollout of 32 prompts x 8 samples, 554 -> 497 ms. None when there is nothing
+        to share."""
         if n == 1 or input_ids.size(1) < 2:
             return None
         cache = DynamicCache(config=self.model.config)
@@ -901,8 +902,8 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator).tolist()
         for start in range(0, B - per_rank + 1, per_rank):
-            # a random mini-batch; its micro-batches take its rows by length: the same gradient (a sum over the
-            # mini-batch), less padding (each micro-batch is trimmed to its own longest row)
+            # a random mini-batch; its micro-batches take its rows by length: the same gradient (a sum over
+            # the mini-batch), less padding (each micro-batch is trimmed to its own longest row)
             idx = sorted(order[start: start + per_rank], key=lambda i: length[i])
             denom = minibatch_count(batch, idx, cfg.loss_agg, device) / world
             n_minibatches += 1
