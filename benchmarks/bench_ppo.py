@@ -19,7 +19,7 @@ losses, fp32, HF generate, one process (no torchrun), --threads torch threads in
         max_completion_length 48, beta 0.02, loss_type dapo = token-mean): one generation round = one RL step
 
 Each run is --warmup + --steps RL steps in its own fresh process; the first --warmup are dropped. --repeats
-rounds each run every variant once, in turn (this machine's speed drifts by ~10% over minutes: a slow spell then
+rounds each run every variant once, in turn (this machine's speed drifts by 10-20% over minutes: a slow spell then
 falls on every variant), and the median of all measured steps of all rounds is reported, with the range of the
 per-round ratios to TRL. ppo.py's step is the sum of its timed phases (sync, generate, score, forward,
 train: everything but the per-step metrics record), TRL's the wall time between the ends of its generation
@@ -171,6 +171,10 @@ def main() -> None:
         return trl_worker(a)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(a.threads), TOKENIZERS_PARALLELISM="false")
     want = [x.strip() for x in a.only.split(",") if x.strip()]
+    unknown = [x for x in want if x not in ("gae", "grpo", "gae+sampler", "grpo+sampler", "trl")]
+    if unknown:
+        p.error(f"--only: unknown run(s) {', '.join(unknown)}; choose from gae, grpo, gae+sampler, "
+                "grpo+sampler, trl")
     if "trl" in want and importlib.util.find_spec("trl") is None:
         print("trl: skipped, TRL is not installed here: pip install -r requirements-bench.txt "
               "(trl==1.16.0, accelerate, datasets; benchmark only)", flush=True)
