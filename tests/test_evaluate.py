@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import evaluate as ev  # noqa: E402
+import runtime  # noqa: E402
 import reward  # noqa: E402
 
 EIGHT = list(ev.BENCHMARKS)
@@ -117,13 +118,13 @@ def test_bad_input_errors(tmp_path):
     bad = tmp_path / "math500"
     bad.mkdir()
     (bad / "test.jsonl").write_text('{"problem": "1+1", "solution": "\\\\boxed{2}"}\n{"problem": "x", "answer": "3"}\n')
-    with pytest.raises(ValueError, match=r"math500/test.jsonl:2: missing field 'solution'"):
+    with pytest.raises(ValueError, match=r"math500/test.jsonl line 2: missing field 'solution'"):
         ev.load_benchmark(str(tmp_path), "math500", "qwen25-math-cot")
     (bad / "test.jsonl").write_text('{"problem": "1+1", "solution": "no box"}\n')
-    with pytest.raises(ValueError, match=r"test.jsonl:1: field 'solution' has no .boxed"):
+    with pytest.raises(ValueError, match=r"test.jsonl line 1: field 'solution' has no .boxed"):
         ev.load_benchmark(str(tmp_path), "math500", "qwen25-math-cot")
     (bad / "test.jsonl").write_text('{"problem": "1+1", "solution": "\\\\boxed{2}"\n')
-    with pytest.raises(ValueError, match=r"test.jsonl:1"):
+    with pytest.raises(ValueError, match=r"test.jsonl line 1"):
         ev.load_benchmark(str(tmp_path), "math500", "qwen25-math-cot")
     with pytest.raises(FileNotFoundError, match="prepare_data"):
         ev.load_benchmark(str(tmp_path), "gsm8k", "qwen25-math-cot")
@@ -181,7 +182,7 @@ def test_sampling_summary_reports_avg_and_pass_at_k(tmp_path):
 
 def tiny_engine(**overrides):
     cfg = ev.Config(**{**ev.TINY, "generate_max_len": 12, "batch_size": 4, **overrides})
-    ev.init_distributed()
+    runtime.init_distributed()
     return ev.HFEngine("data/tiny" if (ROOT / "data/tiny").is_dir() else str(ROOT / "data/tiny"), cfg, torch.device("cpu")), cfg
 
 
@@ -209,7 +210,7 @@ def test_vllm_engine_with_standin():
                                              for j in range(sp.n)]) for p, sp in zip(prompts, params)]
 
     cfg = ev.Config(n=2, temperature=0.7, top_p=0.9, generate_max_len=100)
-    ev.init_distributed()
+    runtime.init_distributed()
     engine = ev.VLLMEngine(str(ROOT / "data/tiny"), cfg, llm=FakeLLM(), sampling_params_cls=Params)
     assert engine.max_len == 512 and 258 in engine.stop_ids
     problems = [dict(prompt="a", budget=100), dict(prompt="b", budget=7)]
@@ -266,7 +267,7 @@ def test_torchrun_data_parallel_matches_single_process(tmp_path):
             "--limit", "5", "--generate-max-len", "6", "--batch-size", "2"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           f"--master_port={ev._free_port()}", str(ROOT / "evaluate.py"), *args,
+                           f"--master_port={runtime._free_port()}", str(ROOT / "evaluate.py"), *args,
                            "--output-dir", str(tmp_path / "dp")],
                           timeout=240, env=env, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -280,14 +281,14 @@ def test_torchrun_data_parallel_matches_single_process(tmp_path):
 def test_vllm_engine_tp_in_a_world_of_one_and_only_tensor_parallel(monkeypatch):
     """Items 5 and 6 of issue 10: `python evaluate.py --tp 2` (a world of one) is one engine over 2 devices, not an
     error; vLLM gets tensor_parallel_size only (a data_parallel_size would lock every engine step together)."""
-    ev.init_distributed()
+    runtime.init_distributed()
     built = {}
 
     class RecordingLLM:
         def __init__(self, **kwargs):
             built.update(kwargs)
 
-    monkeypatch.setattr(ev, "import_vllm", lambda: (RecordingLLM, SimpleNamespace))
+    monkeypatch.setattr(runtime, "import_vllm", lambda: (RecordingLLM, SimpleNamespace))
     engine = ev.VLLMEngine(str(ROOT / "data/tiny"), ev.Config(tp=2))
     assert (engine.dp_size, engine.dp_rank) == (1, 0) and engine.shard(5) == [0, 1, 2, 3, 4]
     assert built["tensor_parallel_size"] == 2 and "data_parallel_size" not in built

@@ -1,4 +1,4 @@
-"""Model loading (the setup twins' model_source/load_model): a Hugging Face hub id loads its real weights
+"""Model loading (runtime.model_source/load_model): a Hugging Face hub id loads its real weights
 from the hub cache; random weights only for a folder that asks for them (data/tiny's INIT_FROM_CONFIG);
 a folder without weights, a truncated weights file and a mistyped path stop with a clear error."""
 import json
@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import evaluate
 import ppo
+import runtime
 import sft
 
 pytestmark = pytest.mark.slow  # end to end: each stage loads a model in a subprocess
@@ -50,10 +51,10 @@ def run_py(code: str, home: Path) -> subprocess.CompletedProcess:
 def test_hub_id_loads_the_cached_weights_in_every_stage(hub_cache):
     home, snap = hub_cache
     code = f"""
-import torch, sft, ppo, evaluate
+import torch, runtime
 from transformers import AutoModelForCausalLM
 ref = dict(AutoModelForCausalLM.from_pretrained({str(snap)!r}, dtype=torch.float32).named_parameters())
-for mod in (sft, ppo, evaluate):
+for mod in (runtime,):  # the one loader every stage calls
     assert mod.model_source("tiny-org/tiny-model") == "hub"
     got = dict(mod.load_model("tiny-org/tiny-model", seed=0).named_parameters())
     assert got.keys() == ref.keys()
@@ -80,24 +81,22 @@ evaluate.evaluate(evaluate.parse_args(["--preset", "tiny", "--limit", "40", "--o
 
 
 def test_random_init_only_on_request(tmp_path):
-    assert (TINY / ppo.INIT_FROM_CONFIG).is_file()
-    assert ppo.model_source(str(TINY)) == "config"
+    assert (TINY / runtime.INIT_FROM_CONFIG).is_file()
+    assert runtime.model_source(str(TINY)) == "config"
     bare = tmp_path / "no_weights"
     bare.mkdir()
     for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         (bare / f).write_bytes((TINY / f).read_bytes())
-    for mod in (sft, ppo, evaluate):
-        with pytest.raises(SystemExit, match=f"{bare}: this folder has no model weights"):
-            mod.load_model(str(bare), 0)
-    (bare / ppo.INIT_FROM_CONFIG).write_text("")
-    assert sft.model_source(str(bare)) == "config"
+    with pytest.raises(SystemExit, match=f"{bare}: this folder has no model weights"):
+        runtime.load_model(str(bare), 0)
+    (bare / runtime.INIT_FROM_CONFIG).write_text("")
+    assert runtime.model_source(str(bare)) == "config"
 
 
 @pytest.mark.parametrize("path", ["runs/demo/base/fnal", "./checkpoint-10", "/nonexistent/model", "tests/no_such_model"])
 def test_mistyped_local_path_says_no_such_directory(path):
-    for mod in (sft, ppo, evaluate):
-        with pytest.raises(SystemExit, match=f"{path}: no such directory"):
-            mod.model_source(path)
+    with pytest.raises(SystemExit, match=f"{path}: no such directory"):
+        runtime.model_source(path)
 
 
 def test_truncated_weights_file_is_named(tmp_path):
@@ -107,4 +106,4 @@ def test_truncated_weights_file_is_named(tmp_path):
     f = tmp_path / "model.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(SystemExit, match=f"{f}: truncated"):
-        ppo.load_model(str(tmp_path), 0)
+        runtime.load_model(str(tmp_path), 0)

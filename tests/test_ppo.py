@@ -8,12 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
 import ppo  # noqa: E402
+import runtime  # noqa: E402
 import reward  # noqa: E402
 
 
@@ -160,14 +162,14 @@ def test_kl_estimators_match_formulas_and_estimate_kl():
 
 
 def test_lr_schedule_warmup_cosine_floor():
-    f = [ppo.lr_factor(s, 3, 100, 0.1) for s in range(101)]
+    f = [runtime.lr_factor(s, 3, 100, 0.1) for s in range(101)]
     assert f[0] == pytest.approx(1 / 3) and f[2] == pytest.approx(1.0) and f[3] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[3:], f[4:]))
     assert f[100] == pytest.approx(0.1)
 
 
 def test_pad_samples_positions_and_masks():
-    samples = [ppo.Sample([5, 6, 7], [8, 9, 258], False, None), ppo.Sample([5], [8], True, None)]
+    samples = [runtime.Sample([5, 6, 7], [8, 9, 258], False, None), runtime.Sample([5], [8], True, None)]
     b = ppo.pad_samples(samples, pad_id=256)
     assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9, 258], [256, 256, 5, 8, 256, 256]]
     assert b["position_ids"].tolist()[1][2:4] == [0, 1]  # left padding does not shift positions
@@ -362,16 +364,16 @@ def test_grpo_needs_groups_and_plans_no_critic():
         ppo.validate(cfg)
     with pytest.raises(SystemExit, match="--advantage 'ppo'"):
         ppo.validate(ppo.parse_args(["--preset", "tiny", "--advantage", "ppo"]))
-    config = ppo.AutoConfig.from_pretrained(ROOT / "data" / "tiny")
-    gae = ppo.memory_plan(config, 1, ppo.parse_args(["--preset", "tiny"]), "cpu")
-    grpo = ppo.memory_plan(config, 1, ppo.parse_args(["--preset", "tiny", "--advantage", "grpo"]), "cpu")
+    config = transformers.AutoConfig.from_pretrained(ROOT / "data" / "tiny")
+    gae = runtime.memory_plan(config, 1, ppo.parse_args(["--preset", "tiny"]), "cpu")
+    grpo = runtime.memory_plan(config, 1, ppo.parse_args(["--preset", "tiny", "--advantage", "grpo"]), "cpu")
     for k in ("critic_weights", "critic_grads", "critic_adam"):
         assert gae[k] > 0 and grpo[k] == 0
     assert grpo["peak_training"] < gae["peak_training"]
 
 
 def test_sampler_logprobs_fill_the_old_logprobs():
-    samples = [ppo.Sample([1, 2], [3, 4, 5], False, [-0.1, -0.2, -0.3]), ppo.Sample([1], [6], False, [-0.5])]
+    samples = [runtime.Sample([1, 2], [3, 4, 5], False, [-0.1, -0.2, -0.3]), runtime.Sample([1], [6], False, [-0.5])]
     torch.testing.assert_close(ppo.sampler_logprobs(samples, 3), torch.tensor([[-0.1, -0.2, -0.3], [-0.5, 0, 0]]))
     with pytest.raises(SystemExit, match="old-logprobs"):
-        ppo.sampler_logprobs([ppo.Sample([1], [6], False, None)], 1)
+        ppo.sampler_logprobs([runtime.Sample([1], [6], False, None)], 1)

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ppo  # noqa: E402
+import runtime  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: ppo.py updates under torchrun
 
@@ -25,11 +26,11 @@ TINY = str(ROOT / "data" / "tiny")
 
 
 def worker(out: str) -> None:
-    rank, world, device = ppo.init_distributed()
-    actor = ppo.load_model(TINY, seed=0)
-    critic = ppo.Critic(ppo.load_model(TINY, seed=1))
+    rank, world, device = runtime.init_distributed()
+    actor = runtime.load_model(TINY, seed=0)
+    critic = ppo.Critic(runtime.load_model(TINY, seed=1))
     torch.nn.init.normal_(critic.value_head.weight, std=0.5, generator=torch.Generator().manual_seed(2))
-    actor, critic = ppo.shard_model(actor, device), ppo.shard_model(critic, device)
+    actor, critic = runtime.shard_model(actor, device), runtime.shard_model(critic, device)
     # the optimizers take the parameters before any forward, as ppo.py's main does: after a no-grad forward FSDP2
     # leaves the root unsharded, and .parameters() would then hand the optimizer the root's (embeddings, final
     # norm, value head) temporary unsharded copies, which a step would update while the model used its shards
@@ -41,7 +42,7 @@ def worker(out: str) -> None:
     for i in range(8):  # the same rollout on every rank; ragged prompts and responses
         p = torch.randint(0, 256, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
         r = torch.randint(0, 256, (int(torch.randint(1, 8, (1,), generator=g)),), generator=g).tolist()
-        samples.append(ppo.Sample(p, r, False, None))
+        samples.append(runtime.Sample(p, r, False, None))
     scores = torch.tensor([[-1.0, -0.5, 1.0][int(x)] for x in torch.randint(0, 3, (8,), generator=g)])
     share = slice(rank * 8 // world, (rank + 1) * 8 // world)
     samples, scores = samples[share], scores[share]
@@ -76,7 +77,7 @@ def worker(out: str) -> None:
     # full weights: gathered from the DTensor shards (2 ranks, a collective) or the plain tensors (one process)
     weights = {("actor." + n): t.clone() for n, t in ppo.stream_weights(actor)}
     weights.update({("critic." + n): t.clone() for n, t in ppo.stream_weights(critic)})
-    advs = ppo.all_gather_object(batch["advantages"][m > 0].tolist())
+    advs = runtime.all_gather_object(batch["advantages"][m > 0].tolist())
     if rank == 0:
         torch.save({"weights": weights, "stats": stats, "advantages": sum(advs, [])}, out)
     torch.distributed.barrier()
@@ -91,17 +92,17 @@ def test_two_rank_fsdp_update_matches_one_process(tmp_path, loss_agg):
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                        str(ppo._free_port()), __file__, str(two)], cwd=ROOT, env=env, capture_output=True, text=True,
+                        str(runtime._free_port()), __file__, str(two)], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)
-    start = {("actor." + n): p for n, p in ppo.load_model(TINY, seed=0).named_parameters()}
+    start = {("actor." + n): p for n, p in runtime.load_model(TINY, seed=0).named_parameters()}
     moved = max((a["weights"][k] - v).abs().max().item() for k, v in start.items())
     assert moved > 1e-3, "the update did not move the actor: the comparison would be vacuous"
     for run in (a, b):  # the root's parameters (embeddings, final norm) too, in both runs
         root = ("actor.model.embed_tokens.weight", "actor.model.norm.weight")
         assert min((run["weights"][k] - start[k]).abs().max().item() for k in root) > 1e-4, "root not updated"
-    start.update({("critic." + n): p for n, p in ppo.Critic(ppo.load_model(TINY, seed=1)).named_parameters()
+    start.update({("critic." + n): p for n, p in ppo.Critic(runtime.load_model(TINY, seed=1)).named_parameters()
                   if n != "value_head.weight"})
     for k in a["weights"]:
         # fp32 summation order differs (2 ranks reduce-scatter every micro-batch's gradients): allow 1e-5 of how
@@ -117,4 +118,4 @@ def test_two_rank_fsdp_update_matches_one_process(tmp_path, loss_agg):
 
 if __name__ == "__main__":
     worker(sys.argv[1])
-    ppo.end_process()  # what ppo.py's own runs do: no interpreter teardown for gloo's threads to race with
+    runtime.end_process()  # what ppo.py's own runs do: no interpreter teardown for gloo's threads to race with

@@ -13,17 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ppo  # noqa: E402
+import runtime  # noqa: E402
 
 TINY = str(ROOT / "data" / "tiny")
 
 
 def setup_models(temperature=0.7):
-    rank, world, device = ppo.init_distributed()
+    rank, world, device = runtime.init_distributed()
     tok = AutoTokenizer.from_pretrained(TINY)
-    base = ppo.load_model(TINY, seed=0)
-    actor = ppo.shard_model(copy.deepcopy(base), device)
-    ref = ppo.shard_model(copy.deepcopy(base), device)
-    critic = ppo.shard_model(ppo.Critic(ppo.load_model(TINY, seed=0), init="zeros"), device)
+    base = runtime.load_model(TINY, seed=0)
+    actor = runtime.shard_model(copy.deepcopy(base), device)
+    ref = runtime.shard_model(copy.deepcopy(base), device)
+    critic = runtime.shard_model(ppo.Critic(runtime.load_model(TINY, seed=0), init="zeros"), device)
     return tok, base, actor, ref, critic, device
 
 
@@ -32,7 +33,7 @@ def test_sampler_logprobs_equal_trainer_logprobs_and_k1_is_zero_at_step_0(logpro
     """Sampling at 0.7, the engine reports log-probs the way the trainer scores them (logits / T_lp), so the
     engine-vs-trainer gap compares like with like under either --logprob-temperature."""
     tok, base, actor, ref, critic, device = setup_models()
-    engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device,
+    engine = runtime.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device,
                           logprob_temperature=logprob_temperature)
     ppo.sync_weights(actor, engine, 0)
     prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in ["Q: 1+2\nA:", "Q: 347-85+12\nA:", "Q: 9\nA:"]]
@@ -56,7 +57,7 @@ def test_sampler_ignores_model_generation_defaults():
     tok, base, actor, _, _, device = setup_models()
     base.generation_config.top_k = 3
     base.generation_config.repetition_penalty = 1.5
-    engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
+    engine = runtime.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
     ppo.sync_weights(actor, engine, 0)
     torch.manual_seed(1)
     prompt = tok("Q: 1+2\nA:", add_special_tokens=False)["input_ids"]
@@ -74,7 +75,7 @@ def test_shared_prompt_cache_samples_the_same_tokens(temperature):
     draw the same tokens, with the same log-probs, as when each sample runs its whole prompt, also for
     left-padded prompts of different lengths and in batches that split the prompts."""
     tok, base, actor, _, _, device = setup_models()
-    engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
+    engine = runtime.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
     ppo.sync_weights(actor, engine, 0)
     prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in ["Q: 1+2\nA:", "Q: 347-85+12\nA:", "Q:"]]
     runs, caches, real = {}, [], engine.prompt_cache
@@ -101,7 +102,7 @@ def test_shared_prompt_cache_samples_the_same_tokens(temperature):
 
 def test_sync_streams_every_parameter_into_hf_engine():
     tok, base, actor, ref, critic, device = setup_models()
-    engine = ppo.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
+    engine = runtime.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device)
     with torch.no_grad():
         for p in actor.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -155,7 +156,7 @@ def test_vllm_engine_call_sequence_on_a_stand_in():
     tok, base, actor, ref, critic, device = setup_models()
     fake = FakeVLLM()
     cfg = ppo.Config(seed=5, vllm_sleep_level=1)
-    engine = ppo.VLLMEngine(cfg, rank=0, world=1, stop_ids=[258], stop_strings=[], device=device, llm=fake,
+    engine = runtime.VLLMEngine(cfg, rank=0, world=1, stop_ids=[258], stop_strings=[], device=device, llm=fake,
                             sampling_params=lambda **kw: kw)
     assert fake.calls == [("sleep", 1)]  # asleep from the start: the trainer owns the GPU
     with pytest.raises(RuntimeError, match="sync_weights"):  # its weights are not the actor's yet
@@ -193,7 +194,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg, monkeypatch):
     """One optimizer step (plain SGD, no clipping of the norm) over a mini-batch of 8 ragged responses:
     micro-batches of 3, 3, 2 with gradient accumulation give the weights of one micro-batch of 8. The
     micro-batches take the mini-batch's rows by length (the shortest three, the next three, the longest two)."""
-    rank, world, device = ppo.init_distributed()
+    rank, world, device = runtime.init_distributed()
     cut = []  # the rows of every micro-batch ppo_update trains on
     real_micro_batches = ppo.micro_batches
     monkeypatch.setattr(ppo, "micro_batches", lambda batch, idx, size, device: (
@@ -203,13 +204,13 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg, monkeypatch):
     for _ in range(8):
         p = torch.randint(0, 256, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
         r = torch.randint(0, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
-        samples.append(ppo.Sample(p, r, False, None))
+        samples.append(runtime.Sample(p, r, False, None))
     scores = torch.tensor([1.0, -0.5, -1.0, 1.0, -0.5, 1.0, -1.0, -0.5])
     noise = 0.1 * torch.randn(8, 8, generator=g)
 
     def one_step(micro: int) -> dict:
-        actor = ppo.shard_model(ppo.load_model(TINY, seed=0), device)
-        critic = ppo.shard_model(ppo.Critic(ppo.load_model(TINY, seed=1), "normal", seed=2), device)
+        actor = runtime.shard_model(runtime.load_model(TINY, seed=0), device)
+        critic = runtime.shard_model(ppo.Critic(runtime.load_model(TINY, seed=1), "normal", seed=2), device)
         cfg = ppo.Config(train_batch_size=8, micro_train_batch_size=micro, micro_rollout_batch_size=8,
                          loss_agg=loss_agg, max_grad_norm=1e9, entropy_coef=0.01, kl_coef=0.05)
         batch = ppo.pad_samples(samples, 256)
@@ -234,7 +235,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg, monkeypatch):
     length = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
     idx, size = cut[-1]  # one_step(3)'s mini-batch: all 8 rows, shortest first
     assert size == 3 and sorted(idx) == list(range(8)) and [length[i] for i in idx] == sorted(length)
-    start = {"a." + n: p.detach() for n, p in ppo.load_model(TINY, seed=0).named_parameters()}
+    start = {"a." + n: p.detach() for n, p in runtime.load_model(TINY, seed=0).named_parameters()}
     assert any((big[k] - start[k]).abs().max() > 1e-4 for k in start)  # the step did move the weights
     for k in big:
         torch.testing.assert_close(small[k], big[k], atol=2e-6, rtol=1e-5, msg=k)
@@ -246,17 +247,18 @@ def test_checkpoint_retention_keeps_every_actor_and_prunes_resumable_state(tmp_p
     """v0 kept every checkpoint (--save_steps 4, --max_ckpt_num 20000; the reported model is step 120 of 160):
     every checkpoint-<step>/actor stays; critic, optimizer and trainer state only for the newest `keep`."""
     from pathlib import Path
-    rank, world, device = ppo.init_distributed()
+    rank, world, device = runtime.init_distributed()
     tok = AutoTokenizer.from_pretrained(TINY)
-    actor = ppo.shard_model(ppo.load_model(TINY, seed=0), device)
-    critic = ppo.shard_model(ppo.Critic(ppo.load_model(TINY, seed=0)), device)
+    actor = runtime.shard_model(runtime.load_model(TINY, seed=0), device)
+    critic = runtime.shard_model(ppo.Critic(runtime.load_model(TINY, seed=0)), device)
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (actor, critic)]
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
     learners = [ppo.Learner(name, m, o, s, 1.0) for name, m, o, s in zip(("actor", "critic"), (actor, critic), opts,
                                                                           scheds)]
     assert ppo.Config().keep_actor_weights is True
     for step in (4, 8, 12, 16):
-        ppo.save_checkpoint(tmp_path, step, *learners, tok, {"position": step}, keep=2)
+        runtime.save_checkpoint(tmp_path, step, learners, tok, {"position": step}, keep=2,
+                                savers={"critic": ppo.save_critic})
     resumable = {p.name for p in tmp_path.glob("checkpoint-*") if (p / "trainer_state.pt").exists()}
     assert resumable == {"checkpoint-12", "checkpoint-16"}
     for step in (4, 8):
@@ -266,16 +268,17 @@ def test_checkpoint_retention_keeps_every_actor_and_prunes_resumable_state(tmp_p
     for step in (12, 16):
         assert {x.name for x in (tmp_path / f"checkpoint-{step}").iterdir()} >= {"actor", "critic", "optim",
                                                                               "trainer_state.pt"}
-    assert ppo.latest_checkpoint(Path(tmp_path)).name == "checkpoint-16"
+    assert runtime.latest_checkpoint(Path(tmp_path)).name == "checkpoint-16"
     # --no-keep-actor-weights: older checkpoints go whole, as before
-    ppo.save_checkpoint(tmp_path, 20, *learners, tok, {"position": 20}, keep=2, keep_actors=False)
+    runtime.save_checkpoint(tmp_path, 20, learners, tok, {"position": 20}, keep=2, keep_weights=False,
+                            savers={"critic": ppo.save_critic})
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-20"]
 
 
 def test_level_2_sleep_forgets_weights_and_the_next_sync_restores_them():
     tok, base, actor, ref, critic, device = setup_models()
     fake = FakeVLLM()
-    engine = ppo.VLLMEngine(ppo.Config(), rank=0, world=1, stop_ids=[258], stop_strings=[], device=device, llm=fake,
+    engine = runtime.VLLMEngine(ppo.Config(), rank=0, world=1, stop_ids=[258], stop_strings=[], device=device, llm=fake,
                             sampling_params=lambda **kw: kw)
     assert engine.sleep_level == 2  # the recipe's default
     for _ in range(3):  # e.g. an eval, then two critic warm-up steps: the actor has not changed (version 0)
@@ -291,7 +294,7 @@ def run_main_on_stand_in(tmp_path, monkeypatch, sleep_level):
     fake = FakeVLLM()
 
     def make_engine(cfg, model_config, tokenizer, rank, world, device):
-        return ppo.VLLMEngine(cfg, rank, world, [258], [], device, llm=fake, sampling_params=lambda **kw: kw), [258]
+        return runtime.VLLMEngine(cfg, rank, world, [258], [], device, llm=fake, sampling_params=lambda **kw: kw), [258]
 
     monkeypatch.setattr(ppo, "make_engine", make_engine)
     cfg = ppo.parse_args(["--preset", "tiny", "--output-dir", str(tmp_path), "--max-steps", "4",
@@ -326,14 +329,14 @@ def test_ppo_loop_level_1_streams_only_after_actor_updates(tmp_path, monkeypatch
 def test_models_load_and_shard_one_at_a_time_engine_last(tmp_path, monkeypatch):
     """Item 8 of issue 10: never three full copies on a host at once; the rollout engine after the trainer."""
     events = []
-    load, shard, make = ppo.load_model, ppo.shard_model, ppo.make_engine
-    monkeypatch.setattr(ppo, "load_model", lambda *a, **k: (events.append("load"), load(*a, **k))[1])
-    monkeypatch.setattr(ppo, "shard_model", lambda *a, **k: (events.append("shard"), shard(*a, **k))[1])
+    load, shard, make = runtime.load_model, runtime.shard_model, ppo.make_engine
+    monkeypatch.setattr(runtime, "load_model", lambda *a, **k: (events.append("load"), load(*a, **k))[1])
+    monkeypatch.setattr(runtime, "shard_model", lambda *a, **k: (events.append("shard"), shard(*a, **k))[1])
     fake = FakeVLLM()
 
     def make_engine(cfg, model_config, tokenizer, rank, world, device):
         events.append("engine")
-        return ppo.VLLMEngine(cfg, rank, world, [258], [], device, llm=fake, sampling_params=lambda **kw: kw), [258]
+        return runtime.VLLMEngine(cfg, rank, world, [258], [], device, llm=fake, sampling_params=lambda **kw: kw), [258]
 
     monkeypatch.setattr(ppo, "make_engine", make_engine)
     cfg = ppo.parse_args(["--preset", "tiny", "--output-dir", str(tmp_path), "--max-steps", "1", "--test-file", "",
@@ -347,10 +350,10 @@ def test_forward_groups_fit_the_token_budget_and_pair_up():
     """Item 10 of issue 10: the experience forwards are batched by a token budget (few forwards), each group
     within budget, every row exactly once."""
     g = torch.Generator().manual_seed(0)
-    samples = [ppo.Sample(list(range(int(torch.randint(3, 30, (1,), generator=g)))),
+    samples = [runtime.Sample(list(range(int(torch.randint(3, 30, (1,), generator=g)))),
                           list(range(int(torch.randint(1, 60, (1,), generator=g)))), False, None) for _ in range(64)]
     batch = ppo.pad_samples(samples, 256)
-    ppo.init_distributed()
+    runtime.init_distributed()
     groups = ppo.forward_groups(batch, 0, 1024)
     assert sorted(i for grp in groups for i in grp) == list(range(64))
     for grp in groups:
@@ -374,9 +377,9 @@ def test_ppo_vllm_engine_passes_only_tensor_parallel(monkeypatch):
         def sleep(self, level):
             pass
 
-    monkeypatch.setattr(ppo, "import_vllm", lambda: (RecordingLLM, dict))
+    monkeypatch.setattr(runtime, "import_vllm", lambda: (RecordingLLM, dict))
     for world in (1, 4):
-        ppo.VLLMEngine(ppo.Config(), rank=0, world=world, stop_ids=[258], stop_strings=[], device=device)
+        runtime.VLLMEngine(ppo.Config(), rank=0, world=world, stop_ids=[258], stop_strings=[], device=device)
     assert [b["distributed_executor_backend"] for b in built] == ["uni", "external_launcher"]
     assert all(b["tensor_parallel_size"] == 1 and "data_parallel_size" not in b for b in built)
     assert all(b["load_format"] == "dummy" for b in built)  # its weights only ever come from the actor
@@ -387,15 +390,15 @@ def test_right_padded_rows_score_the_same_without_a_mask(monkeypatch):
     """attention_mask_or_none drops the mask only when no row is left-padded; the log-probs and values of real
     tokens are then exactly those computed with the mask (causal attention never sees the right padding)."""
     g = torch.Generator().manual_seed(3)
-    samples = [ppo.Sample([5, 6, 7], torch.randint(0, 256, (n,), generator=g).tolist(), False, None) for n in (6, 2, 4)]
+    samples = [runtime.Sample([5, 6, 7], torch.randint(0, 256, (n,), generator=g).tolist(), False, None) for n in (6, 2, 4)]
     batch = ppo.pad_samples(samples, 256)
     m = batch["response_mask"]
     args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], m.size(1))
     assert ppo.attention_mask_or_none(batch["attention_mask"]) is None  # same prompt lengths: right padding only
-    ragged = ppo.pad_samples([ppo.Sample([5], [1, 2], False, None)] + samples, 256)["attention_mask"]
+    ragged = ppo.pad_samples([runtime.Sample([5], [1, 2], False, None)] + samples, 256)["attention_mask"]
     assert ppo.attention_mask_or_none(ragged) is ragged  # a left-padded row keeps the mask
-    actor = ppo.load_model(TINY, seed=0)
-    critic = ppo.Critic(ppo.load_model(TINY, seed=1), "normal", seed=2)
+    actor = runtime.load_model(TINY, seed=0)
+    critic = ppo.Critic(runtime.load_model(TINY, seed=1), "normal", seed=2)
     with torch.no_grad():
         causal = ppo.token_logprobs(actor, *args, 1.0, with_entropy=True), critic(*args)
         monkeypatch.setattr(ppo, "attention_mask_or_none", lambda mask: mask)

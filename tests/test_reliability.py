@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
 import ppo  # noqa: E402
+import runtime  # noqa: E402
 import sft  # noqa: E402
 
 TINY = str(ROOT / "data" / "tiny")
@@ -135,7 +137,7 @@ def test_resume_accepts_safe_changes_and_logs_no_extra_eval(ppo_run, tmp_path):
 @pytest.mark.parametrize("script", ["ppo.py", "sft.py"])
 def test_resume_survives_a_torn_metrics_line_and_a_truncated_checkpoint(script, ppo_run, sft_run, tmp_path):
     out = copy_run(ppo_run if script == "ppo.py" else sft_run, tmp_path)
-    newest = out / ("checkpoint-2/actor/model.safetensors" if script == "ppo.py" else "checkpoint-4/model.safetensors")
+    newest = out / ("checkpoint-2/actor/model.safetensors" if script == "ppo.py" else "checkpoint-4/model/model.safetensors")
     newest.write_bytes(newest.read_bytes()[:100_000])
     n_lines = len((out / "metrics.jsonl").read_text().splitlines())
     with open(out / "metrics.jsonl", "a") as f:
@@ -163,12 +165,11 @@ def test_every_checkpoint_damaged_is_an_error_naming_the_files(sft_run, tmp_path
 
 @pytest.mark.slow  # stage scripts in subprocesses
 def test_full_disk_says_no_space_left(tmp_path):
-    for mod in (ppo, sft, evaluate):
-        with pytest.raises(SystemExit, match=f"no space left on {tmp_path}"):
-            with mod.disk_full_is_clear(str(tmp_path)):
-                with open("/dev/full", "w") as f:  # writes fail with ENOSPC, like a full disk
-                    f.write("x" * 10_000)
-                    f.flush()
+    with pytest.raises(SystemExit, match=f"no space left on {tmp_path}"):
+        with runtime.disk_full_is_clear(str(tmp_path)):
+            with open("/dev/full", "w") as f:  # writes fail with ENOSPC, like a full disk
+                f.write("x" * 10_000)
+                f.flush()
     out = tmp_path / "run"
     out.mkdir()
     (out / "curves.png.tmp").symlink_to("/dev/full")  # the first save's plot lands on a full disk
@@ -266,7 +267,7 @@ def test_non_utf8_bytes_are_reported_with_file_and_line(tmp_path):
         ppo.read_prompts(str(path), "tiny")
     with pytest.raises(ValueError, match=f"{path} line 3: not UTF-8"):
         sft.read_rows(str(path), [("question",), ("solution",)])
-    with pytest.raises(ValueError, match=f"{path}:3: not UTF-8"):
+    with pytest.raises(ValueError, match=f"{path} line 3: not UTF-8"):
         evaluate.load_benchmark(str(tmp_path), "synth", "tiny")
 
 
@@ -287,9 +288,9 @@ def test_data_errors_end_without_a_traceback(script, tmp_path):
 def test_evaluate_keeps_finished_models_when_a_later_one_fails(tmp_path):
     broken = tmp_path / "broken"
     torch.manual_seed(0)
-    model = evaluate.AutoModelForCausalLM.from_config(evaluate.AutoConfig.from_pretrained(TINY))
+    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(TINY))
     model.save_pretrained(broken)
-    evaluate.AutoTokenizer.from_pretrained(TINY).save_pretrained(broken)
+    transformers.AutoTokenizer.from_pretrained(TINY).save_pretrained(broken)
     f = broken / "model.safetensors"
     f.write_bytes(f.read_bytes()[:50_000])
     r = subprocess.run([sys.executable, "evaluate.py", "--preset", "tiny", "--limit", "10", "--output-dir",

@@ -1,4 +1,4 @@
-"""Tests for reward.py: prompts, extraction, equivalence table, reward semantics,
+"""Tests for reward.py and grading.py: prompts, extraction, equivalence table, reward semantics,
 timeouts, untrusted input, and self-consistency on the real data in ../shared/data."""
 
 import json
@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import grading  # noqa: E402
 import reward as R  # noqa: E402
 from equivalence_cases import CASES, QUESTION_CASES  # noqa: E402
 
@@ -118,7 +119,8 @@ def test_question_cases_in_batch():
     preds, golds, questions, want, _ = map(list, zip(*QUESTION_CASES))
     assert R.batch_math_equal(preds, golds, questions=questions, num_workers=1) == want
     assert R.batch_math_equal(preds, golds, questions=questions, num_workers=0) == want
-    assert R.asks_for_order("in increasing order") and not R.asks_for_order("Find all x.") and not R.asks_for_order(None)
+    assert grading.asks_for_order("in increasing order")
+    assert not grading.asks_for_order("Find all x.") and not grading.asks_for_order(None)
     with pytest.raises(ValueError, match="questions"):
         R.batch_math_equal(["1"], ["1"], questions=[])
 
@@ -190,14 +192,14 @@ def test_timeout_kills_worker_and_pool_recovers():
 
 def test_dead_worker_is_replaced():
     assert R.batch_math_equal(["\\sqrt{4}"], ["2"], num_workers=1) == [True]
-    for w in R._POOL:
+    for w in grading._POOL:
         w.proc.kill()
         w.proc.wait()
     assert R.batch_math_equal(["\\sqrt{4}", "3"], ["2", "3"], num_workers=1) == [True, True]
 
 
 def test_in_process_timeout_on_main_thread():
-    assert R._math_equal_in_process("\\sqrt{8}", "2\\sqrt{2}", 30.0) is True
+    assert grading._math_equal_in_process("\\sqrt{8}", "2\\sqrt{2}", 30.0) is True
     assert R.batch_math_equal(["\\sqrt{8}"], ["2\\sqrt{2}"], num_workers=0, timeout=1e-6) == [False]
 
 
@@ -342,7 +344,7 @@ def test_math500_solution_box_agrees_with_answer():
     rate = sum(agree) / len(rows)
     print(f"MATH500: solution's last box == answer field in {sum(agree)}/{len(rows)} ({rate:.1%})")
     assert rate >= 0.99
-    two_boxes = [r for r in rows if len(R._boxes(r["solution"])) > 1]
+    two_boxes = [r for r in rows if len(grading._boxes(r["solution"])) > 1]
     assert any(R.extract_boxed(r["solution"]) == "\\frac{639}{40}" for r in two_boxes)  # the last box wins
     # The one row where the harness's own normalisation disagrees with the answer field.
     row = next(r for r in rows if r["unique_id"] == "test/algebra/101.json")
@@ -408,9 +410,9 @@ def test_v0_semantics_on_known_cases():
     assert v0("\\boxed{10 \\text{ cm}}", "10") == 1.0
     assert v0("\\boxed{x^2+2x+1}", "(x+1)^2") == 1.0  # symbolic, on the safe parser
     assert v0("\\boxed{60^\\circ}", "60^\\circ") == -0.5  # ^\circ stripped from the prediction only
-    assert R.v0_strip_string("5 apples and a t") == "5"  # unit words ("apples") and single letters go
-    assert R.v0_strip_string("x + c") == "x+"  # ... even where the letter is the answer
-    assert R.v0_extract("\\boxed{1} so \\boxed{\\frac12}") == "\\frac{1}{2}"
+    assert grading.v0_strip_string("5 apples and a t") == "5"  # unit words ("apples") and single letters go
+    assert grading.v0_strip_string("x + c") == "x+"  # ... even where the letter is the answer
+    assert grading.v0_extract("\\boxed{1} so \\boxed{\\frac12}") == "\\frac{1}{2}"
 
 
 def _v0_rows() -> list[dict]:
@@ -454,7 +456,7 @@ def test_check_symbolic_grader_passes_here():
 def test_check_symbolic_grader_fails_loudly(monkeypatch):
     from importlib import metadata
 
-    monkeypatch.setattr(R, "_to_sympy", lambda s: None)  # what a wrong antlr runtime does to parse_latex
+    monkeypatch.setattr(grading, "_to_sympy", lambda s: None)  # what a wrong antlr runtime does to parse_latex
     monkeypatch.setattr(metadata, "version", lambda name: "4.13.2")
     with pytest.raises(RuntimeError, match=r"antlr4-python3-runtime==4\.11\.0, found 4\.13\.2"):
         R.check_symbolic_grader()
@@ -476,13 +478,13 @@ def test_check_symbolic_grader_catches_a_parser_that_raises(monkeypatch):
 
 def _count_calls(monkeypatch, name: str) -> list[int]:
     count = [0]
-    original = getattr(R, name)
+    original = getattr(grading, name)
 
     def counting(*args, **kwargs):
         count[0] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(R, name, counting)
+    monkeypatch.setattr(grading, name, counting)
     return count
 
 

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import runtime  # noqa: E402
 import sft  # noqa: E402
 
 TINY = str(ROOT / "data" / "tiny")
@@ -25,7 +27,7 @@ RUN = ["--preset", "tiny", "--max-steps", "6", "--train-batch-size", "16", "--mi
 
 def run_sft(out: Path, *extra: str, ranks: int = 1, timeout: int = 180) -> str:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                "--master_port", str(sft._free_port())] if ranks > 1 else [sys.executable]
+                "--master_port", str(runtime._free_port())] if ranks > 1 else [sys.executable]
     cmd = [*launcher, str(ROOT / "sft.py"), *RUN, "--output-dir", str(out), *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -66,7 +68,7 @@ def test_prompt_tokens_carry_no_loss():
     assert labels[:n] == [-100] * n  # exactly the prompt positions are masked ...
     assert labels[n:] == ids[n:] and -100 not in labels[n:]  # ... and every response token, EOS included, is a target
     # the loss only sees response tokens: changing the prompt's labels to anything masked changes nothing
-    model = AutoModelForCausalLM.from_config(sft.AutoConfig.from_pretrained(TINY))
+    model = AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(TINY))
     other = {"question": "9- 9", "solution": "junk"}
     batch = sft.collate([(ids, labels), sft.encode(other, tok, cfg(), tok.eos_token_id)], tok.pad_token_id)
     assert (batch["labels"][1, len(sft.encode(other, tok, cfg(), 258)[0]):] == -100).all()  # padding is masked
@@ -113,7 +115,7 @@ def test_over_long_examples_are_counted_and_dropped_by_default():
     examples, n = sft.encode_all(rows, tok, cfg(max_length=6, long_examples="truncate"), 258)
     assert n == {"over_long": 2, "long_prompt": 1, "dropped": 1, "truncated": 1}
     assert examples[1] == ([*b"P>abcd"], [-100, -100, *b"abcd"])  # cut: no EOS
-    assert sft.PRESETS["tiny"]["long_examples"] == "truncate"  # the demo's base.jsonl relies on it (README)
+    assert sft.PRESETS["tiny"]["long_examples"] == "truncate"  # the demo's base.jsonl relies on it (docs/sft.md)
 
 
 def test_math500_test_file_loads():
@@ -135,7 +137,7 @@ def test_levels_filter_needs_a_level(tmp_path):
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    f = [sft.lr_factor(s, warmup=10, total=100, floor=0.1) for s in range(100)]
+    f = [runtime.lr_factor(s, warmup=10, total=100, floor=0.1) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[9:], f[10:]))
     assert f[-1] == pytest.approx(0.1, abs=1e-3)
@@ -150,28 +152,28 @@ def test_data_order_is_seeded_and_an_epoch_is_a_permutation():
 
 
 def test_checkpoint_round_trip_same_logits(tmp_path):
-    """The twins' save path: sharded model -> HF folder -> from_pretrained gives the same logits."""
-    rank, world, device = sft.init_distributed()
+    """runtime.save_hf_checkpoint: sharded model -> HF folder -> from_pretrained gives the same logits."""
+    rank, world, device = runtime.init_distributed()
     try:
-        model = sft.shard_model(sft.load_model(TINY, seed=0), device)
+        model = runtime.shard_model(runtime.load_model(TINY, seed=0), device)
         tok = AutoTokenizer.from_pretrained(TINY)
         x = torch.tensor([list(b"Q: 12+ 34\nA: 12+ 34=46")])
         with torch.no_grad():
             before = model(input_ids=x).logits
-        sft.save_hf_checkpoint(model, tok, str(tmp_path / "ckpt"))
+        runtime.save_hf_checkpoint(model, tok, str(tmp_path / "ckpt"))
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
         with torch.no_grad():
             torch.testing.assert_close(reloaded(input_ids=x).logits, before, rtol=0, atol=1e-6)
         assert AutoTokenizer.from_pretrained(tmp_path / "ckpt")("1+1=2")["input_ids"] == tok("1+1=2")["input_ids"]
     finally:
-        sft.dist.destroy_process_group()
+        torch.distributed.destroy_process_group()
 
 
 def test_batched_left_padded_generation_equals_one_by_one():
     """The eval generates left-padded batches; HF must give each prompt the answer it gives it alone."""
     tok = AutoTokenizer.from_pretrained(TINY)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(sft.AutoConfig.from_pretrained(TINY)).eval()
+    model = AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(TINY)).eval()
     prompts = ["Q:  1+  2\nA:", "Q: 347- 85+ 12\nA:", "Q: 5\nA:"]
     kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=[258], pad_token_id=256)
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")

@@ -1,6 +1,8 @@
-"""The stage files' shape (issue 14): the setup twins are identical, helpers repeated outside them are identical
-or listed here with the reason, every flag of every script has --help text, progress output stays readable in a
-log file, and ppo.py's documented batch schema matches what the code fills."""
+"""The stage files' shape (issue 20): the stages import only reward and runtime from the project, runtime
+imports nothing of it, the grading machinery is reward.py's alone; each stage reads method first (the method's
+functions above `main`, `main` short, bookkeeping below one marker); helpers repeated across stage files are
+identical or listed here with the reason; every flag of every script has --help text; progress output stays
+readable in a log file; ppo.py's documented batch schema matches what the code fills."""
 import argparse
 import ast
 import dataclasses
@@ -21,98 +23,112 @@ sys.path.insert(0, str(ROOT / "data"))
 import demo  # noqa: E402
 import evaluate  # noqa: E402
 import ppo  # noqa: E402
+import runtime  # noqa: E402
 import sft  # noqa: E402
 
 STAGES = ["sft.py", "ppo.py", "evaluate.py"]
-START, END = "# ---- setup: shared verbatim", "# ---- end of setup twins ----"
+MARKER = "# ==== bookkeeping below"
 
-# Top-level functions/classes defined outside the twin block in more than one stage file that are NOT identical.
-# Keep this short and honest: each entry says why the copies differ; anything not listed must be identical.
+# Top-level functions/classes defined in more than one stage file that are NOT identical.
+# Keep this short and honest: each entry says why the copies differ; anything not listed must be identical
+# (or, better, live once in runtime.py).
 DIFFERENT_ON_PURPOSE = {
     "Config": "each stage's own recipe",
     "main": "each stage's own loop",
-    "parse_args": "sft/ppo build flags from Config; evaluate's flags need choices/nargs (help still from Config)",
+    "parse_args": "sft keeps its old flag spellings; evaluate's flags need choices/nargs (help still from Config)",
     "validate": "each stage's own fields",
     "plot_curves": "each stage plots its own metrics",
-    "save_checkpoint": "sft saves one model; ppo saves actor, critic and both optimizers",
-    "HFEngine": "ppo's samples token ids for training and takes weight syncs; evaluate's answers benchmark text",
-    "VLLMEngine": "as HFEngine: ppo's sleeps and receives weights every step; evaluate's loads a folder once",
-    "make_engine": "builds the stage's own engine classes above",
+    "make_engine": "ppo's samples token ids for training and takes weight syncs; evaluate's answers benchmark text",
     "greedy_accuracy": "sft evaluates an inference copy of the model; ppo evaluates through its rollout engine",
-    # main's helpers: the same step of each stage's main, on that stage's own data, models and metrics
     "load_data": "sft encodes prompt + response examples; ppo tokenizes prompts only",
-    "start_or_resume": "sft restores one model and optimizer; ppo restores two Learners and the prompt stream",
+    "start_or_resume": "sft restores one model and checks its data; ppo restores two Learners and the prompt stream",
     "stop_on_non_finite": "the message names each stage's own learning-rate and clip flags",
     "show_progress": "each stage's bar shows its own metrics",
     "final_report": "sft reports tokens/s; ppo the time per phase and the accuracy change",
-    # Not yet unified (issue 14 item 6): the same job written twice.
 }
+
+# What each stage's method is: defined above `main` (and above the bookkeeping marker), in this order's spirit.
+METHOD = {
+    "ppo.py": ["Config", "kl_penalty", "shape_rewards", "compute_gae", "masked_whiten", "group_advantages",
+               "aggregate", "policy_loss", "value_loss", "Critic", "load_models", "token_logprobs",
+               "stream_weights", "sync_weights", "make_engine", "pad_samples", "experience_forward",
+               "advantages_and_returns", "Learner", "make_learner", "ppo_update", "greedy_accuracy",
+               "held_out_eval"],
+    "sft.py": ["Config", "token_nll_sum", "train_step", "HeldOutEval", "greedy_accuracy"],
+    "evaluate.py": ["Config", "extract_prediction", "grade", "pass_at_k", "make_engine", "evaluate_benchmark",
+                    "score_benchmark"],
+}
+PRODUCT = ["sft.py", "ppo.py", "evaluate.py", "demo.py", "reward.py", "runtime.py", "grading.py",
+           "data/prepare_data.py", "data/make_synth_data.py", "data/make_tiny_model.py"]
 
 
 def source(name: str) -> str:
     return (ROOT / name).read_text()
 
 
-def twin_block(src: str) -> str:
-    assert src.count(START) == 1 and src.count(END) == 1
-    return src[src.index(START): src.index(END)]
+def project_imports(name: str) -> set[str]:
+    """The project's modules (files at the repository root) that `name` imports, anywhere in the file."""
+    modules = {p.stem for p in ROOT.glob("*.py")}
+    found = set()
+    for node in ast.walk(ast.parse(source(name))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & modules
 
 
-def block_defs(name: str) -> dict[str, str]:
-    """The setup block's top-level definitions (functions with their decorators, classes, constants) by name."""
-    src = source(name)
-    lines = src.split("\n")
-    lo, hi = src[:src.index(START)].count("\n") + 1, src[:src.index(END)].count("\n") + 1
-    defs = {}
-    for node in ast.parse(src).body:
-        if lo <= node.lineno <= hi:
-            first = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
-            key = node.name if hasattr(node, "name") else node.targets[0].id
-            defs[key] = "\n".join(lines[first - 1: node.end_lineno])
-    return defs
+def test_stages_import_only_reward_and_runtime_and_runtime_imports_nothing_of_the_project():
+    for stage in STAGES:
+        assert project_imports(stage) <= {"reward", "runtime"}, (stage, project_imports(stage))
+        assert "runtime" in project_imports(stage), f"{stage} does not use runtime"
+    assert project_imports("runtime.py") == set()
+    assert project_imports("reward.py") == {"grading"}
+    assert project_imports("grading.py") == set()
+    importers = [f for f in PRODUCT if f != "reward.py" and "grading" in project_imports(f)]
+    assert not importers, f"the grading machinery is reward.py's alone; also imported by {importers}"
 
 
-def test_setup_twins_are_identical_in_every_stage():
-    """sft.py and ppo.py share the whole block, text for text; evaluate.py holds the subset it uses, each
-    definition identical to the training stages' copy."""
-    assert twin_block(source("ppo.py")) == twin_block(source("sft.py")), "ppo.py's setup block differs from sft.py's"
-    full, ev = block_defs("sft.py"), block_defs("evaluate.py")
-    assert ev.keys() <= full.keys(), f"evaluate.py's setup block has definitions sft.py's lacks: {ev.keys() - full.keys()}"
-    for key, text in ev.items():
-        assert text == full[key], f"evaluate.py's {key} differs from sft.py's"
+def top_level(name: str) -> dict[str, ast.AST]:
+    return {node.name: node for node in ast.parse(source(name)).body
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
 
 
-def test_evaluate_keeps_only_the_twins_it_uses():
-    """Every definition in evaluate.py's setup block is used by evaluate.py, directly or through another twin."""
-    src, defs = source("evaluate.py"), block_defs("evaluate.py")
-    outside = src[:src.index(START)] + src[src.index(END):]
-    used, todo = set(), [k for k in defs if re.search(rf"(?<![.\w]){re.escape(k)}\b", outside)]
-    while todo:
-        key = todo.pop()
-        if key not in used:
-            used.add(key)
-            todo += [k for k in defs if k not in used and re.search(rf"(?<![.\w]){re.escape(k)}\b", defs[key])]
-    assert not defs.keys() - used, f"twins evaluate.py does not use: {sorted(defs.keys() - used)}"
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_reads_method_first(stage):
+    """The method's parts above `main` (evaluate.py: `evaluate`), `main` at most 100 lines, the stage's bookkeeping below one marker."""
+    src, defs = source(stage), top_level(stage)
+    assert src.count(MARKER) == 1, f"{stage}: one '{MARKER}' line"
+    marker_line = src[:src.index(MARKER)].count("\n") + 1
+    main = defs["evaluate" if stage == "evaluate.py" else "main"]  # evaluate.py's loop is evaluate()
+    assert main.end_lineno - main.lineno + 1 <= 100, f"{stage}: main is {main.end_lineno - main.lineno + 1} lines"
+    assert main.end_lineno < marker_line
+    above = [n for n in METHOD[stage] if defs[n].lineno < main.lineno]
+    assert above == METHOD[stage], f"{stage}: defined below main: {sorted(set(METHOD[stage]) - set(above))}"
+    below = [n for n, d in defs.items() if d.lineno > marker_line]
+    assert not set(below) & set(METHOD[stage])
 
 
-def top_level_outside_block(name: str) -> dict[str, str]:
-    src = source(name)
-    lo, hi = src[:src.index(START)].count("\n") + 1, src[:src.index(END)].count("\n") + 1
-    return {node.name: ast.get_source_segment(src, node) for node in ast.parse(src).body
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not lo <= node.lineno <= hi}
+def test_the_math_comes_first_in_ppo():
+    """A reader meets the Config and then GAE and the losses in the first few hundred lines."""
+    defs = top_level("ppo.py")
+    assert defs["Config"].lineno < defs["compute_gae"].lineno < defs["policy_loss"].lineno < defs["Critic"].lineno
+    assert defs["policy_loss"].lineno < 320
 
 
-def test_helpers_repeated_outside_the_block_are_identical_or_listed():
-    defs = {name: top_level_outside_block(name) for name in STAGES}
+def test_helpers_repeated_across_stage_files_are_identical_or_listed():
     repeated = {}
-    for name, funcs in defs.items():
-        for fn, text in funcs.items():
-            repeated.setdefault(fn, {})[name] = text
+    for name in STAGES:
+        src = source(name)
+        for fn, node in top_level(name).items():
+            repeated.setdefault(fn, {})[name] = ast.get_source_segment(src, node)
     differing = {fn for fn, copies in repeated.items() if len(copies) > 1 and len(set(copies.values())) > 1}
     unlisted = differing - DIFFERENT_ON_PURPOSE.keys()
     assert not unlisted, f"helpers copied between stage files but not identical (unify or list them): {unlisted}"
     stale = DIFFERENT_ON_PURPOSE.keys() - differing
     assert not stale, f"listed as different but no longer are (remove from the list): {stale}"
+    identical = {fn for fn, copies in repeated.items() if len(copies) > 1 and len(set(copies.values())) == 1}
+    assert not identical, f"the same helper in several stage files: move it to runtime.py: {identical}"
 
 
 # ---- --help for every flag ----
@@ -163,7 +179,7 @@ def test_every_flag_has_help_text(script, monkeypatch):
 
 @pytest.mark.parametrize("stage", [sft, ppo, evaluate], ids=["sft", "ppo", "evaluate"])
 def test_every_config_field_has_a_comment_and_the_help_shows_it_with_the_default(stage, monkeypatch):
-    comments = stage.config_help(stage.Config)
+    comments = runtime.config_help(stage.Config)
     fields = dataclasses.fields(stage.Config)
     assert [f.name for f in fields if not comments.get(f.name)] == []
     parser = parser_of(lambda: stage.parse_args([]), monkeypatch)
@@ -178,7 +194,7 @@ def test_every_config_field_has_a_comment_and_the_help_shows_it_with_the_default
 
 
 def test_continuation_lines_join_and_headings_do_not():
-    comments = ppo.config_help(ppo.Config)
+    comments = runtime.config_help(ppo.Config)
     assert comments["vllm_sleep_level"].endswith("KV cache freed")  # two lines joined
     assert "re-streamed after every update anyway" in comments["vllm_sleep_level"]
     assert "rollout" not in comments["output_dir"].split()  # "# rollout" is a heading, not output_dir's text
@@ -195,25 +211,24 @@ class FakeStream(io.StringIO):
 
 
 def test_progress_settings_live_on_a_terminal_sparse_in_a_file():
-    for stage in (sft, ppo, evaluate):
-        assert stage.progress_settings(FakeStream(True), 1000) == {}
-        s = stage.progress_settings(FakeStream(False), 1000)
-        assert s["mininterval"] >= 30 and s["miniters"] == 10 and s["maxinterval"] == float("inf")
-        assert stage.progress_settings(FakeStream(False), 5)["miniters"] == 1
+    assert runtime.progress_settings(FakeStream(True), 1000) == {}
+    s = runtime.progress_settings(FakeStream(False), 1000)
+    assert s["mininterval"] >= 30 and s["miniters"] == 10 and s["maxinterval"] == float("inf")
+    assert runtime.progress_settings(FakeStream(False), 5)["miniters"] == 1
 
 
 def test_a_bar_in_a_log_file_writes_at_most_one_update_per_percent():
     """A fixed 2,000-step loop (time plays no part: the miniters bound holds however fast the loop runs)."""
     from tqdm import tqdm
     log = FakeStream(False)
-    bar = tqdm(total=2000, file=log, desc="x", **ppo.progress_settings(log, 2000))
+    bar = tqdm(total=2000, file=log, desc="x", **runtime.progress_settings(log, 2000))
     for i in range(2000):
         bar.set_postfix(loss=f"{i:.1f}", refresh=False)
         bar.update(1)
     bar.close()
     assert log.getvalue().count("\r") <= 100 + 2  # <= 1 per 20 steps, + the first and the final line
     terminal = FakeStream(True)
-    bar = tqdm(total=50, file=terminal, mininterval=0, **ppo.progress_settings(terminal, 50))
+    bar = tqdm(total=50, file=terminal, mininterval=0, **runtime.progress_settings(terminal, 50))
     for i in range(50):
         bar.update(1)
     bar.close()
@@ -249,12 +264,12 @@ def documented_batch_schema() -> dict[str, tuple[str, str]]:
 def test_a_tiny_batch_has_exactly_the_documented_keys_shapes_and_dtypes():
     schema = documented_batch_schema()
     assert len(schema) == 10
-    rank, world, device = ppo.init_distributed()
+    rank, world, device = runtime.init_distributed()
     tiny = str(ROOT / "data" / "tiny")
-    actor, ref = ppo.load_model(tiny, seed=0), ppo.load_model(tiny, seed=0)
-    critic = ppo.Critic(ppo.load_model(tiny, seed=0), init="zeros")
-    samples = [ppo.Sample([5, 6, 7], [8, 9], False, None), ppo.Sample([5], [8, 9, 10, 11], False, None),
-               ppo.Sample([5, 6], [], False, None)]
+    actor, ref = runtime.load_model(tiny, seed=0), runtime.load_model(tiny, seed=0)
+    critic = ppo.Critic(runtime.load_model(tiny, seed=0), init="zeros")
+    samples = [runtime.Sample([5, 6, 7], [8, 9], False, None), runtime.Sample([5], [8, 9, 10, 11], False, None),
+               runtime.Sample([5, 6], [], False, None)]
     cfg = ppo.Config(**{**ppo.PRESETS["tiny"]})
     # the lines of ppo.main's steps 3-5
     batch = ppo.pad_samples(samples, 0)

