@@ -46,7 +46,10 @@ ROOT = Path(__file__).resolve().parent
 
 
 BASE_STEPS = "800"  # SFT steps of the base model's "pretraining" (a cosine schedule over them), unless --stop-at-accuracy
-PPO_STEPS, PPO_STEPS_QUICK = 40, 30  # RL steps: the whole arc (length falls, then rises with "let me check") fits
+# RL steps: the whole arc (length falls, then rises with "let me check") fits with room to spare. Float kernels
+# differ between CPUs, so the same seeds take different paths: on Zen 4 the arc ended by step ~35, on a Xeon
+# by ~48 (docs/demo.md).
+PPO_STEPS, PPO_STEPS_QUICK = 70, 50
 CRITIC_WARMUP = "5"  # RL steps that train only the critic first (the preset's 30 would be most of this short run)
 LEVELS = "1,2"  # what a 1M-parameter model learns in minutes on a CPU; levels 3-5 need far more compute
 MARKER = ".simplerl-demo"  # written into the run directory the demo makes: what --fresh may clean

@@ -488,8 +488,8 @@ def benchmark_list(spec: str) -> list[str]:
 
 # ---- reporting: model labels, the table, the accuracy-vs-step figure, summary.json ----
 def step_of(path: str) -> int | None:
-    """The training step a checkpoint path names: checkpoint-100, global_step100, step_100; ppo.py's
-    checkpoint-100/actor counts too."""
+    """The training step a checkpoint path names: checkpoint-100, global_step100, step_100; a network's
+    subfolder (ppo.py's checkpoint-100/actor, sft.py's checkpoint-100/model) counts too."""
     for part in reversed(Path(path.rstrip("/")).parts[-2:]):
         m = re.fullmatch(r"(?:checkpoint|global_step|step|iter)[-_]?(\d+)", part)
         if m:
@@ -499,11 +499,12 @@ def step_of(path: str) -> int | None:
 
 def model_labels(paths: list[str]) -> list[str]:
     """The folder's name; a step or final folder keeps its run ("run/checkpoint-100", "run/final"), and
-    ppo.py's actor subfolder is dropped ("ppo/checkpoint-100/actor" -> "ppo/checkpoint-100")."""
+    the network subfolder of a checkpoint is dropped ("ppo/checkpoint-100/actor" -> "ppo/checkpoint-100",
+    sft.py's "sft/checkpoint-100/model" -> "sft/checkpoint-100")."""
     labels = []
     for p in paths:
         parts = Path(p.rstrip("/")).parts
-        if len(parts) > 1 and parts[-1] == "actor":
+        if len(parts) > 1 and (parts[-1] == "actor" or parts[-1] == "model" and step_of(p) is not None):
             parts = parts[:-1]
         in_run = step_of(p) is not None or parts[-1] == "final"
         label = "/".join(parts[-2:]) if in_run and len(parts) > 1 else parts[-1]

@@ -42,7 +42,7 @@ def sft_checkpoints(tmp_path_factory) -> list[str]:
     out = tmp_path_factory.mktemp("sft")
     run(["sft.py", "--preset", "tiny", "--max-steps", "120", "--save-every", "60", "--output-dir", str(out),
          "--eval-size", "10"], torchrun=False)
-    paths = [out / "checkpoint-60", out / "final"]
+    paths = [out / "checkpoint-60" / "model", out / "final"]
     for p in paths:
         assert any(p.glob("*.safetensors")), p
     return [str(p) for p in paths]
