@@ -138,7 +138,10 @@ _TEXT_RE = re.compile(r"\\text\{([^{}]*)\}")
 
 
 def _unwrap_boxes(s: str) -> str:
-    """Replace every \\boxed{X} by X (golds and some answers carry them)."""
+    """Replace every \\boxed{X} by X (golds and some answers carry them); boxes side by side
+    ("\\boxed{1}\\boxed{2}") are the parts of one list, so a comma goes between them."""
+    if "boxed" in s:
+        s = re.sub(r"(?<=\})(\s*)(?=\\boxed\{)", r",\1", s)
     for _ in range(8):
         boxes = _boxes(s)
         if not boxes:
@@ -215,6 +218,9 @@ def normalize(s: str) -> str:
     s = re.sub(r",\\!\s*", "{,}", s)  # "11,\\! 111,\\! 100": thousands, spelled with a negative space
     if _TRIG_RE.search(s):  # sin(90^\circ - x): inside trigonometry a degree is pi/180, not a unit
         s = re.sub(r"\^\{?\\circ\}?", lambda m: "\\cdot\\frac{\\pi}{180}", s)
+    s = re.sub(r"\\n(?![a-zA-Z])", " ", s)  # a newline escaped twice ("\\n\\n\\[ ...") is space, not LaTeX
+    if m := re.match(r"^\s*" + _VAR + r"\s*(?:\\approx|≈)(.+)$", s):  # "y \\approx 5": the label's value
+        s = m.group(1)
     s = re.sub(r"\s*(?:\\approx|≈).*$", "", s) if re.match(r"^.+\S\s*(?:\\approx|≈)", s) else s  # "x \\approx 0.577"
     for old, new in _REPLACEMENTS:
         s = s.replace(old, new)
@@ -224,6 +230,7 @@ def normalize(s: str) -> str:
     s = re.sub(r"(\^\{?\d+\}?)\s+(?=\d)", r"\1\\cdot ", s)  # "2^6 3^5": a product, not 2^{63}...
     s = re.sub(r",?\s*\\text\{\s*(?:and|or)\s*\}\s*", ",", s) if "," in s else s  # "7, -2, \\text{ and } -5"
     s = re.sub(r",\s*(?:and|or)\s+", ",", s)
+    s = re.sub(r"\s+(?:and|or)\s+", ",", s) if "," in s else s  # "21, 16 or 11": one list
     s = re.sub(r"_\{(\w)\}", r"_\1", s)  # 4210_{7} -> 4210_7
     s = re.sub(r"(?<=[\d+\-*])I(?![a-zA-Z])", "i", s)  # 3+4I: the imaginary unit in CAS spelling
     if "i" not in s:
@@ -240,6 +247,7 @@ def normalize(s: str) -> str:
     s = s.replace("{,}", ",")
     s = re.sub(r"^(" + _NUMBER_TOKEN + r")(?:" + _GLUED_UNITS + r")$", r"\1", s)  # "10weeks"
     s = re.sub(r"(\\(?:arc)?(?:sin|cos|tan|sec|csc|cot)h?|\\log|\\ln|\\exp)\s+(?=[a-zA-Z])", "\\1\x02", s)  # \\sec x
+    s = re.sub(r"(\\(?:pi|alpha|beta|gamma|delta|theta|lambda|mu|sigma|phi|omega|rho|tau))\s+(?=[a-zA-Z])", "\\1\x02", s)
     s = re.sub(r"\s+", "", s).replace("\x02", " ")
     s = _fix_fracs_and_roots(s)
     s = re.sub(r"\\text\{\s*\}", "", s)
@@ -248,8 +256,24 @@ def normalize(s: str) -> str:
         s = s[1:]
     s = re.sub(r"\{\(([A-E])\)\}", r"(\1)", s)
     s = s.replace("\x01", "\\\\")
+    s = s.replace("<=", "\\le ").replace(">=", "\\ge ").replace("!=", "\\ne ").replace("\\le =", "\\le")
+    while len(s) > 2 and s[0] == "{" and _outer_pair(s):  # "{1,3}": TeX grouping, not a set ("\\{1,3\\}" is)
+        s = s[1:-1]
+    m = re.match(r"^\\\{\\\{(.*)\\\}\\\}$", s)
+    if m and "\\{" not in m.group(1) and "\\}" not in m.group(1):  # "\\{\\{1,2\\}\\}": a set, braces doubled
+        s = "\\{" + m.group(1) + "\\}"
+    s = _last_side(s)
     m = re.match(r"^[\[(](\\begin\{(\w+)\}.*\\end\{\2\})[\])]$", s)
     return m.group(1) if m else s  # "\left[\begin{array}...\end{array}\right]" is the matrix
+
+
+def _last_side(s: str) -> str:
+    """A chain "x = 5+5+1 = 11" claims its last side: "11".  Lists, inequalities and
+    memberships keep their "="s (each item of a list is normalised on its own)."""
+    if s.count("=") < 2 or re.search(r"[<>;]|\\(?:le|ge|ne|in)(?![a-zA-Z])|and|or", s) or len(_split_top(s, ",")) > 1:
+        return s
+    sides = _split_top(s, "=")
+    return sides[-1] if len(sides) > 2 and all(sides) else s
 
 
 # ----------------------------------------------------------------------------------
@@ -314,6 +338,19 @@ def parse_number(s: str) -> tuple[Fraction, int | None, bool] | None:
     return (value / 100 if percent else value), places, percent
 
 
+_DECIMAL_COMMA_RE = re.compile(r"^-?(?:0,\d+|\d+,(?:\d{1,2}|\d{4,})|\d{4,},\d+)$")
+
+
+def _decimal_comma(s: str, raw: str) -> tuple[Fraction, int | None, bool] | None:
+    """"250,75" or "0,375" as a decimal comma -- only where no thousands grouping fits (not "1,250")
+    and no space follows the comma ("2, 5" is a pair) -- for the caller to compare with a number
+    written with a decimal point, or with any number when it starts "0," (a pair "2,5" is never
+    read as a number against 5/2; "0,375" is 3/8)."""
+    if not _DECIMAL_COMMA_RE.match(s) or re.search(r",\s", raw):
+        return None
+    return parse_number(s.replace(",", "."))
+
+
 def _places(s: str) -> int | None:
     """Decimal places of the coarsest decimal literal in s ("3.14" -> 2), None if there is none."""
     found = [len(m) for m in re.findall(r"\d*\.(\d+)", s[:MAX_ANSWER_CHARS])]
@@ -349,7 +386,12 @@ def _numbers_equal(p: tuple[Fraction, int | None, bool], g: tuple[Fraction, int 
 # Labels: "x = 3" -> "3", "(p,q)=(3,2)" -> "(3,2)"
 
 _VAR = r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?'?"
-_LABEL_RE = re.compile(r"^(?:" + _VAR + r"|\(" + _VAR + r"(?:," + _VAR + r")+\)|[a-zA-Z]+\(" + _VAR + r"\))(?:=(?!=)|\\in(?![a-zA-Z]))")
+# What a gold or an answer names: a variable, a segment or figure ("EF", "S_{MBCN}"), its length ("|PQ|"),
+# a ratio ("S_1:S_2") or a quotient ("\frac{NO}{BO}") of names, a point ("(p,q)"), a function value ("f(x)").
+_NAME = r"(?:[A-Z]{2,4}|[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?'?"
+_LABEL_RE = re.compile(
+    r"^(?:" + _NAME + r"(?::" + _NAME + r")*|\|" + _NAME + r"\||\\frac\{" + _NAME + r"\}\{" + _NAME + r"\}"
+    r"|\(" + _VAR + r"(?:," + _VAR + r")+\)|[a-zA-Z]+\(" + _VAR + r"\))(?:=(?!=)|\\in(?![a-zA-Z]))")
 
 
 def _label_end(s: str) -> int:
@@ -404,6 +446,10 @@ def _quick_equal(pred: str, gold: str) -> bool | None:
     if p == g:
         return True
     pn, gn = parse_number(p), parse_number(g)
+    if pn is None and gn is not None and ("." in g or p.lstrip("-").startswith("0,")):
+        pn = _decimal_comma(p, pred)
+    elif gn is None and pn is not None and ("." in p or g.lstrip("-").startswith("0,")):
+        gn = _decimal_comma(g, gold)
     if pn is not None and gn is not None:
         return _numbers_equal(pn, gn)
     # "x+1" is never a number -- but sin^2 x + cos^2 x is: identities go to the symbolic stage
@@ -467,8 +513,13 @@ def _structure(s: str) -> tuple[str, list, str] | None:
             return "union", pieces, ""
     if len(s) > 2 and s[0] in "([" and s[-1] in ")]" and _outer_pair(s):
         items = _split_top(s[1:-1], ",")
+        if len(items) == 1:  # "(0;-2;6)": a point with semicolons
+            items = _split_top(s[1:-1], ";")
         if len(items) > 1:
             return "tuple", items, s[0] + s[-1]
+    items = _split_top(s, ";")  # "p=5,q=2;p=7,q=2": ";" separates solutions, "," their parts
+    if len(items) > 1 and all(items) and len(_split_top(s, ",")) > 1:
+        return "list", items, ""
     items = [x for x in _split_top(s, ",") if x != ""]
     if len(items) > 1:
         return "list", items, ""
@@ -479,14 +530,21 @@ def _structure(s: str) -> tuple[str, list, str] | None:
     return None
 
 
+_RANGE_VAR = r"[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-zA-Z]\))?"  # x, x_1, g(t): what a range bounds
+
+
 def _inequality_to_interval(s: str) -> str:
-    """x>3 -> (3,\\infty);  -1\\le x<2 -> [-1,2);  3<x -> (3,\\infty).  Other strings unchanged."""
+    """x>3 -> (3,\\infty);  -1\\le x<2 -> [-1,2);  3<x -> (3,\\infty);  2<g(t)<3 -> (2,3);
+    |x|\\le 2 -> [-2,2];  1\\le|z|\\le 2 -> [-2,-1]\\cup[1,2];  |x|>1 -> (-\\infty,-1)\\cup(1,\\infty).
+    Other strings unchanged."""
     s = s.replace("\\le", "<=").replace("\\ge", ">=")
-    m = re.match(r"^([^<>=]+?)(<=|<|>=|>)([a-zA-Z])$", s)
+    if "|" in s:
+        return _abs_inequality_to_union(s)
+    m = re.match(r"^([^<>=]+?)(<=|<|>=|>)(" + _RANGE_VAR + r")$", s)
     if m:  # "3<x" is "x>3"
         flip = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
         s = m.group(3) + flip[m.group(2)] + m.group(1)
-    m = re.match(r"^(?:([^<>=]+?)(<=|<))?([a-zA-Z])(<=|<|>=|>)([^<>=]+)$", s)
+    m = re.match(r"^(?:([^<>=]+?)(<=|<))?(" + _RANGE_VAR + r")(<=|<|>=|>)([^<>=]+)$", s)
     if not m or (m.group(1) and m.group(4) in (">", ">=")):
         return s.replace("<=", "\\le").replace(">=", "\\ge")
     low, low_op, _, op, high = m.groups()
@@ -495,6 +553,29 @@ def _inequality_to_interval(s: str) -> str:
     if op in ("<", "<="):
         return "(-\\infty," + high + ("]" if op == "<=" else ")")
     return ("[" if op == ">=" else "(") + high + ",\\infty)"
+
+
+def _abs_inequality_to_union(s: str) -> str:
+    """The set an absolute-value inequality describes (s spells \\le as "<="), as intervals."""
+    m = re.match(r"^(?:([^<>=|]+?)(<=|<))?\|" + _RANGE_VAR + r"\|(<=|<|>=|>)([^<>=|]+)$", s)
+    if not m or (m.group(1) and m.group(3) in (">", ">=")):
+        return s.replace("<=", "\\le").replace(">=", "\\ge")
+    low, low_op, op, high = m.groups()
+    if op in (">", ">="):  # |x| > a: both tails
+        a, left, right = high, ("[" if op == ">=" else "("), ("]" if op == ">=" else ")")
+        return "(-\\infty," + _negated(a) + right + "\\cup" + left + a + ",\\infty)"
+    right, left = ("]" if op == "<=" else ")"), ("[" if op == "<=" else "(")
+    if low is None:  # |x| < b: one interval around 0
+        return left + _negated(high) + "," + high + right
+    inner_l, inner_r = ("[" if low_op == "<=" else "("), ("]" if low_op == "<=" else ")")
+    return left + _negated(high) + "," + _negated(low) + inner_r + "\\cup" + inner_l + low + "," + high + right
+
+
+def _negated(s: str) -> str:
+    """-s, spelled as simply as s allows: "-2" -> "2", "\\frac{3}{2}" -> "-\\frac{3}{2}", "1+a" -> "-(1+a)"."""
+    if s.startswith("-") and not re.search(r"[-+]", s[1:]):
+        return s[1:]
+    return "-" + s if not re.search(r"[-+]", s) else "-(" + s + ")"
 
 
 MAX_ITEMS = 100  # longer lists/sets are not answers
@@ -578,6 +659,42 @@ def _match_ordered(ps: list[str], gs: list[str], depth: int) -> bool:
     return len(ps) == len(gs) and all(_equal(p, g, depth + 1) for p, g in zip(ps, gs))
 
 
+def _distinct_points(items: list[str]) -> list[str]:
+    """A set of solution tuples names each solution once: "(3,17), (3,17)" is one point.  (A list of
+    numbers keeps its repeats: roots are counted with multiplicity.)"""
+    if len(items) < 2 or not all(len(x) > 2 and x[0] == "(" and x[-1] == ")" for x in items):
+        return items
+    seen: dict[str, str] = {}
+    for x in items:
+        seen.setdefault(re.sub(r"\s+", "", normalize(x)), x)
+    return list(seen.values())
+
+
+def _record(items: list[str]) -> dict[str, str] | None:
+    """name -> value when every item names a different unknown ("a=3, b=1", "EF=7, GH=2"); None otherwise.
+    Same letter, other subscripts ("x_1=2, x_2=3") are the solutions of one unknown: no record."""
+    named: dict[str, str] = {}
+    for x in items:
+        x = normalize(x)
+        end = _label_end(x)
+        if not end or x[end - 1] != "=":
+            return None
+        named[x[: end - 1]] = x[end:]
+    bases = {re.sub(r"_.*$", "", k) for k in named}
+    return named if len(named) == len(items) and len(bases) == len(items) else None
+
+
+def _records_equal(ps: list[str], gs: list[str], depth: int) -> bool:
+    """Named values: by name when both sides name them (in any order), in the named order when one
+    side gives the values only ("7, 2" for "EF=7, GH=2"; "2, 7" is another answer)."""
+    pr, gr = _record(ps), _record(gs)
+    if pr and gr:
+        return pr.keys() == gr.keys() and all(_equal(pr[k], gr[k], depth + 1) for k in gr)
+    if any(_label_end(normalize(x)) for x in (gs if pr else ps)):
+        return False
+    return _match_ordered(ps, gs, depth)
+
+
 def _structures_equal(ps: tuple, gs: tuple, depth: int) -> bool:
     (pk, pi, pb), (gk, gi, gb) = ps, gs
     if pk == gk == "matrix":
@@ -589,14 +706,16 @@ def _structures_equal(ps: tuple, gs: tuple, depth: int) -> bool:
         return vector and "tuple" in (pk, gk) and _match_ordered(flat, other, depth)
     if pk == gk == "tuple":
         return pb == gb and _match_ordered(pi, gi, depth)
-    if pk == gk == "union":
+    if pk == gk == "union" or {pk, gk} == {"union", "list"}:  # "(11,7) or (7,11)" lists two points
         return _match_unordered(pi, gi, depth)
     if {pk, gk} == {"tuple", "list"}:  # "1, 2" for "(1, 2)": the order still matters
         return _match_ordered(pi, gi, depth)
+    if pk == gk == "list" and (_record(pi) or _record(gi)):  # "a=3, b=1": named values
+        return _records_equal(pi, gi, depth)
     if pk == gk == "list" and getattr(_ORDER, "on", False):  # the question asked for an order
         return _match_ordered(pi, gi, depth)
     if {pk, gk} <= {"set", "list"}:
-        return _match_unordered(pi, gi, depth)
+        return _match_unordered(_distinct_points(pi), _distinct_points(gi), depth)
     return False
 
 
