@@ -383,6 +383,88 @@ def _numbers_equal(p: tuple[Fraction, int | None, bool], g: tuple[Fraction, int 
 
 
 # ----------------------------------------------------------------------------------
+# Units that decide: "12 g" is not "12 kg"; a bare 12 is not "12 kg" when the question asks for grams
+
+_UNIT_SCALE = {  # unit -> (quantity, size in the quantity's base unit)
+    "mm": ("length", Fraction(1, 1000)), "cm": ("length", Fraction(1, 100)), "m": ("length", Fraction(1)),
+    "km": ("length", Fraction(1000)), "mg": ("mass", Fraction(1, 1000)), "g": ("mass", Fraction(1)),
+    "kg": ("mass", Fraction(1000)), "s": ("time", Fraction(1)), "min": ("time", Fraction(60)),
+    "h": ("time", Fraction(3600)), "day": ("time", Fraction(86400)), "ml": ("volume", Fraction(1, 1000)),
+    "l": ("volume", Fraction(1)),
+}
+_UNIT_NAMES = {
+    "millimeter": "mm", "millimetre": "mm", "centimeter": "cm", "centimetre": "cm", "meter": "m", "metre": "m",
+    "kilometer": "km", "kilometre": "km", "milligram": "mg", "gram": "g", "kilogram": "kg", "second": "s",
+    "sec": "s", "minute": "min", "hour": "h", "hr": "h", "milliliter": "ml", "millilitre": "ml", "liter": "l",
+    "litre": "l", "mins": "min", "secs": "s", "hrs": "h", "days": "day",
+}
+_WITH_UNIT_RE = re.compile(
+    r"^(.*?\d[^a-zA-Z\\]*?)(?:\s|\\[,;:! ]|~)*(?:\\(?:text|mathrm|mbox|textrm)\{\s*([a-zA-Z]+)\.?\s*\}|([a-zA-Z]{2,})\.?)$")
+_ASKED_UNIT_RE = re.compile(
+    r"\b(?:in|how many|number of)\s+(?:more\s+|fewer\s+)?(?:\$?\\(?:text|mathrm)\{\s*([a-zA-Z]+)\s*\}|([a-zA-Z]{2,})\b)", re.I)
+
+
+def _unit(word: str | None, spelled_out: bool) -> str | None:
+    """Canonical unit of a word ("grams" -> "g"); one-letter units only inside \\text{} (spelled_out)."""
+    if not word or (len(word) == 1 and not spelled_out):
+        return None
+    w = word.lower()
+    for key in (w, w[:-1] if w.endswith("s") else w):
+        if key in _UNIT_SCALE:
+            return key
+        if key in _UNIT_NAMES:
+            return _UNIT_NAMES[key]
+    return None
+
+
+def _with_unit(s: str) -> tuple[tuple[Fraction, int | None, bool], str] | None:
+    """"12\\text{ kg}", "1.5 grams" -> ((value, places, percent), "kg"); None without a known unit."""
+    m = _WITH_UNIT_RE.match(s.strip().strip("$").strip()[:200])
+    if not m:
+        return None
+    unit = _unit(m.group(2), True) if m.group(2) else _unit(m.group(3), False)
+    number = parse_number(normalize(m.group(1))) if unit else None
+    return (number, unit) if number is not None else None
+
+
+def asked_unit(question: str | None) -> str | None:
+    """The unit the question asks its answer in ("... in grams?", "How many minutes ..."), if one."""
+    if not question:
+        return None
+    found = [_unit(m.group(1), True) if m.group(1) else _unit(m.group(2), False)
+             for m in _ASKED_UNIT_RE.finditer(question[-2000:])]
+    found = [u for u in found if u]
+    return found[-1] if found else None
+
+
+def _units_decide(pred: str, gold: str) -> bool | None:
+    """Units decide when both sides carry one (converted within a quantity, never across:
+    "1.5 kg" == "1500 g", "12 g" != "12 kg", "12 cm" != "12 kg"), or when one side is a bare number
+    and the question asks for another unit of the other side's quantity ("12 kg", "in grams":
+    12000).  None: the units decide nothing (the usual rule drops a unit)."""
+    pu, gu = _with_unit(pred), _with_unit(gold)
+    if pu is None and gu is None:
+        return None
+    asked = getattr(_ORDER, "unit", None)
+    if pu is None or gu is None:
+        (value, unit), bare = (gu, pred) if pu is None else (pu, gold)
+        if asked is None or asked == unit or _UNIT_SCALE[asked][0] != _UNIT_SCALE[unit][0]:
+            return None
+        other = parse_number(normalize(bare))
+        if other is None:
+            return None
+        converted = (value[0] * _UNIT_SCALE[unit][1] / _UNIT_SCALE[asked][1], value[1], value[2])
+        return _numbers_equal(converted, other)
+    (pv, p_unit), (gv, g_unit) = pu, gu
+    if p_unit == g_unit:
+        return None
+    if _UNIT_SCALE[p_unit][0] != _UNIT_SCALE[g_unit][0]:
+        return False
+    scale = _UNIT_SCALE[p_unit][1] / _UNIT_SCALE[g_unit][1]
+    return _numbers_equal((pv[0] * scale, None if scale != 1 else pv[1], pv[2]), gv)
+
+
+# ----------------------------------------------------------------------------------
 # Labels: "x = 3" -> "3", "(p,q)=(3,2)" -> "(3,2)"
 
 _VAR = r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?'?"
@@ -431,6 +513,9 @@ def _quick_equal(pred: str, gold: str) -> bool | None:
         return True
     if len(pred) > MAX_ANSWER_CHARS or len(gold) > 4 * MAX_ANSWER_CHARS:
         return False
+    by_units = _units_decide(pred, gold)
+    if by_units is not None:
+        return by_units
     p, g = normalize(pred), normalize(gold)
     if p == g:
         return True
@@ -947,13 +1032,14 @@ def math_equal(pred: str, gold: str, question: str | None = None) -> bool:
     list is compared in order when the question asks for one; tuples always are, sets never."""
     if pred is None or gold is None:
         return False
-    previous, _ORDER.on = getattr(_ORDER, "on", False), asks_for_order(question)
+    previous = getattr(_ORDER, "on", False), getattr(_ORDER, "unit", None)
+    _ORDER.on, _ORDER.unit = asks_for_order(question), asked_unit(question)
     try:
         return _equal(str(pred), str(gold))
     except RecursionError:
         return False
     finally:
-        _ORDER.on = previous
+        _ORDER.on, _ORDER.unit = previous
 
 
 def asks_for_order(question: str | None) -> bool:
@@ -973,8 +1059,14 @@ def _grader_equal(pred: str, gold: str, grader: str, question: str | None = None
     return v0_math_equal(pred, gold) if grader == "v0" else math_equal(pred, gold, question)
 
 
-def _grader_quick(pred: str, gold: str, grader: str) -> bool | None:
-    return _v0_quick_equal(pred, gold) if grader == "v0" else _quick_equal(pred, gold)
+def _grader_quick(pred: str, gold: str, grader: str, question: str | None = None) -> bool | None:
+    if grader == "v0":
+        return _v0_quick_equal(pred, gold)
+    previous, _ORDER.unit = getattr(_ORDER, "unit", None), asked_unit(question)
+    try:
+        return _quick_equal(pred, gold)
+    finally:
+        _ORDER.unit = previous
 
 
 # ----------------------------------------------------------------------------------
@@ -1553,7 +1645,7 @@ def _grade_pairs(
             report["past_deadline"] += 1
             continue
         try:
-            quick = _grader_quick(pair[0], pair[1], grader)
+            quick = _grader_quick(pair[0], pair[1], grader, pair[2])
         except Exception:
             quick = False
         if quick is None:

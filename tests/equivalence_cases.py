@@ -531,6 +531,14 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("2\\pi+1", "7.2832", True, "constant-in-expression"),
     ("x+2.7183", "x+e", True, "constant-in-expression"),
     ("x+2.7", "x+e", False, "constant-in-expression"),
+    # --- units that decide: converted within a quantity, never across one
+    ("1.5\\text{ kg}", "1500\\text{ g}", True, "units-quantity"),
+    ("1500 grams", "1.5\\text{ kg}", True, "units-quantity"),
+    ("12\\text{ g}", "12\\text{ kg}", False, "units-quantity"),
+    ("12 cm", "12\\text{ kg}", False, "units-quantity"),
+    ("90 minutes", "1.5\\text{ hours}", True, "units-quantity"),
+    ("1.5 minutes", "1.5\\text{ hours}", False, "units-quantity"),
+    ("12", "12\\text{ kg}", True, "units-quantity"),  # without a question the unit is dropped
 ]
 
 # Cases whose verdict depends on the question: (pred, gold, question, expected, family).
@@ -546,4 +554,11 @@ QUESTION_CASES: list[tuple[str, str, str, bool, str]] = [
     ("(1, 2)", "(2, 1)", "Find all solutions $x$.", False, "unordered"),  # brackets make it a point
     ("x-1, x", "x, x-1", "What are the two factors? Enter them separated by commas.", True, "unordered"),
     ("2, 1", "1, 2", "Enter the ordered pair $(a, b)$ as a, b.", False, "unordered"),
+    # A unit decides when the question asks for another unit of the gold's quantity.
+    ("12", "12\\text{ kg}", "A bag of flour has a mass of 12 kg. What is its mass in grams?", False, "units-quantity"),
+    ("12000", "12\\text{ kg}", "A bag of flour has a mass of 12 kg. What is its mass in grams?", True, "units-quantity"),
+    ("12", "12\\text{ kg}", "What is the mass of the bag, in kilograms?", True, "units-quantity"),
+    ("1.5", "1.5\\text{ hours}", "How many minutes did the trip take?", False, "units-quantity"),
+    ("90", "1.5\\text{ hours}", "How many minutes did the trip take?", True, "units-quantity"),
+    ("1.5", "1.5\\text{ hours}", "How long, in hours, did the trip take?", True, "units-quantity"),
 ]
