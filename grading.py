@@ -9,10 +9,13 @@ that can decide:
     1. exact string match
     2. normalised string match (LaTeX noise, units, \\text{}, \\dfrac, ^\\circ, \\$, times of day)
     3. multiple-choice letters                               (A-E, "(C)", "\\text{(C)}")
-    4. numbers: ints, decimals, fractions, mixed numbers, a/b, thousands separators,
-       scientific notation, percent -- exact rationals; a tolerance only for decimals
+    4. numbers: ints, decimals, fractions, mixed numbers, a/b, thousands separators, a
+       decimal comma where no grouping fits, scientific notation, percent -- exact rationals;
+       a tolerance only for decimals; units of one quantity converted, of two never equal
     5. structure: tuples (ordered), sets and bare lists (unordered unless the question asks
-       for an order), \\pm pairs, intervals (brackets must match), matrices, unions
+       for an order), records of named values ("a=3, b=1": by name, or in the names' order),
+       \\pm pairs, intervals (brackets must match), ranges and |x| inequalities as
+       intervals, matrices, unions
     6. symbolic: sympy's LaTeX grammar (never eval/sympify), size-guarded, compared
        numerically at sample points; equations up to scale, inequalities up to a positive one.
 
@@ -30,10 +33,11 @@ built by `sympy.parsing.latex.parse_latex`, a grammar, after length/depth/digit 
 exponents, factorials and node counts are bounded before any numeric evaluation.
 Decisions an RL policy could exploit: percent is x/100 only ("50\\%" == 50 == 0.5, but 5
 != 500); a decimal must be a correct rounding of an exact gold (3.1416 == \\pi, 3.14 !=
-\\pi, 10001 != 10000); open and closed intervals differ; a label is dropped ("x = 3" == 3).
+\\pi, 10001 != 10000); open and closed intervals differ; a label is dropped ("x = 3" == 3,
+"|PQ| = 6" == 6, "S_1:S_2 = 3:5" == 3:5); a chain claims its last side ("y = 2+3 = 5" == 5).
 
 Layout, in the order the pipeline runs: finding the boxes; normalisation (stage 2); multiple
-choice (3); numbers (4); labels; the fast path (1-4 together); structures (5); symbolic, with
+choice (3); numbers (4); units; labels; the fast path (1-4 together); structures (5); symbolic, with
 its guards (6); the pipeline itself (`math_equal`) and the grader names; v0's grader; batch
 grading and the worker pool.
 """
@@ -1042,9 +1046,20 @@ def math_equal(pred: str, gold: str, question: str | None = None) -> bool:
         _ORDER.on, _ORDER.unit = previous
 
 
+# "Find $a$ and $b$": the answer gives two named values, in the order they were asked for.
+_NAMED_ASK_RE = re.compile(
+    r"\b(?:find|compute|determine|calculate|what are)\s+(?:the\s+(?:values?|numbers?)\s+(?:of\s+)?)?"
+    r"\$([a-zA-Z])\$\s*(?:,|and)\s*\$([a-zA-Z])\$", re.I)
+
+
 def asks_for_order(question: str | None) -> bool:
-    """Does the question make a comma-separated answer ordered ("in increasing order", "respectively")?"""
-    return bool(question) and _ORDER_RE.search(question[:20000]) is not None
+    """Does the question make a comma-separated answer ordered ("in increasing order", "respectively",
+    "find $a$ and $b$")?"""
+    if not question:
+        return False
+    if _ORDER_RE.search(question[:20000]) is not None:
+        return True
+    return any(m.group(1) != m.group(2) for m in _NAMED_ASK_RE.finditer(question[:20000]))
 
 
 GRADERS = ("v0", "simplerl")  # v0: simpleRL-reason v0's training verdicts (v0_math_equal); simplerl: math_equal

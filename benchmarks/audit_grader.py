@@ -43,10 +43,6 @@ def mv_equal(gold: str, response: str) -> bool:
         return False
 
 
-def ours_equal(gold: str, response: str, question: str | None = None) -> bool:
-    return reward.compute_score(response, gold, question=question) == 1.0
-
-
 def respell(g: str) -> str | None:
     out = g
     for a, b in (("\\dfrac", "\x00"), ("\\frac", "\\dfrac"), ("\x00", "\\frac"), ("^{\\circ}", "\x01"),
@@ -102,8 +98,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "grader-audit.md")
     args = ap.parse_args()
     resp, golds = response_pairs(), gold_pairs()
-    for p in resp + golds:
-        p["ours"], p["mv"] = ours_equal(p["gold"], p["response"]), mv_equal(p["gold"], p["response"])
+    pairs = resp + golds
+    ours = reward.batch_compute_scores([p["response"] for p in pairs], [p["gold"] for p in pairs], timeout=5.0,
+                                       num_workers=1, batch_timeout=None, questions=[p["question"] for p in pairs])
+    print(f"reward.py: {len(pairs)} pairs graded", file=sys.stderr)
+    for i, (p, score) in enumerate(zip(pairs, ours)):
+        p["ours"], p["mv"] = score == 1.0, mv_equal(p["gold"], p["response"])
+        if i % 2000 == 0:
+            print(f"math-verify: {i}/{len(pairs)}", file=sys.stderr, flush=True)
     lines = ["# Grader audit: reward.py (simplerl) beside math-verify 0.9", "",
              "Written by `python benchmarks/audit_grader.py` (see its docstring for the pairs).  Every pair on",
              "which the two graders disagree is listed with both verdicts and the reason.", ""]

@@ -554,6 +554,9 @@ QUESTION_CASES: list[tuple[str, str, str, bool, str]] = [
     ("(1, 2)", "(2, 1)", "Find all solutions $x$.", False, "unordered"),  # brackets make it a point
     ("x-1, x", "x, x-1", "What are the two factors? Enter them separated by commas.", True, "unordered"),
     ("2, 1", "1, 2", "Enter the ordered pair $(a, b)$ as a, b.", False, "unordered"),
+    ("5, 3", "3, 5", "Find $a$ and $b$.", False, "unordered"),  # named values, in the order asked
+    ("3, 5", "3, 5", "Compute $m$ and $n$.", True, "unordered"),
+    ("5, 3", "3, 5", "Let $a$ and $b$ be the roots of $x^2-8x+15=0$. Find both roots.", True, "unordered"),
     # A unit decides when the question asks for another unit of the gold's quantity.
     ("12", "12\\text{ kg}", "A bag of flour has a mass of 12 kg. What is its mass in grams?", False, "units-quantity"),
     ("12000", "12\\text{ kg}", "A bag of flour has a mass of 12 kg. What is its mass in grams?", True, "units-quantity"),
