@@ -223,7 +223,7 @@ def normalize(s: str) -> str:
     if _TRIG_RE.search(s):  # sin(90^\circ - x): inside trigonometry a degree is pi/180, not a unit
         s = re.sub(r"\^\{?\\circ\}?", lambda m: "\\cdot\\frac{\\pi}{180}", s)
     s = re.sub(r"\\n(?![a-zA-Z])", " ", s)  # a newline escaped twice ("\\n\\n\\[ ...") is space, not LaTeX
-    if m := re.match(r"^\s*" + _VAR + r"\s*(?:\\approx|≈)(.+)$", s):  # "y \\approx 5": the label's value
+    if m := re.match(r"^\s*[a-df-hj-zA-Z](?:_\{?\w+\}?)?\s*(?:\\approx|≈)(.+)$", s):  # "y \\approx 5": y's value
         s = m.group(1)
     s = re.sub(r"\s*(?:\\approx|≈).*$", "", s) if re.match(r"^.+\S\s*(?:\\approx|≈)", s) else s  # "x \\approx 0.577"
     for old, new in _REPLACEMENTS:
@@ -260,7 +260,7 @@ def normalize(s: str) -> str:
         s = s[1:]
     s = re.sub(r"\{\(([A-E])\)\}", r"(\1)", s)
     s = s.replace("\x01", "\\\\")
-    s = s.replace("<=", "\\le ").replace(">=", "\\ge ").replace("!=", "\\ne ").replace("\\le =", "\\le")
+    s = s.replace("<=", "\\le ").replace(">=", "\\ge ").replace("!=", "\\ne ")
     while len(s) > 2 and s[0] == "{" and _outer_pair(s):  # "{1,3}": TeX grouping, not a set ("\\{1,3\\}" is)
         s = s[1:-1]
     m = re.match(r"^\\\{\\\{(.*)\\\}\\\}$", s)

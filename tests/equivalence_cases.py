@@ -491,6 +491,7 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("y = 2+3 = 6", "5", False, "chains"),
     ("y \\approx 5", "5", True, "chains"),
     ("y \\approx 5.2", "5", False, "chains"),
+    ("\\pi \\approx 3.14", "\\pi", True, "chains"),  # a constant keeps its exact side
     ("5", "x = 2+3 = 5", True, "chains"),
     ("x = 10 - 3 = 7", "x = 3 + 4 = 7", True, "chains"),
     ("x = 10 - 3 = 8", "x = 7", False, "chains"),
