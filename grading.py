@@ -167,9 +167,11 @@ def _strip_trailing_units(s: str) -> str:
         if not head or not word or word in ("or", "and") or head.endswith(("=", ",", "(")):
             break
         s = head
-    m = _UNIT_WORDS_RE.match(s)
+    label = re.match(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*", s)  # "t = 9 hours": the value's unit
+    head, tail = (s[: label.end()], s[label.end() :]) if label else ("", s)
+    m = _UNIT_WORDS_RE.match(tail)
     if m:
-        s = m.group(1)
+        s = head + m.group(1)
     return s
 
 

@@ -8,10 +8,11 @@ requirements-bench.txt):
 1. The 800 recorded Qwen2.5-Math-7B responses (../shared/data/eval/eval_rm_maj_example/
    math_cot_100.jsonl) against their golds, with the paper harness's verdicts beside.
 2. Gold-vs-gold rewrites of the eight benchmarks evaluate.py grades (golds as evaluate.py reads
-   them): each gold boxed verbatim; respelled (\\frac <-> \\dfrac, ^\\circ <-> ^{\\circ}, \\le <-> \\leq,
-   "\\!" dropped; only golds that have one of these); labelled ("y = gold", scalar golds); MATH-500's
-   answer field against its solution's box; and, as a false-positive probe, each gold against the
-   next gold of its benchmark (a different problem: equal only when the two answers are).
+   them): each gold boxed verbatim; respelled (\\frac <-> \\dfrac, ^\\circ <-> ^{\\circ},
+   \\le <-> \\leq, \\ge <-> \\geq; only golds that have one of these); labelled ("y = gold",
+   golds without relations, lists or words); MATH-500's answer field against its solution's box;
+   and, as a false-positive probe, each gold against the next gold of its benchmark (a different
+   problem: equal only when the two answers are).
 
 Every pair on which the two graders disagree is listed with both verdicts and a reason (REASONS,
 written by reading each pair; "unreviewed" where none was written).  Writes the markdown note.
@@ -19,6 +20,7 @@ written by reading each pair; "unreviewed" where none was written).  Writes the 
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -44,16 +46,21 @@ def mv_equal(gold: str, response: str) -> bool:
 
 
 def respell(g: str) -> str | None:
-    out = g
-    for a, b in (("\\dfrac", "\x00"), ("\\frac", "\\dfrac"), ("\x00", "\\frac"), ("^{\\circ}", "\x01"),
-                 ("^\\circ", "^{\\circ}"), ("\x01", "^\\circ"), ("\\leq", "\x02"), ("\\le", "\\leq"), ("\x02", "\\le"),
-                 ("\\geq", "\x03"), ("\\ge", "\\geq"), ("\x03", "\\ge"), ("\\!", "")):
-        out = out.replace(a, b)
+    """The same gold in another common spelling; None when none of these spellings occurs in it."""
+    out = g.replace("\\dfrac", "\x00").replace("\\frac", "\\dfrac").replace("\x00", "\\frac")
+    out = out.replace("^{\\circ}", "\x01").replace("^\\circ", "^{\\circ}").replace("\x01", "^\\circ")
+    for short, long in (("le", "leq"), ("ge", "geq")):
+        out = re.sub(r"\\" + long + r"(?![a-zA-Z])", "\x02", out)
+        out = re.sub(r"\\" + short + r"(?![a-zA-Z])", "\\\\" + long, out)
+        out = out.replace("\x02", "\\" + short)
     return out if out != g else None
 
 
 def labelled(g: str) -> str | None:
-    if any(c in g for c in "=,;<>") or "\\in" in g or "\\text" in g or not any(c.isdigit() for c in g):
+    """"y = gold" for a scalar gold (no relation, list or text in it)."""
+    if re.search(r"[=,;<>:]|\\(?:in|text|le|ge|approx|ne)", g) or not any(c.isdigit() for c in g):
+        return None
+    if re.search(r"[a-zA-Z]{2,}", re.sub(r"\\[a-zA-Z]+", "", g)):  # a word: a unit or text
         return None
     return ("k" if "y" in g else "y") + " = " + g
 

@@ -540,6 +540,8 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("90 minutes", "1.5\\text{ hours}", True, "units-quantity"),
     ("1.5 minutes", "1.5\\text{ hours}", False, "units-quantity"),
     ("12", "12\\text{ kg}", True, "units-quantity"),  # without a question the unit is dropped
+    ("t = 9 hours", "9", True, "units-quantity"),
+    ("t = 9 hours", "10", False, "units-quantity"),
 ]
 
 # Cases whose verdict depends on the question: (pred, gold, question, expected, family).
