@@ -404,8 +404,7 @@ _UNIT_NAMES = {
     "sec": "s", "minute": "min", "hour": "h", "hr": "h", "milliliter": "ml", "millilitre": "ml", "liter": "l",
     "litre": "l", "mins": "min", "secs": "s", "hrs": "h", "days": "day",
 }
-_WITH_UNIT_RE = re.compile(
-    r"^(.*?\d[^a-zA-Z\\]*?)(?:\s|\\[,;:! ]|~)*(?:\\(?:text|mathrm|mbox|textrm)\{\s*([a-zA-Z]+)\.?\s*\}|([a-zA-Z]{2,})\.?)$")
+_UNIT_TAIL_RE = re.compile(r"(?:\\(?:text|mathrm|mbox|textrm)\{\s*([a-zA-Z]+)\.?\s*\}|(?<![a-zA-Z\\])([a-zA-Z]{2,})\.?)$")
 _ASKED_UNIT_RE = re.compile(
     r"\b(?:in|how many|number of)\s+(?:more\s+|fewer\s+)?(?:\$?\\(?:text|mathrm)\{\s*([a-zA-Z]+)\s*\}|([a-zA-Z]{2,})\b)", re.I)
 
@@ -425,11 +424,13 @@ def _unit(word: str | None, spelled_out: bool) -> str | None:
 
 def _with_unit(s: str) -> tuple[tuple[Fraction, int | None, bool], str] | None:
     """"12\\text{ kg}", "1.5 grams" -> ((value, places, percent), "kg"); None without a known unit."""
-    m = _WITH_UNIT_RE.match(s.strip().strip("$").strip()[:200])
-    if not m:
+    s = s.strip().strip("$").strip()
+    if len(s) > 200 or not (s[-1:].isalpha() or s[-1:] in "}."):
         return None
-    unit = _unit(m.group(2), True) if m.group(2) else _unit(m.group(3), False)
-    number = parse_number(normalize(m.group(1))) if unit else None
+    m = _UNIT_TAIL_RE.search(s)
+    unit = None if not m else _unit(m.group(1), True) if m.group(1) else _unit(m.group(2), False)
+    head = re.sub(r"(?:\s|\\[,;:! ]|~)+$", "", s[: m.start()]) if unit else ""
+    number = parse_number(normalize(head)) if head[-1:].isdigit() or head[-1:] == "}" else None
     return (number, unit) if number is not None else None
 
 
