@@ -622,7 +622,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
             default = getattr(defaults, action.dest)
             action.help = f"{comments[action.dest]} (default: {default!r})".replace("%", "%%")
     args = vars(p.parse_args(argv))
-    cfg = Config(**TINY) if args.pop("preset") == "tiny" else Config()
+    cfg = Config(**runtime.project_paths(TINY)) if args.pop("preset") == "tiny" else Config()
     return replace(cfg, **{k: v for k, v in args.items() if v is not None})
 
 

@@ -908,7 +908,9 @@ GOLD_FIELDS = ("answer", "gt_answer", "ground_truth_answer")
 def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
     """Rows {prompt, gold} from a JSON list or a JSONL file. Errors name the file, line/index and field."""
     rows = []
-    for where, row in runtime.read_json_rows(path, levels):
+    # an empty prompt is dropped; an empty gold is kept (v0 trained on its two, records 5054 and 5158)
+    for where, row in runtime.drop_empty(path, runtime.read_json_rows(path, levels),
+                                         [PROMPT_FIELDS + QUESTION_FIELDS]):
         prompt_key = next((k for k in PROMPT_FIELDS if k in row), None)
         if prompt_key is not None:
             prompt = row[prompt_key]
@@ -1215,8 +1217,8 @@ def validate(cfg: Config) -> None:
     parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
     need(all(x.lstrip("-").isdigit() for x in parts), "levels",
          "must be comma-separated integers, e.g. 3,4,5")
-    need(bool(cfg.train_file) and Path(cfg.train_file).is_file(), "train_file", "no such file")
-    need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
+    runtime.check_data_file(cfg, "train_file")
+    runtime.check_data_file(cfg, "test_file", required=False)
     runtime.model_source(cfg.model)
     if cfg.critic_model:
         runtime.model_source(cfg.critic_model)

@@ -813,8 +813,23 @@ def read_json_rows(path: str, levels: str = "") -> list[tuple[str, dict]]:
     list; `where` is "line N" or "index N", for errors that name the file, the line and the field. A UTF-8
     byte-order mark is accepted; lines end at "\\n" only (U+2028 and U+0085 are valid inside JSON strings).
     `levels` ("3,4,5"; empty: all) keeps rows whose integer field 'level' is in it."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{path}: a directory, not a data file; pass one JSONL/JSON file"
+                         + (f" (it holds {', '.join(sorted(f.name for f in data_files(p))[:5])})"
+                            if data_files(p) else ""))
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    return parse_json_rows(p.read_bytes(), path, levels)
+
+
+def data_files(folder: Path) -> list[Path]:
+    return [f for f in folder.iterdir() if f.suffix in (".jsonl", ".json") and f.is_file()]
+
+
+def parse_json_rows(raw: bytes, path: str, levels: str = "") -> list[tuple[str, dict]]:
+    """read_json_rows for bytes already read (data/prepare_data.py's downloads); `path` names the source."""
     keep = {int(x) for x in levels.split(",") if x.strip()}
-    raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
@@ -847,6 +862,42 @@ def read_json_rows(path: str, levels: str = "") -> list[tuple[str, dict]]:
     if not rows:
         raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep else ""))
     return rows
+
+
+def drop_empty(path: str, rows: list[tuple[str, dict]], fields: list[tuple[str, ...]]
+               ) -> list[tuple[str, dict]]:
+    """The rows none of whose `fields` is an empty or blank string (of each group of alternatives, the first
+    present one counts): an empty question or response is nothing to learn or score. The others are counted
+    and named in one warning."""
+    kept, dropped = [], []
+    for where, row in rows:
+        present = [next(k for k in group if k in row) for group in fields if any(k in row for k in group)]
+        empty = [k for k in present if isinstance(row[k], str) and not row[k].strip()]
+        if empty:
+            dropped.append(f"{where} ({', '.join(empty)})")
+        else:
+            kept.append((where, row))
+    if dropped:
+        print0(f"WARNING: {path}: {len(dropped)} of {len(rows)} rows dropped for an empty field: "
+               + ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else ""))
+    if not kept:
+        raise ValueError(f"{path}: every row has an empty field ({dropped[0]}, ...)")
+    return kept
+
+
+def check_data_file(cfg, flag: str, required: bool = True) -> None:
+    """A data-file flag names one existing file (a directory is said to be one, with the files it holds)."""
+    path, name = getattr(cfg, flag), "--" + flag.replace("_", "-")
+    if not path:
+        if required:
+            raise SystemExit(f"{name} is required (or --preset tiny)")
+        return
+    if Path(path).is_dir():
+        inside = sorted(f.name for f in data_files(Path(path)))[:5]
+        raise SystemExit(f"{name} {path!r}: a directory, not a data file; pass one JSONL/JSON file"
+                         + (f" (it holds {', '.join(inside)})" if inside else ""))
+    if not Path(path).is_file():
+        raise SystemExit(f"{name} {path!r}: no such file")
 
 
 # ---- errors a user can act on: bad data, a full disk ----
@@ -896,6 +947,23 @@ def config_help(cls) -> dict[str, str]:
     return text
 
 
+PROJECT = Path(__file__).resolve().parent
+INPUT_FIELDS = ("model", "critic_model", "train_file", "test_file", "data_dir")
+
+
+def project_paths(preset: dict) -> dict:
+    """A preset's input paths (data/tiny, data/synth/...) are the project's: a path that does not exist from
+    the working directory but does in the project is made absolute, so `--preset tiny` runs from anywhere.
+    Outputs (output_dir) stay relative to where the run starts."""
+    def fix(v):
+        if isinstance(v, str) and v and not Path(v).is_absolute() and not Path(v).exists() \
+                and (PROJECT / v).exists():
+            return str(PROJECT / v)
+        return v
+    return {k: ([fix(x) for x in v] if isinstance(v, list) else fix(v)) if k in INPUT_FIELDS else v
+            for k, v in preset.items()}
+
+
 def parse_config(config_cls, presets: dict, description: str, argv=None, old_flags: dict | None = None):
     """Command line = the dataclass: one flag per field (--help: the field's comment), --preset fills in its
     values first, then explicit flags win. old_flags: field -> earlier spellings that still work."""
@@ -911,7 +979,7 @@ def parse_config(config_cls, presets: dict, description: str, argv=None, old_fla
         else:
             parser.add_argument(*flags, type=type(f.default), default=None, help=text)
     args = parser.parse_args(argv)
-    values = dict(presets[args.preset]) if args.preset else {}
+    values = project_paths(presets[args.preset]) if args.preset else {}
     values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
     return config_cls(**values)
 

@@ -380,7 +380,7 @@ def read_rows(path: str, need: list[tuple[str, ...]], levels: str = "") -> list[
     string fields one of which must be present (e.g. ("prompt", "question")). Errors name file, line and
     field."""
     rows = []
-    for where, row in runtime.read_json_rows(path, levels):
+    for where, row in runtime.drop_empty(path, runtime.read_json_rows(path, levels), need):
         for group in need:
             present = [k for k in group if k in row]
             if not present:
@@ -478,7 +478,6 @@ def validate(cfg: Config) -> None:
     def need(ok: bool, flag: str, rule: str) -> None:
         if not ok:
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
-    need(bool(cfg.train_file), "train_file", "is required (or --preset tiny)")
     need(cfg.long_examples in ("drop", "truncate"), "long_examples", "must be drop or truncate")
     for name in ("train_batch_size", "micro_train_batch_size", "max_length", "eval_batch_size",
                  "generate_max_len", "eval_size", "log_every"):
@@ -492,8 +491,8 @@ def validate(cfg: Config) -> None:
     parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
     need(all(x.lstrip("-").isdigit() for x in parts), "levels",
          "must be comma-separated integers, e.g. 3,4,5")
-    need(Path(cfg.train_file).is_file(), "train_file", "no such file")
-    need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
+    runtime.check_data_file(cfg, "train_file")
+    runtime.check_data_file(cfg, "test_file", required=False)
     runtime.model_source(cfg.model)
 
 

@@ -1,0 +1,87 @@
+"""Nothing silently wrong, nothing lost, round two (issue 26): data read the way users have it, every flag
+checked before anything loads, one run per output directory, workers that die with their launcher, disk
+errors said truthfully, grading timeouts counted, Ctrl-C in one line. Process tests use real processes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "data"))
+
+import evaluate  # noqa: E402
+import ppo  # noqa: E402
+import prepare_data  # noqa: E402
+import runtime  # noqa: E402
+import sft  # noqa: E402
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+
+
+def clear_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit code != 0, the message says what is wrong, and no traceback."""
+    assert r.returncode != 0, r.stdout[-2000:]
+    for n in needles:
+        assert n in r.stderr + r.stdout, r.stderr[-3000:] + r.stdout[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+# ---- data as users have it: one row reader for every stage and data/prepare_data.py ----
+ROWS = [{"question": " 1+ 2", "solution": "\\boxed{3}", "response": "\\boxed{3}", "answer": "3", "level": 1},
+        {"question": "a\u2028b\u0085c 4+ 4", "solution": "x\u2028\\boxed{8}", "response": "\\boxed{8}",
+         "answer": "8", "level": 1}]
+
+
+def write_rows(path: Path, rows: list[dict], bom: bool = True) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return path
+
+
+def test_bom_and_unicode_line_separators_inside_strings_read_alike_everywhere(tmp_path):
+    path = write_rows(tmp_path / "synth" / "test.jsonl", ROWS)
+    assert [r["gold"] for r in ppo.read_prompts(str(path), "tiny")] == ["3", "8"]
+    assert [r["question"] for r in sft.read_rows(str(path), [("question",), ("response",)])] == \
+        [r["question"] for r in ROWS]
+    problems, _ = evaluate.load_benchmark(str(tmp_path), "synth", "tiny")
+    assert [p["gold"] for p in problems] == ["3", "8"]
+    assert prepare_data.check_eval_rows("aime24", path.read_bytes(), str(path)) == 2
+    listed = tmp_path / "train.json"
+    listed.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"question": "q\u2028", "gt_answer": "1"}]).encode())
+    assert prepare_data.train_rows_from_json(listed.read_bytes(), str(listed))[0]["answer"] == "1"
+
+
+def test_empty_questions_and_responses_are_dropped_and_reported(tmp_path, capsys):
+    rows = ROWS + [dict(ROWS[0], question="  "), dict(ROWS[0], response="", solution="")]
+    path = write_rows(tmp_path / "d.jsonl", rows)
+    assert len(ppo.read_prompts(str(path), "tiny")) == 3  # the empty question; an empty response is no prompt's
+    assert f"{path}: 1 of 4 rows dropped for an empty field: line 3 (question)" in capsys.readouterr().out
+    assert len(sft.read_rows(str(path), [("question",), ("response", "solution")])) == 2
+    assert "2 of 4 rows dropped for an empty field: line 3 (question), line 4 (response)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="every row has an empty field"):
+        sft.read_rows(str(write_rows(tmp_path / "e.jsonl", rows[2:3])), [("question",), ("response",)])
+
+
+@pytest.mark.parametrize("stage", [ppo, sft])
+def test_a_directory_as_train_file_is_said_to_be_one(stage, tmp_path):
+    write_rows(tmp_path / "train.jsonl", ROWS)
+    with pytest.raises(SystemExit, match=f"--train-file '{tmp_path}': a directory, not a data file; pass one "
+                                         r"JSONL/JSON file \(it holds train.jsonl\)"):
+        stage.validate(stage.parse_args(["--preset", "tiny", "--train-file", str(tmp_path)]))
+
+
+def test_preset_tiny_finds_the_projects_files_from_another_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for stage in (ppo, sft):
+        cfg = stage.parse_args(["--preset", "tiny"])
+        stage.validate(cfg)
+        assert cfg.train_file == str(ROOT / "data" / "synth" / "train.jsonl") and cfg.model == str(ROOT / "data/tiny")
+        assert cfg.output_dir == stage.PRESETS["tiny"]["output_dir"]  # outputs stay where the run starts
+    cfg = evaluate.parse_args(["--preset", "tiny"])
+    evaluate.validate(cfg)
+    assert cfg.model == [str(ROOT / "data" / "tiny")] and cfg.data_dir == str(ROOT / "data")
