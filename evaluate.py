@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig
 
 import reward
 import runtime
@@ -149,7 +149,7 @@ class HFEngine:
 
     def __init__(self, path: str, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = runtime.load_tokenizer(path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -203,7 +203,7 @@ class VLLMEngine:
 
     def __init__(self, path: str, cfg: Config, llm=None, sampling_params_cls=None):
         self.cfg = cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = runtime.load_tokenizer(path)
         self.max_len = cfg.max_model_len or AutoConfig.from_pretrained(path).max_position_embeddings
         world = dist.get_world_size()
         if world > 1 and world % cfg.tp:
@@ -474,6 +474,8 @@ def load_benchmark(data_dir: str, bench: str, template: str,
             continue
         problems.append(dict(idx=idx, question=question, gold=gold,
                              prompt=reward.apply_template(question, template)))
+    if not problems:
+        raise ValueError(f"{path}: no problem to score (all {len(empty)} rows have an empty gold)")
     return problems, empty
 
 
@@ -571,6 +573,7 @@ def validate(cfg: Config) -> None:
     def need(ok: bool, flag: str, rule: str) -> None:
         if not ok:
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    runtime.check_common(cfg)
     need(cfg.limit is None or cfg.limit > 0, "limit", "must be a positive number of problems per benchmark")
     for name in ("n", "batch_size", "tp", "generate_max_len"):
         need(getattr(cfg, name) > 0, name, "must be a positive integer")
@@ -591,6 +594,8 @@ def validate(cfg: Config) -> None:
     if cfg.engine != "oracle":
         for path in cfg.model:
             runtime.model_source(path)
+            if runtime.tokenizer_problem(path):
+                raise SystemExit(runtime.tokenizer_problem(path))
 
 
 def parse_args(argv: list[str] | None = None) -> Config:

@@ -68,7 +68,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 import reward
 import runtime
@@ -802,7 +802,7 @@ def main(cfg: Config) -> None:
     out, resume_from = runtime.prepare_output_dir(cfg, rank, SAFE_ON_RESUME)
     torch.manual_seed(cfg.seed + rank)  # sampling differs per rank
     random.seed(cfg.seed + rank)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    tokenizer = runtime.load_tokenizer(cfg.model)
     rows, test_rows = load_data(cfg, tokenizer)
     total_steps, total_updates = count_steps(cfg, len(rows), len(test_rows), world)
     actor, ref, critic = load_models(cfg, resume_from, device)
@@ -974,6 +974,8 @@ def prompts_per_rank(cfg: Config, world: int) -> int:
 
 def load_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
     """The training prompts (tokenized; --long-prompts applied) and the held-out sample (--eval-size)."""
+    runtime.check_prompt_room(tokenizer, reward.apply_template("", cfg.template), cfg.prompt_max_len,
+                              "prompt_max_len")
     with runtime.data_errors_are_clear():
         rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer,
                                         cfg.prompt_max_len, cfg.long_prompts)
@@ -1179,6 +1181,8 @@ def validate(cfg: Config) -> None:
     def need(ok: bool, flag: str, rule: str) -> None:
         if not ok:
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    runtime.check_common(cfg)
+    need(cfg.template in reward.TEMPLATES, "template", "must be one of " + ", ".join(reward.TEMPLATES))
     for name in ("rollout_batch_size", "n_samples_per_prompt", "train_batch_size", "micro_train_batch_size",
                  "micro_rollout_batch_size", "eval_batch_size", "prompt_max_len", "generate_max_len",
                  "ppo_epochs"):

@@ -54,7 +54,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 
 # ---- processes: torchrun ranks, the process group, the end of a run ----
@@ -142,6 +142,15 @@ def model_source(path: str) -> str:
     Anything else stops with the reason: a folder without weights, or a path that does not exist."""
     p = Path(path).expanduser()
     if p.is_dir():
+        config = p / "config.json"
+        try:
+            json.loads(config.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SystemExit(f"{path}: no config.json (a model folder holds config.json and its "
+                             "weights)") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SystemExit(f"{config}: not valid JSON ({e}); restore it from the model it came "
+                             "from") from None
         if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
             return "weights"
         if (p / INIT_FROM_CONFIG).is_file():
@@ -154,7 +163,40 @@ def model_source(path: str) -> str:
                          "Qwen/Qwen2.5-Math-7B)")
     if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
         raise SystemExit(f"{path}: no such directory")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+            raise SystemExit(f"{path}: not in the Hugging Face cache and HF_HUB_OFFLINE is set: a typo, or "
+                             "download it first (huggingface-cli download " + path + ")")
     return "hub"
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def tokenizer_problem(path: str) -> str | None:
+    """Why a local model folder has no usable tokenizer (transformers would build an empty stand-in from
+    config.json that encodes every prompt to 0 tokens), or None."""
+    p = Path(path).expanduser()
+    if p.is_dir() and not any((p / f).is_file() for f in TOKENIZER_FILES):
+        return (f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy them from the model it was "
+                "trained from")
+    return None
+
+
+def load_tokenizer(path: str):
+    """The model's tokenizer, or one line saying why not (no tokenizer files, a hub id that cannot be
+    fetched, a tokenizer that encodes text to nothing)."""
+    problem = tokenizer_problem(path)
+    if problem:
+        raise SystemExit(problem)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: cannot load its tokenizer: {str(e).strip().splitlines()[0]}") from None
+    if not tokenizer("Q: 1 + 2 = ?", add_special_tokens=False)["input_ids"]:
+        raise SystemExit(f"{path}: its tokenizer encodes text to 0 tokens (missing or wrong tokenizer files)")
+    return tokenizer
 
 
 def weights_problems(path: str) -> list[str]:
@@ -898,6 +940,37 @@ def check_data_file(cfg, flag: str, required: bool = True) -> None:
                          + (f" (it holds {', '.join(inside)})" if inside else ""))
     if not Path(path).is_file():
         raise SystemExit(f"{name} {path!r}: no such file")
+
+
+# ---- checks every stage's validate shares, by field name ----
+def check_common(cfg) -> None:
+    """Before anything is loaded: every float finite; AdamW's betas in [0, 1); a clip norm > 0; min <= max
+    new tokens; an accuracy target a fraction; an output path that is not a file."""
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        need(not isinstance(value, float) or math.isfinite(value), f.name, "must be a finite number")
+    for name in ("adam_beta1", "adam_beta2"):  # AdamW divides by 1 - beta^t
+        need(not hasattr(cfg, name) or 0 <= getattr(cfg, name) < 1, name, "must be in [0, 1)")
+    need(not hasattr(cfg, "max_grad_norm") or cfg.max_grad_norm > 0, "max_grad_norm",
+         "must be > 0: gradients are scaled to at most this norm, so 0 zeroes every update "
+         "(1e9: no clipping)")
+    need(not hasattr(cfg, "min_new_tokens") or cfg.min_new_tokens <= cfg.generate_max_len, "min_new_tokens",
+         f"must be <= --generate-max-len {getattr(cfg, 'generate_max_len', '')}")
+    need(not hasattr(cfg, "stop_at_accuracy") or 0 <= cfg.stop_at_accuracy <= 1, "stop_at_accuracy",
+         "must be a fraction in [0, 1] (0.25 for 25%; 0: off)")
+    need(not Path(cfg.output_dir).exists() or Path(cfg.output_dir).is_dir(), "output_dir",
+         "exists and is not a directory")
+
+
+def check_prompt_room(tokenizer, template_text: str, max_len: int, flag: str) -> None:
+    """The prompt template alone (an empty question) must leave room in --prompt-max-len."""
+    n = len(tokenizer(template_text, add_special_tokens=False)["input_ids"])
+    if n >= max_len:
+        raise SystemExit(f"--{flag.replace('_', '-')} {max_len}: the prompt template alone is {n} tokens; "
+                         "every prompt would be cut inside it")
 
 
 # ---- errors a user can act on: bad data, a full disk ----

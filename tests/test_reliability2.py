@@ -3,6 +3,7 @@ checked before anything loads, one run per output directory, workers that die wi
 errors said truthfully, grading timeouts counted, Ctrl-C in one line. Process tests use real processes."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,80 @@ def test_preset_tiny_finds_the_projects_files_from_another_directory(tmp_path, m
     cfg = evaluate.parse_args(["--preset", "tiny"])
     evaluate.validate(cfg)
     assert cfg.model == [str(ROOT / "data" / "tiny")] and cfg.data_dir == str(ROOT / "data")
+
+
+# ---- every flag checked before anything is loaded, the same way in every stage ----
+COMMON_BAD = [(["--adam-beta2", "1.0"], "--adam-beta2 1.0: must be in [0, 1)"),
+              (["--max-grad-norm", "0"], "--max-grad-norm 0.0: must be > 0"),
+              (["--weight-decay", "nan"], "--weight-decay nan: must be a finite number")]
+PPO_BAD = COMMON_BAD + [(["--actor-lr", "inf"], "--actor-lr inf: must be a finite number"),
+                        (["--min-new-tokens", "60", "--generate-max-len", "48"],
+                         "--min-new-tokens 60: must be <= --generate-max-len 48"),
+                        (["--template", "chatml"], "--template 'chatml': must be one of")]
+SFT_BAD = COMMON_BAD + [(["--lr", "inf"], "--lr inf: must be a finite number"),
+                        (["--stop-at-accuracy", "5"], "--stop-at-accuracy 5.0: must be a fraction in [0, 1]"),
+                        (["--template", "chatml"], "--template 'chatml': must be one of")]
+EVAL_BAD = [(["--temperature", "inf"], "--temperature inf: must be a finite number")]
+
+
+@pytest.mark.parametrize("stage,args,message", [(ppo, a, m) for a, m in PPO_BAD] + [(sft, a, m) for a, m in SFT_BAD]
+                         + [(evaluate, a, m) for a, m in EVAL_BAD])
+def test_every_flag_is_checked_before_anything_loads(stage, args, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        stage.validate(stage.parse_args(["--preset", "tiny", *args]))
+
+
+@pytest.mark.parametrize("stage", [ppo, sft, evaluate])
+def test_an_output_path_that_is_a_file_is_refused_up_front(stage, tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(SystemExit, match="--output-dir .*: exists and is not a directory"):
+        stage.validate(stage.parse_args(["--preset", "tiny", "--output-dir", str(tmp_path / "out")]))
+
+
+def tiny_copy(tmp_path: Path, tokenizer: bool = True) -> Path:
+    import shutil
+    folder = tmp_path / "model"
+    shutil.copytree(ROOT / "data" / "tiny", folder)
+    if not tokenizer:
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (folder / f).unlink()
+    return folder
+
+
+@pytest.mark.parametrize("stage", [ppo, sft, evaluate])
+def test_model_folder_problems_are_one_line_before_loading(stage, tmp_path, monkeypatch):
+    folder = tiny_copy(tmp_path)
+    (folder / "config.json").write_text('{"model_type": "qwen2", ')
+    with pytest.raises(SystemExit, match=f"{folder / 'config.json'}: not valid JSON"):
+        stage.validate(stage.parse_args(["--preset", "tiny", "--model", str(folder)]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit, match="Qwen/Qwen2.5-Mth-7B: not in the Hugging Face cache and HF_HUB_OFFLINE"):
+        stage.validate(stage.parse_args(["--preset", "tiny", "--model", "Qwen/Qwen2.5-Mth-7B"]))
+
+
+def test_a_model_folder_without_tokenizer_files_stops_at_start_up(tmp_path):
+    folder = tiny_copy(tmp_path / "a", tokenizer=False)
+    with pytest.raises(SystemExit, match=f"{folder}: no tokenizer files"):
+        runtime.load_tokenizer(str(folder))
+    with pytest.raises(SystemExit, match=f"{folder}: no tokenizer files"):
+        evaluate.validate(evaluate.parse_args(["--preset", "tiny", "--model", str(folder)]))
+    assert len(runtime.load_tokenizer(str(ROOT / "data" / "tiny"))("Q: 1+ 2=")["input_ids"]) > 0
+
+
+def test_a_prompt_max_len_that_cannot_hold_the_template_and_an_unknown_eos_token_stop(tmp_path):
+    tokenizer = runtime.load_tokenizer(str(ROOT / "data" / "tiny"))
+    cfg = ppo.parse_args(["--preset", "tiny", "--prompt-max-len", "1"])
+    with pytest.raises(SystemExit, match="--prompt-max-len 1: the prompt template alone is 6 tokens"):
+        ppo.load_data(cfg, tokenizer)
+    cfg = sft.parse_args(["--preset", "tiny", "--eos-token", "<|eot|>"])
+    with pytest.raises(SystemExit, match=re.escape("--eos-token '<|eot|>': not a token of ") + ".*tiny's tokenizer"):
+        sft.load_data(cfg, tokenizer)
+
+
+def test_a_benchmark_with_nothing_to_score_is_an_error_naming_it(tmp_path):
+    path = write_rows(tmp_path / "synth" / "test.jsonl", [dict(ROWS[0], answer="")], bom=False)
+    with pytest.raises(ValueError, match=f"{path}: no problem to score"):
+        evaluate.load_benchmark(str(tmp_path), "synth", "tiny")
+    path.write_text("")
+    with pytest.raises(ValueError, match=f"{path}: no rows"):
+        evaluate.load_benchmark(str(tmp_path), "synth", "tiny")
