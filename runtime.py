@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import datetime
 import errno
+import fcntl
 import gc
 import importlib.util
 import inspect
@@ -606,10 +607,64 @@ def remove_previous_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+LOCK_FILE = "run.lock"
+_held_locks: list[int] = []  # open descriptors of the locks this process holds: closed when it ends
+
+
+def lock_output_dir(out: Path) -> str | None:
+    """One run per output directory: take <out>/run.lock for the life of this process, or say who holds it.
+    The lock is an exclusive flock, which the kernel drops when the holder ends, however it ends (SIGKILL
+    too), so a dead run's lock is never in the way; the file names the holder (pid, host, start). On a file
+    system without flock, the file alone decides: a pid that no longer runs on this host is a stale lock,
+    taken over. Returns the error message for a second run, or None once the lock is held."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    holder = os.read(fd, 512).decode("utf-8", "replace").strip()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return (f"--output-dir {out}: another run is using it ({holder or 'its lock file ' + str(path)}). "
+                "Wait for it to end, stop it, or choose another --output-dir")
+    except OSError:  # no flock here (some network file systems): the pid and host in the file decide
+        m = re.match(r"pid (\d+) on (\S+)", holder)
+        if m and (m.group(2) != socket.gethostname() or _pid_alive(int(m.group(1)))):
+            os.close(fd)
+            return (f"--output-dir {out}: another run is using it ({holder}); if it has ended, delete {path}")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                  f"{' '.join(sys.argv)}\n"[:500].encode(), 0)
+    _held_locks.append(fd)
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def lock_or_stop(out: Path, rank: int) -> None:
+    """Rank 0 takes the directory's lock; every rank stops with its message if another run holds it."""
+    message = [lock_output_dir(out) if rank == 0 else None]
+    dist.broadcast_object_list(message, src=0)
+    if message[0]:
+        raise SystemExit(message[0])
+
+
 def prepare_output_dir(cfg, rank: int, safe_on_resume: set[str]) -> tuple[Path, Path | None]:
-    """(the output directory, the checkpoint to resume from or None). Nothing is written in it yet:
-    config.json only once the run has checked its config, read its data and loaded its models."""
+    """(the output directory, the checkpoint to resume from or None), with the directory locked for this run
+    (lock_output_dir). Nothing else is written in it yet: config.json only once the run has checked its
+    config, read its data and loaded its models."""
     out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
+    lock_or_stop(out, rank)
     check_output_dir(cfg, safe_on_resume)
     resume_from = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:

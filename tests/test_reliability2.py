@@ -163,3 +163,45 @@ def test_a_benchmark_with_nothing_to_score_is_an_error_naming_it(tmp_path):
     path.write_text("")
     with pytest.raises(ValueError, match=f"{path}: no rows"):
         evaluate.load_benchmark(str(tmp_path), "synth", "tiny")
+
+
+# ---- one run per output directory: a lock held for the run's life ----
+HOLD = ("import sys, time; sys.path.insert(0, {root!r}); import runtime; from pathlib import Path; "
+        "print(runtime.lock_output_dir(Path({out!r})), flush=True); time.sleep(600)")
+
+
+def hold_lock(out: Path) -> subprocess.Popen:
+    """Another process holding `out`'s lock, as a running stage would."""
+    p = subprocess.Popen([sys.executable, "-c", HOLD.format(root=str(ROOT), out=str(out))], stdout=subprocess.PIPE,
+                         text=True, env=ENV)
+    assert p.stdout.readline().strip() == "None"  # it holds the lock
+    return p
+
+
+@pytest.mark.slow  # a second process (imports torch)
+def test_a_second_process_cannot_take_a_held_directory_and_a_dead_holders_lock_is_free(tmp_path):
+    out = tmp_path / "run"
+    holder = hold_lock(out)
+    try:
+        message = runtime.lock_output_dir(out)
+        assert message.startswith(f"--output-dir {out}: another run is using it (pid {holder.pid} on ")
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of its own
+        holder.wait(timeout=60)
+    assert runtime.lock_output_dir(out) is None  # the dead holder's lock is free
+    assert f"pid {os.getpid()} on " in (out / "run.lock").read_text()
+
+
+@pytest.mark.slow  # stage scripts in subprocesses
+@pytest.mark.parametrize("script", ["ppo.py", "sft.py", "evaluate.py"])
+def test_a_second_run_in_the_same_output_dir_stops_with_a_clear_error(script, tmp_path):
+    out = tmp_path / "run"  # empty, as when two runs start together
+    holder = hold_lock(out)
+    try:
+        r = subprocess.run([sys.executable, script, "--preset", "tiny", "--output-dir", str(out)], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    clear_error(r, f"--output-dir {out}: another run is using it (pid {holder.pid} on ")
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]  # nothing written
