@@ -311,6 +311,7 @@ def score_benchmark(problems: list[dict], completions: list[list], cfg: Config, 
     responses = [reward.cut_at_stop(text) for c in completions for text, _ in c]
     golds = [p["gold"] for p in problems for _ in range(cfg.n)]
     preds, correct = grade(responses, golds, cfg.reward_timeout, cfg.grader)
+    timeouts = sum(reward.last_batch_report.get(k, 0) for k in ("timed_out", "past_deadline"))
     rows, k = [], 0
     for i, p in enumerate(problems):
         for j, (_, length) in enumerate(completions[i]):
@@ -327,6 +328,7 @@ def score_benchmark(problems: list[dict], completions: list[list], cfg: Config, 
         too_long=sum(p["budget"] <= 0 for p in problems),  # prompt did not fit: scored wrong
         excluded_empty_gold=empty_gold,
         no_answer=sum(pr is None for pr in preds),
+        grading_timeouts=timeouts,  # comparisons ungraded after a retry with a longer limit: scored wrong
         seconds=seconds, problems_per_s=len(problems) / max(seconds, 1e-9),
         tokens_per_s=n_tokens / max(seconds, 1e-9),
     )
@@ -367,7 +369,8 @@ def evaluate(cfg: Config) -> dict | None:
                     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
                 results[label][b] = summary
                 runtime.print0(f"   {b:14s} acc {summary['acc']:5.1f}  ({summary['n_problems']} problems, "
-                               f"{summary['too_long']} too long, mean length {summary['mean_length']:.0f}, "
+                               f"{summary['too_long']} too long, {summary['grading_timeouts']} grading "
+                               f"timeouts, mean length {summary['mean_length']:.0f}, "
                                f"{summary['problems_per_s']:.2f} problems/s, "
                                f"{summary['tokens_per_s']:.0f} tokens/s)")
         if rank == 0:
@@ -634,6 +637,6 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 if __name__ == "__main__":
     config = parse_args()
-    with runtime.disk_full_is_clear(config.output_dir):
+    with runtime.stage_errors(config.output_dir, resume=False):
         evaluate(config)
     runtime.end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run

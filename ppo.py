@@ -1136,6 +1136,7 @@ def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], 
         "k1_seq": k1.sum().item(), "ret": (ret * m).sum().item(), "ret_sq": (ret ** 2 * m).sum().item(),
         "err": ((ret - val) * m).sum().item(), "err_sq": ((ret - val) ** 2 * m).sum().item(),
         "values": (val * m).sum().item(), "gap": sum(abs(g) for g in gap), "gap_n": len(gap),
+        "timeouts": sum(reward.last_batch_report.get(k, 0) for k in ("timed_out", "past_deadline")),
     }, device)
     n, tok = s["n"], max(s["tokens"], 1)
     var_ret = s["ret_sq"] / tok - (s["ret"] / tok) ** 2
@@ -1146,6 +1147,7 @@ def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], 
            "response_length": s["length"] / n, "response_length_max": max_len.item(),
            "truncated_rate": s["truncated"] / n, "reflection_rate": s["reflection"] / n,
            "kl": s["k1"] / tok, "kl_per_seq": s["k1_seq"] / n, "values": s["values"] / tok,
+           "grading_timeouts": s["timeouts"],  # comparisons ungraded after a retry, scored as wrong
            "explained_variance": 1 - var_err / var_ret if var_ret > 0 else float("nan"),
            "kl_stderr": math.sqrt(max(s["k1_sq"] / tok - (s["k1"] / tok) ** 2, 0) / tok)}
     if s["gap_n"]:
@@ -1235,6 +1237,6 @@ def parse_args(argv=None) -> Config:
 
 if __name__ == "__main__":
     config = parse_args()
-    with runtime.disk_full_is_clear(config.output_dir):
+    with runtime.stage_errors(config.output_dir):
         main(config)
     runtime.end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run

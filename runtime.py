@@ -16,7 +16,7 @@ the project, so a reader can skip it on a first reading: the method is in the st
     metrics        read_metrics, write_metrics, log_metrics, plot_metrics, progress_settings
     optimisation   make_optimizer (AdamW + warm-up + cosine to a floor), lr_factor
     data           read_json_rows (JSON list or JSONL; errors name file, line and field)
-    errors         data_errors_are_clear, disk_full_is_clear
+    errors         data_errors_are_clear, disk_error, stage_errors (Ctrl-C, disk errors, torchrun's summary)
     command line   config_help (--help from Config's comments), parse_config
     memory plan    memory_plan, write_memory_plan, measured_memory (docs/gpu.md)
 """
@@ -37,10 +37,12 @@ import os
 import pickle
 import random
 import re
+import shlex
 import shutil
 import socket
 import sys
 import time
+import threading
 import tokenize
 import zipfile
 from dataclasses import dataclass
@@ -74,6 +76,8 @@ def init_distributed() -> tuple[int, int, torch.device]:
     elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
                                 timeout=timeout)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: it ends with its launcher
+        watch_launcher(os.getppid())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -81,6 +85,20 @@ def init_distributed() -> tuple[int, int, torch.device]:
     else:
         device = torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def watch_launcher(launcher: int, every_s: float = 1.0) -> None:
+    """torchrun starts its workers in sessions of their own, so a launcher killed with SIGKILL (or lost with its
+    node's shell) leaves them running: they would go on writing checkpoints into a directory that a --resume
+    may already be writing. A daemon thread checks once a second that the launcher is still this process's
+    parent (an orphan is re-parented) and ends the process at once otherwise, writing nothing more."""
+    def watch():
+        while os.getppid() == launcher:
+            time.sleep(every_s)
+        print(f"[rank {os.environ.get('RANK', '?')}] the torchrun launcher (pid {launcher}) is gone: "
+              "this worker stops", file=sys.stderr, flush=True)
+        os._exit(1)
+    threading.Thread(target=watch, name="watch_launcher", daemon=True).start()
 
 
 def _free_port() -> int:
@@ -1039,21 +1057,96 @@ def data_errors_are_clear():
         raise SystemExit(f"error: {e}") from None
 
 
+def disk_error(e: BaseException, where: str, resume: bool) -> str | None:
+    """A failed write said as what it is, in one line with what to do next, or None when `e` is not one:
+    no space (ENOSPC, EDQUOT; or torch.save's bare "unexpected pos" with < 64 MiB left on a writable file
+    system), no permission or a read-only file system (EACCES, EPERM, EROFS), or another OSError naming its
+    file. Chained exceptions and DCP's CheckpointException (a BaseException holding each rank's exception in
+    `failures`) are searched for the OSError inside."""
+    found, todo = [], [e]
+    while todo:
+        x = todo.pop(0)
+        if x is None or any(x is y for y in found):
+            continue
+        found.append(x)
+        todo += [x.__cause__, x.__context__]
+        todo += [f[0] if isinstance(f, tuple) else f for f in (getattr(x, "failures", None) or {}).values()]
+    os_error = next((x for x in found if isinstance(x, OSError) and x.errno), None)
+    out = Path(where).absolute()
+    detail = f"{type(os_error or e).__name__}: {str(os_error or e)[:300]}"
+    then = ("then rerun with --resume: it goes on from the last complete checkpoint" if resume
+            else "then run it again (summary.json keeps the models already finished)")
+    code = os_error.errno if os_error is not None else None
+    if code in (errno.ENOSPC, errno.EDQUOT) or any("No space left" in str(x) for x in found) or (
+            code is None and isinstance(e, (OSError, RuntimeError)) and nearly_full(out)):
+        return f"no space left on {out} ({detail}). Free some space, {then}."
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "a read-only file system" if code == errno.EROFS else "permission denied"
+        return (f"cannot write under {out}: {what} ({detail}). Make it writable or choose another "
+                f"--output-dir, {then}" + (" (in the same --output-dir)." if resume else "."))
+    if os_error is not None and os_error.filename:
+        return f"{os_error.filename}: {os_error.strerror} ({errno.errorcode.get(code, code)}). Fix it, {then}."
+    return None
+
+
+def nearly_full(where: Path) -> bool:
+    """< 64 MiB left on a writable file system (a read-only one reports 0 free: not full, just read-only)."""
+    probe = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
+    st = os.statvfs(probe)
+    return not st.f_flag & os.ST_RDONLY and st.f_bavail * st.f_frsize < 2**26
+
+
+def tell_launcher(message: str) -> None:
+    """Under torchrun, the reason this rank fails goes into the error file the launcher reads
+    (TORCHELASTIC_ERROR_FILE), so its closing summary ("Root Cause (first observed failure)"), the last lines a
+    user sees, shows the reason instead of a link to the docs."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with contextlib.suppress(OSError):
+            Path(path).write_text(json.dumps({"message": {"message": message, "extraInfo": {
+                "py_callstack": message, "timestamp": str(int(time.time()))}}}))
+
+
+def interrupted(where: str, resume: bool) -> str:
+    """Ctrl-C's one line: what of the run is on disk and the command that goes on from it."""
+    out = Path(where)
+    argv = [a for a in sys.argv if a != "--resume"] + ["--resume"]
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        command = f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '?')} " + shlex.join(argv)
+    else:
+        command = "python " + shlex.join(argv)
+    if not resume:
+        return (f"interrupted: {out / 'summary.json'} holds the models finished so far; "
+                "run the same command again for the rest")
+    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+            and (p / "trainer_state.pt").exists()]
+    last = max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    saved = f"the last complete checkpoint is {last}" if last else "no checkpoint was saved yet"
+    return f"interrupted: {saved}; to go on: {command}"
+
+
 @contextlib.contextmanager
-def disk_full_is_clear(where: str):
-    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
-    than 64 MiB left): say so, with the path, instead of a traceback."""
+def stage_errors(where: str, resume: bool = True):
+    """Around a stage's main: a disk error (disk_error) or Ctrl-C ends the run with one line instead of a
+    traceback, said once (rank 0), and every one-line error is handed to the torchrun launcher too
+    (tell_launcher). `resume`: the stage can --resume (sft.py, ppo.py; not evaluate.py)."""
     try:
         yield
-    except Exception as e:
-        text = str(e)
-        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
-        # torch.save's "iostream error" with < 64 MiB free is a full disk too
-        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:
-            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
-                             "Free some space, then --resume from the last checkpoint.") from None
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":
+            print("\n" + interrupted(where, resume), file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)  # no teardown: worker threads and pools would add their own tracebacks
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            tell_launcher(e.code)
         raise
+    except BaseException as e:
+        message = disk_error(e, where, resume)
+        if message is None:
+            raise
+        tell_launcher(message)
+        raise SystemExit(message) from None
 
 
 # ---- command line: Config -> flags, the help text from the field comments ----

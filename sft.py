@@ -512,6 +512,6 @@ def parse_args(argv=None) -> Config:
 
 if __name__ == "__main__":
     config = parse_args()
-    with runtime.disk_full_is_clear(config.output_dir):
+    with runtime.stage_errors(config.output_dir):
         main(config)
     runtime.end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run

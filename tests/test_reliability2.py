@@ -205,3 +205,175 @@ def test_a_second_run_in_the_same_output_dir_stops_with_a_clear_error(script, tm
         holder.wait(timeout=60)
     clear_error(r, f"--output-dir {out}: another run is using it (pid {holder.pid} on ")
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]  # nothing written
+
+
+# ---- workers end with their launcher ----
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def snapshot(out: Path) -> dict:
+    return {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow  # torchrun, a PPO run
+def test_workers_stop_within_seconds_when_the_torchrun_launcher_is_killed(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    args = ["--preset", "tiny", "--test-file", "", "--rollout-batch-size", "4", "--n-samples-per-prompt", "4",
+            "--train-batch-size", "8", "--micro-train-batch-size", "4", "--generate-max-len", "12", "--max-steps",
+            "10000", "--save-every", "1", "--keep-checkpoints", "2", "--output-dir", str(out)]
+    log = open(tmp_path / "log", "w")
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "ppo.py", *args],
+                                cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    workers = []
+    try:
+        for _ in range(600):  # bounded wait for the first RL step's record
+            if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().count("\n") >= 1:
+                break
+            assert launcher.poll() is None, (tmp_path / "log").read_text()[-3000:]
+            time.sleep(0.5)
+        workers = children(launcher.pid)
+        assert len(workers) == 2
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=30)
+        for _ in range(60):  # the workers notice within a second or two; 30 s bounds the wait
+            if not any(alive(w) for w in workers):
+                break
+            time.sleep(0.5)
+        assert not any(alive(w) for w in workers), "workers still running after their launcher was killed"
+        before = snapshot(out)
+        time.sleep(3)
+        assert snapshot(out) == before  # nothing more written
+    finally:
+        for pid in [launcher.pid, *workers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ---- disk errors said truthfully, from every writer, with each stage's advice ----
+def test_a_full_disk_under_a_sharded_checkpoint_is_no_space_left(tmp_path):
+    import torch
+    import torch.distributed.checkpoint as dcp
+    shards = tmp_path / "optim"
+    shards.mkdir()
+    (shards / "__0_0.distcp").symlink_to("/dev/full")  # the shard's writes fail with ENOSPC, as on a full disk
+    with pytest.raises(SystemExit, match=f"no space left on {tmp_path} .*then rerun with --resume"):
+        with runtime.stage_errors(str(tmp_path)):
+            with pytest.warns(UserWarning):  # DCP outside a process group: "assuming ... a single process"
+                dcp.save({"w": torch.zeros(1000)}, checkpoint_id=str(shards))
+
+
+def test_no_permission_and_read_only_are_not_called_a_full_disk(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match=f"cannot write under {tmp_path}: permission denied .*Make it writable"):
+        with runtime.stage_errors(str(tmp_path)):
+            open("/sys/simplerl-test", "w")  # EACCES, for root too
+    monkeypatch.setattr(runtime.os, "statvfs", lambda p: type("st", (), dict(  # a read-only mount: 0 bytes free
+        f_flag=os.ST_RDONLY, f_bavail=0, f_frsize=4096))())
+    import errno
+    with pytest.raises(SystemExit) as e:
+        with runtime.stage_errors(str(tmp_path), resume=False):  # evaluate.py: no --resume to advise
+            raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "summary.json.tmp"))
+    assert "a read-only file system" in str(e.value) and "--resume" not in str(e.value)
+    assert "run it again (summary.json keeps the models already finished)" in str(e.value)
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # not a full disk on a read-only file system
+        with runtime.stage_errors(str(tmp_path)):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+
+# ---- Ctrl-C in one line; the failing rank's reason as torchrun's last lines ----
+@pytest.mark.slow  # a stage script in a subprocess
+def test_ctrl_c_says_what_was_saved_and_how_to_resume_in_one_line(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "sft"
+    args = [sys.executable, "sft.py", "--preset", "tiny", "--max-steps", "100000", "--save-every", "3",
+            "--test-file", "", "--output-dir", str(out)]
+    p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    for _ in range(600):  # bounded wait for the first checkpoint
+        if (out / "checkpoint-3" / "trainer_state.pt").exists() or p.poll() is not None:
+            break
+        time.sleep(0.5)
+    os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole process group
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: the last complete checkpoint is " + str(out / "checkpoint-")), last
+    assert last.endswith("; to go on: python " + " ".join(args[1:]) + " --resume"), last
+
+
+@pytest.mark.slow  # torchrun
+def test_torchruns_last_lines_give_the_failing_ranks_reason(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=3", "ppo.py", "--preset", "tiny",
+                        "--output-dir", str(tmp_path / "o")], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0
+    tail = "\n".join(r.stderr.strip().splitlines()[-4:])
+    assert "traceback : --rollout-batch-size 32 x --n-samples-per-prompt 8 must split into 3 ranks" in tail, tail
+
+
+# ---- grading timeouts: retried once with a longer limit, counted, never silently wrong ----
+def slow_first_try(monkeypatch, seconds: float) -> list:
+    """The in-process grader made slow (a loaded machine) for its first call only; then it says equal."""
+    import time
+    import grading
+    calls = []
+
+    def slow(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            time.sleep(seconds)  # far past the limit: the timer interrupts it
+        return True
+    monkeypatch.setattr(grading, "_grader_equal", slow)
+    return calls
+
+
+def test_a_comparison_that_times_out_is_retried_and_a_right_answer_stays_right(monkeypatch):
+    import reward
+    calls = slow_first_try(monkeypatch, 30)
+    assert reward.batch_compute_scores(["\\boxed{x^2+2x+1}"], ["(x+1)^2"], timeout=0.2, num_workers=0) == [1.0]
+    assert len(calls) == 2 and reward.last_batch_report["timed_out"] == 0
+
+
+def test_a_comparison_that_times_out_twice_is_counted_and_said(monkeypatch, capfd):
+    import reward
+    import time
+    import grading
+    monkeypatch.setattr(grading, "_grader_equal", lambda *a: time.sleep(1) or True)
+    assert reward.batch_compute_scores(["\\boxed{x^2+2x+1}"], ["(x+1)^2"], timeout=0.05, num_workers=0) == [-0.5]
+    assert reward.last_batch_report["timed_out"] == 1
+    assert "1 of 1 comparisons timed out twice (0.05 s, then 0.2 s), counted as not equal" in capfd.readouterr().err
+
+
+def test_grading_timeouts_are_in_each_benchmarks_summary_and_each_ppo_step(monkeypatch):
+    import time
+    import grading
+    monkeypatch.setattr(grading, "_grader_equal", lambda *a: time.sleep(1) or True)
+    problems = [dict(idx=0, question="q", gold="(x+1)^2", prompt="q", budget=10)]
+    cfg = evaluate.parse_args(["--preset", "tiny", "--reward-timeout", "0.05"])
+    monkeypatch.setattr(evaluate.reward, "batch_math_equal", lambda *a, **k: grading._grade_pairs(
+        [(p, g, None) for p, g in zip(a[0], a[1])], "simplerl", 0.05, 0, None))
+    _, summary = evaluate.score_benchmark(problems, [[("\\boxed{x^2+2x+1}", 5)]], cfg, 1.0, [])
+    assert summary["grading_timeouts"] == 1 and summary["acc"] == 0.0
+    import inspect
+    assert '"grading_timeouts": s["timeouts"]' in inspect.getsource(ppo.rollout_stats)  # summed over ranks
