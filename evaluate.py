@@ -67,6 +67,7 @@ class Config:
     data_dir: str = "data/eval"           # <data_dir>/<benchmark>/test.jsonl (data/prepare_data.py)
     benchmarks: str = "all"               # "all" = the paper's eight, or a comma list
     limit: int | None = None              # first N problems of each benchmark (file order)
+    levels: str = ""                      # rows whose integer 'level' is in this list, e.g. 1,2 (empty: all)
     template: str = "qwen25-math-cot"     # a reward.TEMPLATES key
     engine: str = "auto"                  # auto (vllm if it imports, else hf) | hf | vllm | oracle
     generate_max_len: int = 3000          # response budget per sample (was --max-new-tokens)
@@ -84,9 +85,10 @@ class Config:
     steps: list[int] | None = None        # training step of each --model, for the PNG (else from path)
 
 
-# The CPU world: the tiny model on the synthetic arithmetic test set.
+# The CPU world: the tiny model on the synthetic arithmetic test set, the levels ppo.py's and sft.py's tiny
+# presets (and the demo) study.
 TINY = dict(model=["data/tiny"], data_dir="data", benchmarks="synth", template="tiny", engine="hf",
-            generate_max_len=48, batch_size=64, output_dir="runs/eval_tiny")
+            generate_max_len=48, batch_size=64, output_dir="runs/eval_tiny", levels="1,2")
 
 # The paper's eight, in the paper's order, with the table's column names.
 BENCHMARKS = {
@@ -351,7 +353,7 @@ def evaluate(cfg: Config) -> dict | None:
         raise ValueError(f"--steps has {len(cfg.steps)} values for {len(paths)} models")
     steps = cfg.steps or [step_of(p) for p in paths]
     with runtime.data_errors_are_clear():
-        data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit) for b in benches}
+        data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit, cfg.levels) for b in benches}
     out_dir = Path(cfg.output_dir)
     runtime.lock_or_stop(out_dir, rank)  # one evaluation per --output-dir at a time
     results: dict[str, dict] = {}
@@ -389,6 +391,8 @@ def evaluate(cfg: Config) -> dict | None:
     if len(paths) > 1 and all(s is not None for s in steps):
         plot_vs_step(results, steps, benches, out_dir / "accuracy_vs_step.png")
         runtime.print0(f"wrote {out_dir / 'accuracy_vs_step.png'}")
+    elif len(paths) > 1:
+        runtime.print0("no accuracy_vs_step.png: a model's training step is unknown (pass --steps 0,40,...)")
     runtime.print0("\n" + table + "\n")
     runtime.print0(f"wrote {out_dir}/summary.json, results.md and per-sample <model>/<benchmark>.jsonl")
     dist.barrier()
@@ -458,16 +462,19 @@ def question_text(row: dict, bench: str, gold: str) -> str:
 
 
 def load_benchmark(data_dir: str, bench: str, template: str,
-                   limit: int | None = None) -> tuple[list[dict], list[int]]:
-    """Problems {idx, question, gold, prompt} in file order, and the row indices excluded for an empty
-    gold."""
+                   limit: int | None = None, levels: str = "") -> tuple[list[dict], list[int]]:
+    """Problems {idx, question, gold, prompt} in file order (idx: the row's index in the file), and the row
+    indices excluded for an empty gold. `levels` ("1,2"; empty: all) keeps the rows of those levels."""
     if bench not in BENCHMARKS and bench not in EXTRA_BENCHMARKS:
         raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join([*BENCHMARKS, *EXTRA_BENCHMARKS])}")
     path = Path(data_dir) / bench / "test.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python data/prepare_data.py` or pass --data-dir")
     problems, empty = [], []
-    for idx, (where, row) in enumerate(runtime.read_json_rows(str(path))[:limit]):
+    wanted = {where for where, _ in runtime.read_json_rows(str(path), levels)} if levels else None
+    rows = [(idx, item) for idx, item in enumerate(runtime.read_json_rows(str(path)))
+            if wanted is None or item[0] in wanted]
+    for idx, (where, row) in rows[:limit]:
         try:
             gold = gold_answer(row, bench)
             question = question_text(row, bench, gold)
@@ -589,6 +596,8 @@ def validate(cfg: Config) -> None:
     need(0 < cfg.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization", "must be in (0, 1]")
     need(cfg.n == 1 or cfg.temperature > 0, "n", "> 1 needs --temperature > 0 (greedy samples are identical)")
     need(bool(cfg.model) or cfg.engine == "oracle", "model", "is required (or --preset tiny)")
+    need(all(x.strip().lstrip("-").isdigit() for x in cfg.levels.split(",") if x.strip()), "levels",
+         "must be comma-separated integers, e.g. 1,2")
     need(not cfg.steps or len(cfg.steps) == len(cfg.model or ["oracle"]), "steps",
          "needs one value per --model")
     try:
@@ -609,6 +618,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--data-dir")
     p.add_argument("--benchmarks", help="all | comma list of " + ",".join([*BENCHMARKS, *EXTRA_BENCHMARKS]))
     p.add_argument("--limit", type=int)
+    p.add_argument("--levels")
     p.add_argument("--template", choices=sorted(reward.TEMPLATES))
     p.add_argument("--engine", choices=["auto", "hf", "vllm", "oracle"])
     p.add_argument("--generate-max-len", "--max-new-tokens", type=int)  # the old spelling still works

@@ -377,3 +377,25 @@ def test_grading_timeouts_are_in_each_benchmarks_summary_and_each_ppo_step(monke
     assert summary["grading_timeouts"] == 1 and summary["acc"] == 0.0
     import inspect
     assert '"grading_timeouts": s["timeouts"]' in inspect.getsource(ppo.rollout_stats)  # summed over ranks
+
+
+# ---- the demo's quick and full studies kept apart; the CPU evaluation scores the demo's levels ----
+def test_a_full_demo_never_reuses_a_quick_demos_steps(tmp_path):
+    import demo
+    run = demo.prepare_run_dir(str(tmp_path / "d"), fresh=False, quick=True)
+    (run / "ppo.done").write_text("{}")  # the quick study's 30-step PPO
+    with pytest.raises(SystemExit, match="holds a quick study; this full one would reuse its steps"):
+        demo.prepare_run_dir(str(run), fresh=False, quick=False)
+    assert (run / "ppo.done").exists()
+    demo.prepare_run_dir(str(run), fresh=True, quick=False)  # --fresh: start the full study there
+    assert not (run / "ppo.done").exists() and "mode: full" in (run / demo.MARKER).read_text()
+    assert demo.main.__code__.co_consts and "runs/demo-quick" in demo.main.__code__.co_consts  # default dirs differ
+
+
+def test_evaluate_tiny_scores_the_levels_the_demo_and_the_presets_study(tmp_path):
+    cfg = evaluate.parse_args(["--preset", "tiny"])
+    assert cfg.levels == ppo.PRESETS["tiny"]["levels"] == sft.PRESETS["tiny"]["levels"] == "1,2"
+    path = write_rows(tmp_path / "synth" / "test.jsonl", [dict(ROWS[0], level=lv) for lv in (1, 3, 2, 5)])
+    problems, _ = evaluate.load_benchmark(str(tmp_path), "synth", "tiny", levels="1,2")
+    assert [p["idx"] for p in problems] == [0, 2]  # idx: the row's index in the file
+    assert len(evaluate.load_benchmark(str(tmp_path), "synth", "tiny")[0]) == 4
