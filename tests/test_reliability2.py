@@ -4,6 +4,7 @@ errors said truthfully, grading timeouts counted, Ctrl-C in one line. Process te
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -319,7 +320,7 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume_in_one_line(tmp_path):
     assert "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("interrupted: the last complete checkpoint is " + str(out / "checkpoint-")), last
-    assert last.endswith("; to go on: python " + " ".join(args[1:]) + " --resume"), last
+    assert last.endswith("; to go on: python " + shlex.join(args[1:]) + " --resume"), last
 
 
 @pytest.mark.slow  # torchrun
