@@ -355,7 +355,7 @@ def evaluate(cfg: Config) -> dict | None:
     with runtime.data_errors_are_clear():
         data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit, cfg.levels) for b in benches}
     out_dir = Path(cfg.output_dir)
-    runtime.lock_or_stop(out_dir, rank)  # one evaluation per --output-dir at a time
+    runtime.lock_or_stop(out_dir, rank, claim=True)  # one evaluation per --output-dir at a time
     results: dict[str, dict] = {}
     for path, label in zip(paths, labels):
         runtime.print0(f"== {label}: {', '.join(f'{b} ({len(data[b][0])})' for b in benches)}")

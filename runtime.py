@@ -88,10 +88,11 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
 
 def watch_launcher(launcher: int, every_s: float = 1.0) -> None:
-    """torchrun starts its workers in sessions of their own, so a launcher killed with SIGKILL (or lost with its
-    node's shell) leaves them running: they would go on writing checkpoints into a directory that a --resume
-    may already be writing. A daemon thread checks once a second that the launcher is still this process's
-    parent (an orphan is re-parented) and ends the process at once otherwise, writing nothing more."""
+    """torchrun starts its workers in sessions of their own, so a launcher killed with SIGKILL (or lost with
+    its node's shell) leaves them running: they would go on writing checkpoints into a directory that a
+    --resume may already be writing. A daemon thread checks once a second that the launcher is still this
+    process's parent (an orphan is re-parented) and ends the process at once otherwise, writing nothing
+    more."""
     def watch():
         while os.getppid() == launcher:
             time.sleep(every_s)
@@ -161,6 +162,12 @@ def model_source(path: str) -> str:
     Anything else stops with the reason: a folder without weights, or a path that does not exist."""
     p = Path(path).expanduser()
     if p.is_dir():
+        kind = ("weights" if any(p.glob("*.safetensors")) or any(p.glob("*.bin")) else
+                "config" if (p / INIT_FROM_CONFIG).is_file() else None)
+        if kind is None:
+            raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start "
+                             f"from a random init on purpose, put an empty file named {INIT_FROM_CONFIG} in "
+                             "it (as data/tiny has)")
         config = p / "config.json"
         try:
             json.loads(config.read_text(encoding="utf-8"))
@@ -170,13 +177,7 @@ def model_source(path: str) -> str:
         except (ValueError, UnicodeDecodeError) as e:
             raise SystemExit(f"{config}: not valid JSON ({e}); restore it from the model it came "
                              "from") from None
-        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
-            return "weights"
-        if (p / INIT_FROM_CONFIG).is_file():
-            return "config"
-        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start "
-                         f"from a random init on purpose, put an empty file named {INIT_FROM_CONFIG} in it "
-                         "(as data/tiny has)")
+        return kind
     if p.exists():
         raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like "
                          "Qwen/Qwen2.5-Math-7B)")
@@ -634,7 +635,8 @@ def lock_output_dir(out: Path) -> str | None:
     The lock is an exclusive flock, which the kernel drops when the holder ends, however it ends (SIGKILL
     too), so a dead run's lock is never in the way; the file names the holder (pid, host, start). On a file
     system without flock, the file alone decides: a pid that no longer runs on this host is a stale lock,
-    taken over. Returns the error message for a second run, or None once the lock is held."""
+    taken over. Returns the error message for a second run, or None once the lock is held; the holder's
+    line is written by claim_lock, once the run has accepted the directory (a refused run changes nothing)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -650,11 +652,17 @@ def lock_output_dir(out: Path) -> str | None:
         if m and (m.group(2) != socket.gethostname() or _pid_alive(int(m.group(1)))):
             os.close(fd)
             return (f"--output-dir {out}: another run is using it ({holder}); if it has ended, delete {path}")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                  f"{' '.join(sys.argv)}\n"[:500].encode(), 0)
     _held_locks.append(fd)
     return None
+
+
+def claim_lock() -> None:
+    """Write this process's line (pid, host, start, command) into the lock it holds."""
+    for fd in _held_locks:
+        os.ftruncate(fd, 0)
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        line = f"pid {os.getpid()} on {socket.gethostname()} since {since}: {' '.join(sys.argv)}"
+        os.pwrite(fd, (line[:500] + "\n").encode(), 0)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -667,12 +675,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def lock_or_stop(out: Path, rank: int) -> None:
-    """Rank 0 takes the directory's lock; every rank stops with its message if another run holds it."""
+def lock_or_stop(out: Path, rank: int, claim: bool = False) -> None:
+    """Rank 0 takes the directory's lock (and with `claim` writes its line at once); every rank stops with
+    the message if another run holds it."""
     message = [lock_output_dir(out) if rank == 0 else None]
     dist.broadcast_object_list(message, src=0)
     if message[0]:
         raise SystemExit(message[0])
+    if claim and rank == 0:
+        claim_lock()
 
 
 def prepare_output_dir(cfg, rank: int, safe_on_resume: set[str]) -> tuple[Path, Path | None]:
@@ -684,6 +695,8 @@ def prepare_output_dir(cfg, rank: int, safe_on_resume: set[str]) -> tuple[Path, 
         raise SystemExit(f"--output-dir {out}: exists and is not a directory")
     lock_or_stop(out, rank)
     check_output_dir(cfg, safe_on_resume)
+    if rank == 0:
+        claim_lock()
     resume_from = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
         print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
@@ -975,7 +988,7 @@ def parse_json_rows(raw: bytes, path: str, levels: str = "") -> list[tuple[str, 
                 continue
         rows.append((where, row))
     if not rows:
-        raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep else ""))
+        raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep and items else ""))
     return rows
 
 
@@ -1082,10 +1095,11 @@ def disk_error(e: BaseException, where: str, resume: bool) -> str | None:
         return f"no space left on {out} ({detail}). Free some space, {then}."
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         what = "a read-only file system" if code == errno.EROFS else "permission denied"
-        return (f"cannot write under {out}: {what} ({detail}). Make it writable or choose another "
-                f"--output-dir, {then}" + (" (in the same --output-dir)." if resume else "."))
+        return (f"cannot write under {out}: {what} ({detail}). Make it writable, {then}; or choose "
+                "another --output-dir.")
     if os_error is not None and os_error.filename:
-        return f"{os_error.filename}: {os_error.strerror} ({errno.errorcode.get(code, code)}). Fix it, {then}."
+        name = errno.errorcode.get(code, code)
+        return f"{os_error.filename}: {os_error.strerror} ({name}). Fix it, {then}."
     return None
 
 
@@ -1098,8 +1112,8 @@ def nearly_full(where: Path) -> bool:
 
 def tell_launcher(message: str) -> None:
     """Under torchrun, the reason this rank fails goes into the error file the launcher reads
-    (TORCHELASTIC_ERROR_FILE), so its closing summary ("Root Cause (first observed failure)"), the last lines a
-    user sees, shows the reason instead of a link to the docs."""
+    (TORCHELASTIC_ERROR_FILE), so its closing summary ("Root Cause (first observed failure)"), the last lines
+    a user sees, shows the reason instead of a link to the docs."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
         with contextlib.suppress(OSError):

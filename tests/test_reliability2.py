@@ -168,7 +168,7 @@ def test_a_benchmark_with_nothing_to_score_is_an_error_naming_it(tmp_path):
 
 # ---- one run per output directory: a lock held for the run's life ----
 HOLD = ("import sys, time; sys.path.insert(0, {root!r}); import runtime; from pathlib import Path; "
-        "print(runtime.lock_output_dir(Path({out!r})), flush=True); time.sleep(600)")
+        "m = runtime.lock_output_dir(Path({out!r})); runtime.claim_lock(); print(m, flush=True); time.sleep(600)")
 
 
 def hold_lock(out: Path) -> subprocess.Popen:
@@ -190,6 +190,7 @@ def test_a_second_process_cannot_take_a_held_directory_and_a_dead_holders_lock_i
         holder.kill()  # SIGKILL: no clean-up of its own
         holder.wait(timeout=60)
     assert runtime.lock_output_dir(out) is None  # the dead holder's lock is free
+    runtime.claim_lock()
     assert f"pid {os.getpid()} on " in (out / "run.lock").read_text()
 
 
