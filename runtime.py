@@ -627,7 +627,7 @@ def remove_previous_run(out: Path) -> None:
 
 
 LOCK_FILE = "run.lock"
-_held_locks: list[int] = []  # open descriptors of the locks this process holds: closed when it ends
+_held_locks: dict[str, int] = {}  # lock file -> its open descriptor, held until this process ends
 
 
 def lock_output_dir(out: Path) -> str | None:
@@ -639,6 +639,8 @@ def lock_output_dir(out: Path) -> str | None:
     line is written by claim_lock, once the run has accepted the directory (a refused run changes nothing)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_FILE
+    if str(path.resolve()) in _held_locks:  # this process holds it already (a stage's main called again)
+        return None
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     holder = os.read(fd, 512).decode("utf-8", "replace").strip()
     try:
@@ -652,13 +654,13 @@ def lock_output_dir(out: Path) -> str | None:
         if m and (m.group(2) != socket.gethostname() or _pid_alive(int(m.group(1)))):
             os.close(fd)
             return (f"--output-dir {out}: another run is using it ({holder}); if it has ended, delete {path}")
-    _held_locks.append(fd)
+    _held_locks[str(path.resolve())] = fd
     return None
 
 
 def claim_lock() -> None:
     """Write this process's line (pid, host, start, command) into the lock it holds."""
-    for fd in _held_locks:
+    for fd in _held_locks.values():
         os.ftruncate(fd, 0)
         since = time.strftime("%Y-%m-%d %H:%M:%S")
         line = f"pid {os.getpid()} on {socket.gethostname()} since {since}: {' '.join(sys.argv)}"

@@ -401,3 +401,8 @@ def test_evaluate_tiny_scores_the_levels_the_demo_and_the_presets_study(tmp_path
     problems, _ = evaluate.load_benchmark(str(tmp_path), "synth", "tiny", levels="1,2")
     assert [p["idx"] for p in problems] == [0, 2]  # idx: the row's index in the file
     assert len(evaluate.load_benchmark(str(tmp_path), "synth", "tiny")[0]) == 4
+
+
+def test_a_process_may_take_its_own_lock_again(tmp_path):
+    assert runtime.lock_output_dir(tmp_path / "r") is None
+    assert runtime.lock_output_dir(tmp_path / "r") is None  # e.g. a test calling a stage's main twice
