@@ -153,16 +153,23 @@ def run_in_own_group(cmd: list[str], env: dict) -> int:
         raise
 
 
-def prepare_run_dir(run_dir: str, fresh: bool) -> Path:
+def prepare_run_dir(run_dir: str, fresh: bool, quick: bool = False) -> Path:
     """--run-dir relative to the current directory. A non-empty directory the demo did not make is never
-    used or deleted; --fresh deletes only the demo's own files in it."""
+    used or deleted; --fresh deletes only the demo's own files in it. A --quick study and the full one never
+    share a directory: the full run would reuse the quick run's steps (its 30-step PPO as the 40-step one)."""
     run = Path(run_dir).expanduser().resolve()
+    mode = "quick" if quick else "full"
     if run.exists() and not run.is_dir():
         raise SystemExit(f"[demo] --run-dir {run} exists and is not a directory")
     ours = (run / MARKER).is_file() or any((run / f"{n}.done").is_file() for n in STEP_NAMES)
     if run.is_dir() and any(run.iterdir()) and not ours:
         raise SystemExit(f"[demo] --run-dir {run} is not empty and was not made by demo.py (it has no {MARKER} "
                          f"file): choose a new or empty directory. Nothing was changed.")
+    made = (run / MARKER).read_text() if (run / MARKER).is_file() else ""
+    other = next((m for m in ("quick", "full") if f"mode: {m}\n" in made and m != mode), None)
+    if other and not fresh and any((run / f"{n}.done").is_file() for n in STEP_NAMES):
+        raise SystemExit(f"[demo] --run-dir {run} holds a {other} study; this {mode} one would reuse its steps: "
+                         f"pass --fresh to redo it there, or another --run-dir. Nothing was changed.")
     if fresh:
         for name in DEMO_FILES:
             p = run / name
@@ -171,7 +178,8 @@ def prepare_run_dir(run_dir: str, fresh: bool) -> Path:
             elif p.exists() or p.is_symlink():
                 p.unlink()
     run.mkdir(parents=True, exist_ok=True)
-    (run / MARKER).write_text("made by demo.py; `python demo.py --fresh` deletes the demo's files here\n")
+    (run / MARKER).write_text("made by demo.py; `python demo.py --fresh` deletes the demo's files here\n"
+                              f"mode: {mode}\n")
     return run
 
 
@@ -216,11 +224,13 @@ def rollout_arc(run: Path, k: int = 3) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run-dir", default="runs/demo", help="relative to the current directory")
+    p.add_argument("--run-dir", help="relative to the current directory (default: runs/demo, with --quick "
+                   "runs/demo-quick)")
     p.add_argument("--fresh", action="store_true", help="delete the demo's files in the run directory and start over")
     p.add_argument("--quick", action="store_true", help="a shortened study (CI): fewer steps")
     args = p.parse_args(argv)
-    run = prepare_run_dir(args.run_dir, args.fresh)
+    default = "runs/demo-quick" if args.quick else "runs/demo"
+    run = prepare_run_dir(args.run_dir or default, args.fresh, args.quick)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # unwinds into run_in_own_group
     t0 = time.time()
     for name, cmd in steps(run, args.quick):

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig
 
 import reward
 import runtime
@@ -67,6 +67,7 @@ class Config:
     data_dir: str = "data/eval"           # <data_dir>/<benchmark>/test.jsonl (data/prepare_data.py)
     benchmarks: str = "all"               # "all" = the paper's eight, or a comma list
     limit: int | None = None              # first N problems of each benchmark (file order)
+    levels: str = ""                      # rows whose integer 'level' is in this list, e.g. 1,2 (empty: all)
     template: str = "qwen25-math-cot"     # a reward.TEMPLATES key
     engine: str = "auto"                  # auto (vllm if it imports, else hf) | hf | vllm | oracle
     generate_max_len: int = 3000          # response budget per sample (was --max-new-tokens)
@@ -84,9 +85,10 @@ class Config:
     steps: list[int] | None = None        # training step of each --model, for the PNG (else from path)
 
 
-# The CPU world: the tiny model on the synthetic arithmetic test set.
+# The CPU world: the tiny model on the synthetic arithmetic test set, the levels ppo.py's and sft.py's tiny
+# presets (and the demo) study.
 TINY = dict(model=["data/tiny"], data_dir="data", benchmarks="synth", template="tiny", engine="hf",
-            generate_max_len=48, batch_size=64, output_dir="runs/eval_tiny")
+            generate_max_len=48, batch_size=64, output_dir="runs/eval_tiny", levels="1,2")
 
 # The paper's eight, in the paper's order, with the table's column names.
 BENCHMARKS = {
@@ -149,7 +151,7 @@ class HFEngine:
 
     def __init__(self, path: str, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = runtime.load_tokenizer(path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -203,7 +205,7 @@ class VLLMEngine:
 
     def __init__(self, path: str, cfg: Config, llm=None, sampling_params_cls=None):
         self.cfg = cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = runtime.load_tokenizer(path)
         self.max_len = cfg.max_model_len or AutoConfig.from_pretrained(path).max_position_embeddings
         world = dist.get_world_size()
         if world > 1 and world % cfg.tp:
@@ -311,6 +313,7 @@ def score_benchmark(problems: list[dict], completions: list[list], cfg: Config, 
     responses = [reward.cut_at_stop(text) for c in completions for text, _ in c]
     golds = [p["gold"] for p in problems for _ in range(cfg.n)]
     preds, correct = grade(responses, golds, cfg.reward_timeout, cfg.grader)
+    timeouts = sum(reward.last_batch_report.get(k, 0) for k in ("timed_out", "past_deadline"))
     rows, k = [], 0
     for i, p in enumerate(problems):
         for j, (_, length) in enumerate(completions[i]):
@@ -327,6 +330,7 @@ def score_benchmark(problems: list[dict], completions: list[list], cfg: Config, 
         too_long=sum(p["budget"] <= 0 for p in problems),  # prompt did not fit: scored wrong
         excluded_empty_gold=empty_gold,
         no_answer=sum(pr is None for pr in preds),
+        grading_timeouts=timeouts,  # comparisons ungraded after a retry with a longer limit: scored wrong
         seconds=seconds, problems_per_s=len(problems) / max(seconds, 1e-9),
         tokens_per_s=n_tokens / max(seconds, 1e-9),
     )
@@ -349,8 +353,9 @@ def evaluate(cfg: Config) -> dict | None:
         raise ValueError(f"--steps has {len(cfg.steps)} values for {len(paths)} models")
     steps = cfg.steps or [step_of(p) for p in paths]
     with runtime.data_errors_are_clear():
-        data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit) for b in benches}
+        data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit, cfg.levels) for b in benches}
     out_dir = Path(cfg.output_dir)
+    runtime.lock_or_stop(out_dir, rank, claim=True)  # one evaluation per --output-dir at a time
     results: dict[str, dict] = {}
     for path, label in zip(paths, labels):
         runtime.print0(f"== {label}: {', '.join(f'{b} ({len(data[b][0])})' for b in benches)}")
@@ -366,7 +371,8 @@ def evaluate(cfg: Config) -> dict | None:
                     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
                 results[label][b] = summary
                 runtime.print0(f"   {b:14s} acc {summary['acc']:5.1f}  ({summary['n_problems']} problems, "
-                               f"{summary['too_long']} too long, mean length {summary['mean_length']:.0f}, "
+                               f"{summary['too_long']} too long, {summary['grading_timeouts']} grading "
+                               f"timeouts, mean length {summary['mean_length']:.0f}, "
                                f"{summary['problems_per_s']:.2f} problems/s, "
                                f"{summary['tokens_per_s']:.0f} tokens/s)")
         if rank == 0:
@@ -385,6 +391,8 @@ def evaluate(cfg: Config) -> dict | None:
     if len(paths) > 1 and all(s is not None for s in steps):
         plot_vs_step(results, steps, benches, out_dir / "accuracy_vs_step.png")
         runtime.print0(f"wrote {out_dir / 'accuracy_vs_step.png'}")
+    elif len(paths) > 1:
+        runtime.print0("no accuracy_vs_step.png: a model's training step is unknown (pass --steps 0,40,...)")
     runtime.print0("\n" + table + "\n")
     runtime.print0(f"wrote {out_dir}/summary.json, results.md and per-sample <model>/<benchmark>.jsonl")
     dist.barrier()
@@ -454,16 +462,19 @@ def question_text(row: dict, bench: str, gold: str) -> str:
 
 
 def load_benchmark(data_dir: str, bench: str, template: str,
-                   limit: int | None = None) -> tuple[list[dict], list[int]]:
-    """Problems {idx, question, gold, prompt} in file order, and the row indices excluded for an empty
-    gold."""
+                   limit: int | None = None, levels: str = "") -> tuple[list[dict], list[int]]:
+    """Problems {idx, question, gold, prompt} in file order (idx: the row's index in the file), and the row
+    indices excluded for an empty gold. `levels` ("1,2"; empty: all) keeps the rows of those levels."""
     if bench not in BENCHMARKS and bench not in EXTRA_BENCHMARKS:
         raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join([*BENCHMARKS, *EXTRA_BENCHMARKS])}")
     path = Path(data_dir) / bench / "test.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python data/prepare_data.py` or pass --data-dir")
     problems, empty = [], []
-    for idx, (where, row) in enumerate(runtime.read_json_rows(str(path))[:limit]):
+    wanted = {where for where, _ in runtime.read_json_rows(str(path), levels)} if levels else None
+    rows = [(idx, item) for idx, item in enumerate(runtime.read_json_rows(str(path)))
+            if wanted is None or item[0] in wanted]
+    for idx, (where, row) in rows[:limit]:
         try:
             gold = gold_answer(row, bench)
             question = question_text(row, bench, gold)
@@ -474,6 +485,8 @@ def load_benchmark(data_dir: str, bench: str, template: str,
             continue
         problems.append(dict(idx=idx, question=question, gold=gold,
                              prompt=reward.apply_template(question, template)))
+    if not problems:
+        raise ValueError(f"{path}: no problem to score (all {len(empty)} rows have an empty gold)")
     return problems, empty
 
 
@@ -572,6 +585,7 @@ def validate(cfg: Config) -> None:
     def need(ok: bool, flag: str, rule: str) -> None:
         if not ok:
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    runtime.check_common(cfg)
     need(cfg.limit is None or cfg.limit > 0, "limit", "must be a positive number of problems per benchmark")
     for name in ("n", "batch_size", "tp", "generate_max_len"):
         need(getattr(cfg, name) > 0, name, "must be a positive integer")
@@ -583,6 +597,8 @@ def validate(cfg: Config) -> None:
     need(0 < cfg.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization", "must be in (0, 1]")
     need(cfg.n == 1 or cfg.temperature > 0, "n", "> 1 needs --temperature > 0 (greedy samples are identical)")
     need(bool(cfg.model) or cfg.engine == "oracle", "model", "is required (or --preset tiny)")
+    need(all(x.strip().lstrip("-").isdigit() for x in cfg.levels.split(",") if x.strip()), "levels",
+         "must be comma-separated integers, e.g. 1,2")
     need(not cfg.steps or len(cfg.steps) == len(cfg.model or ["oracle"]), "steps",
          "needs one value per --model")
     try:
@@ -592,6 +608,8 @@ def validate(cfg: Config) -> None:
     if cfg.engine != "oracle":
         for path in cfg.model:
             runtime.model_source(path)
+            if runtime.tokenizer_problem(path):
+                raise SystemExit(runtime.tokenizer_problem(path))
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -601,6 +619,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--data-dir")
     p.add_argument("--benchmarks", help="all | comma list of " + ",".join([*BENCHMARKS, *EXTRA_BENCHMARKS]))
     p.add_argument("--limit", type=int)
+    p.add_argument("--levels")
     p.add_argument("--template", choices=sorted(reward.TEMPLATES))
     p.add_argument("--engine", choices=["auto", "hf", "vllm", "oracle"])
     p.add_argument("--generate-max-len", "--max-new-tokens", type=int)  # the old spelling still works
@@ -623,12 +642,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
             default = getattr(defaults, action.dest)
             action.help = f"{comments[action.dest]} (default: {default!r})".replace("%", "%%")
     args = vars(p.parse_args(argv))
-    cfg = Config(**TINY) if args.pop("preset") == "tiny" else Config()
+    cfg = Config(**runtime.project_paths(TINY)) if args.pop("preset") == "tiny" else Config()
     return replace(cfg, **{k: v for k, v in args.items() if v is not None})
 
 
 if __name__ == "__main__":
     config = parse_args()
-    with runtime.disk_full_is_clear(config.output_dir):
+    with runtime.stage_errors(config.output_dir, resume=False):
         evaluate(config)
     runtime.end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run

@@ -1523,6 +1523,7 @@ class _Worker:
 
 
 _POOL: list[_Worker] = []
+RETRY_FACTOR = 4  # a timed-out comparison gets one more try at 4x the limit (a loaded machine, not a hard pair)
 _POOL_LOCK = threading.Lock()
 STARTUP_TIMEOUT = 60.0  # a worker that cannot import sympy in this long is replaced
 
@@ -1544,8 +1545,8 @@ atexit.register(_shutdown_pool)
 def _run_in_pool(
     pairs: dict[int, tuple[str, str, str, str | None]], timeout: float, num_workers: int, deadline: float, report: dict
 ) -> dict[int, bool]:
-    """Grade pairs in the pool; a pair that overruns `timeout` or crashes its worker is False,
-    and so is every pair still ungraded at `deadline` (time.monotonic())."""
+    """Grade pairs in the pool; a pair that crashes its worker is False, one that overruns `timeout` is None
+    (timed out), and every pair still ungraded at `deadline` (time.monotonic()) is False."""
     results: dict[int, bool] = {}
     todo = list(pairs)[::-1]
     while len(_POOL) < num_workers:
@@ -1604,7 +1605,7 @@ def _run_in_pool(
         now = time.monotonic()
         for i, w in enumerate(_POOL):
             if w.task is not None and now > w.deadline and now <= deadline:  # hung on a pathological input
-                results[w.task] = False
+                results[w.task] = None  # timed out: _grade_pairs retries it once
                 report["timed_out"] += 1
                 replace(i)
             elif not w.ready and now > started.get(id(w), now) + STARTUP_TIMEOUT:
@@ -1623,7 +1624,7 @@ class _Timeout(BaseException):  # BaseException: broad "except Exception" inside
 def _math_equal_in_process(
     pred: str, gold: str, timeout: float, grader: str = "simplerl", question: str | None = None
 ) -> bool:
-    """num_workers=0: grade here.  On the main thread a SIGALRM timer bounds it; elsewhere
+    """num_workers=0: grade here.  On the main thread a SIGALRM timer bounds it (None: timed out); elsewhere
     only the size guards do (signals cannot interrupt other threads)."""
     use_timer = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     if not use_timer:
@@ -1637,7 +1638,7 @@ def _math_equal_in_process(
         signal.setitimer(signal.ITIMER_REAL, timeout)
         return _grader_equal(pred, gold, grader, question)
     except _Timeout:
-        return False
+        return None  # timed out: _grade_pairs retries it once
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -1673,19 +1674,27 @@ def _grade_pairs(
             results[i] = quick
     report["symbolic"] = len(pending)
     workers = _default_workers() if num_workers is None else num_workers
-    if pending and workers <= 0:
-        for i, (p, g, _, q) in pending.items():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                report["past_deadline"] += 1
-                continue
-            results[i] = _math_equal_in_process(p, g, min(timeout, left), grader, q)
-    elif pending:
-        with _POOL_LOCK:
-            for i, verdict in _run_in_pool(pending, timeout, workers, deadline, report).items():
-                results[i] = verdict
+    for limit in (timeout, RETRY_FACTOR * timeout):  # a timed-out pair (None) gets one more, longer try
+        if pending and workers <= 0:
+            for i, (p, g, _, q) in pending.items():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    report["past_deadline"] += 1
+                    continue
+                results[i] = _math_equal_in_process(p, g, min(limit, left), grader, q)
+        elif pending:
+            with _POOL_LOCK:
+                for i, verdict in _run_in_pool(pending, limit, workers, deadline, report).items():
+                    results[i] = verdict
+        pending = {i: pending[i] for i in pending if results[i] is None}
+    report["timed_out"] = len(pending)  # timed out twice: counted, reported, not equal
+    for i in pending:
+        results[i] = False
     last_batch_report.clear()
     last_batch_report.update(report)
+    if pending:
+        print(f"reward.py: {len(pending)} of {len(pairs)} comparisons timed out twice ({timeout:g} s, then "
+              f"{RETRY_FACTOR * timeout:g} s), counted as not equal", file=sys.stderr)
     if report["past_deadline"]:
         print(f"reward.py: batch deadline ({batch_timeout} s) reached: {report['past_deadline']} of "
               f"{len(pairs)} pairs not graded, counted as not equal", file=sys.stderr)

@@ -68,7 +68,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 import reward
 import runtime
@@ -802,7 +802,7 @@ def main(cfg: Config) -> None:
     out, resume_from = runtime.prepare_output_dir(cfg, rank, SAFE_ON_RESUME)
     torch.manual_seed(cfg.seed + rank)  # sampling differs per rank
     random.seed(cfg.seed + rank)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    tokenizer = runtime.load_tokenizer(cfg.model)
     rows, test_rows = load_data(cfg, tokenizer)
     total_steps, total_updates = count_steps(cfg, len(rows), len(test_rows), world)
     actor, ref, critic = load_models(cfg, resume_from, device)
@@ -908,7 +908,9 @@ GOLD_FIELDS = ("answer", "gt_answer", "ground_truth_answer")
 def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
     """Rows {prompt, gold} from a JSON list or a JSONL file. Errors name the file, line/index and field."""
     rows = []
-    for where, row in runtime.read_json_rows(path, levels):
+    # an empty prompt is dropped; an empty gold is kept (v0 trained on its two, records 5054 and 5158)
+    for where, row in runtime.drop_empty(path, runtime.read_json_rows(path, levels),
+                                         [PROMPT_FIELDS + QUESTION_FIELDS]):
         prompt_key = next((k for k in PROMPT_FIELDS if k in row), None)
         if prompt_key is not None:
             prompt = row[prompt_key]
@@ -972,6 +974,8 @@ def prompts_per_rank(cfg: Config, world: int) -> int:
 
 def load_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
     """The training prompts (tokenized; --long-prompts applied) and the held-out sample (--eval-size)."""
+    runtime.check_prompt_room(tokenizer, reward.apply_template("", cfg.template), cfg.prompt_max_len,
+                              "prompt_max_len")
     with runtime.data_errors_are_clear():
         rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer,
                                         cfg.prompt_max_len, cfg.long_prompts)
@@ -1132,6 +1136,7 @@ def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], 
         "k1_seq": k1.sum().item(), "ret": (ret * m).sum().item(), "ret_sq": (ret ** 2 * m).sum().item(),
         "err": ((ret - val) * m).sum().item(), "err_sq": ((ret - val) ** 2 * m).sum().item(),
         "values": (val * m).sum().item(), "gap": sum(abs(g) for g in gap), "gap_n": len(gap),
+        "timeouts": sum(reward.last_batch_report.get(k, 0) for k in ("timed_out", "past_deadline")),
     }, device)
     n, tok = s["n"], max(s["tokens"], 1)
     var_ret = s["ret_sq"] / tok - (s["ret"] / tok) ** 2
@@ -1142,6 +1147,7 @@ def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], 
            "response_length": s["length"] / n, "response_length_max": max_len.item(),
            "truncated_rate": s["truncated"] / n, "reflection_rate": s["reflection"] / n,
            "kl": s["k1"] / tok, "kl_per_seq": s["k1_seq"] / n, "values": s["values"] / tok,
+           "grading_timeouts": s["timeouts"],  # comparisons ungraded after a retry, scored as wrong
            "explained_variance": 1 - var_err / var_ret if var_ret > 0 else float("nan"),
            "kl_stderr": math.sqrt(max(s["k1_sq"] / tok - (s["k1"] / tok) ** 2, 0) / tok)}
     if s["gap_n"]:
@@ -1177,6 +1183,8 @@ def validate(cfg: Config) -> None:
     def need(ok: bool, flag: str, rule: str) -> None:
         if not ok:
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    runtime.check_common(cfg)
+    need(cfg.template in reward.TEMPLATES, "template", "must be one of " + ", ".join(reward.TEMPLATES))
     for name in ("rollout_batch_size", "n_samples_per_prompt", "train_batch_size", "micro_train_batch_size",
                  "micro_rollout_batch_size", "eval_batch_size", "prompt_max_len", "generate_max_len",
                  "ppo_epochs"):
@@ -1215,8 +1223,8 @@ def validate(cfg: Config) -> None:
     parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
     need(all(x.lstrip("-").isdigit() for x in parts), "levels",
          "must be comma-separated integers, e.g. 3,4,5")
-    need(bool(cfg.train_file) and Path(cfg.train_file).is_file(), "train_file", "no such file")
-    need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
+    runtime.check_data_file(cfg, "train_file")
+    runtime.check_data_file(cfg, "test_file", required=False)
     runtime.model_source(cfg.model)
     if cfg.critic_model:
         runtime.model_source(cfg.critic_model)
@@ -1229,6 +1237,6 @@ def parse_args(argv=None) -> Config:
 
 if __name__ == "__main__":
     config = parse_args()
-    with runtime.disk_full_is_clear(config.output_dir):
+    with runtime.stage_errors(config.output_dir):
         main(config)
     runtime.end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run

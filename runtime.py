@@ -16,7 +16,7 @@ the project, so a reader can skip it on a first reading: the method is in the st
     metrics        read_metrics, write_metrics, log_metrics, plot_metrics, progress_settings
     optimisation   make_optimizer (AdamW + warm-up + cosine to a floor), lr_factor
     data           read_json_rows (JSON list or JSONL; errors name file, line and field)
-    errors         data_errors_are_clear, disk_full_is_clear
+    errors         data_errors_are_clear, disk_error, stage_errors (Ctrl-C, disk errors, torchrun's summary)
     command line   config_help (--help from Config's comments), parse_config
     memory plan    memory_plan, write_memory_plan, measured_memory (docs/gpu.md)
 """
@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import datetime
 import errno
+import fcntl
 import gc
 import importlib.util
 import inspect
@@ -36,10 +37,12 @@ import os
 import pickle
 import random
 import re
+import shlex
 import shutil
 import socket
 import sys
 import time
+import threading
 import tokenize
 import zipfile
 from dataclasses import dataclass
@@ -54,7 +57,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 
 # ---- processes: torchrun ranks, the process group, the end of a run ----
@@ -73,6 +76,8 @@ def init_distributed() -> tuple[int, int, torch.device]:
     elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
                                 timeout=timeout)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: it ends with its launcher
+        watch_launcher(os.getppid())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -80,6 +85,21 @@ def init_distributed() -> tuple[int, int, torch.device]:
     else:
         device = torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+def watch_launcher(launcher: int, every_s: float = 1.0) -> None:
+    """torchrun starts its workers in sessions of their own, so a launcher killed with SIGKILL (or lost with
+    its node's shell) leaves them running: they would go on writing checkpoints into a directory that a
+    --resume may already be writing. A daemon thread checks once a second that the launcher is still this
+    process's parent (an orphan is re-parented) and ends the process at once otherwise, writing nothing
+    more."""
+    def watch():
+        while os.getppid() == launcher:
+            time.sleep(every_s)
+        print(f"[rank {os.environ.get('RANK', '?')}] the torchrun launcher (pid {launcher}) is gone: "
+              "this worker stops", file=sys.stderr, flush=True)
+        os._exit(1)
+    threading.Thread(target=watch, name="watch_launcher", daemon=True).start()
 
 
 def _free_port() -> int:
@@ -142,19 +162,61 @@ def model_source(path: str) -> str:
     Anything else stops with the reason: a folder without weights, or a path that does not exist."""
     p = Path(path).expanduser()
     if p.is_dir():
-        if any(p.glob("*.safetensors")) or any(p.glob("*.bin")):
-            return "weights"
-        if (p / INIT_FROM_CONFIG).is_file():
-            return "config"
-        raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start "
-                         f"from a random init on purpose, put an empty file named {INIT_FROM_CONFIG} in it "
-                         "(as data/tiny has)")
+        kind = ("weights" if any(p.glob("*.safetensors")) or any(p.glob("*.bin")) else
+                "config" if (p / INIT_FROM_CONFIG).is_file() else None)
+        if kind is None:
+            raise SystemExit(f"{path}: this folder has no model weights (*.safetensors or *.bin). To start "
+                             f"from a random init on purpose, put an empty file named {INIT_FROM_CONFIG} in "
+                             "it (as data/tiny has)")
+        config = p / "config.json"
+        try:
+            json.loads(config.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SystemExit(f"{path}: no config.json (a model folder holds config.json and its "
+                             "weights)") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SystemExit(f"{config}: not valid JSON ({e}); restore it from the model it came "
+                             "from") from None
+        return kind
     if p.exists():
         raise SystemExit(f"{path}: not a directory (a model is a folder, or a Hugging Face id like "
                          "Qwen/Qwen2.5-Math-7B)")
     if path.count("/") != 1 or path.startswith((".", "/", "~")) or p.parent.is_dir():
         raise SystemExit(f"{path}: no such directory")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+        if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+            raise SystemExit(f"{path}: not in the Hugging Face cache and HF_HUB_OFFLINE is set: a typo, or "
+                             "download it first (huggingface-cli download " + path + ")")
     return "hub"
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def tokenizer_problem(path: str) -> str | None:
+    """Why a local model folder has no usable tokenizer (transformers would build an empty stand-in from
+    config.json that encodes every prompt to 0 tokens), or None."""
+    p = Path(path).expanduser()
+    if p.is_dir() and not any((p / f).is_file() for f in TOKENIZER_FILES):
+        return (f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy them from the model it was "
+                "trained from")
+    return None
+
+
+def load_tokenizer(path: str):
+    """The model's tokenizer, or one line saying why not (no tokenizer files, a hub id that cannot be
+    fetched, a tokenizer that encodes text to nothing)."""
+    problem = tokenizer_problem(path)
+    if problem:
+        raise SystemExit(problem)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: cannot load its tokenizer: {str(e).strip().splitlines()[0]}") from None
+    if not tokenizer("Q: 1 + 2 = ?", add_special_tokens=False)["input_ids"]:
+        raise SystemExit(f"{path}: its tokenizer encodes text to 0 tokens (missing or wrong tokenizer files)")
+    return tokenizer
 
 
 def weights_problems(path: str) -> list[str]:
@@ -564,11 +626,79 @@ def remove_previous_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+LOCK_FILE = "run.lock"
+_held_locks: dict[str, int] = {}  # lock file -> its open descriptor, held until this process ends
+
+
+def lock_output_dir(out: Path) -> str | None:
+    """One run per output directory: take <out>/run.lock for the life of this process, or say who holds it.
+    The lock is an exclusive flock, which the kernel drops when the holder ends, however it ends (SIGKILL
+    too), so a dead run's lock is never in the way; the file names the holder (pid, host, start). On a file
+    system without flock, the file alone decides: a pid that no longer runs on this host is a stale lock,
+    taken over. Returns the error message for a second run, or None once the lock is held; the holder's
+    line is written by claim_lock, once the run has accepted the directory (a refused run changes nothing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    if str(path.resolve()) in _held_locks:  # this process holds it already (a stage's main called again)
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    holder = os.read(fd, 512).decode("utf-8", "replace").strip()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return (f"--output-dir {out}: another run is using it ({holder or 'its lock file ' + str(path)}). "
+                "Wait for it to end, stop it, or choose another --output-dir")
+    except OSError:  # no flock here (some network file systems): the pid and host in the file decide
+        m = re.match(r"pid (\d+) on (\S+)", holder)
+        if m and (m.group(2) != socket.gethostname() or _pid_alive(int(m.group(1)))):
+            os.close(fd)
+            return (f"--output-dir {out}: another run is using it ({holder}); if it has ended, delete {path}")
+    _held_locks[str(path.resolve())] = fd
+    return None
+
+
+def claim_lock() -> None:
+    """Write this process's line (pid, host, start, command) into the lock it holds."""
+    for fd in _held_locks.values():
+        os.ftruncate(fd, 0)
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        line = f"pid {os.getpid()} on {socket.gethostname()} since {since}: {' '.join(sys.argv)}"
+        os.pwrite(fd, (line[:500] + "\n").encode(), 0)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def lock_or_stop(out: Path, rank: int, claim: bool = False) -> None:
+    """Rank 0 takes the directory's lock (and with `claim` writes its line at once); every rank stops with
+    the message if another run holds it."""
+    message = [lock_output_dir(out) if rank == 0 else None]
+    dist.broadcast_object_list(message, src=0)
+    if message[0]:
+        raise SystemExit(message[0])
+    if claim and rank == 0:
+        claim_lock()
+
+
 def prepare_output_dir(cfg, rank: int, safe_on_resume: set[str]) -> tuple[Path, Path | None]:
-    """(the output directory, the checkpoint to resume from or None). Nothing is written in it yet:
-    config.json only once the run has checked its config, read its data and loaded its models."""
+    """(the output directory, the checkpoint to resume from or None), with the directory locked for this run
+    (lock_output_dir). Nothing else is written in it yet: config.json only once the run has checked its
+    config, read its data and loaded its models."""
     out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--output-dir {out}: exists and is not a directory")
+    lock_or_stop(out, rank)
     check_output_dir(cfg, safe_on_resume)
+    if rank == 0:
+        claim_lock()
     resume_from = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
         print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
@@ -813,8 +943,23 @@ def read_json_rows(path: str, levels: str = "") -> list[tuple[str, dict]]:
     list; `where` is "line N" or "index N", for errors that name the file, the line and the field. A UTF-8
     byte-order mark is accepted; lines end at "\\n" only (U+2028 and U+0085 are valid inside JSON strings).
     `levels` ("3,4,5"; empty: all) keeps rows whose integer field 'level' is in it."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{path}: a directory, not a data file; pass one JSONL/JSON file"
+                         + (f" (it holds {', '.join(sorted(f.name for f in data_files(p))[:5])})"
+                            if data_files(p) else ""))
+    if not p.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    return parse_json_rows(p.read_bytes(), path, levels)
+
+
+def data_files(folder: Path) -> list[Path]:
+    return [f for f in folder.iterdir() if f.suffix in (".jsonl", ".json") and f.is_file()]
+
+
+def parse_json_rows(raw: bytes, path: str, levels: str = "") -> list[tuple[str, dict]]:
+    """read_json_rows for bytes already read (data/prepare_data.py's downloads); `path` names the source."""
     keep = {int(x) for x in levels.split(",") if x.strip()}
-    raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
@@ -845,8 +990,75 @@ def read_json_rows(path: str, levels: str = "") -> list[tuple[str, dict]]:
                 continue
         rows.append((where, row))
     if not rows:
-        raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep else ""))
+        raise ValueError(f"{path}: no rows" + (f" with level in {sorted(keep)}" if keep and items else ""))
     return rows
+
+
+def drop_empty(path: str, rows: list[tuple[str, dict]], fields: list[tuple[str, ...]]
+               ) -> list[tuple[str, dict]]:
+    """The rows none of whose `fields` is an empty or blank string (of each group of alternatives, the first
+    present one counts): an empty question or response is nothing to learn or score. The others are counted
+    and named in one warning."""
+    kept, dropped = [], []
+    for where, row in rows:
+        present = [next(k for k in group if k in row) for group in fields if any(k in row for k in group)]
+        empty = [k for k in present if isinstance(row[k], str) and not row[k].strip()]
+        if empty:
+            dropped.append(f"{where} ({', '.join(empty)})")
+        else:
+            kept.append((where, row))
+    if dropped:
+        print0(f"WARNING: {path}: {len(dropped)} of {len(rows)} rows dropped for an empty field: "
+               + ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else ""))
+    if not kept:
+        raise ValueError(f"{path}: every row has an empty field ({dropped[0]}, ...)")
+    return kept
+
+
+def check_data_file(cfg, flag: str, required: bool = True) -> None:
+    """A data-file flag names one existing file (a directory is said to be one, with the files it holds)."""
+    path, name = getattr(cfg, flag), "--" + flag.replace("_", "-")
+    if not path:
+        if required:
+            raise SystemExit(f"{name} is required (or --preset tiny)")
+        return
+    if Path(path).is_dir():
+        inside = sorted(f.name for f in data_files(Path(path)))[:5]
+        raise SystemExit(f"{name} {path!r}: a directory, not a data file; pass one JSONL/JSON file"
+                         + (f" (it holds {', '.join(inside)})" if inside else ""))
+    if not Path(path).is_file():
+        raise SystemExit(f"{name} {path!r}: no such file")
+
+
+# ---- checks every stage's validate shares, by field name ----
+def check_common(cfg) -> None:
+    """Before anything is loaded: every float finite; AdamW's betas in [0, 1); a clip norm > 0; min <= max
+    new tokens; an accuracy target a fraction; an output path that is not a file."""
+    def need(ok: bool, flag: str, rule: str) -> None:
+        if not ok:
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        need(not isinstance(value, float) or math.isfinite(value), f.name, "must be a finite number")
+    for name in ("adam_beta1", "adam_beta2"):  # AdamW divides by 1 - beta^t
+        need(not hasattr(cfg, name) or 0 <= getattr(cfg, name) < 1, name, "must be in [0, 1)")
+    need(not hasattr(cfg, "max_grad_norm") or cfg.max_grad_norm > 0, "max_grad_norm",
+         "must be > 0: gradients are scaled to at most this norm, so 0 zeroes every update "
+         "(1e9: no clipping)")
+    need(not hasattr(cfg, "min_new_tokens") or cfg.min_new_tokens <= cfg.generate_max_len, "min_new_tokens",
+         f"must be <= --generate-max-len {getattr(cfg, 'generate_max_len', '')}")
+    need(not hasattr(cfg, "stop_at_accuracy") or 0 <= cfg.stop_at_accuracy <= 1, "stop_at_accuracy",
+         "must be a fraction in [0, 1] (0.25 for 25%; 0: off)")
+    need(not Path(cfg.output_dir).exists() or Path(cfg.output_dir).is_dir(), "output_dir",
+         "exists and is not a directory")
+
+
+def check_prompt_room(tokenizer, template_text: str, max_len: int, flag: str) -> None:
+    """The prompt template alone (an empty question) must leave room in --prompt-max-len."""
+    n = len(tokenizer(template_text, add_special_tokens=False)["input_ids"])
+    if n >= max_len:
+        raise SystemExit(f"--{flag.replace('_', '-')} {max_len}: the prompt template alone is {n} tokens; "
+                         "every prompt would be cut inside it")
 
 
 # ---- errors a user can act on: bad data, a full disk ----
@@ -860,21 +1072,97 @@ def data_errors_are_clear():
         raise SystemExit(f"error: {e}") from None
 
 
+def disk_error(e: BaseException, where: str, resume: bool) -> str | None:
+    """A failed write said as what it is, in one line with what to do next, or None when `e` is not one:
+    no space (ENOSPC, EDQUOT; or torch.save's bare "unexpected pos" with < 64 MiB left on a writable file
+    system), no permission or a read-only file system (EACCES, EPERM, EROFS), or another OSError naming its
+    file. Chained exceptions and DCP's CheckpointException (a BaseException holding each rank's exception in
+    `failures`) are searched for the OSError inside."""
+    found, todo = [], [e]
+    while todo:
+        x = todo.pop(0)
+        if x is None or any(x is y for y in found):
+            continue
+        found.append(x)
+        todo += [x.__cause__, x.__context__]
+        todo += [f[0] if isinstance(f, tuple) else f for f in (getattr(x, "failures", None) or {}).values()]
+    os_error = next((x for x in found if isinstance(x, OSError) and x.errno), None)
+    out = Path(where).absolute()
+    detail = f"{type(os_error or e).__name__}: {str(os_error or e)[:300]}"
+    then = ("then rerun with --resume: it goes on from the last complete checkpoint" if resume
+            else "then run it again (summary.json keeps the models already finished)")
+    code = os_error.errno if os_error is not None else None
+    if code in (errno.ENOSPC, errno.EDQUOT) or any("No space left" in str(x) for x in found) or (
+            code is None and isinstance(e, (OSError, RuntimeError)) and nearly_full(out)):
+        return f"no space left on {out} ({detail}). Free some space, {then}."
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "a read-only file system" if code == errno.EROFS else "permission denied"
+        return (f"cannot write under {out}: {what} ({detail}). Make it writable, {then}; or choose "
+                "another --output-dir.")
+    if os_error is not None and os_error.filename:
+        name = errno.errorcode.get(code, code)
+        return f"{os_error.filename}: {os_error.strerror} ({name}). Fix it, {then}."
+    return None
+
+
+def nearly_full(where: Path) -> bool:
+    """< 64 MiB left on a writable file system (a read-only one reports 0 free: not full, just read-only)."""
+    probe = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
+    st = os.statvfs(probe)
+    return not st.f_flag & os.ST_RDONLY and st.f_bavail * st.f_frsize < 2**26
+
+
+def tell_launcher(message: str) -> None:
+    """Under torchrun, the reason this rank fails goes into the error file the launcher reads
+    (TORCHELASTIC_ERROR_FILE), so its closing summary ("Root Cause (first observed failure)"), the last lines
+    a user sees, shows the reason instead of a link to the docs."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with contextlib.suppress(OSError):
+            Path(path).write_text(json.dumps({"message": {"message": message, "extraInfo": {
+                "py_callstack": message, "timestamp": str(int(time.time()))}}}))
+
+
+def interrupted(where: str, resume: bool) -> str:
+    """Ctrl-C's one line: what of the run is on disk and the command that goes on from it."""
+    out = Path(where)
+    argv = [a for a in sys.argv if a != "--resume"] + ["--resume"]
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        command = f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '?')} " + shlex.join(argv)
+    else:
+        command = "python " + shlex.join(argv)
+    if not resume:
+        return (f"interrupted: {out / 'summary.json'} holds the models finished so far; "
+                "run the same command again for the rest")
+    done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+            and (p / "trainer_state.pt").exists()]
+    last = max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    saved = f"the last complete checkpoint is {last}" if last else "no checkpoint was saved yet"
+    return f"interrupted: {saved}; to go on: {command}"
+
+
 @contextlib.contextmanager
-def disk_full_is_clear(where: str):
-    """A full disk surfaces as OSError ENOSPC, a safetensors error or a torch.save RuntimeError (with less
-    than 64 MiB left): say so, with the path, instead of a traceback."""
+def stage_errors(where: str, resume: bool = True):
+    """Around a stage's main: a disk error (disk_error) or Ctrl-C ends the run with one line instead of a
+    traceback, said once (rank 0), and every one-line error is handed to the torchrun launcher too
+    (tell_launcher). `resume`: the stage can --resume (sft.py, ppo.py; not evaluate.py)."""
     try:
         yield
-    except Exception as e:
-        text = str(e)
-        probe = next((p for p in (Path(where), *Path(where).absolute().parents) if p.exists()), Path("/"))
-        # torch.save's "iostream error" with < 64 MiB free is a full disk too
-        full = isinstance(e, (OSError, RuntimeError)) and shutil.disk_usage(probe).free < 2**26
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text or full:
-            raise SystemExit(f"no space left on {Path(where).resolve()} ({type(e).__name__}: {text[:300]}). "
-                             "Free some space, then --resume from the last checkpoint.") from None
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":
+            print("\n" + interrupted(where, resume), file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)  # no teardown: worker threads and pools would add their own tracebacks
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            tell_launcher(e.code)
         raise
+    except BaseException as e:
+        message = disk_error(e, where, resume)
+        if message is None:
+            raise
+        tell_launcher(message)
+        raise SystemExit(message) from None
 
 
 # ---- command line: Config -> flags, the help text from the field comments ----
@@ -896,6 +1184,23 @@ def config_help(cls) -> dict[str, str]:
     return text
 
 
+PROJECT = Path(__file__).resolve().parent
+INPUT_FIELDS = ("model", "critic_model", "train_file", "test_file", "data_dir")
+
+
+def project_paths(preset: dict) -> dict:
+    """A preset's input paths (data/tiny, data/synth/...) are the project's: a path that does not exist from
+    the working directory but does in the project is made absolute, so `--preset tiny` runs from anywhere.
+    Outputs (output_dir) stay relative to where the run starts."""
+    def fix(v):
+        if isinstance(v, str) and v and not Path(v).is_absolute() and not Path(v).exists() \
+                and (PROJECT / v).exists():
+            return str(PROJECT / v)
+        return v
+    return {k: ([fix(x) for x in v] if isinstance(v, list) else fix(v)) if k in INPUT_FIELDS else v
+            for k, v in preset.items()}
+
+
 def parse_config(config_cls, presets: dict, description: str, argv=None, old_flags: dict | None = None):
     """Command line = the dataclass: one flag per field (--help: the field's comment), --preset fills in its
     values first, then explicit flags win. old_flags: field -> earlier spellings that still work."""
@@ -911,7 +1216,7 @@ def parse_config(config_cls, presets: dict, description: str, argv=None, old_fla
         else:
             parser.add_argument(*flags, type=type(f.default), default=None, help=text)
     args = parser.parse_args(argv)
-    values = dict(presets[args.preset]) if args.preset else {}
+    values = project_paths(presets[args.preset]) if args.preset else {}
     values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
     return config_cls(**values)
 

@@ -52,7 +52,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 import reward
 import runtime
@@ -220,7 +220,7 @@ def main(cfg: Config) -> None:
     out, resume_from = runtime.prepare_output_dir(cfg, rank, SAFE_ON_RESUME)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    tokenizer = runtime.load_tokenizer(cfg.model)
     examples, test_rows, eval_rows = load_data(cfg, tokenizer)
     steps_per_epoch = len(examples) // cfg.train_batch_size
     total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
@@ -308,8 +308,10 @@ def sequences_per_rank(cfg: Config, world: int) -> int:
 
 def load_data(cfg: Config, tokenizer) -> tuple[list, list[dict], list[dict]]:
     """(training examples, test rows, the periodic evals' seeded sample of them), with the counts printed."""
-    eos_id = tokenizer.convert_tokens_to_ids(cfg.eos_token) if cfg.eos_token in tokenizer.get_vocab() \
-        else tokenizer.eos_token_id
+    if cfg.eos_token not in tokenizer.get_vocab():
+        raise SystemExit(f"--eos-token {cfg.eos_token!r}: not a token of {cfg.model}'s tokenizer "
+                         f"(its own end of sequence is {tokenizer.eos_token!r})")
+    eos_id = tokenizer.convert_tokens_to_ids(cfg.eos_token)
     with runtime.data_errors_are_clear():
         rows = read_rows(cfg.train_file, [QUESTION_FIELDS, ("response", "solution")], cfg.levels)
         test_rows = (read_rows(cfg.test_file, [QUESTION_FIELDS, ("answer",)], cfg.levels) if cfg.test_file
@@ -380,7 +382,7 @@ def read_rows(path: str, need: list[tuple[str, ...]], levels: str = "") -> list[
     string fields one of which must be present (e.g. ("prompt", "question")). Errors name file, line and
     field."""
     rows = []
-    for where, row in runtime.read_json_rows(path, levels):
+    for where, row in runtime.drop_empty(path, runtime.read_json_rows(path, levels), need):
         for group in need:
             present = [k for k in group if k in row]
             if not present:
@@ -478,7 +480,8 @@ def validate(cfg: Config) -> None:
     def need(ok: bool, flag: str, rule: str) -> None:
         if not ok:
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
-    need(bool(cfg.train_file), "train_file", "is required (or --preset tiny)")
+    runtime.check_common(cfg)
+    need(cfg.template in reward.TEMPLATES, "template", "must be one of " + ", ".join(reward.TEMPLATES))
     need(cfg.long_examples in ("drop", "truncate"), "long_examples", "must be drop or truncate")
     for name in ("train_batch_size", "micro_train_batch_size", "max_length", "eval_batch_size",
                  "generate_max_len", "eval_size", "log_every"):
@@ -492,8 +495,8 @@ def validate(cfg: Config) -> None:
     parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
     need(all(x.lstrip("-").isdigit() for x in parts), "levels",
          "must be comma-separated integers, e.g. 3,4,5")
-    need(Path(cfg.train_file).is_file(), "train_file", "no such file")
-    need(not cfg.test_file or Path(cfg.test_file).is_file(), "test_file", "no such file")
+    runtime.check_data_file(cfg, "train_file")
+    runtime.check_data_file(cfg, "test_file", required=False)
     runtime.model_source(cfg.model)
 
 
@@ -509,6 +512,6 @@ def parse_args(argv=None) -> Config:
 
 if __name__ == "__main__":
     config = parse_args()
-    with runtime.disk_full_is_clear(config.output_dir):
+    with runtime.stage_errors(config.output_dir):
         main(config)
     runtime.end_process()  # see end_process: skips a teardown that can abort a finished multi-rank run

@@ -26,6 +26,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import runtime  # noqa: E402  the stages' row reader: a BOM accepted, lines split at "\n" only
+
 COMMIT = "2702a87c68c107d0f329b701b034c229bf62a130"  # hkust-nlp/simpleRL-reason branch v0
 GITHUB_RAW = "https://raw.githubusercontent.com/hkust-nlp/simpleRL-reason/" + COMMIT
 HF_TRAIN_URL = "https://huggingface.co/datasets/hkust-nlp/SimpleRL-Zoo-Data/resolve/main/simplelr_qwen_level3to5/train.parquet"
@@ -83,19 +86,11 @@ def write_atomic(path: Path, data: bytes) -> None:
 def check_eval_rows(name: str, data: bytes, source: str) -> int:
     """Every line is a JSON object with a question and the gold field evaluate.py reads; returns the row count."""
     rows = 0
-    for line_no, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{source}:{line_no}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{source}:{line_no}: a row must be a JSON object")
+    for where, row in runtime.parse_json_rows(data, source):
         if not any(k in row for k in QUESTION_KEYS):
-            raise ValueError(f"{source}:{line_no}: no question field (one of {', '.join(QUESTION_KEYS)})")
+            raise ValueError(f"{source} {where}: no question field (one of {', '.join(QUESTION_KEYS)})")
         if GOLD_FIELDS[name] not in row:
-            raise ValueError(f"{source}:{line_no}: missing field {GOLD_FIELDS[name]!r}")
+            raise ValueError(f"{source} {where}: missing field {GOLD_FIELDS[name]!r}")
         rows += 1
     return rows
 
@@ -145,10 +140,9 @@ def local_eval(src: Path, out: Path, names=tuple(EVAL_SETS), check: bool = True)
 
 def train_rows_from_json(data: bytes, source: str) -> list[dict]:
     """v0's JSON list: {"input", "answer", "gt_answer", "subject", "level", "question", ...}."""
-    records = json.loads(data)
-    if not isinstance(records, list):
+    if not data.decode("utf-8", "replace").lstrip("\ufeff \t\r\n").startswith("["):
         raise ValueError(f"{source}: expected a JSON list of problems")
-    return [_train_row(r, source, i) for i, r in enumerate(records)]
+    return [_train_row(r, source, i) for i, (_, r) in enumerate(runtime.parse_json_rows(data, source))]
 
 
 def train_rows_from_parquet(data: bytes, source: str) -> list[dict]:

@@ -27,7 +27,7 @@ def main() -> None:
 
     ppo.ppo_update = ppo_update
     cfg = ppo.parse_args(sys.argv[2:])
-    with runtime.disk_full_is_clear(cfg.output_dir):
+    with runtime.stage_errors(cfg.output_dir):
         ppo.main(cfg)
     runtime.end_process()
 

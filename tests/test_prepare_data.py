@@ -57,7 +57,7 @@ def test_bad_files_are_clear_errors(tmp_path):
     (src / "test.jsonl").write_text('{"question": "q", "answer": 1.0}\n{"question": "q"}\n')
     with pytest.raises(ValueError, match="SHA-1"):
         pd.local_eval(tmp_path / "src", tmp_path / "out", names=["amc23"])
-    with pytest.raises(ValueError, match=r"amc23/test.jsonl:2: missing field 'answer'"):
+    with pytest.raises(ValueError, match=r"amc23/test.jsonl line 2: missing field 'answer'"):
         pd.local_eval(tmp_path / "src", tmp_path / "out", names=["amc23"], check=False)
     with pytest.raises(FileNotFoundError, match="gsm8k"):
         pd.local_eval(tmp_path / "src", tmp_path / "out", names=["gsm8k"])

@@ -166,7 +166,7 @@ def test_every_checkpoint_damaged_is_an_error_naming_the_files(sft_run, tmp_path
 @pytest.mark.slow  # stage scripts in subprocesses
 def test_full_disk_says_no_space_left(tmp_path):
     with pytest.raises(SystemExit, match=f"no space left on {tmp_path}"):
-        with runtime.disk_full_is_clear(str(tmp_path)):
+        with runtime.stage_errors(str(tmp_path)):
             with open("/dev/full", "w") as f:  # writes fail with ENOSPC, like a full disk
                 f.write("x" * 10_000)
                 f.flush()
