@@ -1178,9 +1178,9 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
     for name in ("rollout_batch_size", "n_samples_per_prompt", "train_batch_size", "micro_train_batch_size",
-                 "micro_rollout_batch_size", "eval_batch_size", "prompt_max_len", "generate_max_len",
-                 "ppo_epochs"):
+                 "eval_batch_size", "prompt_max_len", "generate_max_len", "ppo_epochs"):
         need(getattr(cfg, name) > 0, name, "must be a positive integer")
+    need(cfg.micro_rollout_batch_size >= 0, "micro_rollout_batch_size", "must be >= 0 (0: no cap)")
     need(cfg.temperature > 0, "temperature", "must be > 0 (log-probs are taken at logits / temperature; "
          "sampling at temperature 0 is greedy decoding, which PPO cannot learn from)")
     need(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")
