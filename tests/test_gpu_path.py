@@ -51,3 +51,91 @@ def test_the_recipe_defaults_start(tmp_path):
     batch = {"attention_mask": lengths, "response_mask": torch.ones(6, 3000)}
     assert [len(g) for g in ppo.forward_groups(batch, cfg.micro_rollout_batch_size, cfg.rollout_forward_tokens)
             ] == [2, 2, 2]
+
+
+# ---- no silent fallback: a broken vLLM on a GPU, no CUDA for a GPU model ----
+def broken_vllm(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now raises ImportError, as a broken install
+
+
+def test_engine_auto_on_a_gpu_stops_when_vllm_does_not_import(monkeypatch):
+    import evaluate
+    from transformers import AutoTokenizer
+    broken_vllm(monkeypatch)
+    assert "import of vllm halted" in runtime.vllm_import_error()
+    cuda = torch.device("cuda", 0)
+    with pytest.raises(SystemExit, match=r"vLLM does not import on this GPU machine \(ModuleNotFoundError.*"
+                                         r"pip install -r requirements-gpu.txt.*--engine hf"):
+        runtime.choose_engine("auto", cuda)
+    cfg = ppo.Config(model=str(ROOT / "data" / "tiny"))
+    tok = AutoTokenizer.from_pretrained(str(ROOT / "data" / "tiny"))
+    with pytest.raises(SystemExit, match="vLLM does not import"):
+        ppo.make_engine(cfg, None, tok, 0, 1, cuda)
+    with pytest.raises(SystemExit, match="vLLM does not import"):
+        evaluate.engine_kind("Qwen/Qwen2.5-Math-7B", evaluate.Config(model=["Qwen/Qwen2.5-Math-7B"]), cuda)
+    # what a user asks for by name is used; on CPU auto still falls back to HF generate (and says so)
+    assert runtime.choose_engine("hf", cuda) == "hf" and runtime.choose_engine("auto", torch.device("cpu")) == "hf"
+
+
+def big_model(tmp_path) -> str:
+    """A folder with Qwen2.5-Math-7B's config and the random-init marker: a GPU model that passes validation."""
+    Qwen2Config(**QWEN_7B).save_pretrained(tmp_path / "qwen7b")
+    (tmp_path / "qwen7b" / runtime.INIT_FROM_CONFIG).touch()
+    return str(tmp_path / "qwen7b")
+
+
+def test_no_cuda_stops_a_gpu_model_unless_device_cpu(monkeypatch, tmp_path):
+    big, tiny = big_model(tmp_path), str(ROOT / "data" / "tiny")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"no CUDA device: torch .*; --model .*qwen7b is a GPU job "
+                                         r"\(7.62B parameters\).*--device cpu"):
+        runtime.init_distributed("auto", [tiny, big])
+    with pytest.raises(SystemExit, match=r"no CUDA device.*--device cuda"):
+        runtime.check_device("cuda", [tiny])
+    with pytest.raises(SystemExit, match="a hub model not cached here"):
+        runtime.check_device("auto", ["nobody/not-cached-here"])
+    runtime.check_device("cpu", [big])  # insisting on CPU is allowed
+    runtime.check_device("auto", [tiny, ""])  # the tiny world runs on CPU as before
+    # a CUDA build of torch whose driver is too old: torch's own reason is in the message
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+
+    def too_old():
+        raise RuntimeError("The NVIDIA driver on your system is too old (found version 12040).")
+    monkeypatch.setattr(torch.cuda, "init", too_old)
+    with pytest.raises(SystemExit, match=r"\(CUDA 13.0\) cannot use a GPU: The NVIDIA driver on your system is "
+                                         r"too old"):
+        runtime.check_device("auto", [big])
+    # and on a machine with CUDA, --device cpu is refused rather than half-honoured
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit, match="CUDA_VISIBLE_DEVICES="):
+        runtime.check_device("cpu", [tiny])
+
+
+def test_startup_line_and_run_info(tmp_path, capsys):
+    rank, world, device = runtime.init_distributed()
+    line = runtime.announce(tmp_path / "o", "vllm", device, torch.float32, world, rank)
+    assert line == f"engine=vllm device=cpu backend=gloo dtype=float32 world={world}"
+    assert line in capsys.readouterr().out
+    info = json.loads((tmp_path / "o" / "run_info.json").read_text())
+    assert info["line"] == line and info["torch"] == torch.__version__ and info["engine"] == "vllm"
+
+
+@pytest.mark.slow  # three stage scripts in subprocesses (~40 s)
+def test_every_stage_prints_the_startup_line(tmp_path):
+    import os
+    import subprocess
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    tiny = ["--preset", "tiny"]
+    runs = {"ppo.py": [*tiny, "--max-steps", "1", "--rollout-batch-size", "4", "--n-samples-per-prompt", "2",
+                       "--train-batch-size", "8", "--micro-train-batch-size", "8", "--test-file", "",
+                       "--generate-max-len", "8", "--save-every", "0"],
+            "sft.py": [*tiny, "--max-steps", "1", "--test-file", ""],
+            "evaluate.py": [*tiny, "--limit", "4"]}
+    for script, args in runs.items():
+        out = tmp_path / script
+        r = subprocess.run([sys.executable, script, *args, "--output-dir", str(out)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        line = "engine=hf device=cpu backend=gloo dtype=float32 world=1"
+        assert r.stdout.count(line) == 1, (script, r.stdout[-2000:])
+        assert json.loads((out / "run_info.json").read_text())["line"] == line
