@@ -157,6 +157,7 @@ class HFEngine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = runtime.load_model(path, cfg.seed).to(device).eval()
+        self.model.config.use_cache = True  # generation (load_model turns it off for the trainers)
         if device.type == "cuda":
             self.model.to(torch.bfloat16)
         self.max_len = cfg.max_model_len or self.model.config.max_position_embeddings
@@ -352,6 +353,7 @@ def evaluate(cfg: Config) -> dict | None:
     reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
     rank, world, device = runtime.init_distributed(cfg.device, cfg.model if cfg.engine != "oracle" else [])
     benches = benchmark_list(cfg.benchmarks)
+    runtime.check_shared_paths(None, [*cfg.model, *(str(Path(cfg.data_dir) / b) for b in benches)], rank)
     paths = cfg.model or ["oracle"]
     kinds = ",".join(dict.fromkeys(engine_kind(p, cfg, device) for p in paths))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

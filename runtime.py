@@ -6,7 +6,7 @@ the project, so a reader can skip it on a first reading: the method is in the st
     processes      init_distributed (torchrun or a world of one; gloo on CPU, nccl on GPU; check_device: no
                    silent CPU run), print0, all_gather_object, global_sums, timer, end_process
     models         model_source (a folder with weights, a random init on request, or a hub id), load_model,
-                   disable_dropout, shard_model (FSDP2), save_hf_checkpoint (atomic, rank 0)
+                   disable_dropout, shard_model (FSDP2), reshard_root, save_hf_checkpoint (atomic, rank 0)
     engines        Sample, HFEngine (HF generate on an unsharded copy), VLLMEngine (vLLM colocated in this
                    process), import_vllm (its patches), choose_engine (no silent fallback), announce (the
                    start-up line, run_info.json). The weight-sync protocol that drives
@@ -53,7 +53,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
@@ -245,7 +245,9 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
             raise SystemExit(f"{path}: cannot load the model: {e}") from None
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = not gradient_checkpointing
+    # a forward with use_cache builds a K/V cache of every layer and throws it away (~0.47 GB per 8,192-token
+    # group at 7B); the generating copies (HFEngine, evaluation, sft's eval) turn it back on for themselves
+    model.config.use_cache = False
     return model
 
 
@@ -273,14 +275,37 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
     return model
 
 
+def reshard_root(model: torch.nn.Module) -> None:
+    """Free an FSDP2 root's gathered parameters after a no-grad forward. With reshard_after_forward left at
+    its default, FSDP2 does not reshard the root after a forward, expecting the backward right after
+    (torch/distributed/fsdp/_fully_shard/_fsdp_state.py, _lazy_init: the root's post_forward_mesh_info =
+    None); with no backward, the root's full parameters stay allocated. A plain (unsharded) module: no-op."""
+    if isinstance(model, FSDPModule):
+        model.reshard()
+
+
+def folder_dtype() -> torch.dtype:
+    """The dtype of the HF folders the stages write: bf16 on GPU (what vLLM and evaluation load; half of
+    fp32's 30 GB at 7B), fp32 on CPU."""
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+def save_config(config, folder: Path, dtype: torch.dtype) -> None:
+    """config.json saying the dtype the folder's weights are stored in (vLLM's and from_pretrained's
+    dtype="auto" read it)."""
+    config = copy.deepcopy(config)
+    config.dtype = dtype
+    config.save_pretrained(folder)
+
+
 def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
     """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
     write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
     On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
     the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if torch.cuda.is_available():
-        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    dtype = folder_dtype()
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
     if dist.get_rank() == 0:
@@ -288,6 +313,7 @@ def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        save_config(model.config, tmp, dtype)  # save_pretrained states the fp32 masters' dtype
         tokenizer.save_pretrained(tmp)
         if out.exists():
             old = out.with_name(out.name + ".old")
@@ -657,17 +683,79 @@ def remove_previous_run(out: Path) -> None:
 
 
 def prepare_output_dir(cfg, rank: int, safe_on_resume: set[str]) -> tuple[Path, Path | None]:
-    """(the output directory, the checkpoint to resume from or None). Nothing is written in it yet:
-    config.json only once the run has checked its config, read its data and loaded its models."""
+    """(the output directory, the checkpoint to resume from or None). Nothing is written in it yet (but
+    check_shared_paths' token file, gone again): config.json only once the run has checked its config, read
+    its data and loaded its models."""
     out = Path(cfg.output_dir)
+    inputs = [getattr(cfg, k, "") for k in ("model", "critic_model", "train_file", "test_file")]
+    check_shared_paths(out, inputs, rank)
     check_output_dir(cfg, safe_on_resume)
     resume_from = latest_checkpoint(out) if cfg.resume else None
+    found = set(all_gather_object(str(resume_from)))
+    if len(found) > 1:  # ranks that resume from different checkpoints would hang in mismatched collectives
+        raise SystemExit(f"--resume: the ranks found different checkpoints in {out}: "
+                         + ", ".join(sorted(found)))
     if cfg.resume and resume_from is None:
         print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
     dist.barrier()  # every rank has looked at the directory before rank 0 changes it
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     return out, resume_from
+
+
+def check_shared_paths(out: Path | None, inputs: Iterable[str], rank: int) -> None:
+    """Several nodes need one filesystem: rank 0 alone writes and renames checkpoints, every rank reads them
+    on --resume, and every rank loads --model and the data. Checked at the start, not found by a hang: rank 0
+    writes a token file into `out` (made if missing) that every rank must read back, and every rank must see
+    the same `inputs` (local folders and files: their files' names and sizes; hub ids: absent alike). A world
+    of one: nothing to compare."""
+    world = dist.get_world_size()
+    if world == 1:
+        return
+    token = all_gather_object(os.urandom(8).hex())[0]  # rank 0's
+    probe = out / f".simplerl-shared-{token}" if out is not None else None
+    if probe is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token)
+    dist.barrier()
+    seen = probe is None or (probe.is_file() and probe.read_text() == token)
+    views = all_gather_object((socket.gethostname(), seen, [path_fingerprint(p) for p in inputs]))
+    dist.barrier()
+    if probe is not None and rank == 0:
+        probe.unlink(missing_ok=True)
+    def where(ranks):
+        return ", ".join(f"rank {r} ({views[r][0]})" for r in ranks[:4]) + (", ..." if len(ranks) > 4 else "")
+    blind = [r for r in range(world) if not views[r][1]]
+    if blind:
+        raise SystemExit(f"--output-dir {out}: {where(blind)} cannot see the file rank 0 wrote there. "
+                         "Every node must see the same output directory: a shared filesystem (NFS, Lustre, "
+                         "...), not node-local disks (rank 0 alone writes checkpoints; every rank reads them "
+                         "on --resume)")
+    for i, path in enumerate(inputs):
+        differ = [r for r in range(world) if views[r][2][i] != views[0][2][i]]
+        if path and differ:
+            theirs, ours = (describe_fingerprint(views[r][2][i]) for r in (differ[0], 0))
+            raise SystemExit(f"{path}: {where(differ)} see it differently from rank 0 ({views[0][0]}): "
+                             f"{theirs} vs {ours}. Every node must read the same model and data: a shared "
+                             "filesystem, not node-local copies")
+
+
+def path_fingerprint(path: str):
+    """What a rank sees at a local path: ("dir", [(file, size), ...]), ("file", size) or None (absent)."""
+    p = Path(path).expanduser() if path else None
+    if p is None or not p.exists():
+        return None
+    if p.is_file():
+        return ("file", p.stat().st_size)
+    return ("dir", sorted((str(f.relative_to(p)), f.stat().st_size) for f in p.rglob("*") if f.is_file()))
+
+
+def describe_fingerprint(view) -> str:
+    if view is None:
+        return "nothing there"
+    if view[0] == "file":
+        return f"a file of {view[1]} bytes"
+    return f"a folder of {len(view[1])} files, {sum(s for _, s in view[1])} bytes"
 
 
 def begin_run(out: Path, cfg, resumed_step: int | None, rank: int) -> list[dict]:

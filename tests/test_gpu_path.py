@@ -2,6 +2,8 @@
 the start-up line, FSDP2 roots resharded after no-grad forwards, every rank seeing the same files, the
 training-side models without a K/V cache, bf16 HF folders that say bf16."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import runtime  # noqa: E402
 
 TRAIN = SHARED / "train" / "simplerl_zero_v0" / "math_level3to5_data_processed_with_qwen_prompt.json"
 TOKENIZER = SHARED / "qwen2.5_tokenizer"
+TINY = str(ROOT / "data" / "tiny")
 # Qwen/Qwen2.5-Math-7B's config.json, the fields that size it
 QWEN_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=4096, rope_theta=10000.0,
@@ -122,8 +125,6 @@ def test_startup_line_and_run_info(tmp_path, capsys):
 
 @pytest.mark.slow  # three stage scripts in subprocesses (~40 s)
 def test_every_stage_prints_the_startup_line(tmp_path):
-    import os
-    import subprocess
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
     tiny = ["--preset", "tiny"]
     runs = {"ppo.py": [*tiny, "--max-steps", "1", "--rollout-batch-size", "4", "--n-samples-per-prompt", "2",
@@ -139,3 +140,109 @@ def test_every_stage_prints_the_startup_line(tmp_path):
         line = "engine=hf device=cpu backend=gloo dtype=float32 world=1"
         assert r.stdout.count(line) == 1, (script, r.stdout[-2000:])
         assert json.loads((out / "run_info.json").read_text())["line"] == line
+
+
+
+# ---- the smaller GPU-path items: no K/V cache in the trainers' forwards, bf16 folders that say bf16 ----
+def test_training_side_models_build_no_kv_cache(tmp_path):
+    runtime.init_distributed()
+    cfg = ppo.parse_args(["--preset", "tiny", "--output-dir", str(tmp_path)])  # no gradient checkpointing
+    actor, ref, critic = ppo.load_models(cfg, None, torch.device("cpu"))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    for net in (actor, ref, critic.model):
+        assert net.config.use_cache is False and net(input_ids=ids).past_key_values is None
+    from transformers import AutoTokenizer
+    engine, _ = ppo.make_engine(cfg, actor.config, AutoTokenizer.from_pretrained(cfg.model), 0, 1,
+                                torch.device("cpu"))
+    assert engine.model.config.use_cache is True  # the generating copy keeps its cache
+    assert actor.config.use_cache is False
+
+
+def test_hf_folders_written_on_a_gpu_say_bfloat16(tmp_path, monkeypatch):
+    """save_hf_checkpoint and ppo.save_critic on a GPU (simulated: the dtype decision is torch.cuda's) write
+    bf16 weights under a config.json that says bfloat16, so dtype="auto" loads them as they are."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+    runtime.init_distributed()
+    tok = AutoTokenizer.from_pretrained(TINY)
+    actor = runtime.load_model(TINY, 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    runtime.save_hf_checkpoint(actor, tok, str(tmp_path / "actor"))
+    ppo.save_critic(ppo.Critic(runtime.load_model(TINY, 1)), tok, str(tmp_path / "critic"))
+    monkeypatch.undo()
+    for name in ("actor", "critic"):
+        assert json.loads((tmp_path / name / "config.json").read_text())["dtype"] == "bfloat16"
+        with safe_open(str(tmp_path / name / "model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    from transformers import AutoModelForCausalLM
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "actor", dtype="auto").dtype == torch.bfloat16
+    assert str(actor.config.dtype).removeprefix("torch.") == "float32"  # the trainer's config: untouched
+
+
+# ---- 2 ranks (gloo): FSDP2 roots resharded after no-grad forwards; every rank sees the same files ----
+def gathered_fsdp_modules(net: torch.nn.Module) -> list[str]:
+    """The FSDP2 modules of `net` whose parameters are not sharded now (FSDP's own state, not bytes)."""
+    from torch.distributed.fsdp import FSDPModule
+    return [name or "<root>" for name, m in net.named_modules() if isinstance(m, FSDPModule)
+            and not all(g.is_sharded for g in m._get_fsdp_state()._fsdp_param_groups)]
+
+
+def worker(out: str) -> None:
+    rank, world, device = runtime.init_distributed()
+    base, result = Path(out), {}
+    actor = runtime.shard_model(runtime.load_model(TINY, 0), device)
+    ref = runtime.shard_model(runtime.load_model(TINY, 0).requires_grad_(False), device)
+    critic = runtime.shard_model(ppo.Critic(runtime.load_model(TINY, 1)), device)
+    batch = ppo.pad_samples([runtime.Sample([5, 6, 7][: 1 + i % 3], [8, 9, 10][: 1 + i % 2], False, None)
+                             for i in range(6)], 256)
+    ppo.experience_forward(actor, ref, critic, batch, ppo.Config(), device)
+    result["gathered"] = {k: gathered_fsdp_modules(v) for k, v in (("actor", actor), ("ref", ref),
+                                                                    ("critic", critic))}
+    result["fsdp"] = all(len(gathered_fsdp_modules(v)) == 0 and hasattr(v, "reshard") for v in (actor, ref, critic))
+    # one filesystem: passes
+    runtime.check_shared_paths(base / "shared", [TINY, str(ROOT / "data" / "synth" / "train.jsonl"), ""], rank)
+    result["shared_token_gone"] = not any((base / "shared").iterdir())
+    # two "nodes": each rank's output directory is its own node-local disk
+    errors = []
+    try:
+        runtime.check_shared_paths(base / f"node{rank}", [], rank)
+    except SystemExit as e:
+        errors.append(str(e))
+    # a --model folder that exists on node 0 only (an SFT run's final/ on node 0's disk)
+    model = base / f"node{rank}" / "final"
+    if rank == 0:
+        model.mkdir(parents=True, exist_ok=True)
+        (model / "config.json").write_text("{}")
+    torch.distributed.barrier()
+    try:
+        runtime.check_shared_paths(base / "shared", [str(model)], rank)
+    except SystemExit as e:
+        errors.append(str(e))
+    result["errors"] = errors
+    results = runtime.all_gather_object(result)
+    if rank == 0:
+        (base / "result.json").write_text(json.dumps(results))
+    torch.distributed.barrier()
+
+
+@pytest.mark.slow  # torchrun, 2 ranks
+def test_two_ranks_reshard_roots_and_see_the_same_files(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                        str(runtime._free_port()), __file__, str(tmp_path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((tmp_path / "result.json").read_text())
+    for res in results:  # every rank
+        assert res["gathered"] == {"actor": [], "ref": [], "critic": []}, res["gathered"]
+        assert res["fsdp"] and res["shared_token_gone"]
+        node_local, model_on_node0 = res["errors"]
+        assert node_local.startswith(f"--output-dir {tmp_path}/node") and "rank 1 (" in node_local
+        assert "not node-local disks" in node_local
+        assert model_on_node0.startswith(f"{tmp_path}/node") and "nothing there vs a folder of 1 files" in model_on_node0
+        assert "shared filesystem" in model_on_node0
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
+    runtime.end_process()
