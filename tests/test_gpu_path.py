@@ -201,6 +201,7 @@ def worker(out: str) -> None:
     result["fsdp"] = all(len(gathered_fsdp_modules(v)) == 0 and hasattr(v, "reshard") for v in (actor, ref, critic))
     # one filesystem: passes
     runtime.check_shared_paths(base / "shared", [TINY, str(ROOT / "data" / "synth" / "train.jsonl"), ""], rank)
+    torch.distributed.barrier()  # rank 0 has removed its token
     result["shared_token_gone"] = not any((base / "shared").iterdir())
     # two "nodes": each rank's output directory is its own node-local disk
     errors = []
