@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -228,8 +229,7 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
                ) -> torch.nn.Module:
     """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
     dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
-    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn")
-    attn = "flash_attention_2" if flash else "sdpa"
+    attn = "flash_attention_2" if torch.cuda.is_available() and flash_attention_works() else "sdpa"
     if model_source(path) == "config":
         print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
         torch.manual_seed(seed)
@@ -249,6 +249,21 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
     # group at 7B); the generating copies (HFEngine, evaluation, sft's eval) turn it back on for themselves
     model.config.use_cache = False
     return model
+
+
+def flash_attention_works() -> bool:
+    """flash-attn is optional (docs/gpu.md): used when it is installed and imports; PyTorch's SDPA
+    otherwise. An install that does not import (built for another torch or CUDA) is said, not skipped
+    silently."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as e:
+        print0(f"WARNING: flash_attn is installed but does not import ({type(e).__name__}: {str(e)[:200]}); "
+               "using SDPA attention")
+        return False
+    return True
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -793,7 +808,8 @@ def save_checkpoint(out: Path, step: int, learners: list, tokenizer, state: dict
     for x in learners:
         (savers or {}).get(x.name, save_hf_checkpoint)(x.model, tokenizer, str(tmp / x.name))
     dcp.save(sharded_state(learners), checkpoint_id=str(tmp / "optim"))
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+    # numpy's global RNG too: vLLM's GPU model runner (V2) draws each request's sampling seed from it
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy.random.get_state(),
            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
     rngs = all_gather_object(rng)
     if dist.get_rank() == 0:
@@ -838,6 +854,8 @@ def load_checkpoint(path: Path, learners: list, rank: int) -> dict:
     rng = state["rng_per_rank"][rank % len(state["rng_per_rank"])]
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
+    if rng.get("numpy") is not None:  # checkpoints written before it was saved have none
+        numpy.random.set_state(rng["numpy"])
     if torch.cuda.is_available() and rng["cuda"] is not None:
         torch.cuda.set_rng_state(rng["cuda"])
     return state
@@ -1110,12 +1128,17 @@ def count_parameters(model_config) -> dict[str, int]:
             "root": root}
 
 
+CUDA_CONTEXT_AND_NCCL_GB = 1.5  # estimates, GiB per GPU (docs/gpu.md): not measured here
+VLLM_CUDAGRAPH_POOL_GB = 2.0
+
+
 def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
                 device_gb: float = 80.0) -> dict:
     """What each GPU holds, in bytes, for this model, world size and batch settings (on CPU: per rank, host).
     Resident all run long: FSDP2 shards of fp32 weights, fp32 gradients and AdamW's two fp32 moments
     (16 bytes per parameter / world) for actor and critic; the reference's shard (bf16 on GPU); the FSDP
-    all-gather buffers of the unit being computed (root + one layer, in the compute dtype). Phase peaks:
+    all-gather buffers (one network's root + two layers, in the compute dtype); on GPU, the CUDA context and
+    NCCL buffers, and vLLM's CUDA-graph pool while it sleeps (estimates). Phase peaks:
     training activations (micro_train_batch_size sequences) or the experience forwards'
     (rollout_forward_tokens) while vLLM sleeps; vLLM's share (gpu_memory_utilization of the device: weights +
     KV cache) while it generates. Gradients are accumulated sharded (item 2 of issue 10):
@@ -1137,7 +1160,11 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
         "critic_weights": 4 * n["critic"] / world, "critic_grads": 4 * n["critic"] / world,
         "critic_adam": 8 * n["critic"] / world,
         "reference": compute * n["actor"] / world,
-        "fsdp_gather": compute * (n["root"] + n["layer"]),
+        # FSDP2's all-gathered units: the root (embeddings, final norm, head), gathered from a forward
+        # until its backward or reshard_root (one network's at a time), and the layer being computed plus
+        # the next one, which the backward prefetches
+        "fsdp_root_gather": compute * n["root"],
+        "fsdp_layer_gather": compute * 2 * n["layer"],
     }
     # training: per micro-batch of b sequences of `seq` tokens. Logits of the response tokens at ~14 bytes per
     # vocab entry (bf16 logits, the fp32 copy, /T, their gradient); with checkpointing each layer keeps its
@@ -1151,6 +1178,12 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
     plan["experience_activations"] = (exp_tokens * V * (compute + 8)
                                       + compute * exp_tokens * (4 * h + 2 * kv + 3 * inter))
     plan["grad_accum_unsharded"] = 4 * (n["actor"] + n["critic"])
+    # GPU only, estimates (docs/gpu.md): the CUDA context with cuBLAS workspaces (~1 GB) and NCCL's buffers
+    # (~0.5 GB); vLLM's CUDA-graph pool, which a level-2 sleep keeps (vLLM 0.33: sleep_mode_offload_cudagraph
+    # defaults to False), 1-3 GB unmeasured: 2 GB, held while the trainer runs (while generating it is part
+    # of vLLM's gpu_memory_utilization share)
+    plan["cuda_context_and_nccl"] = CUDA_CONTEXT_AND_NCCL_GB * gb if gpu else 0.0
+    plan["vllm_cudagraph_pool_asleep"] = VLLM_CUDAGRAPH_POOL_GB * gb if gpu and cfg.engine != "hf" else 0.0
     if gpu:  # vLLM awake: gpu_memory_utilization of the device; bf16 weights, the rest KV cache + activations
         plan["vllm_weights"] = 2 * n["actor"]
         vllm_bytes = cfg.vllm_gpu_memory_utilization * device_gb * 1e9
@@ -1164,8 +1197,10 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
     resident = sum(plan[k] for k in ("actor_weights", "actor_grads", "actor_adam", "critic_weights",
                                      "critic_grads", "critic_adam", "reference"))
     activations = max(plan["train_activations"], plan["experience_activations"])
-    plan["peak_training"] = resident + plan["fsdp_gather"] + activations
-    plan["peak_generation"] = resident + plan["vllm_weights"] + plan["vllm_kv_cache_and_activations"]
+    plan["peak_training"] = (resident + plan["fsdp_root_gather"] + plan["fsdp_layer_gather"] + activations
+                             + plan["cuda_context_and_nccl"] + plan["vllm_cudagraph_pool_asleep"])
+    plan["peak_generation"] = (resident + plan["vllm_weights"] + plan["vllm_kv_cache_and_activations"]
+                               + plan["cuda_context_and_nccl"])
     plan["host_sleep_level_1_per_rank"] = host_sleep
     plan["parameters"] = n
     return plan

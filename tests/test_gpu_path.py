@@ -247,3 +247,19 @@ def test_two_ranks_reshard_roots_and_see_the_same_files(tmp_path):
 if __name__ == "__main__":
     worker(sys.argv[1])
     runtime.end_process()
+
+
+def test_gpu_requirements_build_nothing_and_flash_attention_is_optional(monkeypatch, capsys):
+    lines = [x.split("#")[0].strip() for x in (ROOT / "requirements-gpu.txt").read_text().splitlines()]
+    pins = [x for x in lines if x and not x.startswith("-r")]
+    assert pins == ["torch==2.14.0", "vllm==0.33.0"]  # flash-attn has no wheel for torch 2.14 + CUDA 13
+    # installed but broken (built for another torch): said, and SDPA is used
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn"
+                        else find_spec(name, *a))
+    monkeypatch.setitem(sys.modules, "flash_attn", None)
+    assert runtime.flash_attention_works() is False
+    assert "flash_attn is installed but does not import" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.load_model(TINY, 0).config._attn_implementation == "sdpa"
