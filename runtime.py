@@ -443,18 +443,33 @@ class HFEngine:
             picked = logits.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
             logprobs = (picked - torch.logsumexp(logits, -1)).tolist()
         samples = []
-        stop = set(self.stop_ids)
         for i, (p, r) in enumerate(zip(prompts, responses.tolist())):
-            end = next((j + 1 for j, tok in enumerate(r) if tok in stop), None)
-            if end is None and self.stop_strings:  # stopped on a string: what follows is padding
-                n = len(r)
-                while n and r[n - 1] == pad:
-                    n -= 1
-                end = n if n < len(r) else None
+            end = stop_end(r, self.stop_ids, self.stop_strings, self.tokenizer)
             resp = r[:end] if end is not None else r
             lp = logprobs[i][:len(resp)] if logprobs is not None else None
             samples.append(Sample(p, resp, end is None, lp))
         return samples
+
+
+def stop_end(ids: list[int], stop_ids: list[int], stop_strings: list[str], tokenizer) -> int | None:
+    """Where generation stopped, as vLLM decides it: after the first stop token, or after the token whose text
+    completes a stop string (a token may run past its end: `>\n\n` completes "</s>" after `}}</`, `s`), the
+    earlier of the two; None if neither (the length limit). What HF generate appends after that is padding,
+    and the pad token may itself be a stop token (Qwen's <|endoftext|>), so padding is never searched."""
+    stop = set(stop_ids)
+    end = next((j + 1 for j, tok in enumerate(ids) if tok in stop), None)
+    text = tokenizer.decode(ids[:end], skip_special_tokens=False) if stop_strings else ""
+    at = min((k + len(s) for s in stop_strings for k in [text.find(s)] if k >= 0), default=None)
+    if at is None:
+        return end
+    lo, hi = 1, len(ids) if end is None else end  # the shortest prefix whose text reaches the string's end
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(ids[:mid], skip_special_tokens=False)) >= at:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def vllm_import_error() -> str | None:

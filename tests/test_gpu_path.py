@@ -263,3 +263,44 @@ def test_gpu_requirements_build_nothing_and_flash_attention_is_optional(monkeypa
     assert "flash_attn is installed but does not import" in capsys.readouterr().out
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert runtime.load_model(TINY, 0).config._attn_implementation == "sdpa"
+
+
+# ---- stop strings that end inside a token (the Qwen2.5 tokenizer: `}}</` is one token) ----
+def test_stop_end_is_where_vllm_stops_with_the_real_tokenizer():
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    eos, im_end = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")
+    stops = [im_end, eos]
+
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+    boxed = ids("so \\boxed{\\frac{1}{2}}</s>\n\nMore")
+    assert [tok.decode([t]) for t in boxed][-4:-1] == ["}}</", "s", ">\n\n"]  # "</s>" ends inside `>\n\n`
+    cut = boxed.index(ids(">\n\n")[0]) + 1
+    padded = boxed[:cut] + [eos] * 3  # HF generate pads a finished row with the pad token, here also a stop token
+    assert runtime.stop_end(padded, stops, ["</s>"], tok) == cut
+    assert runtime.stop_end(boxed, stops, ["</s>"], tok) == cut
+    assert runtime.stop_end(boxed, stops, [], tok) is None  # no stop string: only the length limit
+    early = ids("x = 3") + [im_end] + ids("}}</s>")
+    assert runtime.stop_end(early, stops, ["</s>"], tok) == len(ids("x = 3")) + 1  # a stop token first
+
+
+def test_hf_engine_response_ends_where_the_stop_string_does():
+    """Before: a row that stopped on "</s>" while another ran on kept one trailing pad token (<|endoftext|>,
+    a stop token for Qwen) it never sampled."""
+    from types import SimpleNamespace
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    engine = runtime.HFEngine(runtime.load_model(TINY, 0), tok, [eos], ["</s>"], torch.device("cpu"),
+                              return_logprobs=False)
+    engine.weights_version = 0
+    a = tok("\\boxed{1}}</s>\n\n", add_special_tokens=False)["input_ids"]
+    b = tok("and so on and so on and so", add_special_tokens=False)["input_ids"]
+    width = max(len(a), len(b))
+    prompt = [5, 6]
+    rows = [prompt + a + [eos] * (width - len(a)), prompt + b + [eos] * (width - len(b))]
+    engine.model.generate = lambda **kw: SimpleNamespace(sequences=torch.tensor(rows), logits=None)
+    s_a, s_b = engine.generate([prompt, prompt], n=1, temperature=1.0, top_p=1.0, max_new_tokens=width)
+    assert s_a.response_ids == a and not s_a.truncated
+    assert s_b.response_ids == b and s_b.truncated
