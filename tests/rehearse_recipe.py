@@ -40,8 +40,13 @@ def run(cmd: list[str], log: Path) -> str:
     return r.stdout
 
 
-def torchrun(script: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", script, *args]
+def launcher(ranks: int):
+    """torchrun with `ranks` processes, or plain python for one (a world of one, as the README allows)."""
+    def launch(script: str, *args: str) -> list[str]:
+        if ranks == 1:
+            return [sys.executable, script, *args]
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", script, *args]
+    return launch
 
 
 def check(ok: bool, what: str) -> None:
@@ -58,7 +63,11 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="a fresh directory for the data, the model and the runs")
     p.add_argument("--shared", default=str(SHARED), help="the local copy of the data and the Qwen2.5 tokenizer")
+    p.add_argument("--quick", action="store_true",
+                   help="one rank (plain python), one problem per benchmark, one SFT step (the CI test)")
     args = p.parse_args(argv)
+    ranks, torchrun = (1, launcher(1)) if args.quick else (2, launcher(2))
+    steps, limit, sft_steps = 2, ("1" if args.quick else "2"), (1 if args.quick else 3)
     out, shared = Path(args.out).resolve(), Path(args.shared).resolve()
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
@@ -68,7 +77,7 @@ def main(argv=None) -> None:
     run([sys.executable, "data/prepare_data.py", "--from-local", str(shared), "--out", str(data)], logs / "data.log")
     run([sys.executable, "data/make_recipe_toy.py", "--tokenizer", str(shared / "qwen2.5_tokenizer"), "--out",
          str(toy)], logs / "toy.log")
-    line = "engine={} device=cpu backend=gloo dtype=float32 world=2"
+    line = "engine={} device=cpu backend=gloo dtype=float32 world=" + str(ranks)
 
     # SimpleRL-Zero: the README's ppo.py command, sizes scaled (4 prompts x 2 samples, 48 new tokens)
     ppo = ["ppo.py", "--model", str(toy), "--train-file", str(data / "train" / "math_level3to5.jsonl"),
@@ -77,29 +86,30 @@ def main(argv=None) -> None:
            "--micro-train-batch-size", "2", "--generate-max-len", "48", "--eval-every", "1", "--eval-size", "4",
            "--eval-batch-size", "4", "--save-every", "1", "--dump-rollouts-every", "1",
            "--output-dir", str(out / "ppo")]
-    stdout = run(torchrun(*ppo, "--max-steps", "2"), logs / "ppo.log")
+    stdout = run(torchrun(*ppo, "--max-steps", str(steps)), logs / "ppo.log")
     check(stdout.count(line.format("vllm")) == 1, "ppo.py's start-up line: " + line.format("vllm"))
-    stdout = run(torchrun(*ppo, "--max-steps", "3", "--resume"), logs / "ppo-resume.log")
+    stdout = run(torchrun(*ppo, "--max-steps", str(steps + 1), "--resume"), logs / "ppo-resume.log")
     check("resumed from" in stdout and "checkpoint-1 at RL step 1" in stdout, "the resumed run starts at step 1")
-    recs = records(out / "ppo" / "metrics.jsonl")
-    steps = [r for r in recs if "reward" in r]
-    check([r["step"] for r in steps] == [1, 2, 3], f"RL steps 1, 2, 3 in metrics.jsonl: {[r['step'] for r in steps]}")
-    gaps = [r["engine_logprob_gap"] for r in steps]
+    done = [r for r in records(out / "ppo" / "metrics.jsonl") if "reward" in r]
+    check([r["step"] for r in done] == list(range(1, steps + 2)),
+          f"RL steps in metrics.jsonl: {[r['step'] for r in done]}")
+    gaps = [r["engine_logprob_gap"] for r in done]
     check(all(g <= 1e-4 for g in gaps), f"engine log-prob gap per step <= 1e-4: {gaps}")
     scores = {json.loads(x)["score"] for f in (out / "ppo" / "rollouts").glob("step_*.jsonl")
               for x in f.read_text().splitlines()}
     check(scores <= {-1.0, -0.5, 1.0}, f"rollout scores only -1, -0.5, +1: {sorted(scores)}")
     check_hf_folders([out / "ppo" / "checkpoint-1" / "actor", out / "ppo" / "final" / "actor"])
+    check(json.loads((out / "ppo" / "run_info.json").read_text())["line"] == line.format("vllm"), "run_info.json")
 
     # evaluation: the README's evaluate.py command on the trained actor, two problems per benchmark
     actor = str(out / "ppo" / "final" / "actor")
     stdout = run(torchrun("evaluate.py", "--engine", "vllm", "--tp", "1", "--model", actor,
-                          "--data-dir", str(data / "eval"), "--benchmarks", "all", "--limit", "2",
+                          "--data-dir", str(data / "eval"), "--benchmarks", "all", "--limit", limit,
                           "--generate-max-len", "32", "--output-dir", str(out / "eval")), logs / "eval.log")
     check(stdout.count(line.format("vllm")) == 1, "evaluate.py's start-up line")
     summary = json.loads((out / "eval" / "summary.json").read_text())
     (results,) = summary["results"].values()
-    check(all(b in results and results[b]["n_problems"] == 2 for b in BENCHMARKS),
+    check(all(b in results and results[b]["n_problems"] == int(limit) for b in BENCHMARKS),
           "evaluate.py reports all eight benchmarks: " + ", ".join(f"{b} {results[b]['acc']:.0f}" for b in BENCHMARKS))
 
     # SimpleRL's warm-up: sft.py on question/response rows (MATH 500's problems and solutions)
@@ -107,13 +117,13 @@ def main(argv=None) -> None:
     sft_file = out / "sft_rows.jsonl"
     sft_file.write_text("".join(json.dumps({"question": r["problem"], "response": r["solution"]}) + "\n" for r in rows))
     stdout = run(torchrun("sft.py", "--model", str(toy), "--train-file", str(sft_file), "--test-file",
-                          str(data / "eval" / "math500" / "test.jsonl"), "--max-steps", "3", "--train-batch-size", "8",
+                          str(data / "eval" / "math500" / "test.jsonl"), "--max-steps", str(sft_steps), "--train-batch-size", "8",
                           "--micro-train-batch-size", "2", "--max-length", "1024", "--eval-size", "2",
                           "--eval-batch-size", "2", "--generate-max-len", "16", "--save-every", "2",
                           "--output-dir", str(out / "sft")), logs / "sft.log")
     check(stdout.count(line.format("hf")) == 1, "sft.py's start-up line")
     losses = [r["loss"] for r in records(out / "sft" / "metrics.jsonl") if "loss" in r]
-    check(len(losses) == 3 and all(math.isfinite(x) for x in losses), f"sft.py trains: losses {losses}")
+    check(len(losses) == sft_steps and all(math.isfinite(x) for x in losses), f"sft.py trains: losses {losses}")
     check_hf_folders([out / "sft" / "final"])
     print(f"rehearsal passed in {time.time() - t0:.0f} s", flush=True)
 

@@ -304,3 +304,14 @@ def test_hf_engine_response_ends_where_the_stop_string_does():
     s_a, s_b = engine.generate([prompt, prompt], n=1, temperature=1.0, top_p=1.0, max_new_tokens=width)
     assert s_a.response_ids == a and not s_a.truncated
     assert s_b.response_ids == b and s_b.truncated
+
+
+@pytest.mark.slow  # vLLM, a Qwen2.5-shaped model, 3 RL steps, evaluation on eight benchmarks, SFT
+def test_the_recipe_rehearsed_on_cpu(tmp_path):
+    """tests/rehearse_recipe.py --quick: the README's recipe with the sizes changed, one rank (the full
+    rehearsal, two ranks: README)."""
+    assert TOKENIZER.exists(), f"missing {TOKENIZER} (../shared/data beside the checkout)"
+    r = subprocess.run([sys.executable, "tests/rehearse_recipe.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "rehearsal passed" in r.stdout
