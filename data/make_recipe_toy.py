@@ -25,8 +25,8 @@ SHAPE = dict(vocab_size=152064, hidden_size=128, intermediate_size=256, num_hidd
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokenizer", required=True, help="the Qwen2.5 tokenizer folder")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--seed", type=int, default=0, help="the random init's seed")
     args = p.parse_args(argv)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     torch.manual_seed(args.seed)
