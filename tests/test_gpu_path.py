@@ -21,18 +21,25 @@ import runtime  # noqa: E402
 TRAIN = SHARED / "train" / "simplerl_zero_v0" / "math_level3to5_data_processed_with_qwen_prompt.json"
 TOKENIZER = SHARED / "qwen2.5_tokenizer"
 TINY = str(ROOT / "data" / "tiny")
+
+
+@pytest.fixture(scope="module")
+def qwen_tok():
+    """The real Qwen2.5 tokenizer (loaded once: ~2 s)."""
+    assert TOKENIZER.exists(), f"missing {TOKENIZER} (../shared/data beside the checkout)"
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(TOKENIZER))
 # Qwen/Qwen2.5-Math-7B's config.json, the fields that size it
 QWEN_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=4096, rope_theta=10000.0,
                tie_word_embeddings=False)
 
 
-def test_the_recipe_defaults_start(tmp_path):
+def test_the_recipe_defaults_start(tmp_path, qwen_tok):
     """`ppo.py` with every default but the model and data paths: validation passes and the start-up (batch
     split over 8 and 16 GPUs, the real prompts with the real tokenizer, the step count, the memory plan)
     runs, as the README's 8-GPU command does."""
     assert TRAIN.exists() and TOKENIZER.exists(), f"missing {SHARED} (../shared/data beside the checkout)"
-    from transformers import AutoTokenizer
     cfg = ppo.parse_args(["--model", str(ROOT / "data" / "tiny"), "--train-file", str(TRAIN),
                           "--output-dir", str(tmp_path / "o")])
     defaults = ppo.Config()
@@ -42,7 +49,7 @@ def test_the_recipe_defaults_start(tmp_path):
     ppo.validate(cfg)
     for world in (8, 16):
         assert ppo.prompts_per_rank(cfg, world) == 1024 // world
-    rows, test_rows = ppo.load_data(cfg, AutoTokenizer.from_pretrained(str(TOKENIZER)))
+    rows, test_rows = ppo.load_data(cfg, qwen_tok)
     assert len(rows) == 8523 and test_rows == []
     steps, updates = ppo.count_steps(cfg, len(rows), 0, 8)
     assert (steps, updates) == (20 * (8523 // 1024), 20 * (8523 // 1024) * 64)
@@ -266,9 +273,8 @@ def test_gpu_requirements_build_nothing_and_flash_attention_is_optional(monkeypa
 
 
 # ---- stop strings that end inside a token (the Qwen2.5 tokenizer: `}}</` is one token) ----
-def test_stop_end_is_where_vllm_stops_with_the_real_tokenizer():
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
+def test_stop_end_is_where_vllm_stops_with_the_real_tokenizer(qwen_tok):
+    tok = qwen_tok
     eos, im_end = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")
     stops = [im_end, eos]
 
@@ -285,12 +291,11 @@ def test_stop_end_is_where_vllm_stops_with_the_real_tokenizer():
     assert runtime.stop_end(early, stops, ["</s>"], tok) == len(ids("x = 3")) + 1  # a stop token first
 
 
-def test_hf_engine_response_ends_where_the_stop_string_does():
+def test_hf_engine_response_ends_where_the_stop_string_does(qwen_tok):
     """Before: a row that stopped on "</s>" while another ran on kept one trailing pad token (<|endoftext|>,
     a stop token for Qwen) it never sampled."""
     from types import SimpleNamespace
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    tok = qwen_tok
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
     engine = runtime.HFEngine(runtime.load_model(TINY, 0), tok, [eos], ["</s>"], torch.device("cpu"),
                               return_logprobs=False)
