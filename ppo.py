@@ -568,8 +568,8 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
         mb = next(micro_batches(batch, group, len(group), device))
         args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
         rows = torch.tensor(group)
-        # FSDP2 keeps a root's parameters gathered after a forward until a backward: reshard each network's
-        # root (embeddings, head: 14% of 7B, all of the frozen reference's time) once its forward is done
+        # FSDP2 keeps a root's parameters (embeddings, final norm, head) gathered after a forward until its
+        # backward, which the frozen reference never runs: reshard each network's root once its forward is done
         if not from_sampler:
             batch["old_logp"][rows, :mb["R"]] = token_logprobs(actor, *args, cfg.logprob_temperature)[0].cpu()
             runtime.reshard_root(actor)
