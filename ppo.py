@@ -344,7 +344,7 @@ def save_critic(critic: torch.nn.Module, tokenizer, out_dir: str) -> None:
     `value_head.weight`."""
     from safetensors.torch import save_file
     state = get_model_state_dict(critic, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    dtype = runtime.folder_dtype()  # bf16 on GPU, as save_hf_checkpoint (a resume reads fp32 masters from DCP)
+    dtype = runtime.folder_dtype()  # bf16 on GPU as save_hf_checkpoint (a resume reads fp32 masters from DCP)
     state = {k: v.to(dtype) for k, v in state.items()}
     if dist.get_rank() == 0:
         out = Path(out_dir)
@@ -569,7 +569,7 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
         args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
         rows = torch.tensor(group)
         # FSDP2 keeps a root's parameters (embeddings, final norm, head) gathered after a forward until its
-        # backward, which the frozen reference never runs: reshard each network's root once its forward is done
+        # backward, which the frozen reference never runs: reshard each network's root after its forward
         if not from_sampler:
             batch["old_logp"][rows, :mb["R"]] = token_logprobs(actor, *args, cfg.logprob_temperature)[0].cpu()
             runtime.reshard_root(actor)
