@@ -4,8 +4,8 @@ scaled down, for rehearsing the GPU recipe on a CPU (docs/gpu.md: the rehearsal)
 Kept from Qwen2.5-Math-7B's config.json: the 152,064-row embedding and an untied LM head over the
 151,665-token Qwen2.5 tokenizer, grouped-query attention, rope theta 10,000, 4,096 positions, SiLU MLP,
 RMSNorm 1e-6, the special tokens. Scaled down: hidden 128, 4 heads and 2 KV heads (head dim 32: vLLM's CPU
-attention has no kernel for 16), 2 layers, MLP 256. ~39M parameters, 99% of them the embedding and the head. Random weights
-(seeded), saved as safetensors: a real weights folder, loaded like any checkpoint.
+attention has no kernel for 16), 2 layers, MLP 256. ~39M parameters, 99% of them the embedding and the
+head. Random weights (seeded), saved as safetensors: a real weights folder, loaded like any checkpoint.
 
     python data/make_recipe_toy.py --tokenizer ../shared/data/qwen2.5_tokenizer --out runs/recipe-toy
 """
