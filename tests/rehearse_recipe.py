@@ -40,13 +40,11 @@ def run(cmd: list[str], log: Path) -> str:
     return r.stdout
 
 
-def launcher(ranks: int):
-    """torchrun with `ranks` processes, or plain python for one (a world of one, as the README allows)."""
-    def launch(script: str, *args: str) -> list[str]:
-        if ranks == 1:
-            return [sys.executable, script, *args]
-        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", script, *args]
-    return launch
+RANKS = 2
+
+
+def torchrun(script: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={RANKS}", script, *args]
 
 
 def check(ok: bool, what: str) -> None:
@@ -63,11 +61,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="a fresh directory for the data, the model and the runs")
     p.add_argument("--shared", default=str(SHARED), help="the local copy of the data and the Qwen2.5 tokenizer")
-    p.add_argument("--quick", action="store_true",
-                   help="one rank (plain python), one problem per benchmark, one SFT step (the CI test)")
     args = p.parse_args(argv)
-    ranks, torchrun = (1, launcher(1)) if args.quick else (2, launcher(2))
-    steps, limit, sft_steps = 2, ("1" if args.quick else "2"), (1 if args.quick else 3)
+    ranks, steps, limit, sft_steps = RANKS, 2, "2", 3
     out, shared = Path(args.out).resolve(), Path(args.shared).resolve()
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
@@ -100,6 +95,11 @@ def main(argv=None) -> None:
     check(scores <= {-1.0, -0.5, 1.0}, f"rollout scores only -1, -0.5, +1: {sorted(scores)}")
     check_hf_folders([out / "ppo" / "checkpoint-1" / "actor", out / "ppo" / "final" / "actor"])
     check(json.loads((out / "ppo" / "run_info.json").read_text())["line"] == line.format("vllm"), "run_info.json")
+    # the FSDP2 roots resharded: each rank holds its share of the frozen reference, not the whole model
+    plan = json.loads((out / "ppo" / "memory_plan.json").read_text())
+    held = [r["reference"] for r in json.loads((out / "ppo" / "memory_measured.json").read_text())]
+    check(all(abs(h - plan["reference"]) <= 0.1 * plan["reference"] for h in held),
+          f"reference bytes per rank {held} = the plan's {plan['reference']:.0f} (a 1/{ranks} shard)")
 
     # evaluation: the README's evaluate.py command on the trained actor, two problems per benchmark
     actor = str(out / "ppo" / "final" / "actor")

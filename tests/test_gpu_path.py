@@ -311,12 +311,11 @@ def test_hf_engine_response_ends_where_the_stop_string_does(qwen_tok):
     assert s_b.response_ids == b and s_b.truncated
 
 
-@pytest.mark.slow  # vLLM, a Qwen2.5-shaped model, 3 RL steps, evaluation on eight benchmarks, SFT
+@pytest.mark.slow  # vLLM on 2 ranks, a Qwen2.5-shaped model, 3 RL steps, eight benchmarks, SFT: ~3 minutes
 def test_the_recipe_rehearsed_on_cpu(tmp_path):
-    """tests/rehearse_recipe.py --quick: the README's recipe with the sizes changed, one rank (the full
-    rehearsal, two ranks: README)."""
+    """tests/rehearse_recipe.py: the README's recipe with only the sizes changed (its docstring: the checks)."""
     assert TOKENIZER.exists(), f"missing {TOKENIZER} (../shared/data beside the checkout)"
-    r = subprocess.run([sys.executable, "tests/rehearse_recipe.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "tests/rehearse_recipe.py", "--out", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "rehearsal passed" in r.stdout
