@@ -117,7 +117,8 @@ def main(argv=None) -> None:
     sft_file = out / "sft_rows.jsonl"
     sft_file.write_text("".join(json.dumps({"question": r["problem"], "response": r["solution"]}) + "\n" for r in rows))
     stdout = run(torchrun("sft.py", "--model", str(toy), "--train-file", str(sft_file), "--test-file",
-                          str(data / "eval" / "math500" / "test.jsonl"), "--max-steps", str(sft_steps), "--train-batch-size", "8",
+                          str(data / "eval" / "math500" / "test.jsonl"), "--max-steps", str(sft_steps),
+                          "--train-batch-size", "8",
                           "--micro-train-batch-size", "2", "--max-length", "1024", "--eval-size", "2",
                           "--eval-batch-size", "2", "--generate-max-len", "16", "--save-every", "2",
                           "--output-dir", str(out / "sft")), logs / "sft.log")

@@ -247,7 +247,8 @@ def test_two_ranks_reshard_roots_and_see_the_same_files(tmp_path):
         node_local, model_on_node0 = res["errors"]
         assert node_local.startswith(f"--output-dir {tmp_path}/node") and "rank 1 (" in node_local
         assert "not node-local disks" in node_local
-        assert model_on_node0.startswith(f"{tmp_path}/node") and "nothing there vs a folder of 1 files" in model_on_node0
+        assert model_on_node0.startswith(f"{tmp_path}/node")
+        assert "nothing there vs a folder of 1 files" in model_on_node0
         assert "shared filesystem" in model_on_node0
 
 
