@@ -69,7 +69,10 @@ class Config:
     limit: int | None = None              # first N problems of each benchmark (file order)
     levels: str = ""                      # rows whose integer 'level' is in this list, e.g. 1,2 (empty: all)
     template: str = "qwen25-math-cot"     # a reward.TEMPLATES key
-    engine: str = "auto"                  # auto (vllm if it imports, else hf) | hf | vllm | oracle
+    engine: str = "auto"                  # auto (vllm; if it fails to import: hf on CPU, an error on GPU)
+    #   | hf | vllm | oracle
+    device: str = "auto"                  # auto (CUDA if torch sees it, else CPU for small models) | cuda
+    #   | cpu
     generate_max_len: int = 3000          # response budget per sample (was --max-new-tokens)
     n: int = 1                            # samples per problem: avg@n and pass@k when n > 1
     temperature: float = 0.0              # 0 = greedy
@@ -156,6 +159,7 @@ class HFEngine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = runtime.load_model(path, cfg.seed).to(device).eval()
+        self.model.config.use_cache = True  # generation (load_model turns it off for the trainers)
         if device.type == "cuda":
             self.model.to(torch.bfloat16)
         self.max_len = cfg.max_model_len or self.model.config.max_position_embeddings
@@ -270,10 +274,16 @@ class OracleEngine:
         return [[(f"The final answer is $\\boxed{{{p['gold']}}}$.", 1)] * self.cfg.n for p in problems]
 
 
+def engine_kind(path: str, cfg: Config, device: torch.device) -> str:
+    """--engine auto: vLLM (on a GPU an error if it does not import: runtime.choose_engine); HF generate for a
+    random init from config.json (data/tiny), which vLLM cannot load."""
+    if cfg.engine == "auto" and path != "oracle" and runtime.model_source(path) == "config":
+        return "hf"
+    return runtime.choose_engine(cfg.engine, device)
+
+
 def make_engine(path: str, cfg: Config, device: torch.device):
-    engine = cfg.engine
-    if engine == "auto":  # vLLM when it imports; a random init from config.json (data/tiny) has no weights
-        engine = "vllm" if runtime.vllm_importable() and runtime.model_source(path) != "config" else "hf"
+    engine = engine_kind(path, cfg, device)
     if engine == "hf":
         return HFEngine(path, cfg, device)
     if engine == "vllm":
@@ -345,9 +355,13 @@ def evaluate(cfg: Config) -> dict | None:
     """Run everything; returns the summary on rank 0 (None elsewhere)."""
     validate(cfg)
     reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
-    rank, world, device = runtime.init_distributed()
+    rank, world, device = runtime.init_distributed(cfg.device, cfg.model if cfg.engine != "oracle" else [])
     benches = benchmark_list(cfg.benchmarks)
+    runtime.check_shared_paths(None, [*cfg.model, *(str(Path(cfg.data_dir) / b) for b in benches)], rank)
     paths = cfg.model or ["oracle"]
+    kinds = ",".join(dict.fromkeys(engine_kind(p, cfg, device) for p in paths))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    runtime.announce(cfg.output_dir, kinds, device, dtype, world, rank)
     labels = model_labels(paths)
     if cfg.steps and len(cfg.steps) != len(paths):
         raise ValueError(f"--steps has {len(cfg.steps)} values for {len(paths)} models")
@@ -622,6 +636,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--levels")
     p.add_argument("--template", choices=sorted(reward.TEMPLATES))
     p.add_argument("--engine", choices=["auto", "hf", "vllm", "oracle"])
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"])
     p.add_argument("--generate-max-len", "--max-new-tokens", type=int)  # the old spelling still works
     p.add_argument("--n", type=int)
     p.add_argument("--temperature", type=float)

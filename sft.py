@@ -84,6 +84,7 @@ class Config:
     train_batch_size: int = 128  # sequences per optimizer step, all ranks together (was --global-batch-size)
     micro_train_batch_size: int = 1  # sequences per forward per rank, 4096-token sequences at 7B (was
     #   --micro-batch-size)
+    device: str = "auto"  # auto: CUDA when torch sees it, else CPU for small models only | cuda | cpu
     gradient_checkpointing: bool = True  # activations of 4096 tokens x 28 layers do not fit otherwise
     eval_every: int = 0  # steps between held-out evals (0: only the final one)
     eval_size: int = 100  # problems in each periodic eval (a seeded sample of the test file)
@@ -215,7 +216,7 @@ def main(cfg: Config) -> None:
     optimizer step; final/, the held-out accuracy and a timing report at the end."""
     validate(cfg)
     reward.check_symbolic_grader()  # fails loudly when sympy's LaTeX parser is broken (e.g. the wrong antlr4)
-    rank, world, device = runtime.init_distributed()
+    rank, world, device = runtime.init_distributed(cfg.device, [cfg.model])
     per_rank = sequences_per_rank(cfg, world)
     out, resume_from = runtime.prepare_output_dir(cfg, rank, SAFE_ON_RESUME)
     torch.manual_seed(cfg.seed)
@@ -229,6 +230,8 @@ def main(cfg: Config) -> None:
     model = runtime.load_model(str(resume_from / "model" if resume_from else cfg.model), cfg.seed,
                                cfg.gradient_checkpointing)
     model = runtime.shard_model(model, device)
+    runtime.announce(out, "hf", device, torch.bfloat16 if device.type == "cuda" else torch.float32, world,
+                     rank)
     optimizer, scheduler = runtime.make_optimizer(model, cfg.lr, cfg, total)
     trained = SimpleNamespace(name="model", model=model, optimizer=optimizer, scheduler=scheduler)
     data_state = {"n_examples": len(examples), "train_batch_size": cfg.train_batch_size, "seed": cfg.seed}
