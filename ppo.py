@@ -113,13 +113,24 @@ class Config:
     max_grad_norm: float = 1.0  # global gradient-norm clip per network [--max_norm]
     kl_coef: float = 0.01  # fixed beta in r_t = -beta * kl_t (+ the score on the last token) [--init_kl_coef]
     kl_estimator: str = "k1"  # k1 | k2 | k3, per token in the reward
-    advantage: str = "gae"  # gae: PPO with a critic and GAE (v0) | grpo: no critic, each score normalised
-    #   within its prompt's n_samples_per_prompt (group_advantages), the KL reward added per token as in gae
+    advantage: str = "gae"  # gae: PPO with a critic and GAE (v0) | no critic, the KL reward per token as in
+    #   gae, the score replaced by: grpo: its z-score within its prompt's n samples (group_advantages) |
+    #   drgrpo: minus the group mean, no std (Dr. GRPO; with --loss-agg seq-mean-token-sum-norm) | rloo: minus
+    #   the mean of the other n-1 | reinforce++: the score itself, the reward-to-go whitened over the batch
     old_logprobs: str = "trainer"  # log pi_old: a no-grad forward of the actor (v0) | sampler: the rollout
     #   engine's own log-probs of the sampled tokens (one forward fewer; the same policy, fp32 CPU gap ~1e-7)
     gamma: float = 1.0  # GAE discount: delta_t = r_t + gamma V_{t+1} - V_t
     lam: float = 0.95  # GAE lambda: A_t = delta_t + gamma * lam * A_{t+1} [--lambd]
     clip_eps: float = 0.2  # policy loss: -min(rho A, clip(rho, 1 - eps, 1 + eps) A) [--eps_clip]
+    clip_eps_high: float = 0.0  # the upper clip 1 + eps_high (DAPO's clip-higher: 0.28); 0: = --clip-eps
+    tis_cap: float = 0.0  # truncated importance sampling: each token's policy loss x min(pi_old / pi_sampler,
+    #   C), pi_sampler the engine's own log-probs (tis_weights); 0: off (v0)
+    dynamic_sampling: bool = False  # drop groups whose n scores are all equal (zero advantage) and draw further
+    #   prompts until rollout_batch_size groups with a spread are kept (DAPO; fill_groups)
+    overlong: str = "none"  # truncated responses: none (v0) | filter: they carry no loss | shape: score +
+    #   overlong_penalty, a linear penalty over the last --overlong-buffer tokens of --generate-max-len (DAPO)
+    overlong_buffer: int = 0  # tokens before the budget's end where --overlong shape's penalty starts (> 0)
+    overlong_penalty_factor: float = 1.0  # --overlong shape's penalty at the budget's last token
     value_clip: float = 0.2  # value loss: max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2) / 2
     entropy_coef: float = 0.0  # entropy is always logged; > 0 adds -coef * H to the policy loss
     logprob_temperature: float = 1.0  # old/new/reference log-probs from logits / this (v0: 1, the raw logits,
@@ -127,7 +138,8 @@ class Config:
     #   tempered policy)
     loss_agg: str = "seq-mean-token-mean"  # v0: mean over each sequence's tokens, then over sequences (policy
     #   and value); token-mean: one mean over every token of the mini-batch (long responses weigh more; no
-    #   per-sequence length bias)
+    #   per-sequence length bias); seq-mean-token-sum-norm: each sequence's token sum / --generate-max-len,
+    #   then the mean over sequences (Dr. GRPO)
     value_head_init: str = "normal"  # v0: normal(0, std = 1/(hidden+1)) (OpenRLHF) | zeros (V = 0 at first)
     ppo_epochs: int = 1  # passes over each RL step's responses [--max_epochs]
     train_batch_size: int = 128  # responses per optimizer step, all ranks together
@@ -238,24 +250,34 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, distributed: bool = False
     return ((x - mean.to(x.dtype)) * torch.rsqrt(var + eps).to(x.dtype)) * mask
 
 
-def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+def as_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """G x n: the groups of responses sampled for the same prompt, one after another in `scores` (the n
+    samples of a prompt are neighbours, as both engines return them)."""
+    if group_size < 2 or scores.numel() % group_size:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size} (>= 2)")
+    return scores.reshape(-1, group_size)
+
+
+def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6, std: bool = True
+                     ) -> torch.Tensor:
     """GRPO's outcome advantage (DeepSeekMath, Shao et al. 2024, sec. 4.1.2; SimpleRL-Zoo's estimator): each
     response's score normalised within the group of responses sampled for the same prompt,
         A_i = (r_i - mean(r_group)) / (std(r_group) + eps),
-    std the sample standard deviation (n - 1, torch.std's default). `scores` holds the groups one after
-    another (the n samples of a prompt are neighbours, as both engines return them). A group whose responses
-    all scored alike gets 0: it says nothing about which response is better."""
-    if group_size < 2 or scores.numel() % group_size:
-        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size} (>= 2)")
-    groups = scores.reshape(-1, group_size)
+    std the sample standard deviation (n - 1, torch.std's default). std=False is Dr. GRPO's (Liu et al. 2025):
+        A_i = r_i - mean(r_group)
+    (dividing by the std weighs groups that are nearly all right or all wrong up). A group whose responses all
+    scored alike gets 0: it says nothing about which response is better."""
+    groups = as_groups(scores, group_size)
     centred = groups - groups.mean(dim=1, keepdim=True)
+    if not std:
+        return centred.reshape(scores.shape)
     return (centred / (groups.std(dim=1, keepdim=True) + eps)).reshape(scores.shape)
 
 
-ADVANTAGES = ("gae", "grpo")
+ADVANTAGES = ("gae", "grpo", "drgrpo", "rloo", "reinforce++")
 
 
-LOSS_AGGS = ("seq-mean-token-mean", "token-mean")
+LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "seq-mean-token-mean",
@@ -263,24 +285,34 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "seq-
     """Reduce a [batch, time] per-token loss to a scalar.
         seq-mean-token-mean (v0, OpenRLHF 0.5 models/loss.py):  1/S   sum_s (1/|s| sum_{t in s} l_t)
         token-mean:                                             1/N   sum_s sum_{t in s} l_t
-    `denom` replaces S (the number of sequences) or N (the number of valid tokens) of this batch: with the
-    counts of the whole mini-batch (all micro-batches and ranks), the accumulated gradient is the
-    mini-batch's."""
+        seq-mean-token-sum-norm (Dr. GRPO):                     1/S   sum_s (1/L sum_{t in s} l_t)
+    L a constant (ppo_update: --generate-max-len; here the batch's width), so no response's tokens weigh
+    more for being short. `denom` replaces S (the number of sequences), N (the number of valid tokens) or
+    S x L of this batch: with the counts of the whole mini-batch (all micro-batches and ranks), the
+    accumulated gradient is the mini-batch's."""
     if loss_agg == "seq-mean-token-mean":
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         return per_seq.sum() / (per_seq.numel() if denom is None else denom)
     if loss_agg == "token-mean":
         return (per_token * mask).sum() / (mask.sum().clamp(min=1) if denom is None else denom)
+    if loss_agg == "seq-mean-token-sum-norm":
+        return (per_token * mask).sum() / (mask.size(0) * mask.size(-1) if denom is None else denom)
     raise ValueError(f"--loss-agg {loss_agg!r}: expected one of {', '.join(LOSS_AGGS)}")
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_eps: float, loss_agg: str = "seq-mean-token-mean",
-                denom: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Clipped surrogate per token: l_t = max(-ratio_t A_t, -clip(ratio_t, 1-eps, 1+eps) A_t),  ratio = pi /
-    pi_old, reduced by `aggregate`."""
+                denom: float | torch.Tensor | None = None, clip_eps_high: float | None = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Clipped surrogate per token: l_t = max(-ratio_t A_t, -clip(ratio_t, 1 - eps, 1 + eps_high) A_t),
+    ratio = pi / pi_old, eps_high = eps unless given (DAPO's clip-higher: a larger eps_high lets a token with
+    A > 0 gain more probability before its gradient is cut, against entropy collapse); times w_t when
+    `weights` are given (tis_weights); reduced by `aggregate`."""
     ratio = torch.exp(logp - old_logp)
-    per_token = torch.max(-ratio * advantages, -ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    per_token = torch.max(-ratio * advantages, -ratio.clamp(1 - clip_eps, 1 + high) * advantages)
+    if weights is not None:
+        per_token = per_token * weights
     return aggregate(per_token, mask, loss_agg, denom)
 
 
@@ -292,6 +324,46 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     per_token = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
     return aggregate(per_token, mask, loss_agg, denom)
+
+
+# ---- the 2025 menu (docs/objectives.md): more baselines, DAPO's filters, the sampler correction ----
+def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): each score minus the mean of the other n - 1 scores of its group,
+        A_i = r_i - 1/(n-1) sum_{j != i} r_j   (= n/(n-1) (r_i - mean(r_group))),
+    a baseline that does not depend on r_i itself, so the policy gradient stays unbiased."""
+    groups = as_groups(scores, group_size)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(scores.shape)
+
+
+def zero_variance_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """G booleans: True where every score of the group is the same (all right, or all wrong alike): every
+    group-baselined advantage of it is 0, so it trains nothing (DAPO's dynamic sampling drops these)."""
+    groups = as_groups(scores, group_size)
+    return (groups == groups[:, :1]).all(dim=1)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the score: 0 up to max_len - buffer
+    tokens, then falling linearly to -factor at max_len (the budget's last token, a truncated response):
+        penalty(|y|) = -factor * clip((|y| - (max_len - buffer)) / buffer, 0, 1)."""
+    return -factor * ((lengths.float() - (max_len - buffer)) / buffer).clamp(0, 1)
+
+
+def overlong_filter(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """DAPO's overlong filtering: a truncated response (no stop token within the budget) carries no loss,
+        m'_t = m_t * [response not truncated];
+    its score says nothing about the answer it had no room to give."""
+    return mask * (~truncated.bool()).to(mask.dtype).unsqueeze(-1)
+
+
+def tis_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"): the rollout engine samples from pi_sampler (another kernel, bf16), the loss
+    assumes pi_old; each token's policy-gradient term is reweighted by
+        w_t = min(pi_old(y_t) / pi_sampler(y_t), C) = min(exp(log pi_old - log pi_sampler), C),
+    exactly 1 where the two agree; the cap C bounds the variance."""
+    return torch.exp(old_logp - sampler_logp).clamp(max=cap)
 
 
 # ---- models: the actor, the frozen reference, the critic (trunk + value head) ----
@@ -375,7 +447,7 @@ def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
     ref = runtime.shard_model(ref, device)
     ref.eval()
     actor.train()
-    if cfg.advantage == "grpo":  # no value network: none loaded, trained, saved or planned for
+    if cfg.advantage != "gae":  # no value network: none loaded, trained, saved or planned for
         return actor, ref, None
     critic = load_critic(str(resume_from / "critic") if resume_from else (cfg.critic_model or cfg.model),
                          cfg.seed, cfg.gradient_checkpointing, cfg.value_head_init)
@@ -464,6 +536,46 @@ def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, dev
     raise ValueError(f"--engine {cfg.engine!r}: expected hf, vllm or auto")
 
 
+def rollout(engine, tokenizer, prompts: list[dict], cfg: Config, times: dict) -> list[tuple]:
+    """Steps 2 and 3 for some prompts: n samples each (the engine wakes, samples, sleeps again), decoded and
+    scored. One (sample, text, gold, score) per response, a prompt's n responses next to each other."""
+    with runtime.timer(times, "generate"):
+        samples = engine.generate([r["ids"] for r in prompts], cfg.n_samples_per_prompt, cfg.temperature,
+                                  cfg.top_p, cfg.generate_max_len)
+        engine.sleep()
+    with runtime.timer(times, "score"):
+        texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
+        golds = [r["gold"] for r in prompts for _ in range(cfg.n_samples_per_prompt)]
+        scores = reward.batch_compute_scores(texts, golds, cfg.reward_timeout,
+                                             None if cfg.reward_workers < 0 else cfg.reward_workers,
+                                             grader=cfg.grader)
+    return list(zip(samples, texts, golds, scores))
+
+
+def fill_groups(draw, need: int, group_size: int, dynamic: bool, max_draws: int,
+                all_ranks=lambda ok: ok) -> tuple[list[tuple], dict]:
+    """The step's `need` groups of `group_size` responses, and counts. Without dynamic sampling: one draw, kept
+    whole. With it (DAPO's dynamic sampling): groups whose scores are all equal (zero_variance_groups) are
+    dropped and draw(k) (the k-th further batch of prompts) is called until `need` groups are kept, then the
+    first `need` are used; after `max_draws` draws (a pass over the training prompts) it stops with an error.
+    `all_ranks(ok)`: True when ok holds on every rank, so every rank draws the same number of times."""
+    kept, counts = [], {"draws": 0, "groups": 0, "zero_variance": 0}
+    while counts["draws"] == 0 or (dynamic and not all_ranks(len(kept) >= need)):
+        if counts["draws"] >= max_draws:
+            raise SystemExit(f"--dynamic-sampling: {len(kept)} of {need} groups have a spread of scores after "
+                             f"{counts['draws']} batches of prompts (a pass over the training prompts): "
+                             "the policy solves nearly every prompt or none; use other prompts or turn it off")
+        rows = draw(counts["draws"])
+        scores = torch.tensor([r[3] for r in rows], dtype=torch.float64)
+        zero = zero_variance_groups(scores, group_size) if group_size > 1 else torch.zeros(len(rows), dtype=bool)
+        groups = [rows[g * group_size: (g + 1) * group_size] for g in range(len(zero))]
+        kept += [g for g, z in zip(groups, zero.tolist()) if not (dynamic and z)]
+        counts["draws"] += 1
+        counts["groups"] += len(groups)
+        counts["zero_variance"] += int(zero.sum())
+    return [r for g in kept[:need] for r in g], counts
+
+
 # ---- experience: samples -> padded tensors -> log-probs, values, rewards, advantages ----
 # The batch: one dict of CPU tensors per RL step, B = responses on this rank, P = longest prompt, R = longest
 # response (>= 1); response-aligned columns t = 0..R-1 are the response's tokens. Filled in this order:
@@ -471,13 +583,16 @@ def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, dev
 #   input_ids       B x (P+R)   int64    pad_samples: prompt left-padded to P | response right-padded to R
 #   attention_mask  B x (P+R)   int64    pad_samples: 1 on real tokens
 #   position_ids    B x (P+R)   int64    pad_samples: counts real tokens only (left padding shifts nothing)
-#   response_mask   B x R       float32  pad_samples: 1 on response tokens (the mask m of every loss and sum)
+#   response_mask   B x R       float32  pad_samples: 1 on response tokens (the mask m of every sum)
+#   loss_mask       B x R       float32  pad_samples: = response_mask, the mask of the losses;
+#                                        advantages_and_returns: 0 on truncated rows (--overlong filter)
 #   old_logp        B x R       float32  experience_forward: log pi_old(a_t), the sampling actor (0 on pads)
 #   ref_logp        B x R       float32  experience_forward: log pi_ref(a_t), the frozen reference (0 on pads)
 #   values          B x R       float32  experience_forward: V_old(s_t) of the critic (0 on pads)
 #   rewards         B x R       float32  advantages_and_returns: -kl_coef * kl_t, + the score on the last
 #   returns         B x R       float32  advantages_and_returns: A_t + V_old(s_t) (the value target)
 #   advantages      B x R       float32  advantages_and_returns: compute_gae, then masked_whiten
+#   tis_weight      B x R       float32  experience_forward, only with --tis-cap: tis_weights (0 on pads)
 # micro_batches slices rows of it (trimmed to their own longest prompt and response) and adds "R": int.
 # tests/test_shape.py checks a tiny batch has exactly these keys, shapes and dtypes.
 def pad_samples(samples: list[runtime.Sample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -494,7 +609,7 @@ def pad_samples(samples: list[runtime.Sample], pad_id: int) -> dict[str, torch.T
         ids[i, P: P + len(r)] = torch.tensor(r, dtype=torch.long)
         attn[i, P - len(p): P + len(r)] = 1
     return {"input_ids": ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
-            "response_mask": attn[:, P:].float()}
+            "response_mask": attn[:, P:].float(), "loss_mask": attn[:, P:].float()}
 
 
 def micro_batches(batch: dict[str, torch.Tensor], idx: list[int], size: int, device) -> Iterator[dict]:
@@ -574,21 +689,24 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
     m = batch["response_mask"]
     for key in ("old_logp", "ref_logp", "values"):
         batch[key] *= m  # padding: exactly 0
+    if cfg.tis_cap > 0:
+        batch["tis_weight"] = tis_weights(batch["old_logp"], sampler_logprobs(samples, R_full, "tis-cap"),
+                                          cfg.tis_cap) * m
 
 
-def sampler_logprobs(samples: list[runtime.Sample] | None, R: int) -> torch.Tensor:
+def sampler_logprobs(samples: list[runtime.Sample] | None, R: int, flag: str = "old-logprobs") -> torch.Tensor:
     """B x R: the engine's log-probs of the sampled tokens (at --logprob-temperature), right-padded with 0."""
     if not samples or any(s.engine_logprobs is None for s in samples):
-        raise SystemExit("--old-logprobs sampler: the rollout engine returned no log-probs (vLLM returns "
-                         "them only when --logprob-temperature is 1 or equals --temperature); use "
-                         "--old-logprobs trainer")
+        raise SystemExit(f"--{flag}: the rollout engine returned no log-probs (vLLM returns them only when "
+                         "--logprob-temperature is 1 or equals --temperature); leave --{flag} at its default")
     out = torch.zeros(len(samples), R)
     for i, s in enumerate(samples):
         out[i, :len(s.engine_logprobs)] = torch.tensor(s.engine_logprobs, dtype=torch.float32)
     return out
 
 
-def advantages_and_returns(batch: dict, scores: list[float], cfg: Config) -> None:
+def advantages_and_returns(batch: dict, scores: list[float], cfg: Config,
+                           truncated: list[bool] | None = None) -> None:
     """Steps 5 and 6: the KL-shaped per-token reward, the advantages and the critic's targets.
     gae: r_t = -beta kl_t + [t = last] score; GAE with the critic's values; whitened (--whiten-advantages).
     grpo: the same reward with the score replaced by its group-normalised value (group_advantages); no critic
@@ -597,17 +715,27 @@ def advantages_and_returns(batch: dict, scores: list[float], cfg: Config) -> Non
     whitened: the group normalisation is GRPO's. Where the KL goes: DeepSeekMath (and SimpleRL-Zoo, verl's
     kl_loss) add beta * KL (k3) to the loss instead of the reward; this keeps the recipe's place, the reward
     (as OpenRLHF's group_norm estimator does when the KL is not a loss term), so that --advantage changes
-    only the advantage: the same KL coefficient and estimator weigh the same KL in both runs."""
+    only the advantage: the same KL coefficient and estimator weigh the same KL in both runs.
+    drgrpo and rloo: as grpo with their own baseline (group_advantages(std=False), rloo_advantages).
+    reinforce++ (Hu 2025): the raw score, the reward-to-go whitened over every valid token of the batch.
+    --overlong shape adds overlong_penalty to the score first; filter zeroes truncated rows' loss_mask."""
     m = batch["response_mask"]
     kl = kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator) * m
     outcome = torch.tensor(scores)
-    if cfg.advantage == "grpo":
-        outcome = group_advantages(outcome, cfg.n_samples_per_prompt)
+    if cfg.overlong == "shape":
+        outcome = outcome + overlong_penalty(m.sum(1), cfg.generate_max_len, cfg.overlong_buffer,
+                                             cfg.overlong_penalty_factor)
+    if cfg.overlong == "filter":
+        batch["loss_mask"] = overlong_filter(batch["loss_mask"], torch.tensor(truncated))
+    if cfg.advantage in ("grpo", "drgrpo"):
+        outcome = group_advantages(outcome, cfg.n_samples_per_prompt, std=cfg.advantage == "grpo")
+    elif cfg.advantage == "rloo":
+        outcome = rloo_advantages(outcome, cfg.n_samples_per_prompt)
     batch["rewards"] = shape_rewards(outcome, kl, m, cfg.kl_coef)
-    lam = 1.0 if cfg.advantage == "grpo" else cfg.lam
+    lam = cfg.lam if cfg.advantage == "gae" else 1.0
     adv, batch["returns"] = compute_gae(batch["rewards"], batch["values"], m, cfg.gamma, lam)
-    whiten = cfg.whiten_advantages and cfg.advantage == "gae"
-    batch["advantages"] = masked_whiten(adv, m, distributed=True) if whiten else adv
+    whiten = cfg.advantage == "reinforce++" or (cfg.whiten_advantages and cfg.advantage == "gae")
+    batch["advantages"] = masked_whiten(adv, batch["loss_mask"], distributed=True) if whiten else adv
 
 
 # ---- the update ----
@@ -673,7 +801,8 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
     and the sharded gradients accumulate in place (as sft.py does)."""
     B = batch["response_mask"].size(0)
     per_rank = cfg.train_batch_size // world
-    sums = Sums("pg_loss", "v_loss", "entropy", "clipfrac", "approx_kl", "vf_clipfrac", "tokens")
+    sums = Sums("pg_loss", "v_loss", "entropy", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl",
+                "vf_clipfrac", "tokens")
     norms = {"actor_grad_norm": [], "critic_grad_norm": []}
     learners = [x for x in (actor if train_actor else None, critic) if x is not None]
     n_minibatches = 0
@@ -684,23 +813,23 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
             # a random mini-batch; its micro-batches take its rows by length: the same gradient (a sum over
             # the mini-batch), less padding (each micro-batch is trimmed to its own longest row)
             idx = sorted(order[start: start + per_rank], key=lambda i: length[i])
-            denom = minibatch_count(batch, idx, cfg.loss_agg, device) / world
+            denom = minibatch_count(batch, idx, cfg, device) / world
             n_minibatches += 1
             finite = torch.ones((), device=device)
             for mb in list(micro_batches(batch, idx, cfg.micro_train_batch_size, device)):
                 args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
-                mask = mb["response_mask"]
+                mask = mb["loss_mask"]
                 if train_actor:
                     logp, entropy = token_logprobs(actor.model, *args, cfg.logprob_temperature,
                                                    with_entropy="grad" if cfg.entropy_coef else True)
                     pg = policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip_eps, cfg.loss_agg,
-                                     denom)
+                                     denom, cfg.clip_eps_high or None, mb.get("tis_weight"))
                     loss = pg
                     if cfg.entropy_coef:  # an entropy bonus: - coef * H
                         loss = pg - cfg.entropy_coef * aggregate(entropy, mask, cfg.loss_agg, denom)
                     finite *= torch.isfinite(loss.detach()).float()
                     loss.backward()
-                    add_policy_stats(sums, pg, logp, entropy, mb, cfg.clip_eps)
+                    add_policy_stats(sums, pg, logp, entropy, mb, cfg.clip_eps, cfg.clip_eps_high or cfg.clip_eps)
                 if critic is not None:
                     values = critic.model(*args)
                     vl = value_loss(values, mb["values"], mb["returns"], mask, cfg.value_clip, cfg.loss_agg,
@@ -716,27 +845,36 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
             for learner in learners:
                 norms[f"{learner.name}_grad_norm"].append(learner.step())
     metrics = update_metrics(sums.all_reduce(), norms, world * n_minibatches, train_actor)
-    if critic is None:  # --advantage grpo: no value loss
+    if critic is None:  # no critic (--advantage other than gae): no value loss
         for k in ("v_loss", "vf_clipfrac"):
             metrics.pop(k)
     return metrics
 
 
-def minibatch_count(batch: dict, idx: list[int], loss_agg: str, device) -> torch.Tensor:
-    """The mini-batch's valid tokens (token-mean) or sequences, on all ranks: the loss's denominator."""
-    rows = batch["response_mask"][idx]
-    count = rows.sum() if loss_agg == "token-mean" else torch.tensor(float(len(idx)))
+def minibatch_count(batch: dict, idx: list[int], cfg: Config, device) -> torch.Tensor:
+    """The mini-batch's valid tokens (token-mean), sequences x --generate-max-len (seq-mean-token-sum-norm)
+    or sequences, on all ranks: the loss's denominator."""
+    rows = batch["loss_mask"][idx]
+    count = rows.sum() if cfg.loss_agg == "token-mean" else torch.tensor(float(len(idx)))
+    if cfg.loss_agg == "seq-mean-token-sum-norm":
+        count = count * cfg.generate_max_len
     count = count.to(device, torch.float32)
     dist.all_reduce(count)
     return count
 
 
 @torch.no_grad()
-def add_policy_stats(sums: Sums, pg: torch.Tensor, logp, entropy, mb: dict, clip_eps: float) -> None:
-    mask, log_ratio = mb["response_mask"], logp - mb["old_logp"]
+def add_policy_stats(sums: Sums, pg: torch.Tensor, logp, entropy, mb: dict, clip_eps: float,
+                     clip_eps_high: float) -> None:
+    """clipfrac: |ratio - 1| > eps; clipfrac_low / _high: the tokens whose gradient the clip cuts (ratio below
+    1 - eps with A < 0, above 1 + eps_high with A > 0)."""
+    mask, log_ratio, adv = mb["loss_mask"], logp - mb["old_logp"], mb["advantages"]
+    ratio = log_ratio.exp()
     sums.add(pg_loss=pg.item(),  # this rank's part of the mini-batch loss x world
              entropy=(entropy * mask).sum().item(),
-             clipfrac=(((log_ratio.exp() - 1).abs() > clip_eps).float() * mask).sum().item(),
+             clipfrac=(((ratio - 1).abs() > clip_eps).float() * mask).sum().item(),
+             clipfrac_low=(((ratio < 1 - clip_eps) & (adv < 0)).float() * mask).sum().item(),
+             clipfrac_high=(((ratio > 1 + clip_eps_high) & (adv > 0)).float() * mask).sum().item(),
              approx_kl=(kl_penalty(logp, mb["old_logp"], "k3") * mask).sum().item())
 
 
@@ -749,7 +887,7 @@ def update_metrics(out: dict[str, float], norms: dict[str, list[float]], n_losse
     for k in ("pg_loss", "v_loss"):
         result[k] = out[k] / max(n_losses, 1)
     if not train_actor:
-        for k in ("pg_loss", "entropy", "clipfrac", "approx_kl"):
+        for k in ("pg_loss", "entropy", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl"):
             result.pop(k)
     for k, v in norms.items():
         if v:
@@ -824,38 +962,32 @@ def main(cfg: Config) -> None:
         acc0 = next((r["eval/accuracy"] for r in kept if "eval/accuracy" in r), None)
     bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="ppo", dynamic_ncols=True,
                **runtime.progress_settings(sys.stderr, total_steps))
-    t_start, phase_ms, last_ckpt = time.perf_counter(), [], resume_from
+    t_start, phase_ms, last_ckpt, warned = time.perf_counter(), [], resume_from, set()
     try:
         while step < total_steps:
             times = {}
             with runtime.timer(times, "sync"):  # 1. sync (a no-op if the engine already holds this version)
                 sync_weights(actor.model, engine, version)
-            with runtime.timer(times, "generate"):  # 2. rollout (the engine wakes, samples, sleeps again)
-                idx = prompts_at(position, cfg.rollout_batch_size, len(rows), cfg.seed)[
-                    rank * per_rank_prompts: (rank + 1) * per_rank_prompts]
-                position += cfg.rollout_batch_size
-                prompts = [rows[i] for i in idx]
-                samples = engine.generate([r["ids"] for r in prompts], cfg.n_samples_per_prompt,
-                                          cfg.temperature, cfg.top_p, cfg.generate_max_len)
-                engine.sleep()
-            with runtime.timer(times, "score"):  # 3. score
-                texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
-                golds = [r["gold"] for r in prompts for _ in range(cfg.n_samples_per_prompt)]
-                scores = reward.batch_compute_scores(texts, golds, cfg.reward_timeout,
-                                                     None if cfg.reward_workers < 0 else cfg.reward_workers,
-                                                     grader=cfg.grader)
+            def draw(k: int) -> list[tuple]:  # 2. rollout  3. score: this rank's share of the k-th batch
+                idx = prompts_at(position + k * cfg.rollout_batch_size, cfg.rollout_batch_size, len(rows),
+                                 cfg.seed)[rank * per_rank_prompts: (rank + 1) * per_rank_prompts]
+                return rollout(engine, tokenizer, [rows[i] for i in idx], cfg, times)
+            kept, groups = fill_groups(draw, per_rank_prompts, cfg.n_samples_per_prompt, cfg.dynamic_sampling,
+                                       -(-len(rows) // cfg.rollout_batch_size), runtime.on_every_rank)
+            position += groups["draws"] * cfg.rollout_batch_size
+            samples, texts, golds, scores = map(list, zip(*kept))
             with runtime.timer(times, "forward"):  # 4. forward  5. shape  6. GAE (and whitening) or GRPO
                 batch = pad_samples(samples, tokenizer.pad_token_id)
                 experience_forward(actor.model, ref, critic.model if critic else None, batch, cfg, device,
                                    samples)
-                advantages_and_returns(batch, scores, cfg)
+                advantages_and_returns(batch, scores, cfg, [s.truncated for s in samples])
             with runtime.timer(times, "train"):  # 7. update
                 train_actor = critic is None or step >= cfg.critic_warmup_steps  # no critic: nothing to warm
                 stats = ppo_update(actor, critic, batch, cfg, world, device, train_actor, shuffle)
                 version += int(train_actor)
             step += 1
             record = step_record(step, batch, samples, texts, scores, stats, times, actor, critic,
-                                 train_actor, cfg, device)
+                                 train_actor, cfg, device, groups, warned)
             phase_ms.append(times)
             if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
                 acc = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world,
@@ -1019,11 +1151,12 @@ def start_or_resume(out: Path, cfg: Config, resume_from: Path | None, actor: Lea
 
 def step_record(step: int, batch: dict, samples: list[runtime.Sample], texts: list[str], scores: list[float],
                 stats: dict, times: dict, actor: Learner, critic: Learner | None, train_actor: bool,
-                cfg: Config, device) -> dict:
+                cfg: Config, device, groups: dict, warned: set) -> dict:
     """One metrics.jsonl record: rollout statistics, the update's, learning rates, timings, memory; with a
-    warning when the numbers say the sampled policy is not the one being trained."""
-    record = {"step": step, **rollout_stats(batch, samples, texts, scores, cfg, device), **stats,
+    warning when the numbers say the sampled policy is not the one being trained, and health_warnings."""
+    record = {"step": step, **rollout_stats(batch, samples, texts, scores, cfg, device, groups), **stats,
               "actor_lr": actor.lr if train_actor else 0.0}
+    health_warnings(record, cfg, warned)
     if critic is not None:
         record["critic_lr"] = critic.lr
     if record["kl"] < -3 * record["kl_stderr"] - 1e-6:
@@ -1115,8 +1248,9 @@ REFLECTION = re.compile(r"\b(wait|recheck|re-check|double[- ]check|let me (?:ver
 
 
 def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], scores: list[float],
-                  cfg: Config, device) -> dict:
-    """Per-step metrics over every rank's samples (sums all-reduced, then divided)."""
+                  cfg: Config, device, groups: dict | None = None) -> dict:
+    """Per-step metrics over every rank's samples (sums all-reduced, then divided). The sampler-trainer gap
+    |log pi_sampler - log pi_old| per token: its mean, and the largest over ranks of each rank's p95 and max."""
     m = batch["response_mask"]
     lengths = m.sum(1)
     k1 = (batch["old_logp"] - batch["ref_logp"]) * m
@@ -1132,6 +1266,7 @@ def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], 
         "k1_seq": k1.sum().item(), "ret": (ret * m).sum().item(), "ret_sq": (ret ** 2 * m).sum().item(),
         "err": ((ret - val) * m).sum().item(), "err_sq": ((ret - val) ** 2 * m).sum().item(),
         "values": (val * m).sum().item(), "gap": sum(abs(g) for g in gap), "gap_n": len(gap),
+        **{f"groups_{k}": v for k, v in (groups or {}).items()},
     }, device)
     n, tok = s["n"], max(s["tokens"], 1)
     var_ret = s["ret_sq"] / tok - (s["ret"] / tok) ** 2
@@ -1146,17 +1281,49 @@ def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], 
            "kl_stderr": math.sqrt(max(s["k1_sq"] / tok - (s["k1"] / tok) ** 2, 0) / tok)}
     if s["gap_n"]:
         out["engine_logprob_gap"] = s["gap"] / s["gap_n"]  # mean |engine - trainer| log-prob, sampled tokens
-    if cfg.advantage == "grpo":  # no critic: no values to explain the returns
+        g = torch.tensor([abs(x) for x in gap] or [0.0])
+        tail = torch.stack([g.kthvalue(max(1, math.ceil(0.95 * len(g)))).values, g.max()])
+        dist.all_reduce(tail, op=dist.ReduceOp.MAX)
+        out["engine_logprob_gap_p95"], out["engine_logprob_gap_max"] = tail.tolist()
+    if s.get("groups_groups"):  # the share of drawn groups whose scores were all equal; dynamic sampling's draws
+        out["zero_variance_groups"] = s["groups_zero_variance"] / s["groups_groups"]
+        out["dynamic_sampling_draws"] = s["groups_draws"] / runtime.global_sums({"ranks": 1}, device)["ranks"]
+    if cfg.advantage != "gae":  # no critic: no values to explain the returns
         for k in ("values", "explained_variance"):
             out.pop(k)
     return out
+
+
+# The health signals' thresholds (docs/objectives.md): crossing one prints one line, once per run, naming the
+# flag that addresses it.
+HEALTH = [("entropy", "<", 0.05, "entropy collapse (nats/token)", "--clip-eps-high 0.28 or --entropy-coef"),
+          ("truncated_rate", ">", 0.2, "runaway length: share of responses truncated",
+           "--overlong filter|shape, or a larger --generate-max-len"),
+          ("zero_variance_groups", ">", 0.5, "share of groups whose scores are all equal (no signal)",
+           "--dynamic-sampling"),
+          ("engine_logprob_gap_p95", ">", 0.05, "sampler-trainer log-prob gap p95 (nats/token)",
+           "--tis-cap 2 (or --old-logprobs sampler)")]
+
+
+def health_warnings(record: dict, cfg: Config, warned: set) -> None:
+    for key, side, limit, what, flag in HEALTH:
+        value = record.get(key)
+        if value is None or key in warned or not (value < limit if side == "<" else value > limit):
+            continue
+        if key == "zero_variance_groups" and cfg.dynamic_sampling:
+            continue  # already dropped and refilled
+        warned.add(key)
+        runtime.print0(f"WARNING step {record['step']}: {what} = {value:.3g} {side} {limit}: try {flag} "
+                       "(printed once per run)")
 
 
 def plot_curves(out: Path) -> None:
     # Two rows, like the SimpleRL-Zero blog's figures: what is rewarded (top), then how the responses change:
     # the mean sampled response length and the share of responses with a reflection word (REFLECTION).
     runtime.plot_metrics(out, [["reward", "accuracy", "eval/accuracy", "format_rate"],
-                       ["response_length", "reflection_rate", "kl"]], "RL step",
+                       ["response_length", "reflection_rate", "kl"],
+                       ["entropy", "clipfrac_low", "clipfrac_high", "truncated_rate", "zero_variance_groups",
+                        "engine_logprob_gap", "engine_logprob_gap_p95"]], "RL step",
                  titles={"response_length": "mean response length (tokens)",
                          "reflection_rate": "share with a reflection word", "accuracy": "accuracy (sampled)",
                          "eval/accuracy": "eval/accuracy (greedy, held out)"})
@@ -1205,8 +1372,12 @@ def validate(cfg: Config) -> None:
     need(cfg.logprob_temperature > 0, "logprob_temperature", "must be > 0")
     need(cfg.value_head_init in ("normal", "zeros"), "value_head_init", "must be normal or zeros")
     need(cfg.advantage in ADVANTAGES, "advantage", "must be one of " + ", ".join(ADVANTAGES))
-    need(cfg.advantage != "grpo" or cfg.n_samples_per_prompt >= 2, "n_samples_per_prompt",
-         "must be >= 2 with --advantage grpo (a group's standard deviation needs two samples)")
+    need(cfg.n_samples_per_prompt >= 2 or (cfg.advantage in ("gae", "reinforce++") and not cfg.dynamic_sampling),
+         "n_samples_per_prompt", f"must be >= 2 with --advantage {cfg.advantage} or --dynamic-sampling (groups)")
+    need(cfg.clip_eps_high >= 0 and cfg.tis_cap >= 0, "clip_eps_high", "and --tis-cap must be >= 0 (0: off)")
+    need(cfg.overlong in ("none", "filter", "shape"), "overlong", "must be none, filter or shape")
+    need(cfg.overlong != "shape" or 0 < cfg.overlong_buffer <= cfg.generate_max_len, "overlong_buffer",
+         "must be in (0, --generate-max-len] with --overlong shape")
     need(cfg.old_logprobs in ("trainer", "sampler"), "old_logprobs", "must be trainer or sampler")
     need(cfg.long_prompts in ("truncate", "drop"), "long_prompts", "must be truncate or drop")
     need(cfg.min_new_tokens >= 0, "min_new_tokens", "must be >= 0")

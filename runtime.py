@@ -106,14 +106,21 @@ def global_sums(values: dict[str, float], device) -> dict[str, float]:
     return dict(zip(values, t.tolist()))
 
 
+def on_every_rank(ok: bool) -> bool:
+    """True when `ok` holds on every rank (a collective: every rank must call it)."""
+    flag = torch.tensor(float(ok))
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 @contextlib.contextmanager
 def timer(times: dict[str, float], name: str):
-    """times[name] = the seconds the block took."""
+    """times[name] += the seconds the block took (blocks of one name add up)."""
     start = time.perf_counter()
     try:
         yield
     finally:
-        times[name] = time.perf_counter() - start
+        times[name] = times.get(name, 0.0) + time.perf_counter() - start
 
 
 def end_process() -> None:
@@ -942,7 +949,7 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
     `grad_accum_unsharded` is what keeping full gradients between micro-batches would add, and is not part of
     any peak."""
     n = count_parameters(model_config)
-    if cfg.advantage == "grpo":  # no critic
+    if cfg.advantage != "gae":  # no critic
         n["critic"] = 0
     gpu = device_type == "cuda"
     compute = 2 if gpu else 4  # bf16 on GPU, fp32 on CPU
