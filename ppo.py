@@ -51,12 +51,10 @@ newest --keep-checkpoints, critic/ + optimizer/scheduler/RNG/data state (for --r
 evaluate.py loads) and final/critic, metrics.jsonl, rollouts/step_<N>.jsonl, curves.png.
 """
 import dataclasses
-import json
 import math
 import random
 import re
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -65,7 +63,6 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -389,7 +386,7 @@ class Critic(torch.nn.Module):
             raise ValueError(f"--value-head-init {init!r}: expected normal or zeros")
 
     def forward(self, input_ids, attention_mask, position_ids, response_len: int) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask_or_none(attention_mask),
+        hidden = self.model(input_ids=input_ids, attention_mask=runtime.attention_mask_or_none(attention_mask),
                             position_ids=position_ids).last_hidden_state
         # V_t at the positions token_logprobs reads its logits from: hidden[:, -R-1:-1], the R states that
         # PREDICT the response's R tokens, so V_t is the value of the prefix before token t (the state
@@ -410,25 +407,7 @@ def load_critic(path: str, seed: int, gradient_checkpointing: bool, init: str = 
     return critic
 
 
-def save_critic(critic: torch.nn.Module, tokenizer, out_dir: str) -> None:
-    """A Hugging Face folder: config + model.safetensors with the trunk as `model.*` and
-    `value_head.weight`."""
-    from safetensors.torch import save_file
-    state = get_model_state_dict(critic, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if torch.cuda.is_available():  # bf16 on GPU, as save_hf_checkpoint (a resume reads fp32 masters from DCP)
-        state = {k: v.to(torch.bfloat16) for k, v in state.items()}
-    if dist.get_rank() == 0:
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        critic.config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    dist.barrier()
+save_critic = runtime.save_state_folder  # the critic's folder: the trunk as model.*, value_head.weight
 
 
 def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
@@ -457,24 +436,13 @@ def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
     return actor, ref, critic
 
 
-def attention_mask_or_none(attention_mask: torch.Tensor) -> torch.Tensor | None:
-    """The mask the model is given: None when no row is left-padded (column 0 is real in every row; rows are
-    [left pads | prompt | response | right pads]). Causal attention alone then gives every real token exactly
-    the keys the mask would (the right padding comes after all of them), and SDPA runs its causal kernel
-    instead of a dense B x 1 x T x T mask: the same math on real tokens (bitwise in the test; another kernel
-    may round a batch differently in the last bits), ~5% less time per forward+backward of the tiny model.
-    Pad positions then attend causally too: their outputs differ, and every use multiplies them by the
-    response mask."""
-    return None if bool(attention_mask[:, 0].all()) else attention_mask
-
-
 def token_logprobs(model, input_ids, attention_mask, position_ids, response_len: int, temperature: float,
                    with_entropy: bool | str = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_t | y_<t) of the response tokens under log_softmax(logits / T) (T = --logprob-temperature: 1
     in v0, the raw logits; the sampling temperature gives the distribution the engine sampled from), and
     optionally the entropy of that distribution. Logits at position i predict the token at i+1, so the
     response's R tokens are predicted by the last R+1 positions but one."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask_or_none(attention_mask),
+    logits = model(input_ids=input_ids, attention_mask=runtime.attention_mask_or_none(attention_mask),
                    position_ids=position_ids, logits_to_keep=response_len + 1).logits[:, :-1].float()
     if temperature != 1.0:  # x / 1 is x: no B x R x V copy at v0's T = 1
         logits = logits / temperature
@@ -612,57 +580,6 @@ def pad_samples(samples: list[runtime.Sample], pad_id: int) -> dict[str, torch.T
             "response_mask": attn[:, P:].float(), "loss_mask": attn[:, P:].float()}
 
 
-def micro_batches(batch: dict[str, torch.Tensor], idx: list[int], size: int, device) -> Iterator[dict]:
-    """Slices of the rows `idx`, trimmed to their own longest prompt and response (fewer wasted tokens)."""
-    R_full = batch["response_mask"].size(1)
-    for k in range(0, len(idx), size):
-        rows = torch.tensor(idx[k: k + size])
-        mb = {key: v[rows] for key, v in batch.items()}
-        attn = mb["attention_mask"]
-        first = int((attn.sum(0) > 0).nonzero()[0])  # first column any row uses
-        R = max(int(mb["response_mask"].sum(1).max()), 1)
-        drop_right = R_full - R
-        out = {}
-        for key, v in mb.items():
-            if v.dim() == 2 and v.size(1) == attn.size(1):  # sequence-aligned
-                v = v[:, first: v.size(1) - drop_right]
-            elif v.dim() == 2:  # response-aligned
-                v = v[:, :R]
-            out[key] = v.to(device)
-        out["R"] = R
-        yield out
-
-
-def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: int) -> list[list[int]]:
-    """Rows grouped for the no-grad experience forwards, by a token budget: rows sorted by length are packed
-    while rows x (longest prompt + longest response) <= max_tokens (and rows <= max_rows, 0: no cap); a row
-    longer than the budget goes alone. Then groups are halved until every rank has as many as the rank with
-    the most: each forward all-gathers the sharded model, and those collectives must pair up across ranks."""
-    prompt_len = (batch["attention_mask"].sum(1) - batch["response_mask"].sum(1)).long().tolist()
-    resp_len = batch["response_mask"].sum(1).long().tolist()
-    order = sorted(range(len(resp_len)), key=lambda i: (prompt_len[i] + resp_len[i], resp_len[i]),
-                   reverse=True)
-    groups, P, R = [], 0, 0
-    for i in order:
-        p, r = max(P, prompt_len[i]), max(R, max(resp_len[i], 1))
-        fits = bool(groups) and (len(groups[-1]) + 1) * (p + r) <= max_tokens
-        if fits and len(groups[-1]) < (max_rows or len(order)):
-            groups[-1].append(i)
-            P, R = p, r
-        else:
-            groups.append([i])
-            P, R = prompt_len[i], max(resp_len[i], 1)
-    count = torch.tensor(len(groups))
-    dist.all_reduce(count, op=dist.ReduceOp.MAX)
-    while len(groups) < count.item():
-        k = max(range(len(groups)), key=lambda j: len(groups[j]))
-        if len(groups[k]) < 2:
-            raise ValueError("ranks hold different numbers of rollout rows: "
-                             "cannot pair the experience forwards")
-        groups[k: k + 1] = [groups[k][: len(groups[k]) // 2], groups[k][len(groups[k]) // 2:]]
-    return groups
-
-
 @torch.no_grad()
 def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
                        samples: list[runtime.Sample] | None = None) -> None:
@@ -675,9 +592,9 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
         batch[key] = torch.zeros(B, R_full)
     from_sampler = cfg.old_logprobs == "sampler"
     if from_sampler:
-        batch["old_logp"] = sampler_logprobs(samples, R_full)
-    for group in forward_groups(batch, cfg.micro_rollout_batch_size, cfg.rollout_forward_tokens):
-        mb = next(micro_batches(batch, group, len(group), device))
+        batch["old_logp"] = runtime.sampler_logprobs(samples, R_full)
+    for group in runtime.forward_groups(batch, cfg.micro_rollout_batch_size, cfg.rollout_forward_tokens):
+        mb = next(runtime.micro_batches(batch, group, len(group), device))
         args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
         rows = torch.tensor(group)
         if not from_sampler:
@@ -690,19 +607,8 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
     for key in ("old_logp", "ref_logp", "values"):
         batch[key] *= m  # padding: exactly 0
     if cfg.tis_cap > 0:
-        batch["tis_weight"] = tis_weights(batch["old_logp"], sampler_logprobs(samples, R_full, "tis-cap"),
+        batch["tis_weight"] = tis_weights(batch["old_logp"], runtime.sampler_logprobs(samples, R_full, "tis-cap"),
                                           cfg.tis_cap) * m
-
-
-def sampler_logprobs(samples: list[runtime.Sample] | None, R: int, flag: str = "old-logprobs") -> torch.Tensor:
-    """B x R: the engine's log-probs of the sampled tokens (at --logprob-temperature), right-padded with 0."""
-    if not samples or any(s.engine_logprobs is None for s in samples):
-        raise SystemExit(f"--{flag}: the rollout engine returned no log-probs (vLLM returns them only when "
-                         "--logprob-temperature is 1 or equals --temperature); leave --{flag} at its default")
-    out = torch.zeros(len(samples), R)
-    for i, s in enumerate(samples):
-        out[i, :len(s.engine_logprobs)] = torch.tensor(s.engine_logprobs, dtype=torch.float32)
-    return out
 
 
 def advantages_and_returns(batch: dict, scores: list[float], cfg: Config,
@@ -772,23 +678,6 @@ def make_learner(name: str, model: torch.nn.Module, lr: float, cfg: Config, tota
     return Learner(name, model, *runtime.make_optimizer(model, lr, cfg, total_updates), cfg.max_grad_norm)
 
 
-class Sums:
-    """Running float64 sums of the update's diagnostics, all-reduced over ranks in one collective at the
-    end."""
-
-    def __init__(self, *names: str):
-        self.total = {k: torch.zeros((), dtype=torch.float64) for k in names}
-
-    def add(self, **values: float) -> None:
-        for k, v in values.items():
-            self.total[k] += v
-
-    def all_reduce(self) -> dict[str, float]:
-        stats = torch.stack(list(self.total.values()))
-        dist.all_reduce(stats)
-        return dict(zip(self.total, stats.tolist()))
-
-
 def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config, world: int, device,
                train_actor: bool, generator: torch.Generator) -> dict:
     """PPO epochs over mini-batches (one optimizer step each). Each rank holds train_batch_size / world
@@ -801,7 +690,7 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
     and the sharded gradients accumulate in place (as sft.py does)."""
     B = batch["response_mask"].size(0)
     per_rank = cfg.train_batch_size // world
-    sums = Sums("pg_loss", "v_loss", "entropy", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl",
+    sums = runtime.Sums("pg_loss", "v_loss", "entropy", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl",
                 "vf_clipfrac", "tokens")
     norms = {"actor_grad_norm": [], "critic_grad_norm": []}
     learners = [x for x in (actor if train_actor else None, critic) if x is not None]
@@ -816,7 +705,7 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
             denom = minibatch_count(batch, idx, cfg, device) / world
             n_minibatches += 1
             finite = torch.ones((), device=device)
-            for mb in list(micro_batches(batch, idx, cfg.micro_train_batch_size, device)):
+            for mb in list(runtime.micro_batches(batch, idx, cfg.micro_train_batch_size, device)):
                 args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
                 mask = mb["loss_mask"]
                 if train_actor:
@@ -864,7 +753,7 @@ def minibatch_count(batch: dict, idx: list[int], cfg: Config, device) -> torch.T
 
 
 @torch.no_grad()
-def add_policy_stats(sums: Sums, pg: torch.Tensor, logp, entropy, mb: dict, clip_eps: float,
+def add_policy_stats(sums: runtime.Sums, pg: torch.Tensor, logp, entropy, mb: dict, clip_eps: float,
                      clip_eps_high: float) -> None:
     """clipfrac: |ratio - 1| > eps; clipfrac_low / _high: the tokens whose gradient the clip cuts (ratio below
     1 - eps with A < 0, above 1 + eps_high with A > 0)."""
@@ -969,7 +858,7 @@ def main(cfg: Config) -> None:
             with runtime.timer(times, "sync"):  # 1. sync (a no-op if the engine already holds this version)
                 sync_weights(actor.model, engine, version)
             def draw(k: int) -> list[tuple]:  # 2. rollout  3. score: this rank's share of the k-th batch
-                idx = prompts_at(position + k * cfg.rollout_batch_size, cfg.rollout_batch_size, len(rows),
+                idx = runtime.prompts_at(position + k * cfg.rollout_batch_size, cfg.rollout_batch_size, len(rows),
                                  cfg.seed)[rank * per_rank_prompts: (rank + 1) * per_rank_prompts]
                 return rollout(engine, tokenizer, [rows[i] for i in idx], cfg, times)
             kept, groups = fill_groups(draw, per_rank_prompts, cfg.n_samples_per_prompt, cfg.dynamic_sampling,
@@ -1005,7 +894,7 @@ def main(cfg: Config) -> None:
                     cfg.keep_checkpoints, cfg.keep_actor_weights, savers={"critic": save_critic})
                 if rank == 0:
                     plot_curves(out)
-            if time_is_up(cfg, t_start, step):
+            if runtime.time_is_up(cfg.time_limit_minutes, t_start, step):
                 break
     except FloatingPointError as e:
         stop_on_non_finite(e, cfg, step, last_ckpt, bar, engine)
@@ -1063,33 +952,6 @@ def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
     return rows
 
 
-def tokenize_prompts(rows: list[dict], tokenizer, max_len: int, long_prompts: str = "truncate"
-                     ) -> tuple[list[dict], int]:
-    """Attach prompt token ids; prompts longer than max_len are counted and either truncated to their first
-    max_len tokens (v0: OpenRLHF's tokenize_fn, truncation=True, right side) or dropped."""
-    if long_prompts not in ("truncate", "drop"):
-        raise ValueError(f"--long-prompts {long_prompts!r}: expected truncate or drop")
-    ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
-    n_long = sum(len(i) > max_len for i in ids)
-    if long_prompts == "truncate":
-        return [dict(r, ids=i[:max_len]) for r, i in zip(rows, ids)], n_long
-    return [dict(r, ids=i) for r, i in zip(rows, ids) if len(i) <= max_len], n_long
-
-
-def prompts_at(position: int, count: int, n: int, seed: int) -> list[int]:
-    """Indices of prompts position..position+count-1 of an endless stream: a seeded permutation per pass
-    over the data, consumed in order, so the data position alone fixes what comes next (resume)."""
-    out = []
-    while len(out) < count:
-        epoch, i = divmod(position, n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
-        take = order[i: i + count - len(out)]
-        out += take
-        position += len(take)
-    return out
-
-
-# ---- main's helpers: set-up, resume, per-step logging, the time limit, the end ----
 def prompts_per_rank(cfg: Config, world: int) -> int:
     """Each rank's share of a rollout batch's prompts; the batch must split into ranks and whole
     mini-batches."""
@@ -1105,11 +967,11 @@ def prompts_per_rank(cfg: Config, world: int) -> int:
 def load_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
     """The training prompts (tokenized; --long-prompts applied) and the held-out sample (--eval-size)."""
     with runtime.data_errors_are_clear():
-        rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer,
+        rows, n_long = runtime.tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer,
                                         cfg.prompt_max_len, cfg.long_prompts)
         test_rows = read_prompts(cfg.test_file, cfg.template, cfg.levels) if cfg.test_file else []
     if test_rows:
-        test_rows, _ = tokenize_prompts(test_rows, tokenizer, cfg.prompt_max_len, cfg.long_prompts)
+        test_rows, _ = runtime.tokenize_prompts(test_rows, tokenizer, cfg.prompt_max_len, cfg.long_prompts)
         if cfg.eval_size > 0:
             test_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
     if len(rows) < cfg.rollout_batch_size:
@@ -1185,10 +1047,9 @@ def write_step(out: Path, step: int, record: dict, samples: list[runtime.Sample]
     """Rank 0: the record to metrics.jsonl; every --dump-rollouts-every steps (and the first) the samples."""
     runtime.log_metrics(out, record)
     if cfg.dump_rollouts_every > 0 and (step % cfg.dump_rollouts_every == 0 or step == 1):
-        with open(out / "rollouts" / f"step_{step}.jsonl", "w") as f:
-            for s, text, gold, score in zip(samples, texts, golds, scores):
-                f.write(json.dumps({"prompt": tokenizer.decode(s.prompt_ids), "response": text,
-                                    "gold": gold, "score": score, "truncated": s.truncated}) + "\n")
+        runtime.write_jsonl(out / "rollouts" / f"step_{step}.jsonl", (
+            {"prompt": tokenizer.decode(s.prompt_ids), "response": text, "gold": gold, "score": score,
+             "truncated": s.truncated} for s, text, gold, score in zip(samples, texts, golds, scores)))
 
 
 def show_progress(bar, record: dict) -> None:
@@ -1197,46 +1058,22 @@ def show_progress(bar, record: dict) -> None:
     bar.update(1)  # after the postfix: a refresh (see progress_settings) shows this step's numbers
 
 
-def time_is_up(cfg: Config, t_start: float, step: int) -> bool:
-    """--time-limit-minutes: rank 0's clock decides, so every rank leaves the loop at the same step."""
-    over = torch.tensor(float(cfg.time_limit_minutes > 0 and
-                              time.perf_counter() - t_start > 60 * cfg.time_limit_minutes))
-    dist.broadcast(over, 0)
-    if over.item():
-        runtime.print0(f"time limit of {cfg.time_limit_minutes} min reached after {step} RL steps")
-    return bool(over.item())
-
-
 def stop_on_non_finite(e: FloatingPointError, cfg: Config, step: int, last_ckpt: Path | None, bar, engine):
     """A NaN/inf loss or gradient norm (ppo_update raises before any optimizer step): say where to go on
     from."""
-    bar.close()
-    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-    runtime.print0(f"ERROR at RL step {step + 1}: {e}. Stopped before the optimizer step; nothing of this "
-                   f"step was saved; {where}. Check the config first (learning rates "
-                   f"{cfg.actor_lr:g}/{cfg.critic_lr:g}, "
-                   f"temperature {cfg.temperature:g}, max_grad_norm {cfg.max_grad_norm:g}), then the data; "
-                   "then --resume.")
-    engine.close()
-    dist.destroy_process_group()
-    raise SystemExit(1)
+    runtime.stop_on_non_finite(e, f"RL step {step + 1}", last_ckpt, f"learning rates {cfg.actor_lr:g}/"
+                               f"{cfg.critic_lr:g}, temperature {cfg.temperature:g}, max_grad_norm "
+                               f"{cfg.max_grad_norm:g}", bar.close, engine.close)
 
 
 def final_report(out: Path, step: int, acc0, acc1, phase_ms: list[dict], rl_minutes: float, rank: int,
                  world: int) -> None:
     """The end accuracy into metrics.jsonl and curves.png; ms per step by phase; the accuracy change."""
-    rss = runtime.all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if rank == 0:
         if acc1 is not None:
             runtime.log_metrics(out, {"step": step, "eval/accuracy": acc1})
         plot_curves(out)
-    if phase_ms:
-        steady = phase_ms[1:] or phase_ms
-        mean = {k: 1000 * sum(t[k] for t in steady) / len(steady) for k in steady[0]}
-        runtime.print0(f"{len(phase_ms)} RL steps in {rl_minutes:.1f} min; "
-                       f"ms/step {sum(mean.values()):.0f} = "
-                       + " + ".join(f"{k} {v:.0f}" for k, v in mean.items())
-                       + f"; peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
+    runtime.report_phases(phase_ms, rl_minutes, "RL steps")
     if acc0 is not None and acc1 is not None:
         runtime.print0(f"held-out greedy accuracy: {100 * acc0:.1f}% -> {100 * acc1:.1f}% "
                        f"({100 * (acc1 - acc0):+.1f} points)")

@@ -1,7 +1,6 @@
 """The 2025 objective menu (docs/objectives.md) against hand-worked examples: Dr. GRPO's, RLOO's and REINFORCE++'s
 advantages, Dr. GRPO's loss normalisation, clip-higher at both edges, dynamic sampling, the overlong filter and
 penalty, truncated importance sampling; and the defaults' update bit-identical to the recipe's (frozen below)."""
-import copy
 import math
 import sys
 from pathlib import Path
@@ -215,7 +214,7 @@ def test_tis_weights_are_the_capped_ratio_and_1_when_sampler_and_trainer_agree()
 def test_tis_needs_the_samplers_logprobs():
     samples = [runtime.Sample([1], [2, 3], False, None)]
     with pytest.raises(SystemExit, match="--tis-cap"):
-        ppo.sampler_logprobs(samples, 2, "tis-cap")
+        runtime.sampler_logprobs(samples, 2, "tis-cap")
 
 
 def test_menu_flags_are_validated():
