@@ -5,12 +5,14 @@
     python -c "import ppo"  # importing trains nothing
 
 Reading order: Config (the recipe as defaults), the math (kl_penalty, shape_rewards, compute_gae,
-masked_whiten, group_advantages, aggregate, policy_loss, value_loss), the models (Critic: the value head;
-load_models), rollouts (the weight sync: stream_weights, sync_weights, the engine's weights_version), the
-experience (experience_forward, advantages_and_returns), the update (Learner.step, ppo_update), the held-out
-eval, `main`. Below the "bookkeeping below" marker: this stage's data, step records, checks and CLI. The
-machinery shared with sft.py and evaluate.py (processes, loading and FSDP2 sharding, checkpoints, the engines,
-metrics, the memory plan) is runtime.py; the reward is reward.py.
+masked_whiten, group_advantages, aggregate, policy_loss, value_loss), the 2025 menu, off by default
+(rloo_advantages, zero_variance_groups, overlong_penalty, overlong_filter, tis_weights; docs/objectives.md),
+the models (Critic: the value head; load_models), rollouts (the weight sync: stream_weights, sync_weights,
+the engine's weights_version; fill_groups), the experience (experience_forward, advantages_and_returns), the
+update (Learner.step, ppo_update), the held-out eval, `main`. Below the "bookkeeping below" marker: this
+stage's data, step records, checks and CLI. The machinery shared with sft.py and evaluate.py (processes,
+loading and FSDP2 sharding, checkpoints, the engines, metrics, the memory plan) is runtime.py; the reward is
+reward.py.
 
 One RL step, in the order the code runs it (`main`, same numbers):
 
@@ -26,7 +28,8 @@ One RL step, in the order the code runs it (`main`, same numbers):
   6. GAE       delta_t = r_t + gamma V_{t+1} - V_t,  A_t = delta_t + gamma lam A_{t+1},  V_{T} = 0,
                returns R_t = A_t + V_t;  A whitened over every valid token of the rollout on all ranks.
                (--advantage grpo: no critic; the score in step 5 is first normalised within its prompt's
-               group of samples, group_advantages, and A_t is the reward-to-go: GAE with V = 0, lam = 1.)
+               group of samples, group_advantages, and A_t is the reward-to-go: GAE with V = 0, lam = 1;
+               drgrpo, rloo and reinforce++ likewise with their own baselines: advantages_and_returns.)
   7. update    PPO epochs over mini-batches of `train_batch_size` sequences (gradient accumulation over
                micro-batches); clipped policy loss, clipped value loss; separate AdamW + cosine schedules.
 
@@ -122,7 +125,7 @@ class Config:
     clip_eps_high: float = 0.0  # the upper clip 1 + eps_high (DAPO's clip-higher: 0.28); 0: = --clip-eps
     tis_cap: float = 0.0  # truncated importance sampling: each token's policy loss x min(pi_old / pi_sampler,
     #   C), pi_sampler the engine's own log-probs (tis_weights); 0: off (v0)
-    dynamic_sampling: bool = False  # drop groups whose n scores are all equal (zero advantage) and draw further
+    dynamic_sampling: bool = False  # drop groups whose n scores are all equal (zero advantage) and draw more
     #   prompts until rollout_batch_size groups with a spread are kept (DAPO; fill_groups)
     overlong: str = "none"  # truncated responses: none (v0) | filter: they carry no loss | shape: score +
     #   overlong_penalty, a linear penalty over the last --overlong-buffer tokens of --generate-max-len (DAPO)
@@ -386,8 +389,9 @@ class Critic(torch.nn.Module):
             raise ValueError(f"--value-head-init {init!r}: expected normal or zeros")
 
     def forward(self, input_ids, attention_mask, position_ids, response_len: int) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=runtime.attention_mask_or_none(attention_mask),
-                            position_ids=position_ids).last_hidden_state
+        mask = runtime.attention_mask_or_none(attention_mask)
+        hidden = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids)
+        hidden = hidden.last_hidden_state
         # V_t at the positions token_logprobs reads its logits from: hidden[:, -R-1:-1], the R states that
         # PREDICT the response's R tokens, so V_t is the value of the prefix before token t (the state
         # in which the policy chose a_t), aligned column for column with log pi(a_t) and the mask.
@@ -522,20 +526,21 @@ def rollout(engine, tokenizer, prompts: list[dict], cfg: Config, times: dict) ->
 
 def fill_groups(draw, need: int, group_size: int, dynamic: bool, max_draws: int,
                 all_ranks=lambda ok: ok) -> tuple[list[tuple], dict]:
-    """The step's `need` groups of `group_size` responses, and counts. Without dynamic sampling: one draw, kept
-    whole. With it (DAPO's dynamic sampling): groups whose scores are all equal (zero_variance_groups) are
-    dropped and draw(k) (the k-th further batch of prompts) is called until `need` groups are kept, then the
-    first `need` are used; after `max_draws` draws (a pass over the training prompts) it stops with an error.
-    `all_ranks(ok)`: True when ok holds on every rank, so every rank draws the same number of times."""
+    """The step's `need` groups of `group_size` responses, and counts. Without dynamic sampling: one draw,
+    kept whole. With it (DAPO's): groups whose scores are all equal (zero_variance_groups) are dropped and
+    draw(k), the k-th further batch of prompts, is called until `need` groups are kept (the first `need` are
+    used); after `max_draws` draws (a pass over the training prompts) it stops with an error. `all_ranks(ok)`:
+    True when ok holds on every rank, so every rank draws the same number of times."""
     kept, counts = [], {"draws": 0, "groups": 0, "zero_variance": 0}
     while counts["draws"] == 0 or (dynamic and not all_ranks(len(kept) >= need)):
         if counts["draws"] >= max_draws:
-            raise SystemExit(f"--dynamic-sampling: {len(kept)} of {need} groups have a spread of scores after "
-                             f"{counts['draws']} batches of prompts (a pass over the training prompts): "
-                             "the policy solves nearly every prompt or none; use other prompts or turn it off")
+            raise SystemExit(f"--dynamic-sampling: {len(kept)} of {need} groups have a spread of scores "
+                             f"after {counts['draws']} batches of prompts (a pass over the training "
+                             "prompts): the policy solves nearly every prompt or none; use other prompts "
+                             "or turn it off")
         rows = draw(counts["draws"])
         scores = torch.tensor([r[3] for r in rows], dtype=torch.float64)
-        zero = zero_variance_groups(scores, group_size) if group_size > 1 else torch.zeros(len(rows), dtype=bool)
+        zero = zero_variance_groups(scores, group_size) if group_size > 1 else torch.zeros(len(rows)).bool()
         groups = [rows[g * group_size: (g + 1) * group_size] for g in range(len(zero))]
         kept += [g for g, z in zip(groups, zero.tolist()) if not (dynamic and z)]
         counts["draws"] += 1
@@ -607,8 +612,8 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
     for key in ("old_logp", "ref_logp", "values"):
         batch[key] *= m  # padding: exactly 0
     if cfg.tis_cap > 0:
-        batch["tis_weight"] = tis_weights(batch["old_logp"], runtime.sampler_logprobs(samples, R_full, "tis-cap"),
-                                          cfg.tis_cap) * m
+        sampler = runtime.sampler_logprobs(samples, R_full, "tis-cap")
+        batch["tis_weight"] = tis_weights(batch["old_logp"], sampler, cfg.tis_cap) * m
 
 
 def advantages_and_returns(batch: dict, scores: list[float], cfg: Config,
@@ -690,8 +695,8 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
     and the sharded gradients accumulate in place (as sft.py does)."""
     B = batch["response_mask"].size(0)
     per_rank = cfg.train_batch_size // world
-    sums = runtime.Sums("pg_loss", "v_loss", "entropy", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl",
-                "vf_clipfrac", "tokens")
+    sums = runtime.Sums("pg_loss", "v_loss", "entropy", "clipfrac", "clipfrac_low", "clipfrac_high",
+                        "approx_kl", "vf_clipfrac", "tokens")
     norms = {"actor_grad_norm": [], "critic_grad_norm": []}
     learners = [x for x in (actor if train_actor else None, critic) if x is not None]
     n_minibatches = 0
@@ -718,7 +723,7 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
                         loss = pg - cfg.entropy_coef * aggregate(entropy, mask, cfg.loss_agg, denom)
                     finite *= torch.isfinite(loss.detach()).float()
                     loss.backward()
-                    add_policy_stats(sums, pg, logp, entropy, mb, cfg.clip_eps, cfg.clip_eps_high or cfg.clip_eps)
+                    add_policy_stats(sums, pg, logp, entropy, mb, cfg.clip_eps, cfg.clip_eps_high or None)
                 if critic is not None:
                     values = critic.model(*args)
                     vl = value_loss(values, mb["values"], mb["returns"], mask, cfg.value_clip, cfg.loss_agg,
@@ -754,16 +759,16 @@ def minibatch_count(batch: dict, idx: list[int], cfg: Config, device) -> torch.T
 
 @torch.no_grad()
 def add_policy_stats(sums: runtime.Sums, pg: torch.Tensor, logp, entropy, mb: dict, clip_eps: float,
-                     clip_eps_high: float) -> None:
+                     clip_eps_high: float | None = None) -> None:
     """clipfrac: |ratio - 1| > eps; clipfrac_low / _high: the tokens whose gradient the clip cuts (ratio below
     1 - eps with A < 0, above 1 + eps_high with A > 0)."""
     mask, log_ratio, adv = mb["loss_mask"], logp - mb["old_logp"], mb["advantages"]
-    ratio = log_ratio.exp()
+    ratio, high = log_ratio.exp(), clip_eps if clip_eps_high is None else clip_eps_high
     sums.add(pg_loss=pg.item(),  # this rank's part of the mini-batch loss x world
              entropy=(entropy * mask).sum().item(),
              clipfrac=(((ratio - 1).abs() > clip_eps).float() * mask).sum().item(),
              clipfrac_low=(((ratio < 1 - clip_eps) & (adv < 0)).float() * mask).sum().item(),
-             clipfrac_high=(((ratio > 1 + clip_eps_high) & (adv > 0)).float() * mask).sum().item(),
+             clipfrac_high=(((ratio > 1 + high) & (adv > 0)).float() * mask).sum().item(),
              approx_kl=(kl_penalty(logp, mb["old_logp"], "k3") * mask).sum().item())
 
 
@@ -858,8 +863,8 @@ def main(cfg: Config) -> None:
             with runtime.timer(times, "sync"):  # 1. sync (a no-op if the engine already holds this version)
                 sync_weights(actor.model, engine, version)
             def draw(k: int) -> list[tuple]:  # 2. rollout  3. score: this rank's share of the k-th batch
-                idx = runtime.prompts_at(position + k * cfg.rollout_batch_size, cfg.rollout_batch_size, len(rows),
-                                 cfg.seed)[rank * per_rank_prompts: (rank + 1) * per_rank_prompts]
+                idx = runtime.prompts_at(position + k * cfg.rollout_batch_size, cfg.rollout_batch_size,
+                                         len(rows), cfg.seed)[rank * per_rank_prompts:][:per_rank_prompts]
                 return rollout(engine, tokenizer, [rows[i] for i in idx], cfg, times)
             kept, groups = fill_groups(draw, per_rank_prompts, cfg.n_samples_per_prompt, cfg.dynamic_sampling,
                                        -(-len(rows) // cfg.rollout_batch_size), runtime.on_every_rank)
@@ -967,8 +972,8 @@ def prompts_per_rank(cfg: Config, world: int) -> int:
 def load_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
     """The training prompts (tokenized; --long-prompts applied) and the held-out sample (--eval-size)."""
     with runtime.data_errors_are_clear():
-        rows, n_long = runtime.tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer,
-                                        cfg.prompt_max_len, cfg.long_prompts)
+        rows, n_long = runtime.tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels),
+                                                tokenizer, cfg.prompt_max_len, cfg.long_prompts)
         test_rows = read_prompts(cfg.test_file, cfg.template, cfg.levels) if cfg.test_file else []
     if test_rows:
         test_rows, _ = runtime.tokenize_prompts(test_rows, tokenizer, cfg.prompt_max_len, cfg.long_prompts)
@@ -1087,7 +1092,7 @@ REFLECTION = re.compile(r"\b(wait|recheck|re-check|double[- ]check|let me (?:ver
 def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], scores: list[float],
                   cfg: Config, device, groups: dict | None = None) -> dict:
     """Per-step metrics over every rank's samples (sums all-reduced, then divided). The sampler-trainer gap
-    |log pi_sampler - log pi_old| per token: its mean, and the largest over ranks of each rank's p95 and max."""
+    |log pi_sampler - log pi_old| per token: its mean; the largest over ranks of each rank's p95 and max."""
     m = batch["response_mask"]
     lengths = m.sum(1)
     k1 = (batch["old_logp"] - batch["ref_logp"]) * m
@@ -1122,7 +1127,7 @@ def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], 
         tail = torch.stack([g.kthvalue(max(1, math.ceil(0.95 * len(g)))).values, g.max()])
         dist.all_reduce(tail, op=dist.ReduceOp.MAX)
         out["engine_logprob_gap_p95"], out["engine_logprob_gap_max"] = tail.tolist()
-    if s.get("groups_groups"):  # the share of drawn groups whose scores were all equal; dynamic sampling's draws
+    if s.get("groups_groups"):  # the share of drawn groups whose scores were all equal; draws per step
         out["zero_variance_groups"] = s["groups_zero_variance"] / s["groups_groups"]
         out["dynamic_sampling_draws"] = s["groups_draws"] / runtime.global_sums({"ranks": 1}, device)["ranks"]
     if cfg.advantage != "gae":  # no critic: no values to explain the returns
@@ -1209,8 +1214,9 @@ def validate(cfg: Config) -> None:
     need(cfg.logprob_temperature > 0, "logprob_temperature", "must be > 0")
     need(cfg.value_head_init in ("normal", "zeros"), "value_head_init", "must be normal or zeros")
     need(cfg.advantage in ADVANTAGES, "advantage", "must be one of " + ", ".join(ADVANTAGES))
-    need(cfg.n_samples_per_prompt >= 2 or (cfg.advantage in ("gae", "reinforce++") and not cfg.dynamic_sampling),
-         "n_samples_per_prompt", f"must be >= 2 with --advantage {cfg.advantage} or --dynamic-sampling (groups)")
+    groups = cfg.advantage not in ("gae", "reinforce++") or cfg.dynamic_sampling
+    need(cfg.n_samples_per_prompt >= 2 or not groups, "n_samples_per_prompt",
+         f"must be >= 2 with --advantage {cfg.advantage} or --dynamic-sampling (groups)")
     need(cfg.clip_eps_high >= 0 and cfg.tis_cap >= 0, "clip_eps_high", "and --tis-cap must be >= 0 (0: off)")
     need(cfg.overlong in ("none", "filter", "shape"), "overlong", "must be none, filter or shape")
     need(cfg.overlong != "shape" or 0 < cfg.overlong_buffer <= cfg.generate_max_len, "overlong_buffer",

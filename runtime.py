@@ -156,8 +156,8 @@ def stop_on_non_finite(e: Exception, where: str, last_ckpt: Path | None, setting
     for close in closers:
         close()
     last = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-    print0(f"ERROR at {where}: {e}. Stopped before the optimizer step; nothing of this step was saved; {last}. "
-           f"Check the config first ({settings}), then the data; then --resume.")
+    print0(f"ERROR at {where}: {e}. Stopped before the optimizer step; nothing of this step was saved; "
+           f"{last}. Check the config first ({settings}), then the data; then --resume.")
     dist.destroy_process_group()
     raise SystemExit(1)
 
@@ -299,8 +299,8 @@ def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
 
 
 def save_state_folder(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
-    """A Hugging Face folder of any module's whole state dict (e.g. ppo.py's critic: the trunk as `model.*` and
-    `value_head.weight`): config + model.safetensors + tokenizer, written beside and renamed into place."""
+    """A Hugging Face folder of any module's whole state dict (e.g. ppo.py's critic: the trunk as `model.*`
+    and `value_head.weight`): config + model.safetensors + tokenizer, written beside, renamed into place."""
     from safetensors.torch import save_file
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if torch.cuda.is_available():  # bf16 on GPU, as save_hf_checkpoint (a resume reads fp32 masters from DCP)
@@ -921,7 +921,7 @@ def plot_metrics(out: Path, rows: list[list[str]], xlabel: str, titles: dict | N
 
 
 def report_phases(phase_s: list[dict[str, float]], minutes: float, what: str) -> None:
-    """Print the mean ms per step by phase (the first step, the warm-up, left out) and each rank's peak RSS."""
+    """Print the mean ms per step by phase (the first step, a warm-up, left out) and each rank's peak RSS."""
     rss = all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if phase_s:
         steady = phase_s[1:] or phase_s
