@@ -17,10 +17,11 @@ every step; dynamic sampling draws further prompts); everything not listed below
   reinforce++  --advantage reinforce++ (token-mean)
 
 Measured per run: held-out greedy accuracy (ppo.py's eval on every level-1-2 test problem, at steps 0, 10, ...,
-the end), and from the sampled rollouts of the last --tail steps (every step is dumped): mean length in tokens
-of right and of wrong responses, entropy, truncated share, zero-variance group share; seconds per RL step (the
-mean of ppo.py's timed phases, the first step left out). One seed: differences of a few points are within what
-another seed could give. Writes <out>/summary.json, <out>/table.md and <out>/objectives.png.
+the end); over the last --tail steps: sampled accuracy, entropy, truncated share, zero-variance group share
+(metrics.jsonl, all ranks) and the mean length in tokens of right and of wrong responses (the rollout dumps,
+rank 0's responses; every step is dumped); seconds per RL step (the mean of ppo.py's timed phases, the first
+step left out). One seed; with --dynamic-sampling the sampled numbers are over the groups kept. Writes
+<out>/summary.json, <out>/table.md and <out>/objectives.png. Measured: docs/objectives.md.
 """
 import argparse
 import json
