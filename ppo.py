@@ -5,12 +5,14 @@
     python -c "import ppo"  # importing trains nothing
 
 Reading order: Config (the recipe as defaults), the math (kl_penalty, shape_rewards, compute_gae,
-masked_whiten, group_advantages, aggregate, policy_loss, value_loss), the models (Critic: the value head;
-load_models), rollouts (the weight sync: stream_weights, sync_weights, the engine's weights_version), the
-experience (experience_forward, advantages_and_returns), the update (Learner.step, ppo_update), the held-out
-eval, `main`. Below the "bookkeeping below" marker: this stage's data, step records, checks and CLI. The
-machinery shared with sft.py and evaluate.py (processes, loading and FSDP2 sharding, checkpoints, the engines,
-metrics, the memory plan) is runtime.py; the reward is reward.py.
+masked_whiten, group_advantages, aggregate, policy_loss, value_loss), the 2025 menu, off by default
+(rloo_advantages, zero_variance_groups, overlong_penalty, overlong_filter, tis_weights; docs/objectives.md),
+the models (Critic: the value head; load_models), rollouts (the weight sync: stream_weights, sync_weights,
+the engine's weights_version; fill_groups), the experience (experience_forward, advantages_and_returns), the
+update (Learner.step, ppo_update), the held-out eval, `main`. Below the "bookkeeping below" marker: this
+stage's data, step records, checks and CLI. The machinery shared with sft.py and evaluate.py (processes,
+loading and FSDP2 sharding, checkpoints, the engines, metrics, the memory plan) is runtime.py; the reward is
+reward.py.
 
 One RL step, in the order the code runs it (`main`, same numbers):
 
@@ -26,7 +28,8 @@ One RL step, in the order the code runs it (`main`, same numbers):
   6. GAE       delta_t = r_t + gamma V_{t+1} - V_t,  A_t = delta_t + gamma lam A_{t+1},  V_{T} = 0,
                returns R_t = A_t + V_t;  A whitened over every valid token of the rollout on all ranks.
                (--advantage grpo: no critic; the score in step 5 is first normalised within its prompt's
-               group of samples, group_advantages, and A_t is the reward-to-go: GAE with V = 0, lam = 1.)
+               group of samples, group_advantages, and A_t is the reward-to-go: GAE with V = 0, lam = 1;
+               drgrpo, rloo and reinforce++ likewise with their own baselines: advantages_and_returns.)
   7. update    PPO epochs over mini-batches of `train_batch_size` sequences (gradient accumulation over
                micro-batches); clipped policy loss, clipped value loss; separate AdamW + cosine schedules.
 
@@ -51,12 +54,10 @@ newest --keep-checkpoints, critic/ + optimizer/scheduler/RNG/data state (for --r
 evaluate.py loads) and final/critic, metrics.jsonl, rollouts/step_<N>.jsonl, curves.png.
 """
 import dataclasses
-import json
 import math
 import random
 import re
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -65,7 +66,6 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
@@ -113,13 +113,24 @@ class Config:
     max_grad_norm: float = 1.0  # global gradient-norm clip per network [--max_norm]
     kl_coef: float = 0.01  # fixed beta in r_t = -beta * kl_t (+ the score on the last token) [--init_kl_coef]
     kl_estimator: str = "k1"  # k1 | k2 | k3, per token in the reward
-    advantage: str = "gae"  # gae: PPO with a critic and GAE (v0) | grpo: no critic, each score normalised
-    #   within its prompt's n_samples_per_prompt (group_advantages), the KL reward added per token as in gae
+    advantage: str = "gae"  # gae: PPO with a critic and GAE (v0) | no critic, the KL reward per token as in
+    #   gae, the score replaced by: grpo: its z-score within its prompt's n samples (group_advantages) |
+    #   drgrpo: minus the group mean, no std (Dr. GRPO; with --loss-agg seq-mean-token-sum-norm) | rloo: minus
+    #   the mean of the other n-1 | reinforce++: the score itself, the reward-to-go whitened over the batch
     old_logprobs: str = "trainer"  # log pi_old: a no-grad forward of the actor (v0) | sampler: the rollout
     #   engine's own log-probs of the sampled tokens (one forward fewer; the same policy, fp32 CPU gap ~1e-7)
     gamma: float = 1.0  # GAE discount: delta_t = r_t + gamma V_{t+1} - V_t
     lam: float = 0.95  # GAE lambda: A_t = delta_t + gamma * lam * A_{t+1} [--lambd]
     clip_eps: float = 0.2  # policy loss: -min(rho A, clip(rho, 1 - eps, 1 + eps) A) [--eps_clip]
+    clip_eps_high: float = 0.0  # the upper clip 1 + eps_high (DAPO's clip-higher: 0.28); 0: = --clip-eps
+    tis_cap: float = 0.0  # truncated importance sampling: each token's policy loss x min(pi_old / pi_sampler,
+    #   C), pi_sampler the engine's own log-probs (tis_weights); 0: off (v0)
+    dynamic_sampling: bool = False  # drop groups whose n scores are all equal (zero advantage) and draw more
+    #   prompts until rollout_batch_size groups with a spread are kept (DAPO; fill_groups)
+    overlong: str = "none"  # truncated responses: none (v0) | filter: they carry no loss | shape: score +
+    #   overlong_penalty, a linear penalty over the last --overlong-buffer tokens of --generate-max-len (DAPO)
+    overlong_buffer: int = 0  # tokens before the budget's end where --overlong shape's penalty starts (> 0)
+    overlong_penalty_factor: float = 1.0  # --overlong shape's penalty at the budget's last token
     value_clip: float = 0.2  # value loss: max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2) / 2
     entropy_coef: float = 0.0  # entropy is always logged; > 0 adds -coef * H to the policy loss
     logprob_temperature: float = 1.0  # old/new/reference log-probs from logits / this (v0: 1, the raw logits,
@@ -127,7 +138,8 @@ class Config:
     #   tempered policy)
     loss_agg: str = "seq-mean-token-mean"  # v0: mean over each sequence's tokens, then over sequences (policy
     #   and value); token-mean: one mean over every token of the mini-batch (long responses weigh more; no
-    #   per-sequence length bias)
+    #   per-sequence length bias); seq-mean-token-sum-norm: each sequence's token sum / --generate-max-len,
+    #   then the mean over sequences (Dr. GRPO)
     value_head_init: str = "normal"  # v0: normal(0, std = 1/(hidden+1)) (OpenRLHF) | zeros (V = 0 at first)
     ppo_epochs: int = 1  # passes over each RL step's responses [--max_epochs]
     train_batch_size: int = 128  # responses per optimizer step, all ranks together
@@ -239,24 +251,34 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, distributed: bool = False
     return ((x - mean.to(x.dtype)) * torch.rsqrt(var + eps).to(x.dtype)) * mask
 
 
-def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+def as_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """G x n: the groups of responses sampled for the same prompt, one after another in `scores` (the n
+    samples of a prompt are neighbours, as both engines return them)."""
+    if group_size < 2 or scores.numel() % group_size:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size} (>= 2)")
+    return scores.reshape(-1, group_size)
+
+
+def group_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6, std: bool = True
+                     ) -> torch.Tensor:
     """GRPO's outcome advantage (DeepSeekMath, Shao et al. 2024, sec. 4.1.2; SimpleRL-Zoo's estimator): each
     response's score normalised within the group of responses sampled for the same prompt,
         A_i = (r_i - mean(r_group)) / (std(r_group) + eps),
-    std the sample standard deviation (n - 1, torch.std's default). `scores` holds the groups one after
-    another (the n samples of a prompt are neighbours, as both engines return them). A group whose responses
-    all scored alike gets 0: it says nothing about which response is better."""
-    if group_size < 2 or scores.numel() % group_size:
-        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size} (>= 2)")
-    groups = scores.reshape(-1, group_size)
+    std the sample standard deviation (n - 1, torch.std's default). std=False is Dr. GRPO's (Liu et al. 2025):
+        A_i = r_i - mean(r_group)
+    (dividing by the std weighs groups that are nearly all right or all wrong up). A group whose responses all
+    scored alike gets 0: it says nothing about which response is better."""
+    groups = as_groups(scores, group_size)
     centred = groups - groups.mean(dim=1, keepdim=True)
+    if not std:
+        return centred.reshape(scores.shape)
     return (centred / (groups.std(dim=1, keepdim=True) + eps)).reshape(scores.shape)
 
 
-ADVANTAGES = ("gae", "grpo")
+ADVANTAGES = ("gae", "grpo", "drgrpo", "rloo", "reinforce++")
 
 
-LOSS_AGGS = ("seq-mean-token-mean", "token-mean")
+LOSS_AGGS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "seq-mean-token-mean",
@@ -264,24 +286,34 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "seq-
     """Reduce a [batch, time] per-token loss to a scalar.
         seq-mean-token-mean (v0, OpenRLHF 0.5 models/loss.py):  1/S   sum_s (1/|s| sum_{t in s} l_t)
         token-mean:                                             1/N   sum_s sum_{t in s} l_t
-    `denom` replaces S (the number of sequences) or N (the number of valid tokens) of this batch: with the
-    counts of the whole mini-batch (all micro-batches and ranks), the accumulated gradient is the
-    mini-batch's."""
+        seq-mean-token-sum-norm (Dr. GRPO):                     1/S   sum_s (1/L sum_{t in s} l_t)
+    L a constant (ppo_update: --generate-max-len; here the batch's width), so no response's tokens weigh
+    more for being short. `denom` replaces S (the number of sequences), N (the number of valid tokens) or
+    S x L of this batch: with the counts of the whole mini-batch (all micro-batches and ranks), the
+    accumulated gradient is the mini-batch's."""
     if loss_agg == "seq-mean-token-mean":
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         return per_seq.sum() / (per_seq.numel() if denom is None else denom)
     if loss_agg == "token-mean":
         return (per_token * mask).sum() / (mask.sum().clamp(min=1) if denom is None else denom)
+    if loss_agg == "seq-mean-token-sum-norm":
+        return (per_token * mask).sum() / (mask.size(0) * mask.size(-1) if denom is None else denom)
     raise ValueError(f"--loss-agg {loss_agg!r}: expected one of {', '.join(LOSS_AGGS)}")
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 clip_eps: float, loss_agg: str = "seq-mean-token-mean",
-                denom: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Clipped surrogate per token: l_t = max(-ratio_t A_t, -clip(ratio_t, 1-eps, 1+eps) A_t),  ratio = pi /
-    pi_old, reduced by `aggregate`."""
+                denom: float | torch.Tensor | None = None, clip_eps_high: float | None = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Clipped surrogate per token: l_t = max(-ratio_t A_t, -clip(ratio_t, 1 - eps, 1 + eps_high) A_t),
+    ratio = pi / pi_old, eps_high = eps unless given (DAPO's clip-higher: a larger eps_high lets a token with
+    A > 0 gain more probability before its gradient is cut, against entropy collapse); times w_t when
+    `weights` are given (tis_weights); reduced by `aggregate`."""
     ratio = torch.exp(logp - old_logp)
-    per_token = torch.max(-ratio * advantages, -ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    per_token = torch.max(-ratio * advantages, -ratio.clamp(1 - clip_eps, 1 + high) * advantages)
+    if weights is not None:
+        per_token = per_token * weights
     return aggregate(per_token, mask, loss_agg, denom)
 
 
@@ -293,6 +325,46 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     per_token = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
     return aggregate(per_token, mask, loss_agg, denom)
+
+
+# ---- the 2025 menu (docs/objectives.md): more baselines, DAPO's filters, the sampler correction ----
+def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): each score minus the mean of the other n - 1 scores of its group,
+        A_i = r_i - 1/(n-1) sum_{j != i} r_j   (= n/(n-1) (r_i - mean(r_group))),
+    a baseline that does not depend on r_i itself, so the policy gradient stays unbiased."""
+    groups = as_groups(scores, group_size)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(scores.shape)
+
+
+def zero_variance_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """G booleans: True where every score of the group is the same (all right, or all wrong alike): every
+    group-baselined advantage of it is 0, so it trains nothing (DAPO's dynamic sampling drops these)."""
+    groups = as_groups(scores, group_size)
+    return (groups == groups[:, :1]).all(dim=1)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the score: 0 up to max_len - buffer
+    tokens, then falling linearly to -factor at max_len (the budget's last token, a truncated response):
+        penalty(|y|) = -factor * clip((|y| - (max_len - buffer)) / buffer, 0, 1)."""
+    return -factor * ((lengths.float() - (max_len - buffer)) / buffer).clamp(0, 1)
+
+
+def overlong_filter(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """DAPO's overlong filtering: a truncated response (no stop token within the budget) carries no loss,
+        m'_t = m_t * [response not truncated];
+    its score says nothing about the answer it had no room to give."""
+    return mask * (~truncated.bool()).to(mask.dtype).unsqueeze(-1)
+
+
+def tis_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"): the rollout engine samples from pi_sampler (another kernel, bf16), the loss
+    assumes pi_old; each token's policy-gradient term is reweighted by
+        w_t = min(pi_old(y_t) / pi_sampler(y_t), C) = min(exp(log pi_old - log pi_sampler), C),
+    exactly 1 where the two agree; the cap C bounds the variance."""
+    return torch.exp(old_logp - sampler_logp).clamp(max=cap)
 
 
 # ---- models: the actor, the frozen reference, the critic (trunk + value head) ----
@@ -318,8 +390,9 @@ class Critic(torch.nn.Module):
             raise ValueError(f"--value-head-init {init!r}: expected normal or zeros")
 
     def forward(self, input_ids, attention_mask, position_ids, response_len: int) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask_or_none(attention_mask),
-                            position_ids=position_ids).last_hidden_state
+        mask = runtime.attention_mask_or_none(attention_mask)
+        hidden = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids)
+        hidden = hidden.last_hidden_state
         # V_t at the positions token_logprobs reads its logits from: hidden[:, -R-1:-1], the R states that
         # PREDICT the response's R tokens, so V_t is the value of the prefix before token t (the state
         # in which the policy chose a_t), aligned column for column with log pi(a_t) and the mask.
@@ -339,25 +412,7 @@ def load_critic(path: str, seed: int, gradient_checkpointing: bool, init: str = 
     return critic
 
 
-def save_critic(critic: torch.nn.Module, tokenizer, out_dir: str) -> None:
-    """A Hugging Face folder: config + model.safetensors with the trunk as `model.*` and
-    `value_head.weight`."""
-    from safetensors.torch import save_file
-    state = get_model_state_dict(critic, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    dtype = runtime.folder_dtype()  # bf16 on GPU as save_hf_checkpoint (a resume reads fp32 masters from DCP)
-    state = {k: v.to(dtype) for k, v in state.items()}
-    if dist.get_rank() == 0:
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        runtime.save_config(critic.config, tmp, dtype)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    dist.barrier()
+save_critic = runtime.save_state_folder  # the critic's folder: the trunk as model.*, value_head.weight
 
 
 def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
@@ -376,7 +431,7 @@ def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
     ref = runtime.shard_model(ref, device)
     ref.eval()
     actor.train()
-    if cfg.advantage == "grpo":  # no value network: none loaded, trained, saved or planned for
+    if cfg.advantage != "gae":  # no value network: none loaded, trained, saved or planned for
         return actor, ref, None
     critic = load_critic(str(resume_from / "critic") if resume_from else (cfg.critic_model or cfg.model),
                          cfg.seed, cfg.gradient_checkpointing, cfg.value_head_init)
@@ -386,24 +441,13 @@ def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
     return actor, ref, critic
 
 
-def attention_mask_or_none(attention_mask: torch.Tensor) -> torch.Tensor | None:
-    """The mask the model is given: None when no row is left-padded (column 0 is real in every row; rows are
-    [left pads | prompt | response | right pads]). Causal attention alone then gives every real token exactly
-    the keys the mask would (the right padding comes after all of them), and SDPA runs its causal kernel
-    instead of a dense B x 1 x T x T mask: the same math on real tokens (bitwise in the test; another kernel
-    may round a batch differently in the last bits), ~5% less time per forward+backward of the tiny model.
-    Pad positions then attend causally too: their outputs differ, and every use multiplies them by the
-    response mask."""
-    return None if bool(attention_mask[:, 0].all()) else attention_mask
-
-
 def token_logprobs(model, input_ids, attention_mask, position_ids, response_len: int, temperature: float,
                    with_entropy: bool | str = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_t | y_<t) of the response tokens under log_softmax(logits / T) (T = --logprob-temperature: 1
     in v0, the raw logits; the sampling temperature gives the distribution the engine sampled from), and
     optionally the entropy of that distribution. Logits at position i predict the token at i+1, so the
     response's R tokens are predicted by the last R+1 positions but one."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask_or_none(attention_mask),
+    logits = model(input_ids=input_ids, attention_mask=runtime.attention_mask_or_none(attention_mask),
                    position_ids=position_ids, logits_to_keep=response_len + 1).logits[:, :-1].float()
     if temperature != 1.0:  # x / 1 is x: no B x R x V copy at v0's T = 1
         logits = logits / temperature
@@ -467,6 +511,47 @@ def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, dev
     raise ValueError(f"--engine {cfg.engine!r}: expected hf, vllm or auto")
 
 
+def rollout(engine, tokenizer, prompts: list[dict], cfg: Config, times: dict) -> list[tuple]:
+    """Steps 2 and 3 for some prompts: n samples each (the engine wakes, samples, sleeps again), decoded and
+    scored. One (sample, text, gold, score) per response, a prompt's n responses next to each other."""
+    with runtime.timer(times, "generate"):
+        samples = engine.generate([r["ids"] for r in prompts], cfg.n_samples_per_prompt, cfg.temperature,
+                                  cfg.top_p, cfg.generate_max_len)
+        engine.sleep()
+    with runtime.timer(times, "score"):
+        texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
+        golds = [r["gold"] for r in prompts for _ in range(cfg.n_samples_per_prompt)]
+        scores = reward.batch_compute_scores(texts, golds, cfg.reward_timeout,
+                                             None if cfg.reward_workers < 0 else cfg.reward_workers,
+                                             grader=cfg.grader)
+    return list(zip(samples, texts, golds, scores))
+
+
+def fill_groups(draw, need: int, group_size: int, dynamic: bool, max_draws: int,
+                all_ranks=lambda ok: ok) -> tuple[list[tuple], dict]:
+    """The step's `need` groups of `group_size` responses, and counts. Without dynamic sampling: one draw,
+    kept whole. With it (DAPO's): groups whose scores are all equal (zero_variance_groups) are dropped and
+    draw(k), the k-th further batch of prompts, is called until `need` groups are kept (the first `need` are
+    used); after `max_draws` draws (a pass over the training prompts) it stops with an error. `all_ranks(ok)`:
+    True when ok holds on every rank, so every rank draws the same number of times."""
+    kept, counts = [], {"draws": 0, "groups": 0, "zero_variance": 0}
+    while counts["draws"] == 0 or (dynamic and not all_ranks(len(kept) >= need)):
+        if counts["draws"] >= max_draws:
+            raise SystemExit(f"--dynamic-sampling: {len(kept)} of {need} groups have a spread of scores "
+                             f"after {counts['draws']} batches of prompts (a pass over the training "
+                             "prompts): the policy solves nearly every prompt or none; use other prompts "
+                             "or turn it off")
+        rows = draw(counts["draws"])
+        scores = torch.tensor([r[3] for r in rows], dtype=torch.float64)
+        zero = zero_variance_groups(scores, group_size) if group_size > 1 else torch.zeros(len(rows)).bool()
+        groups = [rows[g * group_size: (g + 1) * group_size] for g in range(len(zero))]
+        kept += [g for g, z in zip(groups, zero.tolist()) if not (dynamic and z)]
+        counts["draws"] += 1
+        counts["groups"] += len(groups)
+        counts["zero_variance"] += int(zero.sum())
+    return [r for g in kept[:need] for r in g], counts
+
+
 # ---- experience: samples -> padded tensors -> log-probs, values, rewards, advantages ----
 # The batch: one dict of CPU tensors per RL step, B = responses on this rank, P = longest prompt, R = longest
 # response (>= 1); response-aligned columns t = 0..R-1 are the response's tokens. Filled in this order:
@@ -474,13 +559,16 @@ def make_engine(cfg: Config, model_config, tokenizer, rank: int, world: int, dev
 #   input_ids       B x (P+R)   int64    pad_samples: prompt left-padded to P | response right-padded to R
 #   attention_mask  B x (P+R)   int64    pad_samples: 1 on real tokens
 #   position_ids    B x (P+R)   int64    pad_samples: counts real tokens only (left padding shifts nothing)
-#   response_mask   B x R       float32  pad_samples: 1 on response tokens (the mask m of every loss and sum)
+#   response_mask   B x R       float32  pad_samples: 1 on response tokens (the mask m of every sum)
+#   loss_mask       B x R       float32  pad_samples: = response_mask, the mask of the losses;
+#                                        advantages_and_returns: 0 on truncated rows (--overlong filter)
 #   old_logp        B x R       float32  experience_forward: log pi_old(a_t), the sampling actor (0 on pads)
 #   ref_logp        B x R       float32  experience_forward: log pi_ref(a_t), the frozen reference (0 on pads)
 #   values          B x R       float32  experience_forward: V_old(s_t) of the critic (0 on pads)
 #   rewards         B x R       float32  advantages_and_returns: -kl_coef * kl_t, + the score on the last
 #   returns         B x R       float32  advantages_and_returns: A_t + V_old(s_t) (the value target)
 #   advantages      B x R       float32  advantages_and_returns: compute_gae, then masked_whiten
+#   tis_weight      B x R       float32  experience_forward, only with --tis-cap: tis_weights (0 on pads)
 # micro_batches slices rows of it (trimmed to their own longest prompt and response) and adds "R": int.
 # tests/test_shape.py checks a tiny batch has exactly these keys, shapes and dtypes.
 def pad_samples(samples: list[runtime.Sample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -497,58 +585,7 @@ def pad_samples(samples: list[runtime.Sample], pad_id: int) -> dict[str, torch.T
         ids[i, P: P + len(r)] = torch.tensor(r, dtype=torch.long)
         attn[i, P - len(p): P + len(r)] = 1
     return {"input_ids": ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
-            "response_mask": attn[:, P:].float()}
-
-
-def micro_batches(batch: dict[str, torch.Tensor], idx: list[int], size: int, device) -> Iterator[dict]:
-    """Slices of the rows `idx`, trimmed to their own longest prompt and response (fewer wasted tokens)."""
-    R_full = batch["response_mask"].size(1)
-    for k in range(0, len(idx), size):
-        rows = torch.tensor(idx[k: k + size])
-        mb = {key: v[rows] for key, v in batch.items()}
-        attn = mb["attention_mask"]
-        first = int((attn.sum(0) > 0).nonzero()[0])  # first column any row uses
-        R = max(int(mb["response_mask"].sum(1).max()), 1)
-        drop_right = R_full - R
-        out = {}
-        for key, v in mb.items():
-            if v.dim() == 2 and v.size(1) == attn.size(1):  # sequence-aligned
-                v = v[:, first: v.size(1) - drop_right]
-            elif v.dim() == 2:  # response-aligned
-                v = v[:, :R]
-            out[key] = v.to(device)
-        out["R"] = R
-        yield out
-
-
-def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: int) -> list[list[int]]:
-    """Rows grouped for the no-grad experience forwards, by a token budget: rows sorted by length are packed
-    while rows x (longest prompt + longest response) <= max_tokens (and rows <= max_rows, 0: no cap); a row
-    longer than the budget goes alone. Then groups are halved until every rank has as many as the rank with
-    the most: each forward all-gathers the sharded model, and those collectives must pair up across ranks."""
-    prompt_len = (batch["attention_mask"].sum(1) - batch["response_mask"].sum(1)).long().tolist()
-    resp_len = batch["response_mask"].sum(1).long().tolist()
-    order = sorted(range(len(resp_len)), key=lambda i: (prompt_len[i] + resp_len[i], resp_len[i]),
-                   reverse=True)
-    groups, P, R = [], 0, 0
-    for i in order:
-        p, r = max(P, prompt_len[i]), max(R, max(resp_len[i], 1))
-        fits = bool(groups) and (len(groups[-1]) + 1) * (p + r) <= max_tokens
-        if fits and len(groups[-1]) < (max_rows or len(order)):
-            groups[-1].append(i)
-            P, R = p, r
-        else:
-            groups.append([i])
-            P, R = prompt_len[i], max(resp_len[i], 1)
-    count = torch.tensor(len(groups))
-    dist.all_reduce(count, op=dist.ReduceOp.MAX)
-    while len(groups) < count.item():
-        k = max(range(len(groups)), key=lambda j: len(groups[j]))
-        if len(groups[k]) < 2:
-            raise ValueError("ranks hold different numbers of rollout rows: "
-                             "cannot pair the experience forwards")
-        groups[k: k + 1] = [groups[k][: len(groups[k]) // 2], groups[k][len(groups[k]) // 2:]]
-    return groups
+            "response_mask": attn[:, P:].float(), "loss_mask": attn[:, P:].float()}
 
 
 @torch.no_grad()
@@ -563,9 +600,9 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
         batch[key] = torch.zeros(B, R_full)
     from_sampler = cfg.old_logprobs == "sampler"
     if from_sampler:
-        batch["old_logp"] = sampler_logprobs(samples, R_full)
-    for group in forward_groups(batch, cfg.micro_rollout_batch_size, cfg.rollout_forward_tokens):
-        mb = next(micro_batches(batch, group, len(group), device))
+        batch["old_logp"] = runtime.sampler_logprobs(samples, R_full)
+    for group in runtime.forward_groups(batch, cfg.micro_rollout_batch_size, cfg.rollout_forward_tokens):
+        mb = next(runtime.micro_batches(batch, group, len(group), device))
         args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
         rows = torch.tensor(group)
         # FSDP2 keeps a root's parameters (embeddings, final norm, head) gathered after a forward until its
@@ -582,21 +619,13 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
     m = batch["response_mask"]
     for key in ("old_logp", "ref_logp", "values"):
         batch[key] *= m  # padding: exactly 0
+    if cfg.tis_cap > 0:
+        sampler = runtime.sampler_logprobs(samples, R_full, "tis-cap")
+        batch["tis_weight"] = tis_weights(batch["old_logp"], sampler, cfg.tis_cap) * m
 
 
-def sampler_logprobs(samples: list[runtime.Sample] | None, R: int) -> torch.Tensor:
-    """B x R: the engine's log-probs of the sampled tokens (at --logprob-temperature), right-padded with 0."""
-    if not samples or any(s.engine_logprobs is None for s in samples):
-        raise SystemExit("--old-logprobs sampler: the rollout engine returned no log-probs (vLLM returns "
-                         "them only when --logprob-temperature is 1 or equals --temperature); use "
-                         "--old-logprobs trainer")
-    out = torch.zeros(len(samples), R)
-    for i, s in enumerate(samples):
-        out[i, :len(s.engine_logprobs)] = torch.tensor(s.engine_logprobs, dtype=torch.float32)
-    return out
-
-
-def advantages_and_returns(batch: dict, scores: list[float], cfg: Config) -> None:
+def advantages_and_returns(batch: dict, scores: list[float], cfg: Config,
+                           truncated: list[bool] | None = None) -> None:
     """Steps 5 and 6: the KL-shaped per-token reward, the advantages and the critic's targets.
     gae: r_t = -beta kl_t + [t = last] score; GAE with the critic's values; whitened (--whiten-advantages).
     grpo: the same reward with the score replaced by its group-normalised value (group_advantages); no critic
@@ -605,17 +634,27 @@ def advantages_and_returns(batch: dict, scores: list[float], cfg: Config) -> Non
     whitened: the group normalisation is GRPO's. Where the KL goes: DeepSeekMath (and SimpleRL-Zoo, verl's
     kl_loss) add beta * KL (k3) to the loss instead of the reward; this keeps the recipe's place, the reward
     (as OpenRLHF's group_norm estimator does when the KL is not a loss term), so that --advantage changes
-    only the advantage: the same KL coefficient and estimator weigh the same KL in both runs."""
+    only the advantage: the same KL coefficient and estimator weigh the same KL in both runs.
+    drgrpo and rloo: as grpo with their own baseline (group_advantages(std=False), rloo_advantages).
+    reinforce++ (Hu 2025): the raw score, the reward-to-go whitened over every valid token of the batch.
+    --overlong shape adds overlong_penalty to the score first; filter zeroes truncated rows' loss_mask."""
     m = batch["response_mask"]
     kl = kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator) * m
     outcome = torch.tensor(scores)
-    if cfg.advantage == "grpo":
-        outcome = group_advantages(outcome, cfg.n_samples_per_prompt)
+    if cfg.overlong == "shape":
+        outcome = outcome + overlong_penalty(m.sum(1), cfg.generate_max_len, cfg.overlong_buffer,
+                                             cfg.overlong_penalty_factor)
+    if cfg.overlong == "filter":
+        batch["loss_mask"] = overlong_filter(batch["loss_mask"], torch.tensor(truncated))
+    if cfg.advantage in ("grpo", "drgrpo"):
+        outcome = group_advantages(outcome, cfg.n_samples_per_prompt, std=cfg.advantage == "grpo")
+    elif cfg.advantage == "rloo":
+        outcome = rloo_advantages(outcome, cfg.n_samples_per_prompt)
     batch["rewards"] = shape_rewards(outcome, kl, m, cfg.kl_coef)
-    lam = 1.0 if cfg.advantage == "grpo" else cfg.lam
+    lam = cfg.lam if cfg.advantage == "gae" else 1.0
     adv, batch["returns"] = compute_gae(batch["rewards"], batch["values"], m, cfg.gamma, lam)
-    whiten = cfg.whiten_advantages and cfg.advantage == "gae"
-    batch["advantages"] = masked_whiten(adv, m, distributed=True) if whiten else adv
+    whiten = cfg.advantage == "reinforce++" or (cfg.whiten_advantages and cfg.advantage == "gae")
+    batch["advantages"] = masked_whiten(adv, batch["loss_mask"], distributed=True) if whiten else adv
 
 
 # ---- the update ----
@@ -652,23 +691,6 @@ def make_learner(name: str, model: torch.nn.Module, lr: float, cfg: Config, tota
     return Learner(name, model, *runtime.make_optimizer(model, lr, cfg, total_updates), cfg.max_grad_norm)
 
 
-class Sums:
-    """Running float64 sums of the update's diagnostics, all-reduced over ranks in one collective at the
-    end."""
-
-    def __init__(self, *names: str):
-        self.total = {k: torch.zeros((), dtype=torch.float64) for k in names}
-
-    def add(self, **values: float) -> None:
-        for k, v in values.items():
-            self.total[k] += v
-
-    def all_reduce(self) -> dict[str, float]:
-        stats = torch.stack(list(self.total.values()))
-        dist.all_reduce(stats)
-        return dict(zip(self.total, stats.tolist()))
-
-
 def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config, world: int, device,
                train_actor: bool, generator: torch.Generator) -> dict:
     """PPO epochs over mini-batches (one optimizer step each). Each rank holds train_batch_size / world
@@ -681,7 +703,8 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
     and the sharded gradients accumulate in place (as sft.py does)."""
     B = batch["response_mask"].size(0)
     per_rank = cfg.train_batch_size // world
-    sums = Sums("pg_loss", "v_loss", "entropy", "clipfrac", "approx_kl", "vf_clipfrac", "tokens")
+    sums = runtime.Sums("pg_loss", "v_loss", "entropy", "clipfrac", "clipfrac_low", "clipfrac_high",
+                        "approx_kl", "vf_clipfrac", "tokens")
     norms = {"actor_grad_norm": [], "critic_grad_norm": []}
     learners = [x for x in (actor if train_actor else None, critic) if x is not None]
     n_minibatches = 0
@@ -692,23 +715,23 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
             # a random mini-batch; its micro-batches take its rows by length: the same gradient (a sum over
             # the mini-batch), less padding (each micro-batch is trimmed to its own longest row)
             idx = sorted(order[start: start + per_rank], key=lambda i: length[i])
-            denom = minibatch_count(batch, idx, cfg.loss_agg, device) / world
+            denom = minibatch_count(batch, idx, cfg, device) / world
             n_minibatches += 1
             finite = torch.ones((), device=device)
-            for mb in list(micro_batches(batch, idx, cfg.micro_train_batch_size, device)):
+            for mb in list(runtime.micro_batches(batch, idx, cfg.micro_train_batch_size, device)):
                 args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
-                mask = mb["response_mask"]
+                mask = mb["loss_mask"]
                 if train_actor:
                     logp, entropy = token_logprobs(actor.model, *args, cfg.logprob_temperature,
                                                    with_entropy="grad" if cfg.entropy_coef else True)
                     pg = policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip_eps, cfg.loss_agg,
-                                     denom)
+                                     denom, cfg.clip_eps_high or None, mb.get("tis_weight"))
                     loss = pg
                     if cfg.entropy_coef:  # an entropy bonus: - coef * H
                         loss = pg - cfg.entropy_coef * aggregate(entropy, mask, cfg.loss_agg, denom)
                     finite *= torch.isfinite(loss.detach()).float()
                     loss.backward()
-                    add_policy_stats(sums, pg, logp, entropy, mb, cfg.clip_eps)
+                    add_policy_stats(sums, pg, logp, entropy, mb, cfg.clip_eps, cfg.clip_eps_high or None)
                 if critic is not None:
                     values = critic.model(*args)
                     vl = value_loss(values, mb["values"], mb["returns"], mask, cfg.value_clip, cfg.loss_agg,
@@ -724,27 +747,36 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
             for learner in learners:
                 norms[f"{learner.name}_grad_norm"].append(learner.step())
     metrics = update_metrics(sums.all_reduce(), norms, world * n_minibatches, train_actor)
-    if critic is None:  # --advantage grpo: no value loss
+    if critic is None:  # no critic (--advantage other than gae): no value loss
         for k in ("v_loss", "vf_clipfrac"):
             metrics.pop(k)
     return metrics
 
 
-def minibatch_count(batch: dict, idx: list[int], loss_agg: str, device) -> torch.Tensor:
-    """The mini-batch's valid tokens (token-mean) or sequences, on all ranks: the loss's denominator."""
-    rows = batch["response_mask"][idx]
-    count = rows.sum() if loss_agg == "token-mean" else torch.tensor(float(len(idx)))
+def minibatch_count(batch: dict, idx: list[int], cfg: Config, device) -> torch.Tensor:
+    """The mini-batch's valid tokens (token-mean), sequences x --generate-max-len (seq-mean-token-sum-norm)
+    or sequences, on all ranks: the loss's denominator."""
+    rows = batch["loss_mask"][idx]
+    count = rows.sum() if cfg.loss_agg == "token-mean" else torch.tensor(float(len(idx)))
+    if cfg.loss_agg == "seq-mean-token-sum-norm":
+        count = count * cfg.generate_max_len
     count = count.to(device, torch.float32)
     dist.all_reduce(count)
     return count
 
 
 @torch.no_grad()
-def add_policy_stats(sums: Sums, pg: torch.Tensor, logp, entropy, mb: dict, clip_eps: float) -> None:
-    mask, log_ratio = mb["response_mask"], logp - mb["old_logp"]
+def add_policy_stats(sums: runtime.Sums, pg: torch.Tensor, logp, entropy, mb: dict, clip_eps: float,
+                     clip_eps_high: float | None = None) -> None:
+    """clipfrac: |ratio - 1| > eps; clipfrac_low / _high: the tokens whose gradient the clip cuts (ratio below
+    1 - eps with A < 0, above 1 + eps_high with A > 0)."""
+    mask, log_ratio, adv = mb["loss_mask"], logp - mb["old_logp"], mb["advantages"]
+    ratio, high = log_ratio.exp(), clip_eps if clip_eps_high is None else clip_eps_high
     sums.add(pg_loss=pg.item(),  # this rank's part of the mini-batch loss x world
              entropy=(entropy * mask).sum().item(),
-             clipfrac=(((log_ratio.exp() - 1).abs() > clip_eps).float() * mask).sum().item(),
+             clipfrac=(((ratio - 1).abs() > clip_eps).float() * mask).sum().item(),
+             clipfrac_low=(((ratio < 1 - clip_eps) & (adv < 0)).float() * mask).sum().item(),
+             clipfrac_high=(((ratio > 1 + high) & (adv > 0)).float() * mask).sum().item(),
              approx_kl=(kl_penalty(logp, mb["old_logp"], "k3") * mask).sum().item())
 
 
@@ -757,7 +789,7 @@ def update_metrics(out: dict[str, float], norms: dict[str, list[float]], n_losse
     for k in ("pg_loss", "v_loss"):
         result[k] = out[k] / max(n_losses, 1)
     if not train_actor:
-        for k in ("pg_loss", "entropy", "clipfrac", "approx_kl"):
+        for k in ("pg_loss", "entropy", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl"):
             result.pop(k)
     for k, v in norms.items():
         if v:
@@ -832,38 +864,32 @@ def main(cfg: Config) -> None:
         acc0 = next((r["eval/accuracy"] for r in kept if "eval/accuracy" in r), None)
     bar = tqdm(total=total_steps, initial=step, disable=rank != 0, desc="ppo", dynamic_ncols=True,
                **runtime.progress_settings(sys.stderr, total_steps))
-    t_start, phase_ms, last_ckpt = time.perf_counter(), [], resume_from
+    t_start, phase_ms, last_ckpt, warned = time.perf_counter(), [], resume_from, set()
     try:
         while step < total_steps:
             times = {}
             with runtime.timer(times, "sync"):  # 1. sync (a no-op if the engine already holds this version)
                 sync_weights(actor.model, engine, version)
-            with runtime.timer(times, "generate"):  # 2. rollout (the engine wakes, samples, sleeps again)
-                idx = prompts_at(position, cfg.rollout_batch_size, len(rows), cfg.seed)[
-                    rank * per_rank_prompts: (rank + 1) * per_rank_prompts]
-                position += cfg.rollout_batch_size
-                prompts = [rows[i] for i in idx]
-                samples = engine.generate([r["ids"] for r in prompts], cfg.n_samples_per_prompt,
-                                          cfg.temperature, cfg.top_p, cfg.generate_max_len)
-                engine.sleep()
-            with runtime.timer(times, "score"):  # 3. score
-                texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=False)
-                golds = [r["gold"] for r in prompts for _ in range(cfg.n_samples_per_prompt)]
-                scores = reward.batch_compute_scores(texts, golds, cfg.reward_timeout,
-                                                     None if cfg.reward_workers < 0 else cfg.reward_workers,
-                                                     grader=cfg.grader)
+            def draw(k: int) -> list[tuple]:  # 2. rollout  3. score: this rank's share of the k-th batch
+                idx = runtime.prompts_at(position + k * cfg.rollout_batch_size, cfg.rollout_batch_size,
+                                         len(rows), cfg.seed)[rank * per_rank_prompts:][:per_rank_prompts]
+                return rollout(engine, tokenizer, [rows[i] for i in idx], cfg, times)
+            kept, groups = fill_groups(draw, per_rank_prompts, cfg.n_samples_per_prompt, cfg.dynamic_sampling,
+                                       -(-len(rows) // cfg.rollout_batch_size), runtime.on_every_rank)
+            position += groups["draws"] * cfg.rollout_batch_size
+            samples, texts, golds, scores = map(list, zip(*kept))
             with runtime.timer(times, "forward"):  # 4. forward  5. shape  6. GAE (and whitening) or GRPO
                 batch = pad_samples(samples, tokenizer.pad_token_id)
                 experience_forward(actor.model, ref, critic.model if critic else None, batch, cfg, device,
                                    samples)
-                advantages_and_returns(batch, scores, cfg)
+                advantages_and_returns(batch, scores, cfg, [s.truncated for s in samples])
             with runtime.timer(times, "train"):  # 7. update
                 train_actor = critic is None or step >= cfg.critic_warmup_steps  # no critic: nothing to warm
                 stats = ppo_update(actor, critic, batch, cfg, world, device, train_actor, shuffle)
                 version += int(train_actor)
             step += 1
             record = step_record(step, batch, samples, texts, scores, stats, times, actor, critic,
-                                 train_actor, cfg, device)
+                                 train_actor, cfg, device, groups, warned)
             phase_ms.append(times)
             if cfg.eval_every > 0 and step % cfg.eval_every == 0 and step < total_steps:
                 acc = held_out_eval(engine, actor.model, version, tokenizer, test_rows, cfg, rank, world,
@@ -881,7 +907,7 @@ def main(cfg: Config) -> None:
                     cfg.keep_checkpoints, cfg.keep_actor_weights, savers={"critic": save_critic})
                 if rank == 0:
                     plot_curves(out)
-            if time_is_up(cfg, t_start, step):
+            if runtime.time_is_up(cfg.time_limit_minutes, t_start, step):
                 break
     except FloatingPointError as e:
         stop_on_non_finite(e, cfg, step, last_ckpt, bar, engine)
@@ -941,33 +967,6 @@ def read_prompts(path: str, template: str, levels: str = "") -> list[dict]:
     return rows
 
 
-def tokenize_prompts(rows: list[dict], tokenizer, max_len: int, long_prompts: str = "truncate"
-                     ) -> tuple[list[dict], int]:
-    """Attach prompt token ids; prompts longer than max_len are counted and either truncated to their first
-    max_len tokens (v0: OpenRLHF's tokenize_fn, truncation=True, right side) or dropped."""
-    if long_prompts not in ("truncate", "drop"):
-        raise ValueError(f"--long-prompts {long_prompts!r}: expected truncate or drop")
-    ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
-    n_long = sum(len(i) > max_len for i in ids)
-    if long_prompts == "truncate":
-        return [dict(r, ids=i[:max_len]) for r, i in zip(rows, ids)], n_long
-    return [dict(r, ids=i) for r, i in zip(rows, ids) if len(i) <= max_len], n_long
-
-
-def prompts_at(position: int, count: int, n: int, seed: int) -> list[int]:
-    """Indices of prompts position..position+count-1 of an endless stream: a seeded permutation per pass
-    over the data, consumed in order, so the data position alone fixes what comes next (resume)."""
-    out = []
-    while len(out) < count:
-        epoch, i = divmod(position, n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
-        take = order[i: i + count - len(out)]
-        out += take
-        position += len(take)
-    return out
-
-
-# ---- main's helpers: set-up, resume, per-step logging, the time limit, the end ----
 def prompts_per_rank(cfg: Config, world: int) -> int:
     """Each rank's share of a rollout batch's prompts; the batch must split into ranks and whole
     mini-batches."""
@@ -985,11 +984,11 @@ def load_data(cfg: Config, tokenizer) -> tuple[list[dict], list[dict]]:
     runtime.check_prompt_room(tokenizer, reward.apply_template("", cfg.template), cfg.prompt_max_len,
                               "prompt_max_len")
     with runtime.data_errors_are_clear():
-        rows, n_long = tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels), tokenizer,
-                                        cfg.prompt_max_len, cfg.long_prompts)
+        rows, n_long = runtime.tokenize_prompts(read_prompts(cfg.train_file, cfg.template, cfg.levels),
+                                                tokenizer, cfg.prompt_max_len, cfg.long_prompts)
         test_rows = read_prompts(cfg.test_file, cfg.template, cfg.levels) if cfg.test_file else []
     if test_rows:
-        test_rows, _ = tokenize_prompts(test_rows, tokenizer, cfg.prompt_max_len, cfg.long_prompts)
+        test_rows, _ = runtime.tokenize_prompts(test_rows, tokenizer, cfg.prompt_max_len, cfg.long_prompts)
         if cfg.eval_size > 0:
             test_rows = random.Random(cfg.seed).sample(test_rows, min(cfg.eval_size, len(test_rows)))
     if len(rows) < cfg.rollout_batch_size:
@@ -1031,11 +1030,12 @@ def start_or_resume(out: Path, cfg: Config, resume_from: Path | None, actor: Lea
 
 def step_record(step: int, batch: dict, samples: list[runtime.Sample], texts: list[str], scores: list[float],
                 stats: dict, times: dict, actor: Learner, critic: Learner | None, train_actor: bool,
-                cfg: Config, device) -> dict:
+                cfg: Config, device, groups: dict, warned: set) -> dict:
     """One metrics.jsonl record: rollout statistics, the update's, learning rates, timings, memory; with a
-    warning when the numbers say the sampled policy is not the one being trained."""
-    record = {"step": step, **rollout_stats(batch, samples, texts, scores, cfg, device), **stats,
+    warning when the numbers say the sampled policy is not the one being trained, and health_warnings."""
+    record = {"step": step, **rollout_stats(batch, samples, texts, scores, cfg, device, groups), **stats,
               "actor_lr": actor.lr if train_actor else 0.0}
+    health_warnings(record, cfg, warned)
     if critic is not None:
         record["critic_lr"] = critic.lr
     if record["kl"] < -3 * record["kl_stderr"] - 1e-6:
@@ -1064,10 +1064,9 @@ def write_step(out: Path, step: int, record: dict, samples: list[runtime.Sample]
     """Rank 0: the record to metrics.jsonl; every --dump-rollouts-every steps (and the first) the samples."""
     runtime.log_metrics(out, record)
     if cfg.dump_rollouts_every > 0 and (step % cfg.dump_rollouts_every == 0 or step == 1):
-        with open(out / "rollouts" / f"step_{step}.jsonl", "w") as f:
-            for s, text, gold, score in zip(samples, texts, golds, scores):
-                f.write(json.dumps({"prompt": tokenizer.decode(s.prompt_ids), "response": text,
-                                    "gold": gold, "score": score, "truncated": s.truncated}) + "\n")
+        runtime.write_jsonl(out / "rollouts" / f"step_{step}.jsonl", (
+            {"prompt": tokenizer.decode(s.prompt_ids), "response": text, "gold": gold, "score": score,
+             "truncated": s.truncated} for s, text, gold, score in zip(samples, texts, golds, scores)))
 
 
 def show_progress(bar, record: dict) -> None:
@@ -1076,46 +1075,22 @@ def show_progress(bar, record: dict) -> None:
     bar.update(1)  # after the postfix: a refresh (see progress_settings) shows this step's numbers
 
 
-def time_is_up(cfg: Config, t_start: float, step: int) -> bool:
-    """--time-limit-minutes: rank 0's clock decides, so every rank leaves the loop at the same step."""
-    over = torch.tensor(float(cfg.time_limit_minutes > 0 and
-                              time.perf_counter() - t_start > 60 * cfg.time_limit_minutes))
-    dist.broadcast(over, 0)
-    if over.item():
-        runtime.print0(f"time limit of {cfg.time_limit_minutes} min reached after {step} RL steps")
-    return bool(over.item())
-
-
 def stop_on_non_finite(e: FloatingPointError, cfg: Config, step: int, last_ckpt: Path | None, bar, engine):
     """A NaN/inf loss or gradient norm (ppo_update raises before any optimizer step): say where to go on
     from."""
-    bar.close()
-    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-    runtime.print0(f"ERROR at RL step {step + 1}: {e}. Stopped before the optimizer step; nothing of this "
-                   f"step was saved; {where}. Check the config first (learning rates "
-                   f"{cfg.actor_lr:g}/{cfg.critic_lr:g}, "
-                   f"temperature {cfg.temperature:g}, max_grad_norm {cfg.max_grad_norm:g}), then the data; "
-                   "then --resume.")
-    engine.close()
-    dist.destroy_process_group()
-    raise SystemExit(1)
+    runtime.stop_on_non_finite(e, f"RL step {step + 1}", last_ckpt, f"learning rates {cfg.actor_lr:g}/"
+                               f"{cfg.critic_lr:g}, temperature {cfg.temperature:g}, max_grad_norm "
+                               f"{cfg.max_grad_norm:g}", bar.close, engine.close)
 
 
 def final_report(out: Path, step: int, acc0, acc1, phase_ms: list[dict], rl_minutes: float, rank: int,
                  world: int) -> None:
     """The end accuracy into metrics.jsonl and curves.png; ms per step by phase; the accuracy change."""
-    rss = runtime.all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if rank == 0:
         if acc1 is not None:
             runtime.log_metrics(out, {"step": step, "eval/accuracy": acc1})
         plot_curves(out)
-    if phase_ms:
-        steady = phase_ms[1:] or phase_ms
-        mean = {k: 1000 * sum(t[k] for t in steady) / len(steady) for k in steady[0]}
-        runtime.print0(f"{len(phase_ms)} RL steps in {rl_minutes:.1f} min; "
-                       f"ms/step {sum(mean.values()):.0f} = "
-                       + " + ".join(f"{k} {v:.0f}" for k, v in mean.items())
-                       + f"; peak RSS per rank (MiB): {', '.join(f'{r:.0f}' for r in rss)}")
+    runtime.report_phases(phase_ms, rl_minutes, "RL steps")
     if acc0 is not None and acc1 is not None:
         runtime.print0(f"held-out greedy accuracy: {100 * acc0:.1f}% -> {100 * acc1:.1f}% "
                        f"({100 * (acc1 - acc0):+.1f} points)")
@@ -1127,8 +1102,9 @@ REFLECTION = re.compile(r"\b(wait|recheck|re-check|double[- ]check|let me (?:ver
 
 
 def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], scores: list[float],
-                  cfg: Config, device) -> dict:
-    """Per-step metrics over every rank's samples (sums all-reduced, then divided)."""
+                  cfg: Config, device, groups: dict | None = None) -> dict:
+    """Per-step metrics over every rank's samples (sums all-reduced, then divided). The sampler-trainer gap
+    |log pi_sampler - log pi_old| per token: its mean; the largest over ranks of each rank's p95 and max."""
     m = batch["response_mask"]
     lengths = m.sum(1)
     k1 = (batch["old_logp"] - batch["ref_logp"]) * m
@@ -1145,6 +1121,7 @@ def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], 
         "err": ((ret - val) * m).sum().item(), "err_sq": ((ret - val) ** 2 * m).sum().item(),
         "values": (val * m).sum().item(), "gap": sum(abs(g) for g in gap), "gap_n": len(gap),
         "timeouts": sum(reward.last_batch_report.get(k, 0) for k in ("timed_out", "past_deadline")),
+        **{f"groups_{k}": v for k, v in (groups or {}).items()},
     }, device)
     n, tok = s["n"], max(s["tokens"], 1)
     var_ret = s["ret_sq"] / tok - (s["ret"] / tok) ** 2
@@ -1160,17 +1137,49 @@ def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], 
            "kl_stderr": math.sqrt(max(s["k1_sq"] / tok - (s["k1"] / tok) ** 2, 0) / tok)}
     if s["gap_n"]:
         out["engine_logprob_gap"] = s["gap"] / s["gap_n"]  # mean |engine - trainer| log-prob, sampled tokens
-    if cfg.advantage == "grpo":  # no critic: no values to explain the returns
+        g = torch.tensor([abs(x) for x in gap] or [0.0])
+        tail = torch.stack([g.kthvalue(max(1, math.ceil(0.95 * len(g)))).values, g.max()])
+        dist.all_reduce(tail, op=dist.ReduceOp.MAX)
+        out["engine_logprob_gap_p95"], out["engine_logprob_gap_max"] = tail.tolist()
+    if s.get("groups_groups"):  # the share of drawn groups whose scores were all equal; draws per step
+        out["zero_variance_groups"] = s["groups_zero_variance"] / s["groups_groups"]
+        out["dynamic_sampling_draws"] = s["groups_draws"] / runtime.global_sums({"ranks": 1}, device)["ranks"]
+    if cfg.advantage != "gae":  # no critic: no values to explain the returns
         for k in ("values", "explained_variance"):
             out.pop(k)
     return out
+
+
+# The health signals' thresholds (docs/objectives.md): crossing one prints one line, once per run, naming the
+# flag that addresses it.
+HEALTH = [("entropy", "<", 0.05, "entropy collapse (nats/token)", "--clip-eps-high 0.28 or --entropy-coef"),
+          ("truncated_rate", ">", 0.2, "runaway length: share of responses truncated",
+           "--overlong filter|shape, or a larger --generate-max-len"),
+          ("zero_variance_groups", ">", 0.5, "share of groups whose scores are all equal (no signal)",
+           "--dynamic-sampling"),
+          ("engine_logprob_gap_p95", ">", 0.05, "sampler-trainer log-prob gap p95 (nats/token)",
+           "--tis-cap 2 (or --old-logprobs sampler)")]
+
+
+def health_warnings(record: dict, cfg: Config, warned: set) -> None:
+    for key, side, limit, what, flag in HEALTH:
+        value = record.get(key)
+        if value is None or key in warned or not (value < limit if side == "<" else value > limit):
+            continue
+        if key == "zero_variance_groups" and cfg.dynamic_sampling:
+            continue  # already dropped and refilled
+        warned.add(key)
+        runtime.print0(f"WARNING step {record['step']}: {what} = {value:.3g} {side} {limit}: try {flag} "
+                       "(printed once per run)")
 
 
 def plot_curves(out: Path) -> None:
     # Two rows, like the SimpleRL-Zero blog's figures: what is rewarded (top), then how the responses change:
     # the mean sampled response length and the share of responses with a reflection word (REFLECTION).
     runtime.plot_metrics(out, [["reward", "accuracy", "eval/accuracy", "format_rate"],
-                       ["response_length", "reflection_rate", "kl"]], "RL step",
+                       ["response_length", "reflection_rate", "kl"],
+                       ["entropy", "clipfrac_low", "clipfrac_high", "truncated_rate", "zero_variance_groups",
+                        "engine_logprob_gap", "engine_logprob_gap_p95"]], "RL step",
                  titles={"response_length": "mean response length (tokens)",
                          "reflection_rate": "share with a reflection word", "accuracy": "accuracy (sampled)",
                          "eval/accuracy": "eval/accuracy (greedy, held out)"})
@@ -1221,8 +1230,13 @@ def validate(cfg: Config) -> None:
     need(cfg.logprob_temperature > 0, "logprob_temperature", "must be > 0")
     need(cfg.value_head_init in ("normal", "zeros"), "value_head_init", "must be normal or zeros")
     need(cfg.advantage in ADVANTAGES, "advantage", "must be one of " + ", ".join(ADVANTAGES))
-    need(cfg.advantage != "grpo" or cfg.n_samples_per_prompt >= 2, "n_samples_per_prompt",
-         "must be >= 2 with --advantage grpo (a group's standard deviation needs two samples)")
+    groups = cfg.advantage not in ("gae", "reinforce++") or cfg.dynamic_sampling
+    need(cfg.n_samples_per_prompt >= 2 or not groups, "n_samples_per_prompt",
+         f"must be >= 2 with --advantage {cfg.advantage} or --dynamic-sampling (groups)")
+    need(cfg.clip_eps_high >= 0 and cfg.tis_cap >= 0, "clip_eps_high", "and --tis-cap must be >= 0 (0: off)")
+    need(cfg.overlong in ("none", "filter", "shape"), "overlong", "must be none, filter or shape")
+    need(cfg.overlong != "shape" or 0 < cfg.overlong_buffer <= cfg.generate_max_len, "overlong_buffer",
+         "must be in (0, --generate-max-len] with --overlong shape")
     need(cfg.old_logprobs in ("trainer", "sampler"), "old_logprobs", "must be trainer or sampler")
     need(cfg.long_prompts in ("truncate", "drop"), "long_prompts", "must be truncate or drop")
     need(cfg.min_new_tokens >= 0, "min_new_tokens", "must be >= 0")

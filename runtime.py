@@ -38,6 +38,7 @@ import os
 import pickle
 import random
 import re
+import resource
 import shlex
 import shutil
 import socket
@@ -48,7 +49,7 @@ import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy
 import torch
@@ -175,14 +176,59 @@ def global_sums(values: dict[str, float], device) -> dict[str, float]:
     return dict(zip(values, t.tolist()))
 
 
+def on_every_rank(ok: bool) -> bool:
+    """True when `ok` holds on every rank (a collective: every rank must call it)."""
+    flag = torch.tensor(float(ok))
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+class Sums:
+    """Running float64 sums of the update's diagnostics, all-reduced over ranks in one collective at the
+    end."""
+
+    def __init__(self, *names: str):
+        self.total = {k: torch.zeros((), dtype=torch.float64) for k in names}
+
+    def add(self, **values: float) -> None:
+        for k, v in values.items():
+            self.total[k] += v
+
+    def all_reduce(self) -> dict[str, float]:
+        stats = torch.stack(list(self.total.values()))
+        dist.all_reduce(stats)
+        return dict(zip(self.total, stats.tolist()))
+
+
+def time_is_up(limit_minutes: float, t_start: float, step: int) -> bool:
+    """A wall-time limit (0: none): rank 0's clock decides, so every rank leaves the loop at the same step."""
+    over = torch.tensor(float(limit_minutes > 0 and time.perf_counter() - t_start > 60 * limit_minutes))
+    dist.broadcast(over, 0)
+    if over.item():
+        print0(f"time limit of {limit_minutes} min reached after {step} RL steps")
+    return bool(over.item())
+
+
 @contextlib.contextmanager
 def timer(times: dict[str, float], name: str):
-    """times[name] = the seconds the block took."""
+    """times[name] += the seconds the block took (blocks of one name add up)."""
     start = time.perf_counter()
     try:
         yield
     finally:
-        times[name] = time.perf_counter() - start
+        times[name] = times.get(name, 0.0) + time.perf_counter() - start
+
+
+def stop_on_non_finite(e: Exception, where: str, last_ckpt: Path | None, settings: str, *closers) -> None:
+    """A NaN/inf loss or gradient norm, raised before any optimizer step: say where to go on from, close
+    (`closers`: the progress bar, the engine), leave the process group, exit 1."""
+    for close in closers:
+        close()
+    last = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+    print0(f"ERROR at {where}: {e}. Stopped before the optimizer step; nothing of this step was saved; "
+           f"{last}. Check the config first ({settings}), then the data; then --resume.")
+    dist.destroy_process_group()
+    raise SystemExit(1)
 
 
 def end_process() -> None:
@@ -403,13 +449,108 @@ def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
     dist.barrier()
 
 
+def save_state_folder(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
+    """A Hugging Face folder of any module's whole state dict (e.g. ppo.py's critic: the trunk as `model.*`
+    and `value_head.weight`): config + model.safetensors + tokenizer, written beside, renamed into place."""
+    from safetensors.torch import save_file
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    dtype = folder_dtype()  # bf16 on GPU, as save_hf_checkpoint (a resume reads fp32 masters from DCP)
+    state = {k: v.to(dtype) for k, v in state.items()}
+    if dist.get_rank() == 0:
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        save_config(model.config, tmp, dtype)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    dist.barrier()
+
+
 # ---- rollout engines: HF generate and vLLM behind one interface (the weight-sync protocol is ppo.py's) ----
+# ---- rows of a padded batch: the model call's mask, micro-batches, forwards paired across ranks ----
+def attention_mask_or_none(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """The mask the model is given: None when no row is left-padded (column 0 is real in every row; rows are
+    [left pads | prompt | response | right pads]). Causal attention alone then gives every real token exactly
+    the keys the mask would (the right padding comes after all of them), and SDPA runs its causal kernel
+    instead of a dense B x 1 x T x T mask: the same math on real tokens (bitwise in the test; another kernel
+    may round a batch differently in the last bits), ~5% less time per forward+backward of the tiny model.
+    Pad positions then attend causally too: their outputs differ, and every use multiplies them by the
+    response mask."""
+    return None if bool(attention_mask[:, 0].all()) else attention_mask
+
+
+def micro_batches(batch: dict[str, torch.Tensor], idx: list[int], size: int, device) -> Iterator[dict]:
+    """Slices of the rows `idx`, trimmed to their own longest prompt and response (fewer wasted tokens)."""
+    R_full = batch["response_mask"].size(1)
+    for k in range(0, len(idx), size):
+        rows = torch.tensor(idx[k: k + size])
+        mb = {key: v[rows] for key, v in batch.items()}
+        attn = mb["attention_mask"]
+        first = int((attn.sum(0) > 0).nonzero()[0])  # first column any row uses
+        R = max(int(mb["response_mask"].sum(1).max()), 1)
+        drop_right = R_full - R
+        out = {}
+        for key, v in mb.items():
+            if v.dim() == 2 and v.size(1) == attn.size(1):  # sequence-aligned
+                v = v[:, first: v.size(1) - drop_right]
+            elif v.dim() == 2:  # response-aligned
+                v = v[:, :R]
+            out[key] = v.to(device)
+        out["R"] = R
+        yield out
+
+
+def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Rows grouped for the no-grad experience forwards, by a token budget: rows sorted by length are packed
+    while rows x (longest prompt + longest response) <= max_tokens (and rows <= max_rows, 0: no cap); a row
+    longer than the budget goes alone. Then groups are halved until every rank has as many as the rank with
+    the most: each forward all-gathers the sharded model, and those collectives must pair up across ranks."""
+    prompt_len = (batch["attention_mask"].sum(1) - batch["response_mask"].sum(1)).long().tolist()
+    resp_len = batch["response_mask"].sum(1).long().tolist()
+    order = sorted(range(len(resp_len)), key=lambda i: (prompt_len[i] + resp_len[i], resp_len[i]),
+                   reverse=True)
+    groups, P, R = [], 0, 0
+    for i in order:
+        p, r = max(P, prompt_len[i]), max(R, max(resp_len[i], 1))
+        fits = bool(groups) and (len(groups[-1]) + 1) * (p + r) <= max_tokens
+        if fits and len(groups[-1]) < (max_rows or len(order)):
+            groups[-1].append(i)
+            P, R = p, r
+        else:
+            groups.append([i])
+            P, R = prompt_len[i], max(resp_len[i], 1)
+    count = torch.tensor(len(groups))
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    while len(groups) < count.item():
+        k = max(range(len(groups)), key=lambda j: len(groups[j]))
+        if len(groups[k]) < 2:
+            raise ValueError("ranks hold different numbers of rollout rows: "
+                             "cannot pair the experience forwards")
+        groups[k: k + 1] = [groups[k][: len(groups[k]) // 2], groups[k][len(groups[k]) // 2:]]
+    return groups
+
+
 @dataclass
 class Sample:
     prompt_ids: list[int]
     response_ids: list[int]  # up to and including the stop token, if one was produced
     truncated: bool  # hit generate_max_len without a stop
     engine_logprobs: list[float] | None  # the sampler's log-probs of response_ids (None if not available)
+
+
+def sampler_logprobs(samples: list[Sample] | None, R: int, flag: str = "old-logprobs") -> torch.Tensor:
+    """B x R: the engine's log-probs of the sampled tokens (at --logprob-temperature), right-padded with 0."""
+    if not samples or any(s.engine_logprobs is None for s in samples):
+        raise SystemExit(f"--{flag}: the rollout engine returned no log-probs (vLLM returns them only when "
+                         "--logprob-temperature is 1 or equals --temperature); leave --{flag} at its default")
+    out = torch.zeros(len(samples), R)
+    for i, s in enumerate(samples):
+        out[i, :len(s.engine_logprobs)] = torch.tensor(s.engine_logprobs, dtype=torch.float32)
+    return out
 
 
 class HFEngine:
@@ -1127,6 +1268,22 @@ def plot_metrics(out: Path, rows: list[list[str]], xlabel: str, titles: dict | N
     plt.close(fig)
 
 
+def report_phases(phase_s: list[dict[str, float]], minutes: float, what: str) -> None:
+    """Print the mean ms per step by phase (the first step, a warm-up, left out) and each rank's peak RSS."""
+    rss = all_gather_object(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if phase_s:
+        steady = phase_s[1:] or phase_s
+        mean = {k: 1000 * sum(t[k] for t in steady) / len(steady) for k in steady[0]}
+        print0(f"{len(phase_s)} {what} in {minutes:.1f} min; ms/step {sum(mean.values()):.0f} = "
+               + " + ".join(f"{k} {v:.0f}" for k, v in mean.items())
+               + f"; peak RSS per rank (MiB): {', '.join(f'{x:.0f}' for x in rss)}")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
 def progress_settings(stream, total: int) -> dict:
     """tqdm's settings: live updates on a terminal; in a log file (not a terminal) at most one carriage-return
     update per 1% of the run and per minute, not one per step (thousands of lines in a long run)."""
@@ -1280,6 +1437,35 @@ def check_prompt_room(tokenizer, template_text: str, max_len: int, flag: str) ->
 
 
 # ---- errors a user can act on: bad data, a full disk ----
+def tokenize_prompts(rows: list[dict], tokenizer, max_len: int, long_prompts: str = "truncate"
+                     ) -> tuple[list[dict], int]:
+    """Attach prompt token ids; prompts longer than max_len are counted and either truncated to their first
+    max_len tokens (v0: OpenRLHF's tokenize_fn, truncation=True, right side) or dropped."""
+    if long_prompts not in ("truncate", "drop"):
+        raise ValueError(f"--long-prompts {long_prompts!r}: expected truncate or drop")
+    ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+    n_long = sum(len(i) > max_len for i in ids)
+    if long_prompts == "truncate":
+        return [dict(r, ids=i[:max_len]) for r, i in zip(rows, ids)], n_long
+    return [dict(r, ids=i) for r, i in zip(rows, ids) if len(i) <= max_len], n_long
+
+
+def prompts_at(position: int, count: int, n: int, seed: int) -> list[int]:
+    """Indices of prompts position..position+count-1 of an endless stream: a seeded permutation per pass
+    over the data, consumed in order, so the data position alone fixes what comes next (resume)."""
+    out = []
+    while len(out) < count:
+        epoch, i = divmod(position, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+        take = order[i: i + count - len(out)]
+        out += take
+        position += len(take)
+    return out
+
+
+# ---- main's helpers: set-up, resume, per-step logging, the time limit, the end ----
+
+
 @contextlib.contextmanager
 def data_errors_are_clear():
     """A bad or missing data file (the error names file, line and field) ends the run with that line,
@@ -1470,7 +1656,7 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
     `grad_accum_unsharded` is what keeping full gradients between micro-batches would add, and is not part of
     any peak."""
     n = count_parameters(model_config)
-    if cfg.advantage == "grpo":  # no critic
+    if cfg.advantage != "gae":  # no critic
         n["critic"] = 0
     gpu = device_type == "cuda"
     compute = 2 if gpu else 4  # bf16 on GPU, fp32 on CPU

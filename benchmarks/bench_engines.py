@@ -29,14 +29,14 @@ a = p.parse_args()
 rank, world, device = runtime.init_distributed()
 cfg = ppo.parse_args(["--preset", "tiny", "--model", a.model])
 tok = AutoTokenizer.from_pretrained(a.model)
-rows, _ = ppo.tokenize_prompts(ppo.read_prompts(cfg.train_file, cfg.template, cfg.levels), tok, cfg.prompt_max_len)
+rows, _ = runtime.tokenize_prompts(ppo.read_prompts(cfg.train_file, cfg.template, cfg.levels), tok, cfg.prompt_max_len)
 actor = runtime.shard_model(runtime.load_model(a.model, cfg.seed), device)
 for kind in ("hf", "vllm"):
     engine, _ = ppo.make_engine(dataclasses.replace(cfg, engine=kind), actor.config, tok, rank, world, device)
     ppo.sync_weights(actor, engine, 0)
     times, tokens = [], []
     for r in range(a.rounds + 1):  # round 0 warms up
-        prompts = [rows[i]["ids"] for i in ppo.prompts_at(r * a.prompts, a.prompts, len(rows), 0)]
+        prompts = [rows[i]["ids"] for i in runtime.prompts_at(r * a.prompts, a.prompts, len(rows), 0)]
         torch.manual_seed(r)
         t = time.perf_counter()
         samples = engine.generate(prompts, a.n, a.temperature, 1.0, cfg.generate_max_len)

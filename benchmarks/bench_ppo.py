@@ -6,7 +6,7 @@
 
 The work (issue 15): the data/tiny Qwen2 randomly initialised with seed 0 (written once to a temporary folder,
 which every run then loads, so all start from the same weights and TRL's reference is that same model), the
-synthetic task's level 1-2 prompts in ppo.py's order (`ppo.prompts_at`, seed 0), 32 prompts x 8 samples per RL
+synthetic task's level 1-2 prompts in ppo.py's order (`runtime.prompts_at`, seed 0), 32 prompts x 8 samples per RL
 step at temperature 1, up to 48 new tokens, stop at <|im_end|> / <|endoftext|>, 4 optimizer steps of 64
 responses per RL step (1 epoch), lr 1e-4, AdamW (0.9, 0.95), clip 0.2, KL coefficient 0.02, token-mean
 losses, fp32, HF generate, one process (no torchrun), --threads torch threads in each.
@@ -91,10 +91,11 @@ def trl_worker(a) -> None:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     import ppo
+    import runtime
     import reward
 
     rows = ppo.read_prompts(str(ROOT / "data/synth/train.jsonl"), "tiny", "1,2")
-    order = ppo.prompts_at(0, PROMPTS * a.rounds, len(rows), SEED)  # ppo.py's prompts, in its order
+    order = runtime.prompts_at(0, PROMPTS * a.rounds, len(rows), SEED)  # ppo.py's prompts, in its order
     data = Dataset.from_list([{"prompt": rows[i]["prompt"], "gold": rows[i]["gold"]} for i in order])
     tokenizer = AutoTokenizer.from_pretrained(a.trl_worker)
     tokens = []

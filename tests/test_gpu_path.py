@@ -59,7 +59,7 @@ def test_the_recipe_defaults_start(tmp_path, qwen_tok):
     runtime.init_distributed()
     lengths = torch.tensor([[1] * 4000 + [0] * 24] * 6)
     batch = {"attention_mask": lengths, "response_mask": torch.ones(6, 3000)}
-    assert [len(g) for g in ppo.forward_groups(batch, cfg.micro_rollout_batch_size, cfg.rollout_forward_tokens)
+    assert [len(g) for g in runtime.forward_groups(batch, cfg.micro_rollout_batch_size, cfg.rollout_forward_tokens)
             ] == [2, 2, 2]
 
 

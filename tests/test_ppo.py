@@ -210,9 +210,9 @@ def test_recipe_train_file_loads():
 
 
 def test_prompt_stream_is_a_function_of_position():
-    a = ppo.prompts_at(0, 25, 10, seed=3)
+    a = runtime.prompts_at(0, 25, 10, seed=3)
     assert sorted(a[:10]) == list(range(10)) and sorted(a[10:20]) == list(range(10))  # each pass is a permutation
-    assert ppo.prompts_at(7, 9, 10, seed=3) == a[7:16]
+    assert runtime.prompts_at(7, 9, 10, seed=3) == a[7:16]
 
 
 def test_recipe_defaults():
@@ -294,9 +294,9 @@ def test_long_prompts_truncate_or_drop():
         def __call__(self, texts, add_special_tokens=False):
             return {"input_ids": [list(range(len(t))) for t in texts]}
     rows = [{"prompt": "abc", "gold": "1"}, {"prompt": "abcdefg", "gold": "2"}]
-    kept, n_long = ppo.tokenize_prompts(rows, Tok(), 4)  # v0: truncation=True keeps the first max_len tokens
+    kept, n_long = runtime.tokenize_prompts(rows, Tok(), 4)  # v0: truncation=True keeps the first max_len tokens
     assert n_long == 1 and [r["ids"] for r in kept] == [[0, 1, 2], [0, 1, 2, 3]]
-    kept, n_long = ppo.tokenize_prompts(rows, Tok(), 4, "drop")
+    kept, n_long = runtime.tokenize_prompts(rows, Tok(), 4, "drop")
     assert n_long == 1 and [r["gold"] for r in kept] == ["1"]
 
 
@@ -374,6 +374,6 @@ def test_grpo_needs_groups_and_plans_no_critic():
 
 def test_sampler_logprobs_fill_the_old_logprobs():
     samples = [runtime.Sample([1, 2], [3, 4, 5], False, [-0.1, -0.2, -0.3]), runtime.Sample([1], [6], False, [-0.5])]
-    torch.testing.assert_close(ppo.sampler_logprobs(samples, 3), torch.tensor([[-0.1, -0.2, -0.3], [-0.5, 0, 0]]))
+    torch.testing.assert_close(runtime.sampler_logprobs(samples, 3), torch.tensor([[-0.1, -0.2, -0.3], [-0.5, 0, 0]]))
     with pytest.raises(SystemExit, match="old-logprobs"):
-        ppo.sampler_logprobs([runtime.Sample([1], [6], False, None)], 1)
+        runtime.sampler_logprobs([runtime.Sample([1], [6], False, None)], 1)

@@ -196,8 +196,8 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg, monkeypatch):
     micro-batches take the mini-batch's rows by length (the shortest three, the next three, the longest two)."""
     rank, world, device = runtime.init_distributed()
     cut = []  # the rows of every micro-batch ppo_update trains on
-    real_micro_batches = ppo.micro_batches
-    monkeypatch.setattr(ppo, "micro_batches", lambda batch, idx, size, device: (
+    real_micro_batches = runtime.micro_batches
+    monkeypatch.setattr(runtime, "micro_batches", lambda batch, idx, size, device: (
         cut.append((list(idx), size)) or real_micro_batches(batch, idx, size, device)))
     g = torch.Generator().manual_seed(7)
     samples = []
@@ -354,14 +354,14 @@ def test_forward_groups_fit_the_token_budget_and_pair_up():
                           list(range(int(torch.randint(1, 60, (1,), generator=g)))), False, None) for _ in range(64)]
     batch = ppo.pad_samples(samples, 256)
     runtime.init_distributed()
-    groups = ppo.forward_groups(batch, 0, 1024)
+    groups = runtime.forward_groups(batch, 0, 1024)
     assert sorted(i for grp in groups for i in grp) == list(range(64))
     for grp in groups:
         P = max(len(samples[i].prompt_ids) for i in grp)
         R = max(len(samples[i].response_ids) for i in grp)
         assert len(grp) == 1 or len(grp) * (P + R) <= 1024
     assert len(groups) <= 8  # 64 rows of <= 89 tokens: ~5,000 tokens; OpenRLHF's 2 rows per forward made 32
-    assert max(map(len, ppo.forward_groups(batch, 4, 10**9))) == 4  # the row cap still holds
+    assert max(map(len, runtime.forward_groups(batch, 4, 10**9))) == 4  # the row cap still holds
 
 
 def test_ppo_vllm_engine_passes_only_tensor_parallel(monkeypatch):
@@ -394,14 +394,14 @@ def test_right_padded_rows_score_the_same_without_a_mask(monkeypatch):
     batch = ppo.pad_samples(samples, 256)
     m = batch["response_mask"]
     args = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], m.size(1))
-    assert ppo.attention_mask_or_none(batch["attention_mask"]) is None  # same prompt lengths: right padding only
+    assert runtime.attention_mask_or_none(batch["attention_mask"]) is None  # same prompt lengths: right padding only
     ragged = ppo.pad_samples([runtime.Sample([5], [1, 2], False, None)] + samples, 256)["attention_mask"]
-    assert ppo.attention_mask_or_none(ragged) is ragged  # a left-padded row keeps the mask
+    assert runtime.attention_mask_or_none(ragged) is ragged  # a left-padded row keeps the mask
     actor = runtime.load_model(TINY, seed=0)
     critic = ppo.Critic(runtime.load_model(TINY, seed=1), "normal", seed=2)
     with torch.no_grad():
         causal = ppo.token_logprobs(actor, *args, 1.0, with_entropy=True), critic(*args)
-        monkeypatch.setattr(ppo, "attention_mask_or_none", lambda mask: mask)
+        monkeypatch.setattr(runtime, "attention_mask_or_none", lambda mask: mask)
         masked = ppo.token_logprobs(actor, *args, 1.0, with_entropy=True), critic(*args)
     for a, b in ((causal[0][0], masked[0][0]), (causal[0][1], masked[0][1]), (causal[1], masked[1])):
         assert torch.equal(a * m, b * m)

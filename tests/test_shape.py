@@ -263,17 +263,17 @@ def documented_batch_schema() -> dict[str, tuple[str, str]]:
 
 def test_a_tiny_batch_has_exactly_the_documented_keys_shapes_and_dtypes():
     schema = documented_batch_schema()
-    assert len(schema) == 10
+    assert len(schema) == 12
     rank, world, device = runtime.init_distributed()
     tiny = str(ROOT / "data" / "tiny")
     actor, ref = runtime.load_model(tiny, seed=0), runtime.load_model(tiny, seed=0)
     critic = ppo.Critic(runtime.load_model(tiny, seed=0), init="zeros")
-    samples = [runtime.Sample([5, 6, 7], [8, 9], False, None), runtime.Sample([5], [8, 9, 10, 11], False, None),
-               runtime.Sample([5, 6], [], False, None)]
-    cfg = ppo.Config(**{**ppo.PRESETS["tiny"]})
+    samples = [runtime.Sample([5, 6, 7], [8, 9], False, [-0.1, -0.2]),
+               runtime.Sample([5], [8, 9, 10, 11], False, [-0.1] * 4), runtime.Sample([5, 6], [], False, [])]
+    cfg = ppo.Config(**{**ppo.PRESETS["tiny"], "tis_cap": 2.0})  # tis_weight: only with --tis-cap
     # the lines of ppo.main's steps 3-5
     batch = ppo.pad_samples(samples, 0)
-    ppo.experience_forward(actor, ref, critic, batch, cfg, device)
+    ppo.experience_forward(actor, ref, critic, batch, cfg, device, samples)
     m = batch["response_mask"]
     kl = ppo.kl_penalty(batch["old_logp"], batch["ref_logp"], cfg.kl_estimator) * m
     batch["rewards"] = ppo.shape_rewards(torch.tensor([1.0, -1.0, -0.5]), kl, m, cfg.kl_coef)
