@@ -109,6 +109,16 @@ def test_each_stage_reads_method_first(stage):
     assert not set(below) & set(METHOD[stage])
 
 
+BUDGETS = {"ppo.py": 1250, "sft.py": 650, "evaluate.py": 750, "reward.py": 450, "README.md": 250}
+
+
+@pytest.mark.parametrize("name", sorted(BUDGETS))
+def test_files_stay_within_their_reading_budget(name):
+    """A stage a student reads in one sitting (issue 20); what does not fit goes to runtime.py or docs/."""
+    lines = source(name).count("\n")
+    assert lines <= BUDGETS[name], f"{name}: {lines} lines, over its budget of {BUDGETS[name]}"
+
+
 def test_the_math_comes_first_in_ppo():
     """A reader meets the Config and then GAE and the losses in the first few hundred lines."""
     defs = top_level("ppo.py")
