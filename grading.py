@@ -349,14 +349,14 @@ def parse_number(s: str) -> tuple[Fraction, int | None, bool] | None:
     return (value / 100 if percent else value), places, percent
 
 
-_DECIMAL_COMMA_RE = re.compile(r"^-?(?:0,\d+|\d+,(?:\d{1,2}|\d{4,})|\d{4,},\d+)$")
+_DECIMAL_COMMA_RE = re.compile(r"^-?(?:0,\d{2,}|\d+,(?:\d{2}|\d{4,})|\d{4,},\d{2,})$")
 
 
 def _decimal_comma(s: str, raw: str) -> tuple[Fraction, int | None, bool] | None:
-    """"250,75" or "0,375" as a decimal comma -- only where no thousands grouping fits (not "1,250")
-    and no space follows the comma ("2, 5" is a pair) -- for the caller to compare with a number
-    written with a decimal point, or with any number when it starts "0," (a pair "2,5" is never
-    read as a number against 5/2; "0,375" is 3/8)."""
+    """"250,75" or "0,375" as a decimal comma: at least two digits after the comma, no thousands
+    grouping fitting (not "1,250"), no space after the comma ("2, 5" is a pair; so is "2,5", the way
+    MATH golds write pairs).  The caller compares an answer so spelled with a number written with a
+    point (any number when it starts "0,"), and a gold so spelled only with its own digits ("1.22")."""
     if not _DECIMAL_COMMA_RE.match(s) or re.search(r",\s", raw):
         return None
     return parse_number(s.replace(",", "."))
@@ -547,7 +547,7 @@ def _quick_equal(pred: str, gold: str) -> bool | None:
     pn, gn = parse_number(p), parse_number(g)
     if pn is None and gn is not None and ("." in g or p.lstrip("-").startswith("0,")):
         pn = _decimal_comma(p, pred)
-    elif gn is None and pn is not None and ("." in p or g.lstrip("-").startswith("0,")):
+    elif gn is None and pn is not None and p == g.replace(",", "."):  # a gold "1,22": only its own digits
         gn = _decimal_comma(g, gold)
     if pn is not None and gn is not None:
         return _numbers_equal(pn, gn)
