@@ -225,7 +225,8 @@ def normalize(s: str) -> str:
     if _TRIG_RE.search(s):  # sin(90^\circ - x): inside trigonometry a degree is pi/180, not a unit
         s = re.sub(r"\^\{?\\circ\}?", lambda m: "\\cdot\\frac{\\pi}{180}", s)
     s = re.sub(r"\\n(?![a-zA-Z])", " ", s)  # a newline escaped twice ("\\n\\n\\[ ...") is space, not LaTeX
-    if m := re.match(r"^\s*[a-df-hj-zA-Z](?:_\{?\w+\}?)?\s*(?:\\approx|≈)(.+)$", s):  # "y \\approx 5": y's value
+    # "y \\approx 5": y's value (a variable; not e or i)
+    if m := re.match(r"^\s*[a-df-hj-zA-Z](?:_\{?\w+\}?)?\s*(?:\\approx|≈)(.+)$", s):
         s = m.group(1)
     s = re.sub(r"\s*(?:\\approx|≈).*$", "", s) if re.match(r"^.+\S\s*(?:\\approx|≈)", s) else s  # "x \\approx 0.577"
     for old, new in _REPLACEMENTS:
@@ -253,7 +254,8 @@ def normalize(s: str) -> str:
     s = s.replace("{,}", ",")
     s = re.sub(r"^(" + _NUMBER_TOKEN + r")(?:" + _GLUED_UNITS + r")$", r"\1", s)  # "10weeks"
     s = re.sub(r"(\\(?:arc)?(?:sin|cos|tan|sec|csc|cot)h?|\\log|\\ln|\\exp)\s+(?=[a-zA-Z])", "\\1\x02", s)  # \\sec x
-    s = re.sub(r"(\\(?:pi|alpha|beta|gamma|delta|theta|lambda|mu|sigma|phi|omega|rho|tau))\s+(?=[a-zA-Z])", "\\1\x02", s)
+    s = re.sub(r"(\\(?:pi|alpha|beta|gamma|delta|theta|lambda|mu|sigma|phi|omega|rho|tau))\s+(?=[a-zA-Z])",
+               "\\1\x02", s)  # "2\\pi r" stays a product with r
     s = re.sub(r"\s+", "", s).replace("\x02", " ")
     s = _fix_fracs_and_roots(s)
     s = re.sub(r"\\text\{\s*\}", "", s)
@@ -273,10 +275,13 @@ def normalize(s: str) -> str:
     return m.group(1) if m else s  # "\left[\begin{array}...\end{array}\right]" is the matrix
 
 
+_NOT_A_CHAIN = r"[<>;]|\\(?:le|ge|ne|in)(?![a-zA-Z])|and|or"
+
+
 def _last_side(s: str) -> str:
     """A chain "x = 5+5+1 = 11" claims its last side: "11".  Lists, inequalities and
     memberships keep their "="s (each item of a list is normalised on its own)."""
-    if s.count("=") < 2 or re.search(r"[<>;]|\\(?:le|ge|ne|in)(?![a-zA-Z])|and|or", s) or len(_split_top(s, ",")) > 1:
+    if s.count("=") < 2 or len(_split_top(s, ",")) > 1 or re.search(_NOT_A_CHAIN, s):
         return s
     sides = _split_top(s, "=")
     return sides[-1] if len(sides) > 2 and all(sides) else s
@@ -344,14 +349,14 @@ def parse_number(s: str) -> tuple[Fraction, int | None, bool] | None:
     return (value / 100 if percent else value), places, percent
 
 
-_DECIMAL_COMMA_RE = re.compile(r"^-?(?:0,\d+|\d+,(?:\d{1,2}|\d{4,})|\d{4,},\d+)$")
+_DECIMAL_COMMA_RE = re.compile(r"^-?(?:0,\d{2,}|\d+,(?:\d{2}|\d{4,})|\d{4,},\d{2,})$")
 
 
 def _decimal_comma(s: str, raw: str) -> tuple[Fraction, int | None, bool] | None:
-    """"250,75" or "0,375" as a decimal comma -- only where no thousands grouping fits (not "1,250")
-    and no space follows the comma ("2, 5" is a pair) -- for the caller to compare with a number
-    written with a decimal point, or with any number when it starts "0," (a pair "2,5" is never
-    read as a number against 5/2; "0,375" is 3/8)."""
+    """"250,75" or "0,375" as a decimal comma: at least two digits after the comma, no thousands
+    grouping fitting (not "1,250"), no space after the comma ("2, 5" is a pair; so is "2,5", the way
+    MATH golds write pairs).  The caller compares an answer so spelled with a number written with a
+    point (any number when it starts "0,"), and a gold so spelled only with its own digits ("1.22")."""
     if not _DECIMAL_COMMA_RE.match(s) or re.search(r",\s", raw):
         return None
     return parse_number(s.replace(",", "."))
@@ -399,14 +404,16 @@ _UNIT_SCALE = {  # unit -> (quantity, size in the quantity's base unit)
     "l": ("volume", Fraction(1)),
 }
 _UNIT_NAMES = {
-    "millimeter": "mm", "millimetre": "mm", "centimeter": "cm", "centimetre": "cm", "meter": "m", "metre": "m",
-    "kilometer": "km", "kilometre": "km", "milligram": "mg", "gram": "g", "kilogram": "kg", "second": "s",
-    "sec": "s", "minute": "min", "hour": "h", "hr": "h", "milliliter": "ml", "millilitre": "ml", "liter": "l",
-    "litre": "l", "mins": "min", "secs": "s", "hrs": "h", "days": "day",
+    "millimeter": "mm", "millimetre": "mm", "centimeter": "cm", "centimetre": "cm", "meter": "m",
+    "metre": "m", "kilometer": "km", "kilometre": "km", "milligram": "mg", "gram": "g", "kilogram": "kg",
+    "second": "s", "sec": "s", "minute": "min", "hour": "h", "hr": "h", "milliliter": "ml",
+    "millilitre": "ml", "liter": "l", "litre": "l", "mins": "min", "secs": "s", "hrs": "h", "days": "day",
 }
-_UNIT_TAIL_RE = re.compile(r"(?:\\(?:text|mathrm|mbox|textrm)\{\s*([a-zA-Z]+)\.?\s*\}|(?<![a-zA-Z\\])([a-zA-Z]{2,})\.?)$")
+_UNIT_TAIL_RE = re.compile(
+    r"(?:\\(?:text|mathrm|mbox|textrm)\{\s*([a-zA-Z]+)\.?\s*\}|(?<![a-zA-Z\\])([a-zA-Z]{2,})\.?)$")
 _ASKED_UNIT_RE = re.compile(
-    r"\b(?:in|how many|number of)\s+(?:more\s+|fewer\s+)?(?:\$?\\(?:text|mathrm)\{\s*([a-zA-Z]+)\s*\}|([a-zA-Z]{2,})\b)", re.I)
+    r"\b(?:in|how many|number of)\s+(?:more\s+|fewer\s+)?"
+    r"(?:\$?\\(?:text|mathrm)\{\s*([a-zA-Z]+)\s*\}|([a-zA-Z]{2,})\b)", re.I)
 
 
 def _unit(word: str | None, spelled_out: bool) -> str | None:
@@ -540,7 +547,7 @@ def _quick_equal(pred: str, gold: str) -> bool | None:
     pn, gn = parse_number(p), parse_number(g)
     if pn is None and gn is not None and ("." in g or p.lstrip("-").startswith("0,")):
         pn = _decimal_comma(p, pred)
-    elif gn is None and pn is not None and ("." in p or g.lstrip("-").startswith("0,")):
+    elif gn is None and pn is not None and p == g.replace(",", "."):  # a gold "1,22": only its own digits
         gn = _decimal_comma(g, gold)
     if pn is not None and gn is not None:
         return _numbers_equal(pn, gn)
@@ -660,11 +667,12 @@ def _abs_inequality_to_union(s: str) -> str:
     if low is None:  # |x| < b: one interval around 0
         return left + _negated(high) + "," + high + right
     inner_l, inner_r = ("[" if low_op == "<=" else "("), ("]" if low_op == "<=" else ")")
-    return left + _negated(high) + "," + _negated(low) + inner_r + "\\cup" + inner_l + low + "," + high + right
+    outer = left + _negated(high) + "," + _negated(low) + inner_r
+    return outer + "\\cup" + inner_l + low + "," + high + right
 
 
 def _negated(s: str) -> str:
-    """-s, spelled as simply as s allows: "-2" -> "2", "\\frac{3}{2}" -> "-\\frac{3}{2}", "1+a" -> "-(1+a)"."""
+    """-s, spelled simply: "-2" -> "2", "\\frac{3}{2}" -> "-\\frac{3}{2}", "1+a" -> "-(1+a)"."""
     if s.startswith("-") and not re.search(r"[-+]", s[1:]):
         return s[1:]
     return "-" + s if not re.search(r"[-+]", s) else "-(" + s + ")"

@@ -522,6 +522,11 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("1,250", "1.25", False, "decimal-comma"),  # a thousands grouping fits: 1250
     ("1,250", "1250", True, "decimal-comma"),
     ("2, 5", "2.5", False, "decimal-comma"),  # with a space: a pair
+    ("2,5", "2.5", False, "decimal-comma"),  # one digit after the comma: a pair, as MATH golds write them
+    ("0.1", "0,1", False, "decimal-comma"),
+    ("0.375", "0,375", True, "decimal-comma"),
+    ("17.44", "17,44", True, "decimal-comma"),
+    ("\\frac{436}{25}", "17,44", False, "decimal-comma"),  # a gold "17,44" is read as 17.44 only against 17.44
     ("250,75", "25075", False, "decimal-comma"),
     # --- a symbolic constant against its decimal approximation inside an expression
     ("6.2832r", "2\\pi r", True, "constant-in-expression"),
