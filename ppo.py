@@ -1150,8 +1150,8 @@ def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], 
     return out
 
 
-# The health signals' thresholds (docs/objectives.md): crossing one prints one line, once per run, naming the
-# flag that addresses it.
+# The health signals' thresholds (docs/objectives.md): crossing one prints one HEALTH line, once per run,
+# naming the flag that addresses it (advice; WARNING lines are kept for a sampler that is not the policy).
 HEALTH = [("entropy", "<", 0.05, "entropy collapse (nats/token)", "--clip-eps-high 0.28 or --entropy-coef"),
           ("truncated_rate", ">", 0.2, "runaway length: share of responses truncated",
            "--overlong filter|shape, or a larger --generate-max-len"),
@@ -1169,7 +1169,7 @@ def health_warnings(record: dict, cfg: Config, warned: set) -> None:
         if key == "zero_variance_groups" and cfg.dynamic_sampling:
             continue  # already dropped and refilled
         warned.add(key)
-        runtime.print0(f"WARNING step {record['step']}: {what} = {value:.3g} {side} {limit}: try {flag} "
+        runtime.print0(f"HEALTH step {record['step']}: {what} = {value:.3g} {side} {limit}: try {flag} "
                        "(printed once per run)")
 
 
