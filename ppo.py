@@ -1035,7 +1035,8 @@ def step_record(step: int, batch: dict, samples: list[runtime.Sample], texts: li
     warning when the numbers say the sampled policy is not the one being trained, and health_warnings."""
     record = {"step": step, **rollout_stats(batch, samples, texts, scores, cfg, device, groups), **stats,
               "actor_lr": actor.lr if train_actor else 0.0}
-    health_warnings(record, cfg, warned)
+    skip = "zero_variance_groups" if cfg.dynamic_sampling else None  # those groups are dropped and refilled
+    runtime.warn_once(record, [h for h in HEALTH if h[0] != skip], warned)
     if critic is not None:
         record["critic_lr"] = critic.lr
     if record["kl"] < -3 * record["kl_stderr"] - 1e-6:
@@ -1137,10 +1138,8 @@ def rollout_stats(batch: dict, samples: list[runtime.Sample], texts: list[str], 
            "kl_stderr": math.sqrt(max(s["k1_sq"] / tok - (s["k1"] / tok) ** 2, 0) / tok)}
     if s["gap_n"]:
         out["engine_logprob_gap"] = s["gap"] / s["gap_n"]  # mean |engine - trainer| log-prob, sampled tokens
-        g = torch.tensor([abs(x) for x in gap] or [0.0])
-        tail = torch.stack([g.kthvalue(max(1, math.ceil(0.95 * len(g)))).values, g.max()])
-        dist.all_reduce(tail, op=dist.ReduceOp.MAX)
-        out["engine_logprob_gap_p95"], out["engine_logprob_gap_max"] = tail.tolist()
+        tail = runtime.largest_tail([abs(x) for x in gap])  # p95 and max: the largest over ranks
+        out["engine_logprob_gap_p95"], out["engine_logprob_gap_max"] = tail
     if s.get("groups_groups"):  # the share of drawn groups whose scores were all equal; draws per step
         out["zero_variance_groups"] = s["groups_zero_variance"] / s["groups_groups"]
         out["dynamic_sampling_draws"] = s["groups_draws"] / runtime.global_sums({"ranks": 1}, device)["ranks"]
@@ -1159,18 +1158,6 @@ HEALTH = [("entropy", "<", 0.05, "entropy collapse (nats/token)", "--clip-eps-hi
            "--dynamic-sampling"),
           ("engine_logprob_gap_p95", ">", 0.05, "sampler-trainer log-prob gap p95 (nats/token)",
            "--tis-cap 2 (or --old-logprobs sampler)")]
-
-
-def health_warnings(record: dict, cfg: Config, warned: set) -> None:
-    for key, side, limit, what, flag in HEALTH:
-        value = record.get(key)
-        if value is None or key in warned or not (value < limit if side == "<" else value > limit):
-            continue
-        if key == "zero_variance_groups" and cfg.dynamic_sampling:
-            continue  # already dropped and refilled
-        warned.add(key)
-        runtime.print0(f"HEALTH step {record['step']}: {what} = {value:.3g} {side} {limit}: try {flag} "
-                       "(printed once per run)")
 
 
 def plot_curves(out: Path) -> None:
@@ -1201,7 +1188,13 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
     runtime.check_common(cfg)
-    need(cfg.template in reward.TEMPLATES, "template", "must be one of " + ", ".join(reward.TEMPLATES))
+    choices = {"template": tuple(reward.TEMPLATES), "kl_estimator": ("k1", "k2", "k3"), "loss_agg": LOSS_AGGS,
+               "vllm_sleep_level": (1, 2), "engine": ("auto", "hf", "vllm"), "grader": reward.GRADERS,
+               "advantage": ADVANTAGES, "value_head_init": ("normal", "zeros"),
+               "long_prompts": ("truncate", "drop"), "old_logprobs": ("trainer", "sampler"),
+               "overlong": ("none", "filter", "shape")}
+    for name, allowed in choices.items():
+        need(getattr(cfg, name) in allowed, name, "must be one of " + ", ".join(map(str, allowed)))
     for name in ("rollout_batch_size", "n_samples_per_prompt", "train_batch_size", "micro_train_batch_size",
                  "eval_batch_size", "prompt_max_len", "generate_max_len", "ppo_epochs"):
         need(getattr(cfg, name) > 0, name, "must be a positive integer")
@@ -1222,23 +1215,13 @@ def validate(cfg: Config) -> None:
     for name in ("gamma", "lam", "adam_beta1", "adam_beta2", "warmup_ratio", "min_lr_ratio"):
         need(0 <= getattr(cfg, name) <= 1, name, "must be in [0, 1]")
     need(cfg.max_steps > 0 or cfg.num_episodes > 0, "num_episodes", "must be > 0 when --max-steps is not set")
-    need(cfg.kl_estimator in ("k1", "k2", "k3"), "kl_estimator", "must be k1, k2 or k3")
-    need(cfg.engine in ("auto", "hf", "vllm"), "engine", "must be auto, hf or vllm")
-    need(cfg.vllm_sleep_level in (1, 2), "vllm_sleep_level", "must be 1 or 2")
-    need(cfg.grader in reward.GRADERS, "grader", "must be one of " + ", ".join(reward.GRADERS))
-    need(cfg.loss_agg in LOSS_AGGS, "loss_agg", "must be one of " + ", ".join(LOSS_AGGS))
     need(cfg.logprob_temperature > 0, "logprob_temperature", "must be > 0")
-    need(cfg.value_head_init in ("normal", "zeros"), "value_head_init", "must be normal or zeros")
-    need(cfg.advantage in ADVANTAGES, "advantage", "must be one of " + ", ".join(ADVANTAGES))
     groups = cfg.advantage not in ("gae", "reinforce++") or cfg.dynamic_sampling
     need(cfg.n_samples_per_prompt >= 2 or not groups, "n_samples_per_prompt",
          f"must be >= 2 with --advantage {cfg.advantage} or --dynamic-sampling (groups)")
     need(cfg.clip_eps_high >= 0 and cfg.tis_cap >= 0, "clip_eps_high", "and --tis-cap must be >= 0 (0: off)")
-    need(cfg.overlong in ("none", "filter", "shape"), "overlong", "must be none, filter or shape")
     need(cfg.overlong != "shape" or 0 < cfg.overlong_buffer <= cfg.generate_max_len, "overlong_buffer",
          "must be in (0, --generate-max-len] with --overlong shape")
-    need(cfg.old_logprobs in ("trainer", "sampler"), "old_logprobs", "must be trainer or sampler")
-    need(cfg.long_prompts in ("truncate", "drop"), "long_prompts", "must be truncate or drop")
     need(cfg.min_new_tokens >= 0, "min_new_tokens", "must be >= 0")
     need(cfg.rollout_forward_tokens > 0, "rollout_forward_tokens", "must be a positive number of tokens")
     need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")

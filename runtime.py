@@ -1243,6 +1243,26 @@ def replace_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def warn_once(record: dict, thresholds: list[tuple], warned: set) -> None:
+    """For each (key, "<" or ">", limit, what, advice) that a metrics record crosses: one HEALTH line naming
+    the advice, once per run (`warned` holds the keys already said)."""
+    for key, side, limit, what, advice in thresholds:
+        value = record.get(key)
+        if value is None or key in warned or not (value < limit if side == "<" else value > limit):
+            continue
+        warned.add(key)
+        print0(f"HEALTH step {record['step']}: {what} = {value:.3g} {side} {limit}: try {advice} "
+               "(printed once per run)")
+
+
+def largest_tail(values: list[float], q: float = 0.95) -> list[float]:
+    """[the q-quantile, the max] of this rank's values, each the largest over ranks (a collective)."""
+    g = torch.tensor(values or [0.0])
+    tail = torch.stack([g.kthvalue(max(1, math.ceil(q * len(g)))).values, g.max()])
+    dist.all_reduce(tail, op=dist.ReduceOp.MAX)
+    return tail.tolist()
+
+
 def plot_metrics(out: Path, rows: list[list[str]], xlabel: str, titles: dict | None = None) -> None:
     """curves.png: a grid of panels, one row per list of keys, one panel per key that a record of
     metrics.jsonl has (eval keys drawn as points); titles maps a key to its panel title."""
