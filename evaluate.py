@@ -621,7 +621,10 @@ def validate(cfg: Config) -> None:
         raise SystemExit(f"--benchmarks: {e}") from None
     if cfg.engine != "oracle":
         for path in cfg.model:
-            runtime.model_source(path)
+            if runtime.model_source(path) == "config" and cfg.engine == "vllm":  # vLLM reads weights only
+                raise SystemExit(f"--engine vllm: {path} holds no weights (a random init from config.json, "
+                                 "INIT_FROM_CONFIG); vLLM loads weights from a folder: use --engine hf "
+                                 "or auto")
             if runtime.tokenizer_problem(path):
                 raise SystemExit(runtime.tokenizer_problem(path))
 

@@ -406,3 +406,12 @@ def test_evaluate_tiny_scores_the_levels_the_demo_and_the_presets_study(tmp_path
 def test_a_process_may_take_its_own_lock_again(tmp_path):
     assert runtime.lock_output_dir(tmp_path / "r") is None
     assert runtime.lock_output_dir(tmp_path / "r") is None  # e.g. a test calling a stage's main twice
+
+
+def test_evaluate_vllm_on_a_random_init_is_one_line():
+    """evaluate.py --engine vllm on data/tiny (no weights, INIT_FROM_CONFIG): a one-line error before any engine
+    is built, not vLLM's traceback."""
+    import evaluate
+    cfg = evaluate.parse_args(["--preset", "tiny", "--engine", "vllm"])
+    with pytest.raises(SystemExit, match="--engine vllm: .*holds no weights.*--engine hf"):
+        evaluate.validate(cfg)
