@@ -159,7 +159,8 @@ class HFEngine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = runtime.load_model(path, cfg.seed).to(device).eval()
-        self.model.config.use_cache = True  # generation (load_model turns it off for the trainers)
+        # generation (load_model turns it off for the trainers; generate reads the generation config)
+        self.model.config.use_cache = self.model.generation_config.use_cache = True
         if device.type == "cuda":
             self.model.to(torch.bfloat16)
         self.max_len = cfg.max_model_len or self.model.config.max_position_embeddings

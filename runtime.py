@@ -418,6 +418,7 @@ def save_config(config, folder: Path, dtype: torch.dtype) -> None:
     dtype="auto" read it)."""
     config = copy.deepcopy(config)
     config.dtype = dtype
+    config.use_cache = True  # a folder for generating (vLLM, evaluate.py); load_model turns it off to train
     config.save_pretrained(folder)
 
 
@@ -568,7 +569,9 @@ class HFEngine:
         self.model = copy.deepcopy(model).to(device=device, dtype=self.dtype).eval()
         if getattr(self.model, "is_gradient_checkpointing", False):
             self.model.gradient_checkpointing_disable()
-        self.model.config.use_cache = True
+        # generate reads the generation config, which a model built from_config copied from a config whose
+        # use_cache load_model turned off
+        self.model.config.use_cache = self.model.generation_config.use_cache = True
         self.tokenizer, self.stop_ids, self.stop_strings = tokenizer, stop_ids, stop_strings
         self.device, self.return_logprobs = device, return_logprobs
         self.logprob_temperature, self.min_new_tokens = logprob_temperature, min_new_tokens

@@ -166,6 +166,7 @@ def test_training_side_models_build_no_kv_cache(tmp_path):
     engine, _ = ppo.make_engine(cfg, actor.config, AutoTokenizer.from_pretrained(cfg.model), 0, 1,
                                 torch.device("cpu"))
     assert engine.model.config.use_cache is True  # the generating copy keeps its cache
+    assert engine.model.generation_config.use_cache is True  # what generate reads
     assert actor.config.use_cache is False
 
 

@@ -33,8 +33,10 @@ def test_sampler_logprobs_equal_trainer_logprobs_and_k1_is_zero_at_step_0(logpro
     """Sampling at 0.7, the engine reports log-probs the way the trainer scores them (logits / T_lp), so the
     engine-vs-trainer gap compares like with like under either --logprob-temperature."""
     tok, base, actor, ref, critic, device = setup_models()
-    engine = runtime.HFEngine(base, tok, stop_ids=[258], stop_strings=[], device=device,
-                          logprob_temperature=logprob_temperature)
+    # built as ppo.make_engine builds it: from the trainer's config, whose use_cache load_model turned off
+    sampler = AutoModelForCausalLM.from_config(actor.config)
+    engine = runtime.HFEngine(sampler, tok, stop_ids=[258], stop_strings=[], device=device,
+                              logprob_temperature=logprob_temperature)
     ppo.sync_weights(actor, engine, 0)
     prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in ["Q: 1+2\nA:", "Q: 347-85+12\nA:", "Q: 9\nA:"]]
     torch.manual_seed(0)
