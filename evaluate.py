@@ -362,7 +362,6 @@ def evaluate(cfg: Config) -> dict | None:
     paths = cfg.model or ["oracle"]
     kinds = ",".join(dict.fromkeys(engine_kind(p, cfg, device) for p in paths))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    runtime.announce(cfg.output_dir, kinds, device, dtype, world, rank)
     labels = model_labels(paths)
     if cfg.steps and len(cfg.steps) != len(paths):
         raise ValueError(f"--steps has {len(cfg.steps)} values for {len(paths)} models")
@@ -371,6 +370,7 @@ def evaluate(cfg: Config) -> dict | None:
         data = {b: load_benchmark(cfg.data_dir, b, cfg.template, cfg.limit, cfg.levels) for b in benches}
     out_dir = Path(cfg.output_dir)
     runtime.lock_or_stop(out_dir, rank, claim=True)  # one evaluation per --output-dir at a time
+    runtime.announce(cfg.output_dir, kinds, device, dtype, world, rank)
     results: dict[str, dict] = {}
     for path, label in zip(paths, labels):
         runtime.print0(f"== {label}: {', '.join(f'{b} ({len(data[b][0])})' for b in benches)}")
