@@ -17,7 +17,8 @@ What is kept from that harness (so numbers are comparable with the published tab
     benchmark scores. The table shows two averages: "Avg." over the benchmarks run (the eight of the
     paper's harness) and, when all five are run, "Avg. (5)" over AIME 2024, MATH 500, AMC 2023, Minerva
     Math and OlympiadBench: the five columns of the SimpleRL-Zero blog's table (simpleRL-reason v0's README,
-    e.g. SimpleRL-Zero 48.8, the base model 30.2).
+    e.g. SimpleRL-Zero 48.8, the base model 30.2); under a checkpoint that table reports, its published
+    numbers and measured - published (PUBLISHED).
 Grading: `--grader simplerl` (default: reward.py's extraction and `math_equal`, below) or `--grader v0`
 (`reward.compute_score(..., grader="v0")`, the verdicts simpleRL v0 trained with).
 What is deliberately not kept: the harness's `strip_string` deletes unit words and single letters
