@@ -54,7 +54,13 @@ CRITIC_WARMUP = "5"  # RL steps that train only the critic first (the preset's 3
 LEVELS = "1,2"  # what a 1M-parameter model learns in minutes on a CPU; levels 3-5 need far more compute
 MARKER = ".simplerl-demo"  # written into the run directory the demo makes: what --fresh may clean
 STEP_NAMES = ("data", "base", "ppo", "eval")
-DEMO_FILES = ("synth", "base", "ppo", "eval", "eval_data", *(f"{n}.done" for n in STEP_NAMES))  # what --fresh deletes
+# --simplerl: the blog's other arms, after the Zero study (simplerl_steps)
+ARM_NAMES = ("sft_ref", "teacher", "distill", "warmup", "simplerl", "eval_arms")
+DEMO_FILES = ("synth", "base", "ppo", "eval", "eval_data", *(f"{n}.done" for n in STEP_NAMES),  # --fresh
+              *ARM_NAMES, *(f"{n}.done" for n in ARM_NAMES), "teacher.jsonl", "arms_curves.png")
+ARM_SFT_STEPS = "200"  # SFT steps (32 sequences) of each fine-tune of the base: reference solutions, warm-up
+TEACHER_STEPS = "300"  # SFT steps that make the teacher: the base fine-tuned on self-checking solutions only
+DISTILL_PROMPTS = "2000"  # training problems the teacher answers (one sample each, the correct ones kept)
 
 
 # The tiny world's settings the demo changes, on the command line (the presets stay as other runs use them):
@@ -87,6 +93,56 @@ def steps(run: Path, quick: bool) -> list[tuple[str, list[str]]]:
                             "--output-dir", str(run / "ppo")]),
         ("eval", None),  # built after PPO, from the checkpoints it left
     ]
+
+
+def teacher_rows(run: Path) -> Path:
+    """The teacher's data: the levels' training problems, each solved in the self-checking style
+    (make_synth_data's `reflective`: the answer, "let me check:" column by column, "wait, not N" after a slip,
+    the checked value boxed)."""
+    sys.path.insert(0, str(ROOT / "data"))
+    import make_synth_data as synth
+    keep = {int(x) for x in LEVELS.split(",")}
+    rows = [json.loads(line) for line in (run / "synth/train.jsonl").read_text().splitlines()]
+    out = run / "teacher.jsonl"
+    out.write_text("".join(json.dumps(synth.styled(r, "reflective", *synth.parse(r["question"]))) + "\n"
+                           for r in rows if r["level"] in keep))
+    return out
+
+
+def simplerl_steps(run: Path, quick: bool) -> list[tuple[str, list[str] | None]]:
+    """The blog's other arms, from the same base and with the same settings as the Zero study's steps:
+    (a) SFT on the same problems' reference solutions; (b) a teacher that writes long self-checking
+    solutions, distilled (distill.py) into the base: the long-CoT warm-up; (c) SimpleRL: the Zero study's PPO
+    from (b)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    sft = torchrun + ["sft.py", "--preset", "tiny", "--model", str(run / "base/final"), "--test-file", "",
+                      "--save-every", "0", "--resume", *SFT_WINDOW]
+    ppo = dict(steps(run, quick))["ppo"]
+    ppo = ppo[:ppo.index("--model") + 1] + [str(run / "warmup/final")] + ppo[ppo.index("--model") + 2:-1] \
+        + [str(run / "simplerl")]
+    return [
+        ("sft_ref", sft + ["--train-file", str(run / "synth/train.jsonl"), "--max-steps", ARM_SFT_STEPS,
+                           "--output-dir", str(run / "sft_ref")]),
+        ("teacher", None),  # its data is written first (teacher_rows)
+        ("distill", [sys.executable, "distill.py", "--preset", "tiny", "--model", str(run / "teacher/final"),
+                     "--prompt-file", str(run / "synth/train.jsonl"), "--limit", DISTILL_PROMPTS, "--n", "1",
+                     "--generate-max-len", RESPONSE_BUDGET, "--output-dir", str(run / "distill")]),
+        ("warmup", sft + ["--train-file", str(run / "distill/long_cot.jsonl"), "--levels", "",
+                          "--max-steps", ARM_SFT_STEPS, "--output-dir", str(run / "warmup")]),
+        ("simplerl", ppo),
+        ("eval_arms", [sys.executable, "evaluate.py", "--preset", "tiny",
+                       "--data-dir", str(run / "eval_data"),
+                       "--model", *(str(run / m) for m in ("base/final", "sft_ref/final", "ppo/final/actor",
+                                                           "warmup/final", "simplerl/final/actor")),
+                       "--generate-max-len", RESPONSE_BUDGET, "--output-dir", str(run / "eval_arms")]),
+    ]
+
+
+def teacher_command(run: Path) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "sft.py", "--preset", "tiny",
+            "--model", str(run / "base/final"), "--train-file", str(teacher_rows(run)), "--test-file", "",
+            "--max-steps", TEACHER_STEPS, "--save-every", "0", "--resume", *SFT_WINDOW,
+            "--output-dir", str(run / "teacher")]
 
 
 def held_out_split(run: Path) -> Path:
@@ -183,6 +239,63 @@ def prepare_run_dir(run_dir: str, fresh: bool, quick: bool = False) -> Path:
     return run
 
 
+def sample_stats(path: Path) -> dict:
+    """Held-out accuracy, boxed share, reflection share and mean length of one model's greedy answers."""
+    from ppo import REFLECTION
+    samples = [json.loads(line) for line in path.read_text().splitlines()]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"acc": 100 * mean([bool(s["correct"]) for s in samples]),
+            "boxed": 100 * mean(["boxed" in s["response"] for s in samples]),
+            "reflection": 100 * mean([bool(REFLECTION.search(s["response"])) for s in samples]),
+            "length": mean([s["length"] for s in samples])}
+
+
+# The blog's two tables, in the tiny world: row name -> the evaluated model's label (eval_arms).
+ARM_TABLES = {
+    "SFT vs RL on the same problems (the blog's first table)": {
+        "base": "base/final", "base + SFT on the reference solutions": "sft_ref/final",
+        "SimpleRL-Zero (RL from the base)": "ppo/final"},
+    "long-CoT warm-up, then RL (the blog's second table)": {
+        "base + distilled long-CoT warm-up": "warmup/final", "SimpleRL (warm-up, then RL)": "simplerl/final",
+        "SimpleRL-Zero (RL from the base)": "ppo/final"},
+}
+
+
+def arm_tables(run: Path) -> str:
+    out = []
+    for title, rows in ARM_TABLES.items():
+        out += [f"\n[demo] {title}: held-out, greedy", "",
+                "| model | accuracy | boxed | reflection | mean length |", "|---|---|---|---|---|"]
+        for name, label in rows.items():
+            s = sample_stats(run / "eval_arms" / label / "synth.jsonl")
+            out.append(f"| {name} | {s['acc']:.1f} | {s['boxed']:.0f}% | {s['reflection']:.0f}% | "
+                       f"{s['length']:.1f} |")
+    return "\n".join(out)
+
+
+def plot_arms(run: Path) -> Path:
+    """Both RL runs' sampled rollouts against step, side by side: mean length and reflection share."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, folder in (("SimpleRL-Zero (from the base)", "ppo"),
+                         ("SimpleRL (from the warm-up)", "simplerl")):
+        recs = [json.loads(line) for line in (run / folder / "metrics.jsonl").read_text().splitlines()]
+        recs = [r for r in recs if "response_length" in r]
+        axes[0].plot([r["step"] for r in recs], [r["response_length"] for r in recs], label=name)
+        axes[1].plot([r["step"] for r in recs], [100 * r["reflection_rate"] for r in recs], label=name)
+    axes[0].set(xlabel="RL step", ylabel="tokens", title="mean sampled response length")
+    axes[1].set(xlabel="RL step", ylabel="%", title="responses with a reflection word")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(run / "arms_curves.png", dpi=110)
+    plt.close(fig)
+    return run / "arms_curves.png"
+
+
 def level_table(run: Path, summary: dict) -> str:
     """Accuracy per difficulty level, format rate, reflection share and mean response length, before and after RL
     (from evaluate.py's greedy samples)."""
@@ -228,6 +341,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "runs/demo-quick)")
     p.add_argument("--fresh", action="store_true", help="delete the demo's files in the run directory and start over")
     p.add_argument("--quick", action="store_true", help="a shortened study (CI): fewer steps")
+    p.add_argument("--simplerl", action="store_true",
+                   help="also the blog's other arms: SFT on reference solutions, a distilled long-CoT "
+                   "warm-up, and RL from it (SimpleRL); both tables, both RL runs' curves")
     args = p.parse_args(argv)
     default = "runs/demo-quick" if args.quick else "runs/demo"
     run = prepare_run_dir(args.run_dir or default, args.fresh, args.quick)
@@ -252,6 +368,16 @@ def main(argv: list[str] | None = None) -> dict:
           f"{total:.0f} s ({time.time() - t0:.0f} s this run)")
     print(f"[demo] training dynamics:        {run / 'ppo/curves.png'}")
     print(f"[demo] held-out accuracy vs step: {run / 'eval/accuracy_vs_step.png'}")
+    if args.simplerl:
+        for name, cmd in simplerl_steps(run, args.quick):
+            run_step(name, cmd if cmd is not None else teacher_command(run), run, fresh=False)
+        print(arm_tables(run))
+        distilled = json.loads((run / "distill/distill.json").read_text())
+        print(f"\n[demo] distilled warm-up data: {distilled['rows']} rows from {distilled['responses']} "
+              f"teacher responses (pass rate {100 * distilled['pass_rate']:.1f}%, mean "
+              f"{distilled['response_tokens']['mean']:.1f} tokens); arms' curves: {plot_arms(run)}")
+        for name in ARM_NAMES:
+            print(f"[demo] {name}: {json.loads((run / f'{name}.done').read_text())['seconds']:.0f} s")
     return {"before": before, "after": after, "run": str(run), **arc}
 
 

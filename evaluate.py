@@ -17,7 +17,8 @@ What is kept from that harness (so numbers are comparable with the published tab
     benchmark scores. The table shows two averages: "Avg." over the benchmarks run (the eight of the
     paper's harness) and, when all five are run, "Avg. (5)" over AIME 2024, MATH 500, AMC 2023, Minerva
     Math and OlympiadBench: the five columns of the SimpleRL-Zero blog's table (simpleRL-reason v0's README,
-    e.g. SimpleRL-Zero 48.8, the base model 30.2).
+    e.g. SimpleRL-Zero 48.8, the base model 30.2); under a checkpoint that table reports, its published
+    numbers and measured - published (PUBLISHED).
 Grading: `--grader simplerl` (default: reward.py's extraction and `math_equal`, below) or `--grader v0`
 (`reward.compute_score(..., grader="v0")`, the verdicts simpleRL v0 trained with).
 What is deliberately not kept: the harness's `strip_string` deletes unit words and single letters
@@ -102,6 +103,16 @@ BENCHMARKS = {
 EXTRA_BENCHMARKS = {"synth": "Synth"}  # the tiny world's test set (gold = `answer`)
 # The SimpleRL-Zero blog's table (simpleRL-reason v0 README): five columns and their average.
 PAPER_FIVE = ("aime24", "math500", "amc23", "minerva_math", "olympiadbench")
+# That table's published numbers (simpleRL-reason v0 README at commit 2702a87c, pass@1) for the checkpoints
+# the blog reports, by the model's folder or hub name (lower case): the table puts them and the difference
+# under the measured row. The blog gives only these five benchmarks; GSM8K and the other three are not published.
+PUBLISHED = {
+    "qwen2.5-math-7b": dict(aime24=16.7, math500=52.4, amc23=52.5, minerva_math=12.9, olympiadbench=16.4),
+    "qwen-2.5-math-7b-simplerl-zero": dict(aime24=33.3, math500=77.2, amc23=62.5, minerva_math=33.5,
+                                           olympiadbench=37.6),
+    "qwen-2.5-math-7b-simplerl": dict(aime24=26.7, math500=82.4, amc23=62.5, minerva_math=39.7,
+                                      olympiadbench=43.3),
+}
 QUESTION_KEYS = ("question", "problem", "Question", "input")  # the harness's order
 
 
@@ -543,7 +554,8 @@ def model_labels(paths: list[str]) -> list[str]:
 
 
 def markdown_table(results: dict, benches: list[str]) -> str:
-    """A row per model; "Avg." over the benchmarks run, and "Avg. (5)" (the blog's five) when all five ran."""
+    """A row per model; "Avg." over the benchmarks run, and "Avg. (5)" (the blog's five) when all five ran.
+    Under a model the blog reports (PUBLISHED), its published numbers and measured - published ("-": none)."""
     names = {**BENCHMARKS, **EXTRA_BENCHMARKS}
     five = all(b in benches for b in PAPER_FIVE)
     head = ("| Model | " + " | ".join(names[b] for b in benches) + " | Avg. |"
@@ -553,6 +565,15 @@ def markdown_table(results: dict, benches: list[str]) -> str:
         cells = [f"{res[b]['acc']:.1f}" for b in benches]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {res['avg']:.1f} |"
                      + (f" {res['avg5']:.1f} |" if five else ""))
+        paper = PUBLISHED.get(label.rstrip("'").split("/")[-1].lower())
+        if paper and any(b in paper for b in benches):
+            published = {**paper, "avg5": sum(paper.values()) / len(paper)}
+            measured = {**{b: res[b]["acc"] for b in benches}, "avg5": res.get("avg5")}
+            columns = benches + ["avg"] + (["avg5"] if five else [])  # no published eight-benchmark Avg.
+            for name, cell in (("published (blog)", lambda c: f"{published[c]:.1f}"),
+                               ("measured - published", lambda c: f"{measured[c] - published[c]:+.1f}")):
+                cells = [cell(c) if c in published else "-" for c in columns]
+                lines.append(f"| {label}: {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1612,7 +1612,7 @@ def config_help(cls) -> dict[str, str]:
 
 
 PROJECT = Path(__file__).resolve().parent
-INPUT_FIELDS = ("model", "critic_model", "train_file", "test_file", "data_dir")
+INPUT_FIELDS = ("model", "critic_model", "train_file", "test_file", "data_dir", "prompt_file")
 
 
 def project_paths(preset: dict) -> dict:

@@ -302,3 +302,29 @@ def test_renamed_flags_keep_their_old_spelling():
     old = ev.parse_args(["--max-new-tokens", "7", "--gpu-memory-utilization", "0.5", "--grade-timeout", "3"])
     new = ev.parse_args(["--generate-max-len", "7", "--vllm-gpu-memory-utilization", "0.5", "--reward-timeout", "3"])
     assert old == new and (new.generate_max_len, new.vllm_gpu_memory_utilization, new.reward_timeout) == (7, 0.5, 3.0)
+
+
+def test_table_puts_the_published_numbers_and_the_difference_under_a_checkpoint_the_blog_reports():
+    """v0 README at 2702a87c: base 16.7/52.4/52.5/12.9/16.4 (30.2), SimpleRL 26.7/.../43.3 (50.9)."""
+    def row(accs):
+        res = {b: {"acc": a} for b, a in accs.items()}
+        res["avg"] = sum(accs.values()) / len(accs)
+        if all(b in accs for b in ev.PAPER_FIVE):
+            res["avg5"] = sum(accs[b] for b in ev.PAPER_FIVE) / 5
+        return res
+    measured = dict(gsm8k=70.0, aime24=10.0, math500=55.0, amc23=50.0, minerva_math=15.0, olympiadbench=20.0)
+    table = ev.markdown_table({"Qwen2.5-Math-7B": row(measured), "runs/sft/final": row(measured)},
+                              ["gsm8k", *ev.PAPER_FIVE])
+    lines = table.splitlines()
+    assert lines[3] == "| Qwen2.5-Math-7B: published (blog) | - | 16.7 | 52.4 | 52.5 | 12.9 | 16.4 | - | 30.2 |"
+    assert lines[4] == ("| Qwen2.5-Math-7B: measured - published | - | -6.7 | +2.6 | -2.5 | +2.1 | +3.6 | - | "
+                        f"{sum(measured[b] for b in ev.PAPER_FIVE) / 5 - 30.18:+.1f} |")
+    assert len(lines) == 6 and lines[5].startswith("| runs/sft/final | 70.0 |")  # no published numbers: one row
+    # a hub id's label, and a subset of the five: the columns run, no Avg. (5)
+    label = ev.model_labels(["hkust-nlp/Qwen-2.5-Math-7B-SimpleRL"])[0]
+    lines = ev.markdown_table({label: row(dict(math500=80.0, gsm8k=90.0))}, ["math500", "gsm8k"]).splitlines()
+    assert lines[3:] == ["| Qwen-2.5-Math-7B-SimpleRL: published (blog) | 82.4 | - | - |",
+                         "| Qwen-2.5-Math-7B-SimpleRL: measured - published | -2.4 | - | - |"]
+    zero = ev.PUBLISHED["qwen-2.5-math-7b-simplerl-zero"]
+    simplerl = ev.PUBLISHED["qwen-2.5-math-7b-simplerl"]
+    assert round(sum(zero.values()) / 5, 1) == 48.8 and round(sum(simplerl.values()) / 5, 1) == 50.9

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "data"))
 
 import demo  # noqa: E402
+import distill  # noqa: E402
 import evaluate  # noqa: E402
 import ppo  # noqa: E402
 import runtime  # noqa: E402
@@ -58,7 +59,7 @@ METHOD = {
     "evaluate.py": ["Config", "extract_prediction", "grade", "pass_at_k", "make_engine", "evaluate_benchmark",
                     "score_benchmark"],
 }
-PRODUCT = ["sft.py", "ppo.py", "evaluate.py", "demo.py", "reward.py", "runtime.py", "grading.py",
+PRODUCT = ["sft.py", "ppo.py", "evaluate.py", "distill.py", "demo.py", "reward.py", "runtime.py", "grading.py",
            "data/prepare_data.py", "data/make_synth_data.py", "data/make_tiny_model.py"]
 
 
@@ -87,6 +88,8 @@ def test_stages_import_only_reward_and_runtime_and_runtime_imports_nothing_of_th
     assert project_imports("grading.py") == set()
     importers = [f for f in PRODUCT if f != "reward.py" and "grading" in project_imports(f)]
     assert not importers, f"the grading machinery is reward.py's alone; also imported by {importers}"
+    # distill.py is a stage of evaluate.py's machinery (engines, sharding, grading), not a copy of it
+    assert project_imports("distill.py") == {"evaluate", "reward", "runtime"}
 
 
 def top_level(name: str) -> dict[str, ast.AST]:
@@ -170,11 +173,12 @@ def script_main(path: Path):
     return lambda: exec(compile(path.read_text(), str(path), "exec"), {"__name__": "__main__", "__file__": str(path)})
 
 
-@pytest.mark.parametrize("script", ["sft.py", "ppo.py", "evaluate.py", "demo.py", "data/prepare_data.py",
-                                    "data/make_synth_data.py"])
+@pytest.mark.parametrize("script", ["sft.py", "ppo.py", "evaluate.py", "distill.py", "demo.py",
+                                    "data/prepare_data.py", "data/make_synth_data.py"])
 def test_every_flag_has_help_text(script, monkeypatch):
     builders = {"sft.py": lambda: sft.parse_args([]), "ppo.py": lambda: ppo.parse_args([]),
                 "evaluate.py": lambda: evaluate.parse_args([]), "demo.py": lambda: demo.main([]),
+                "distill.py": lambda: distill.parse_args([]),
                 "data/prepare_data.py": lambda: load(ROOT / "data/prepare_data.py").main([]),
                 "data/make_synth_data.py": script_main(ROOT / "data/make_synth_data.py")}
     parser = parser_of(builders[script], monkeypatch)
