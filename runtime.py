@@ -1905,13 +1905,17 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
     # training: per micro-batch of b sequences of `seq` tokens. Logits of the response tokens at ~14 bytes per
     # vocab entry (bf16 logits, the fp32 copy, /T, their gradient); with checkpointing each layer keeps its
     # input (h) and one layer is recomputed (q, k, v, o, MLP); without it every layer keeps ~ (10 h + 3 I).
-    tokens = cfg.micro_train_batch_size * seq
+    # Packed passes (--train-forward-tokens > 0): that many tokens, the logits LOGIT_CHUNK tokens at a time.
+    packed = getattr(cfg, "train_forward_tokens", 0) > 0
+    tokens = cfg.train_forward_tokens if packed else cfg.micro_train_batch_size * seq
     per_layer = compute * tokens * (4 * h + 2 * kv + 3 * inter)
     layers = L * compute * tokens * h + per_layer if cfg.gradient_checkpointing else L * per_layer
-    plan["train_activations"] = layers + tokens * V * (14 if gpu else 16) * cfg.generate_max_len / seq
-    # experience forwards (no grad): logits of every kept position, plus one layer's activations
+    logit_rows = LOGIT_CHUNK if packed else tokens * cfg.generate_max_len / seq
+    plan["train_activations"] = layers + logit_rows * V * (14 if gpu else 16)
+    # experience forwards (no grad): logits of every kept position (packed: a chunk), one layer's activations
     exp_tokens = min(cfg.rollout_forward_tokens, (cfg.micro_rollout_batch_size or 10 ** 9) * seq)
-    plan["experience_activations"] = (exp_tokens * V * (compute + 8)
+    exp_logits = min(exp_tokens, LOGIT_CHUNK) if packed else exp_tokens
+    plan["experience_activations"] = (exp_logits * V * (compute + 8)
                                       + compute * exp_tokens * (4 * h + 2 * kv + 3 * inter))
     plan["grad_accum_unsharded"] = 4 * (n["actor"] + n["critic"])
     # GPU only, estimates (docs/gpu.md): the CUDA context with cuBLAS workspaces (~1 GB) and NCCL's buffers
