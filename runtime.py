@@ -658,7 +658,9 @@ def packed_logprobs(model, input_ids, position_ids, index: torch.Tensor, from_lo
         return torch.cat(outs).unsqueeze(0)
     head.forward = run  # an instance attribute: shadows the class's forward until deleted
     try:
-        got = model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=where).logits[0]
+        # no mask and no cache: transformers reads the rows' boundaries from the position ids
+        got = model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=where, use_cache=False)
+        got = got.logits[0]
     finally:
         del head.forward
     logp = got.new_zeros(index.shape)
