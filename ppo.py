@@ -390,8 +390,8 @@ class Critic(torch.nn.Module):
             raise ValueError(f"--value-head-init {init!r}: expected normal or zeros")
 
     def forward(self, input_ids, attention_mask, position_ids, response_len: int) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=runtime.attention_mask_or_none(attention_mask),
-                            position_ids=position_ids, use_cache=False)[0]  # no cache: packing seen
+        mask = runtime.attention_mask_or_none(attention_mask)  # no cache: transformers then sees packed rows
+        hidden = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)[0]
         # V_t at the positions token_logprobs reads its logits from: hidden[:, -R-1:-1] (packed: the index),
         # the R states that PREDICT the response's R tokens, so V_t is the value of the prefix before token t
         # (the state in which the policy chose a_t), aligned column for column with log pi(a_t) and the mask.
