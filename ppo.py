@@ -391,7 +391,8 @@ class Critic(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, response_len: int) -> torch.Tensor:
         mask = runtime.attention_mask_or_none(attention_mask)  # no cache: transformers then sees packed rows
-        hidden = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)[0]
+        hidden = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                            use_cache=False).last_hidden_state
         # V_t at the positions token_logprobs reads its logits from: hidden[:, -R-1:-1] (packed: the index),
         # the R states that PREDICT the response's R tokens, so V_t is the value of the prefix before token t
         # (the state in which the policy chose a_t), aligned column for column with log pi(a_t) and the mask.
@@ -697,14 +698,13 @@ def make_learner(name: str, model: torch.nn.Module, lr: float, cfg: Config, tota
 
 def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config, world: int, device,
                train_actor: bool, generator: torch.Generator) -> dict:
-    """PPO epochs over mini-batches (one optimizer step each). Each rank holds train_batch_size / world
-    responses of a mini-batch; each micro-batch's loss is a sum (over its sequences' token means, or over its
-    tokens, --loss-agg) divided by the mini-batch's count on all ranks (sequences or valid tokens) / world
-    (FSDP averages gradients over ranks), so the accumulated gradient is that of the whole mini-batch's loss
-    however the batch is split over ranks and micro-batches. No set_requires_gradient_sync(False) between
-    micro-batches: it makes FSDP2 keep full-size fp32 gradients of the whole model on every rank until the
-    last micro-batch (~30 GB for the 7B actor, as much again for the critic). Each backward reduce-scatters,
-    and the sharded gradients accumulate in place (as sft.py does)."""
+    """PPO epochs over mini-batches (one optimizer step each) of train_batch_size responses, in passes (packed
+    and balanced across ranks, or micro-batches). Each pass's loss is a sum (over its sequences' token means,
+    or its tokens, --loss-agg) divided by the mini-batch's count on all ranks (sequences or valid tokens) /
+    world (FSDP averages gradients over ranks): the accumulated gradient is the whole mini-batch's loss's
+    however its rows are split over ranks and passes. No set_requires_gradient_sync(False) between passes:
+    FSDP2 would keep full-size fp32 gradients on every rank until the last (~30 GB for the 7B actor, as
+    much again for the critic); each backward reduce-scatters, sharded gradients accumulate (as sft.py's)."""
     B = batch["response_mask"].size(0)
     per_rank = cfg.train_batch_size // world
     sums = runtime.Sums("pg_loss", "v_loss", "entropy", "clipfrac", "clipfrac_low", "clipfrac_high",
