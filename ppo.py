@@ -468,11 +468,11 @@ def token_logprobs(model, input_ids, attention_mask, position_ids, response_len:
 # ---- rollouts: the weight-sync protocol between the trainer and the rollout engine ----
 def stream_weights(model: torch.nn.Module,
                    dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor) for every parameter, in the module's fixed order. full_tensor() is a collective:
-    every rank must run through this generator to its end, in the same order."""
+    """(name, full tensor) for every parameter, in the module's fixed order, each shard cast to `dtype` before
+    it is gathered (bf16 on GPU: half the bytes). full_tensor() is a collective: all ranks run it to the end."""
     for name, p in model.named_parameters():
-        t = p.full_tensor() if isinstance(p, DTensor) else p
-        yield name, (t.detach() if dtype is None else t.detach().to(dtype))
+        t = p.detach() if dtype is None else p.detach().to(dtype)
+        yield name, (t.full_tensor() if isinstance(t, DTensor) else t)
 
 
 @torch.no_grad()
