@@ -468,8 +468,8 @@ def token_logprobs(model, input_ids, attention_mask, position_ids, response_len:
 # ---- rollouts: the weight-sync protocol between the trainer and the rollout engine ----
 def stream_weights(model: torch.nn.Module,
                    dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor) for every parameter, in the module's fixed order, each shard cast to `dtype` before
-    it is gathered (bf16 on GPU: half the bytes). full_tensor() is a collective: all ranks run it to the end."""
+    """(name, full tensor) for every parameter in the module's fixed order, each shard cast to `dtype` before
+    the gather (bf16 on GPU: half the bytes). full_tensor() is a collective: all ranks run it to the end."""
     for name, p in model.named_parameters():
         t = p.detach() if dtype is None else p.detach().to(dtype)
         yield name, (t.full_tensor() if isinstance(t, DTensor) else t)
