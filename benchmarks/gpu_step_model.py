@@ -36,7 +36,7 @@ Assumptions (each a flag; the first GPU run calibrates them against metrics.json
     ~2 per mini-batch now); 5 ms of launch overhead per pass.
   - generation (vLLM, bandwidth-bound decode): per step (15.2 GB of weights + the live KV cache, 57 KB per
     token) / (0.75 x HBM) + 1.5 ms, until the rank's longest response ends; prefill at eff 0.5.
-  - weight sync: the fp32 gather of 30.5 GB (7/8 on the wire) + loading into vLLM at 100 GB/s.
+  - weight sync: the bf16 gather of 15.2 GB (7/8 on the wire) + loading into vLLM at 100 GB/s.
   - checkpoints every 4 steps, ~80 s each, synchronous (FACTS.md): 20 s per step, the same in both columns.
 Peers (published, for the comparison in README.md): v0 itself (OpenRLHF, 32 GPUs) ~1,080 s/step; SimpleRL-Zoo
 on verl (GRPO, 16 H100) ~540 s/step; the FLOP/bandwidth limit of this recipe ~136 s/step.
@@ -180,7 +180,7 @@ def model(a, gpu: str, packed: bool, prompts, responses) -> dict:
     gen = max(generation_s([p for p, _ in rk], [r for _, r in rk], a, gpu) for rk in ranks)
     exp = max(experience_s([p for p, _ in rk], [r for _, r in rk], a, gpu, packed)[0] for rk in ranks)
     upd, passes, computed, real = update_s(ranks, a, gpu, packed)
-    sync = 2 * WEIGHTS_BF16 * 7 / 8 / a.bus_bw + 2 * WEIGHTS_BF16 / 100e9
+    sync = WEIGHTS_BF16 * 7 / 8 / a.bus_bw + WEIGHTS_BF16 / 100e9  # bf16 shards gathered (stream_weights)
     phases = {"sync": sync, "generate": gen, "experience": exp, "update": upd, "checkpoint": a.checkpoint_s}
     step = sum(phases.values())
     tokens = sum(prompts) + sum(responses)
