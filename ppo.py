@@ -185,7 +185,7 @@ PRESETS = {
                  train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128,
                  rollout_forward_tokens=4096,  # 64-row forwards: ~20% faster here than 128 (cache-sized)
                  critic_warmup_steps=30, max_steps=250, gradient_checkpointing=False,
-                 train_forward_tokens=1024, seed=0, eval_every=100, eval_size=0, eval_batch_size=640,
+                 train_forward_tokens=0, seed=0, eval_every=100, eval_size=0, eval_batch_size=640,
                  save_every=100, dump_rollouts_every=50, loss_agg="token-mean", value_head_init="zeros",
                  grader="simplerl", stop="", min_new_tokens=0, logprob_temperature=1.0),
 }

@@ -135,7 +135,7 @@ def test_cost_ledger_packed_against_padded_in_the_two_rank_tiny_world(tmp_path):
     (2-row micro-batches) against its packed passes: no padding to speak of in the update and the experience
     forwards, ranks balanced, passes and FSDP traffic cut at least 4x."""
     perf = {}
-    for name, extra in (("padded", ["--train-forward-tokens", "0"]), ("packed", [])):
+    for name, extra in (("padded", ["--train-forward-tokens", "0"]), ("packed", ["--train-forward-tokens", "1024"])):
         r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
                             str(runtime._free_port()), "ppo.py", "--preset", "tiny", "--output-dir",
                             str(tmp_path / name), "--test-file", "", "--max-steps", "1", "--save-every", "0",
