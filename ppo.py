@@ -45,7 +45,7 @@ default is v0's value, docs/fidelity.md):
   - 1,024 prompts x 8 samples per RL step, 128 responses per optimizer step: 64 optimizer steps, 1 epoch;
   - the reward is v0's rule (--grader v0); generation also stops at the string "</s>" (--stop) and emits at
     least one token (--min-new-tokens).
-Left out: a reward model, adaptive KL control, sequence packing; an entropy bonus and critic-only warm-up
+Left out: a reward model, adaptive KL control; an entropy bonus and critic-only warm-up
 steps are flags, off as in v0. Not matched: v0 kept every optimizer state; here only the newest
 --keep-checkpoints are resumable (actor weights are all kept).
 
@@ -143,12 +143,12 @@ class Config:
     value_head_init: str = "normal"  # v0: normal(0, std = 1/(hidden+1)) (OpenRLHF) | zeros (V = 0 at first)
     ppo_epochs: int = 1  # passes over each RL step's responses [--max_epochs]
     train_batch_size: int = 128  # responses per optimizer step, all ranks together
-    micro_train_batch_size: int = 2  # responses per forward+backward per rank
+    micro_train_batch_size: int = 2  # responses per forward+backward per rank (with --train-forward-tokens 0)
+    train_forward_tokens: int = 16384  # > 0: a mini-batch's rows balanced over ranks, packed in passes of <=
+    #   this many tokens, experience forwards packed too (runtime.balanced_passes; same gradient); 0: padded
     micro_rollout_batch_size: int = 0  # most responses per no-grad experience forward per rank (0: no cap)
-    rollout_forward_tokens: int = 8192  # and at most this many (padded) tokens per such forward: OpenRLHF's
-    #   micro_rollout_batch_size=2 meant ~1,536 forwards per rank per RL step at 7B (each re-gathering the
-    #   model); 8,192 tokens is 2 x the longest sequence (1024 + 3000), so peak memory is unchanged (logits:
-    #   8192 x 152k)
+    rollout_forward_tokens: int = 8192  # and at most this many tokens per such forward (2 x the longest row):
+    #   each one re-gathers the model (OpenRLHF's micro_rollout_batch_size=2: ~1,536 forwards per rank at 7B)
     whiten_advantages: bool = True  # gae's advantages to mean 0, std 1 over the batch's valid tokens
     critic_warmup_steps: int = 0  # RL steps that train only the critic [--freezing_actor_steps] (gae only)
     num_episodes: int = 20  # passes over the prompts; sets the number of RL steps when --max-steps <= 0
@@ -185,9 +185,9 @@ PRESETS = {
                  train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128,
                  rollout_forward_tokens=4096,  # 64-row forwards: ~20% faster here than 128 (cache-sized)
                  critic_warmup_steps=30, max_steps=250, gradient_checkpointing=False,
-                 seed=0, eval_every=100, eval_size=0, eval_batch_size=640, save_every=100,
-                 dump_rollouts_every=50, loss_agg="token-mean", value_head_init="zeros", grader="simplerl",
-                 stop="", min_new_tokens=0, logprob_temperature=1.0),
+                 train_forward_tokens=0, seed=0, eval_every=100, eval_size=0, eval_batch_size=640,
+                 save_every=100, dump_rollouts_every=50, loss_agg="token-mean", value_head_init="zeros",
+                 grader="simplerl", stop="", min_new_tokens=0, logprob_temperature=1.0),
 }
 
 
@@ -390,13 +390,14 @@ class Critic(torch.nn.Module):
             raise ValueError(f"--value-head-init {init!r}: expected normal or zeros")
 
     def forward(self, input_ids, attention_mask, position_ids, response_len: int) -> torch.Tensor:
-        mask = runtime.attention_mask_or_none(attention_mask)
-        hidden = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids)
-        hidden = hidden.last_hidden_state
-        # V_t at the positions token_logprobs reads its logits from: hidden[:, -R-1:-1], the R states that
-        # PREDICT the response's R tokens, so V_t is the value of the prefix before token t (the state
-        # in which the policy chose a_t), aligned column for column with log pi(a_t) and the mask.
-        values = self.value_head(hidden[:, -response_len - 1: -1]).float().squeeze(-1)
+        mask = runtime.attention_mask_or_none(attention_mask)  # no cache: transformers then sees packed rows
+        hidden = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                            use_cache=False).last_hidden_state
+        # V_t at the positions token_logprobs reads its logits from: hidden[:, -R-1:-1] (packed: the index),
+        # the R states that PREDICT the response's R tokens, so V_t is the value of the prefix before token t
+        # (the state in which the policy chose a_t), aligned column for column with log pi(a_t) and the mask.
+        at = hidden[:, -response_len - 1: -1] if isinstance(response_len, int) else hidden[0, response_len]
+        values = self.value_head(at).float().squeeze(-1)
         return values.clone()  # clone: no view out of FSDP
 
 
@@ -441,34 +442,37 @@ def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
     return actor, ref, critic
 
 
-def token_logprobs(model, input_ids, attention_mask, position_ids, response_len: int, temperature: float,
-                   with_entropy: bool | str = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def token_logprobs(model, input_ids, attention_mask, position_ids, response_len: int | torch.Tensor,
+                   temperature: float, with_entropy: bool | str = False) -> tuple[torch.Tensor, ...]:
     """log pi(y_t | y_<t) of the response tokens under log_softmax(logits / T) (T = --logprob-temperature: 1
     in v0, the raw logits; the sampling temperature gives the distribution the engine sampled from), and
     optionally the entropy of that distribution. Logits at position i predict the token at i+1, so the
-    response's R tokens are predicted by the last R+1 positions but one."""
+    response's R tokens are predicted by the last R+1 positions but one; a packed pass (runtime.pack_rows:
+    response_len is then the index of the predicting positions) gets them in pieces (packed_logprobs)."""
+    def from_logits(logits, targets):
+        logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # x / 1: no copy
+        log_z = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
+        if not with_entropy:
+            return logp, None
+        with torch.set_grad_enabled(with_entropy == "grad" and torch.is_grad_enabled()):  # H = log Z - E[l]
+            return logp, log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    if not isinstance(response_len, int):
+        return runtime.packed_logprobs(model, input_ids, position_ids, response_len, from_logits,
+                                       bool(with_entropy))
     logits = model(input_ids=input_ids, attention_mask=runtime.attention_mask_or_none(attention_mask),
-                   position_ids=position_ids, logits_to_keep=response_len + 1).logits[:, :-1].float()
-    if temperature != 1.0:  # x / 1 is x: no B x R x V copy at v0's T = 1
-        logits = logits / temperature
-    targets = input_ids[:, -response_len:]
-    log_z = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
-    entropy = None
-    if with_entropy:  # H = log Z - sum_v p_v l_v; kept out of the autograd graph unless it is in the loss
-        with torch.set_grad_enabled(with_entropy == "grad" and torch.is_grad_enabled()):
-            entropy = log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return logp, entropy
+                   position_ids=position_ids, logits_to_keep=response_len + 1).logits[:, :-1]
+    return from_logits(logits, input_ids[:, -response_len:])
 
 
 # ---- rollouts: the weight-sync protocol between the trainer and the rollout engine ----
 def stream_weights(model: torch.nn.Module,
                    dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor) for every parameter, in the module's fixed order. full_tensor() is a collective:
-    every rank must run through this generator to its end, in the same order."""
+    """(name, full tensor) for every parameter in the module's fixed order, each shard cast to `dtype` before
+    the gather (bf16 on GPU: half the bytes). full_tensor() is a collective: all ranks run it to the end."""
     for name, p in model.named_parameters():
-        t = p.full_tensor() if isinstance(p, DTensor) else p
-        yield name, (t.detach() if dtype is None else t.detach().to(dtype))
+        t = p.detach() if dtype is None else p.detach().to(dtype)
+        yield name, (t.full_tensor() if isinstance(t, DTensor) else t)
 
 
 @torch.no_grad()
@@ -601,20 +605,21 @@ def experience_forward(actor, ref, critic, batch: dict, cfg: Config, device,
     from_sampler = cfg.old_logprobs == "sampler"
     if from_sampler:
         batch["old_logp"] = runtime.sampler_logprobs(samples, R_full)
-    for group in runtime.forward_groups(batch, cfg.micro_rollout_batch_size, cfg.rollout_forward_tokens):
-        mb = next(runtime.micro_batches(batch, group, len(group), device))
+    cap, tok, packed = cfg.micro_rollout_batch_size, cfg.rollout_forward_tokens, cfg.train_forward_tokens > 0
+    for group in runtime.forward_groups(batch, cap, tok, packed):  # packed: one sequence, no padding
+        mb = runtime.forward_batch(batch, group, device, packed)
         args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
-        rows = torch.tensor(group)
+        rows, R = torch.tensor(group), mb["response_mask"].size(1)
         # FSDP2 keeps a root's parameters (embeddings, final norm, head) gathered after a forward until its
         # backward, which the frozen reference never runs: reshard each network's root after its forward
         if not from_sampler:
-            batch["old_logp"][rows, :mb["R"]] = token_logprobs(actor, *args, cfg.logprob_temperature)[0].cpu()
+            batch["old_logp"][rows, :R] = token_logprobs(actor, *args, cfg.logprob_temperature)[0].cpu()
             runtime.reshard_root(actor)
         ref_logp = token_logprobs(ref, *args, cfg.logprob_temperature)[0]
         runtime.reshard_root(ref)
-        batch["ref_logp"][rows, :mb["R"]] = ref_logp.cpu().float()
+        batch["ref_logp"][rows, :R] = ref_logp.cpu().float()
         if critic is not None:
-            batch["values"][rows, :mb["R"]] = critic(*args).cpu()
+            batch["values"][rows, :R] = critic(*args).cpu()
             runtime.reshard_root(critic)
     m = batch["response_mask"]
     for key in ("old_logp", "ref_logp", "values"):
@@ -673,12 +678,12 @@ class Learner:
         """Clip the global gradient norm, step, zero the gradients, advance the schedule; returns the norm."""
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
         norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
-        if not torch.isfinite(norm):
+        if not runtime.to_host(torch.isfinite(norm)):
             raise FloatingPointError(f"non-finite {self.name} gradient norm")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return norm.item()
+        return norm.detach()
 
     @property
     def lr(self) -> float:
@@ -693,18 +698,17 @@ def make_learner(name: str, model: torch.nn.Module, lr: float, cfg: Config, tota
 
 def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config, world: int, device,
                train_actor: bool, generator: torch.Generator) -> dict:
-    """PPO epochs over mini-batches (one optimizer step each). Each rank holds train_batch_size / world
-    responses of a mini-batch; each micro-batch's loss is a sum (over its sequences' token means, or over its
-    tokens, --loss-agg) divided by the mini-batch's count on all ranks (sequences or valid tokens) / world
-    (FSDP averages gradients over ranks), so the accumulated gradient is that of the whole mini-batch's loss
-    however the batch is split over ranks and micro-batches. No set_requires_gradient_sync(False) between
-    micro-batches: it makes FSDP2 keep full-size fp32 gradients of the whole model on every rank until the
-    last micro-batch (~30 GB for the 7B actor, as much again for the critic). Each backward reduce-scatters,
-    and the sharded gradients accumulate in place (as sft.py does)."""
+    """PPO epochs over mini-batches (one optimizer step each) of train_batch_size responses, in passes (packed
+    and balanced across ranks, or micro-batches). Each pass's loss is a sum (over its sequences' token means,
+    or its tokens, --loss-agg) divided by the mini-batch's count on all ranks (sequences or valid tokens) /
+    world (FSDP averages gradients over ranks): the accumulated gradient is the whole mini-batch's loss's
+    however its rows are split over ranks and passes. No set_requires_gradient_sync(False) between passes:
+    FSDP2 would keep full-size fp32 gradients on every rank until the last (~30 GB for the 7B actor, as
+    much again for the critic); each backward reduce-scatters, sharded gradients accumulate (as sft.py's)."""
     B = batch["response_mask"].size(0)
     per_rank = cfg.train_batch_size // world
     sums = runtime.Sums("pg_loss", "v_loss", "entropy", "clipfrac", "clipfrac_low", "clipfrac_high",
-                        "approx_kl", "vf_clipfrac", "tokens")
+                        "approx_kl", "vf_clipfrac", "tokens", device=device)  # on the device: no host syncs
     norms = {"actor_grad_norm": [], "critic_grad_norm": []}
     learners = [x for x in (actor if train_actor else None, critic) if x is not None]
     n_minibatches = 0
@@ -712,13 +716,13 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator).tolist()
         for start in range(0, B - per_rank + 1, per_rank):
-            # a random mini-batch; its micro-batches take its rows by length: the same gradient (a sum over
-            # the mini-batch), less padding (each micro-batch is trimmed to its own longest row)
+            # a random mini-batch: packed passes balanced across ranks, or micro-batches taking its rows by
+            # length (runtime.update_passes): the same gradient either way (a sum over the mini-batch)
             idx = sorted(order[start: start + per_rank], key=lambda i: length[i])
             denom = minibatch_count(batch, idx, cfg, device) / world
             n_minibatches += 1
             finite = torch.ones((), device=device)
-            for mb in list(runtime.micro_batches(batch, idx, cfg.micro_train_batch_size, device)):
+            for mb in runtime.update_passes(batch, idx, cfg, device):
                 args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
                 mask = mb["loss_mask"]
                 if train_actor:
@@ -739,17 +743,16 @@ def ppo_update(actor: Learner, critic: Learner | None, batch: dict, cfg: Config,
                     finite *= torch.isfinite(vl.detach()).float()
                     vl.backward()
                     clipped = ((values - mb["values"]).abs() > cfg.value_clip).float()
-                    sums.add(v_loss=vl.item(), vf_clipfrac=(clipped * mask).sum().item())
-                sums.add(tokens=mask.sum().item())
+                    sums.add(v_loss=vl, vf_clipfrac=(clipped * mask).sum())
+                sums.add(tokens=mask.sum())
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together, before any step
-            if finite.item() < 1:
+            if runtime.to_host(finite) < 1:
                 raise FloatingPointError("non-finite PPO loss (NaN/inf)")
             for learner in learners:
                 norms[f"{learner.name}_grad_norm"].append(learner.step())
     metrics = update_metrics(sums.all_reduce(), norms, world * n_minibatches, train_actor)
-    if critic is None:  # no critic (--advantage other than gae): no value loss
-        for k in ("v_loss", "vf_clipfrac"):
-            metrics.pop(k)
+    for k in ("v_loss", "vf_clipfrac") if critic is None else ():  # no critic (not --advantage gae)
+        metrics.pop(k)
     return metrics
 
 
@@ -772,12 +775,11 @@ def add_policy_stats(sums: runtime.Sums, pg: torch.Tensor, logp, entropy, mb: di
     1 - eps with A < 0, above 1 + eps_high with A > 0)."""
     mask, log_ratio, adv = mb["loss_mask"], logp - mb["old_logp"], mb["advantages"]
     ratio, high = log_ratio.exp(), clip_eps if clip_eps_high is None else clip_eps_high
-    sums.add(pg_loss=pg.item(),  # this rank's part of the mini-batch loss x world
-             entropy=(entropy * mask).sum().item(),
-             clipfrac=(((ratio - 1).abs() > clip_eps).float() * mask).sum().item(),
-             clipfrac_low=(((ratio < 1 - clip_eps) & (adv < 0)).float() * mask).sum().item(),
-             clipfrac_high=(((ratio > 1 + high) & (adv > 0)).float() * mask).sum().item(),
-             approx_kl=(kl_penalty(logp, mb["old_logp"], "k3") * mask).sum().item())
+    sums.add(pg_loss=pg,  # this rank's part of the mini-batch loss x world
+             entropy=(entropy * mask).sum(), clipfrac=(((ratio - 1).abs() > clip_eps).float() * mask).sum(),
+             clipfrac_low=(((ratio < 1 - clip_eps) & (adv < 0)).float() * mask).sum(),
+             clipfrac_high=(((ratio > 1 + high) & (adv > 0)).float() * mask).sum(),
+             approx_kl=(kl_penalty(logp, mb["old_logp"], "k3") * mask).sum())
 
 
 def update_metrics(out: dict[str, float], norms: dict[str, list[float]], n_losses: int,
@@ -792,8 +794,8 @@ def update_metrics(out: dict[str, float], norms: dict[str, list[float]], n_losse
         for k in ("pg_loss", "entropy", "clipfrac", "clipfrac_low", "clipfrac_high", "approx_kl"):
             result.pop(k)
     for k, v in norms.items():
-        if v:
-            result[k] = sum(v) / len(v)
+        if v:  # device tensors (Learner.step): one read per network
+            result[k] = runtime.to_host(torch.stack(v).mean())
     return result
 
 
@@ -826,8 +828,7 @@ def held_out_eval(engine, actor, version: int, tokenizer, test_rows: list[dict],
     t0 = time.perf_counter()
     acc = greedy_accuracy(engine, actor, version, tokenizer, test_rows, cfg, rank, world, device)
     runtime.print0(f"[eval {tag}] step {step}: held-out greedy accuracy {100 * acc:.1f}% "
-                   f"on {len(test_rows)} problems "
-                   f"({time.perf_counter() - t0:.1f} s)")
+                   f"on {len(test_rows)} problems ({time.perf_counter() - t0:.1f} s)")
     return acc
 
 
@@ -1054,7 +1055,8 @@ def step_record(step: int, batch: dict, samples: list[runtime.Sample], texts: li
     record.update({f"time/{k}_ms": 1000 * v for k, v in times.items()}, **{
         "time/step_ms": 1000 * step_time, "tokens_per_s": gen_tokens / step_time,
         "generate_tokens_per_s": gen_tokens / max(times["generate"], 1e-9),
-        "mem/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+        "mem/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        **runtime.LEDGER.record(device))  # perf/*: passes, padding, rank imbalance, collectives, host syncs
     if device.type == "cuda":
         record["mem/peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return record
@@ -1077,8 +1079,7 @@ def show_progress(bar, record: dict) -> None:
 
 
 def stop_on_non_finite(e: FloatingPointError, cfg: Config, step: int, last_ckpt: Path | None, bar, engine):
-    """A NaN/inf loss or gradient norm (ppo_update raises before any optimizer step): say where to go on
-    from."""
+    """A NaN/inf loss or gradient norm (ppo_update raises before any optimizer step): where to go on from."""
     runtime.stop_on_non_finite(e, f"RL step {step + 1}", last_ckpt, f"learning rates {cfg.actor_lr:g}/"
                                f"{cfg.critic_lr:g}, temperature {cfg.temperature:g}, max_grad_norm "
                                f"{cfg.max_grad_norm:g}", bar.close, engine.close)
@@ -1179,7 +1180,8 @@ def plot_curves(out: Path) -> None:
 SAFE_ON_RESUME = {"max_steps", "num_episodes", "time_limit_minutes", "eval_every", "eval_size",
                   "eval_batch_size", "test_file", "save_every", "keep_checkpoints", "dump_rollouts_every",
                   "resume", "overwrite", "output_dir", "micro_train_batch_size", "micro_rollout_batch_size",
-                  "gradient_checkpointing", "reward_workers", "vllm_gpu_memory_utilization"}
+                  "gradient_checkpointing", "reward_workers", "vllm_gpu_memory_utilization",
+                  "train_forward_tokens", "rollout_forward_tokens"}
 
 
 def validate(cfg: Config) -> None:
@@ -1224,6 +1226,7 @@ def validate(cfg: Config) -> None:
          "must be in (0, --generate-max-len] with --overlong shape")
     need(cfg.min_new_tokens >= 0, "min_new_tokens", "must be >= 0")
     need(cfg.rollout_forward_tokens > 0, "rollout_forward_tokens", "must be a positive number of tokens")
+    need(cfg.train_forward_tokens >= 0, "train_forward_tokens", "must be >= 0 (0: micro-batches of rows)")
     need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")
     parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
     need(all(x.lstrip("-").isdigit() for x in parts), "levels",

@@ -81,6 +81,7 @@ def init_distributed(device: str = "auto", models: Iterable[str] = ()) -> tuple[
     elif not dist.is_initialized():  # explicit address, so no RANK/MASTER_PORT leaks to child processes
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
                                 timeout=timeout)
+    count_collectives()  # perf/collective_bytes and _calls (LEDGER)
     if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: it ends with its launcher
         watch_launcher(os.getppid())
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -187,17 +188,18 @@ class Sums:
     """Running float64 sums of the update's diagnostics, all-reduced over ranks in one collective at the
     end."""
 
-    def __init__(self, *names: str):
-        self.total = {k: torch.zeros((), dtype=torch.float64) for k in names}
+    def __init__(self, *names: str, device=None):
+        self.total = {k: torch.zeros((), dtype=torch.float64, device=device) for k in names}
 
-    def add(self, **values: float) -> None:
+    def add(self, **values) -> None:
+        """Floats or device tensors: a tensor stays on its device (no host sync) until all_reduce."""
         for k, v in values.items():
-            self.total[k] += v
+            self.total[k] += v.detach() if torch.is_tensor(v) else v
 
     def all_reduce(self) -> dict[str, float]:
         stats = torch.stack(list(self.total.values()))
         dist.all_reduce(stats)
-        return dict(zip(self.total, stats.tolist()))
+        return dict(zip(self.total, to_host(stats)))
 
 
 def time_is_up(limit_minutes: float, t_start: float, step: int) -> bool:
@@ -484,8 +486,10 @@ def attention_mask_or_none(attention_mask: torch.Tensor) -> torch.Tensor | None:
     return None if bool(attention_mask[:, 0].all()) else attention_mask
 
 
-def micro_batches(batch: dict[str, torch.Tensor], idx: list[int], size: int, device) -> Iterator[dict]:
-    """Slices of the rows `idx`, trimmed to their own longest prompt and response (fewer wasted tokens)."""
+def micro_batches(batch: dict[str, torch.Tensor], idx: list[int], size: int, device,
+                  phase: str = "update") -> Iterator[dict]:
+    """Slices of the rows `idx`, trimmed to their own longest prompt and response (fewer wasted tokens);
+    each counted in LEDGER under `phase` (rows x width tokens computed)."""
     R_full = batch["response_mask"].size(1)
     for k in range(0, len(idx), size):
         rows = torch.tensor(idx[k: k + size])
@@ -502,28 +506,32 @@ def micro_batches(batch: dict[str, torch.Tensor], idx: list[int], size: int, dev
                 v = v[:, :R]
             out[key] = v.to(device)
         out["R"] = R
+        LEDGER.add(phase, int(attn.sum()), out["input_ids"].numel())
         yield out
 
 
-def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: int) -> list[list[int]]:
+def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: int,
+                   packed: bool = False) -> list[list[int]]:
     """Rows grouped for the no-grad experience forwards, by a token budget: rows sorted by length are packed
-    while rows x (longest prompt + longest response) <= max_tokens (and rows <= max_rows, 0: no cap); a row
-    longer than the budget goes alone. Then groups are halved until every rank has as many as the rank with
-    the most: each forward all-gathers the sharded model, and those collectives must pair up across ranks."""
+    while rows x (longest prompt + longest response) <= max_tokens, or with `packed` (pack_rows: no padding)
+    while the sum of their lengths <= max_tokens (and rows <= max_rows, 0: no cap); a row longer than the
+    budget goes alone. Then groups are halved until every rank has as many as the rank with the most: each
+    forward all-gathers the sharded model, and those collectives must pair up across ranks."""
     prompt_len = (batch["attention_mask"].sum(1) - batch["response_mask"].sum(1)).long().tolist()
     resp_len = batch["response_mask"].sum(1).long().tolist()
     order = sorted(range(len(resp_len)), key=lambda i: (prompt_len[i] + resp_len[i], resp_len[i]),
                    reverse=True)
-    groups, P, R = [], 0, 0
+    groups, P, R, used = [], 0, 0, 0
     for i in order:
+        n = prompt_len[i] + resp_len[i]
         p, r = max(P, prompt_len[i]), max(R, max(resp_len[i], 1))
-        fits = bool(groups) and (len(groups[-1]) + 1) * (p + r) <= max_tokens
-        if fits and len(groups[-1]) < (max_rows or len(order)):
+        cost = used + n if packed else (len(groups[-1]) + 1 if groups else 1) * (p + r)
+        if groups and cost <= max_tokens and len(groups[-1]) < (max_rows or len(order)):
             groups[-1].append(i)
-            P, R = p, r
+            P, R, used = p, r, used + n
         else:
             groups.append([i])
-            P, R = prompt_len[i], max(resp_len[i], 1)
+            P, R, used = prompt_len[i], max(resp_len[i], 1), n
     count = torch.tensor(len(groups))
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
     while len(groups) < count.item():
@@ -533,6 +541,202 @@ def forward_groups(batch: dict[str, torch.Tensor], max_rows: int, max_tokens: in
                              "cannot pair the experience forwards")
         groups[k: k + 1] = [groups[k][: len(groups[k]) // 2], groups[k][len(groups[k]) // 2:]]
     return groups
+
+
+# ---- packed passes: rows concatenated without padding, balanced across ranks; the update's cost ledger ----
+def row_parts(batch: dict[str, torch.Tensor], i: int) -> dict:
+    """Row i of a padded batch without its padding: its real tokens and position ids, its prompt and
+    response lengths, and its response-aligned columns (old_logp, advantages, ...) cut to its response."""
+    R_full, real = batch["response_mask"].size(1), batch["attention_mask"][i] > 0
+    r = int(batch["response_mask"][i].sum())
+    out = {"ids": batch["input_ids"][i, real], "pos": batch["position_ids"][i, real], "r": r,
+           "cols": {k: v[i, :r] for k, v in batch.items() if v.dim() == 2 and v.size(1) == R_full}}
+    out["p"] = len(out["ids"]) - r
+    return out
+
+
+def pack_rows(rows: list[dict], device) -> dict:
+    """One pass over `rows` (row_parts) as ONE sequence: their tokens concatenated, position ids restarting at
+    0 in each (transformers reads the sequence boundaries from the position ids when no attention mask is
+    given: block-diagonal causal attention with SDPA, varlen kernels with flash-attention), no padding.
+    Response-aligned columns come back as [rows, R] (R: the longest response; 0 after a row's end), as
+    micro_batches gives them, so the losses are unchanged; "R" is then the [rows, R] index of the packed
+    position whose logits predict each response token (-1 after a row's end)."""
+    R = max(max(x["r"] for x in rows), 1)
+    index = torch.full((len(rows), R), -1, dtype=torch.long)
+    offset = 0
+    for k, x in enumerate(rows):
+        index[k, :x["r"]] = offset + x["p"] - 1 + torch.arange(x["r"])
+        offset += len(x["ids"])
+    ids = torch.cat([x["ids"] for x in rows]).unsqueeze(0)
+    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+           "position_ids": torch.cat([x["pos"] for x in rows]).unsqueeze(0)}
+    for key in rows[0]["cols"]:
+        col = torch.zeros(len(rows), R, dtype=rows[0]["cols"][key].dtype)
+        for k, x in enumerate(rows):
+            col[k, :x["r"]] = x["cols"][key]
+        out[key] = col
+    out = {k: v.to(device) for k, v in out.items()}
+    out["R"] = index.to(device)
+    return out
+
+
+def plan_passes(lengths: list[int], world: int, max_tokens: int) -> list[list[list[int]]]:
+    """[rank][pass] -> row numbers: rows (their token counts) sorted longest first and dealt into world x P
+    bins, each to the least loaded (LPT); P, the passes per rank, is the least for which no bin of two rows
+    or more exceeds max_tokens (a longer row goes alone). Bins go to (pass, rank) by load, so the passes that
+    run together are near equal and every rank runs P passes, none empty (rows >= world x P)."""
+    order = sorted(range(len(lengths)), key=lambda k: (-lengths[k], k))
+    passes = max(-(-sum(lengths) // (world * max_tokens)), 1)
+    while True:
+        bins, load = [[] for _ in range(world * passes)], [0] * (world * passes)
+        for k in order:
+            b = min(range(len(bins)), key=lambda j: (load[j], j))
+            bins[b].append(k)
+            load[b] += lengths[k]
+        if all(len(b) < 2 or n <= max_tokens for b, n in zip(bins, load)) or world * passes >= len(lengths):
+            break
+        passes += 1
+    ranked = sorted(range(len(bins)), key=lambda j: (-load[j], j))
+    return [[bins[j] for j in ranked[r::world]] for r in range(world)]
+
+
+def balanced_passes(batch: dict[str, torch.Tensor], idx: list[int], max_tokens: int, device) -> list[dict]:
+    """A mini-batch's rows (`idx` on each rank) as packed passes of at most max_tokens tokens, balanced across
+    ranks (verl's balance_batch, then packing): every rank's rows are gathered and dealt out by plan_passes.
+    The loss's denominators are the mini-batch's global counts, so the gradient does not depend on which
+    rank trains which row."""
+    rows = [x for part in all_gather_object([row_parts(batch, i) for i in idx]) for x in part]
+    LEDGER.host_syncs += 1  # the gather: one trip through the host per mini-batch
+    mine = plan_passes([len(x["ids"]) for x in rows], dist.get_world_size(), max_tokens)[dist.get_rank()]
+    for b in mine:
+        LEDGER.add("update", sum(len(rows[k]["ids"]) for k in b))
+    return [pack_rows([rows[k] for k in b], device) for b in mine]
+
+
+def update_passes(batch: dict[str, torch.Tensor], idx: list[int], cfg, device) -> list[dict]:
+    """A mini-batch's forward+backward passes on this rank: balanced_passes (--train-forward-tokens > 0) or
+    padded micro_batches of --micro-train-batch-size rows."""
+    return (balanced_passes(batch, idx, cfg.train_forward_tokens, device) if cfg.train_forward_tokens
+            else list(micro_batches(batch, idx, cfg.micro_train_batch_size, device)))
+
+
+def forward_batch(batch: dict[str, torch.Tensor], group: list[int], device, packed: bool) -> dict:
+    """An experience forward's rows: packed into one sequence (pack_rows) or padded (micro_batches)."""
+    if packed:
+        LEDGER.add("experience", sum(int(batch["attention_mask"][i].sum()) for i in group))
+        return pack_rows([row_parts(batch, i) for i in group], device)
+    return next(micro_batches(batch, group, len(group), device, "experience"))
+
+
+LOGIT_CHUNK = 4096  # response tokens per piece of the head: 4,096 x 152k fp32 logits = 2.5 GB at 7B
+
+
+def packed_logprobs(model, input_ids, position_ids, index: torch.Tensor, from_logits, with_entropy: bool,
+                    chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """from_logits(logits, targets) -> (log pi(target), entropy or None) of the response tokens of a packed
+    pass (pack_rows' index), without the [tokens, vocab] logits at once: the model's head is run on the
+    hidden states of the predicting positions only (logits_to_keep), in pieces of `chunk` tokens, each
+    recomputed in backward (checkpoint) instead of kept. The head's forward is swapped for this call only,
+    so it runs inside the model's forward (FSDP2 has gathered the head's weight). Returns [rows, R]."""
+    chunk, valid = chunk or LOGIT_CHUNK, index >= 0
+    where = index[valid]
+    targets = input_ids[0, where + 1]
+    head = model.get_output_embeddings()
+
+    def piece(h, t, w):
+        return from_logits(torch.nn.functional.linear(h, w, head.bias), t)
+
+    def run(h):  # h: [1, N, hidden] -> [1, N, 2]: log-prob and entropy (0 when not asked) per token
+        outs = []
+        for s in range(0, h.size(1), chunk):
+            args = (h[0, s: s + chunk], targets[s: s + chunk], head.weight)
+            many = torch.is_grad_enabled() and h.size(1) > chunk
+            logp, ent = (torch.utils.checkpoint.checkpoint(piece, *args, use_reentrant=False) if many
+                         else piece(*args))
+            outs.append(torch.stack([logp, torch.zeros_like(logp) if ent is None else ent], -1))
+        return torch.cat(outs).unsqueeze(0)
+    head.forward = run  # an instance attribute: shadows the class's forward until deleted
+    try:
+        # no mask and no cache: transformers reads the rows' boundaries from the position ids
+        got = model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=where, use_cache=False)
+        got = got.logits[0]
+    finally:
+        del head.forward
+    logp = got.new_zeros(index.shape)
+    logp[valid] = got[:, 0]
+    entropy = None
+    if with_entropy:
+        entropy = got.new_zeros(index.shape)
+        entropy[valid] = got[:, 1]
+    return logp, entropy
+
+
+class Ledger:
+    """The cost ledger of an RL step (perf/* in metrics.jsonl), this rank's counts: passes and tokens computed
+    and real per phase (a padded pass computes rows x width tokens, a packed one its real tokens only), the
+    tokens of each update pass in turn (loads), FSDP's all-gathers and reduce-scatters (count_collectives)
+    and the update's device-to-host reads (to_host, and the row gathers of balanced_passes)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.passes, self.computed, self.real, self.loads = {}, {}, {}, []
+        self.host_syncs, self.coll_bytes, self.coll_calls = 0, 0, 0
+
+    def add(self, phase: str, real: int, computed: int | None = None) -> None:
+        computed = real if computed is None else computed
+        self.passes[phase] = self.passes.get(phase, 0) + 1
+        self.real[phase] = self.real.get(phase, 0) + real
+        self.computed[phase] = self.computed.get(phase, 0) + computed
+        if phase == "update":
+            self.loads.append(computed)
+
+    def record(self, device) -> dict:
+        """perf/*: update passes per network per rank; pad fractions (all ranks' tokens); the update's rank
+        imbalance, sum over passes of the slowest rank's tokens / sum of the mean rank's (what lock-step
+        passes cost against balanced ones; 1: none); collective bytes and calls and host syncs (per rank:
+        rank 0's). Then the counts start again (a collective: every rank calls it)."""
+        s = global_sums({f"{k}_{p}": d.get(p, 0) for k, d in (("c", self.computed), ("r", self.real))
+                         for p in ("update", "experience")}, device)
+        loads = list(zip(*all_gather_object(self.loads)))  # pass j: every rank's tokens
+        slowest, mean = sum(max(x) for x in loads), sum(sum(x) / len(x) for x in loads)
+        out = {"perf/update_passes": self.passes.get("update", 0),
+               "perf/update_pad_fraction": 1 - s["r_update"] / max(s["c_update"], 1),
+               "perf/experience_pad_fraction": 1 - s["r_experience"] / max(s["c_experience"], 1),
+               "perf/update_rank_imbalance": slowest / mean if mean else 1.0,
+               "perf/collective_bytes": self.coll_bytes, "perf/collective_calls": self.coll_calls,
+               "perf/host_syncs": self.host_syncs}
+        self.reset()
+        return out
+
+
+LEDGER = Ledger()
+
+
+def to_host(t: torch.Tensor):
+    """A device value read on the host (.item() or .tolist()): a synchronisation on a GPU; counted."""
+    LEDGER.host_syncs += 1
+    return t.item() if t.numel() == 1 and t.dim() == 0 else t.tolist()
+
+
+def count_collectives() -> None:
+    """Count FSDP2's all-gathers and reduce-scatters into LEDGER: torch.distributed's all_gather_single and
+    reduce_scatter_single (what FSDP2's collectives call) wrapped once; bytes of the full, unsharded side
+    (the all-gather's output, the reduce-scatter's input). Installed by init_distributed."""
+    for name, key, pos in (("all_gather_single", "output_tensor", 0), ("reduce_scatter_single", "input", 1)):
+        real = getattr(dist, name)
+        if getattr(real, "counted", False):
+            continue
+
+        def counted(*args, _real=real, _key=key, _pos=pos, **kwargs):
+            t = kwargs[_key] if _key in kwargs else args[_pos]
+            LEDGER.coll_calls += 1
+            LEDGER.coll_bytes += t.numel() * t.element_size()
+            return _real(*args, **kwargs)
+        counted.counted = True
+        setattr(dist, name, counted)
 
 
 @dataclass
@@ -1703,13 +1907,17 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
     # training: per micro-batch of b sequences of `seq` tokens. Logits of the response tokens at ~14 bytes per
     # vocab entry (bf16 logits, the fp32 copy, /T, their gradient); with checkpointing each layer keeps its
     # input (h) and one layer is recomputed (q, k, v, o, MLP); without it every layer keeps ~ (10 h + 3 I).
-    tokens = cfg.micro_train_batch_size * seq
+    # Packed passes (--train-forward-tokens > 0): that many tokens, the logits LOGIT_CHUNK tokens at a time.
+    packed = getattr(cfg, "train_forward_tokens", 0) > 0
+    tokens = cfg.train_forward_tokens if packed else cfg.micro_train_batch_size * seq
     per_layer = compute * tokens * (4 * h + 2 * kv + 3 * inter)
     layers = L * compute * tokens * h + per_layer if cfg.gradient_checkpointing else L * per_layer
-    plan["train_activations"] = layers + tokens * V * (14 if gpu else 16) * cfg.generate_max_len / seq
-    # experience forwards (no grad): logits of every kept position, plus one layer's activations
+    logit_rows = LOGIT_CHUNK if packed else tokens * cfg.generate_max_len / seq
+    plan["train_activations"] = layers + logit_rows * V * (14 if gpu else 16)
+    # experience forwards (no grad): logits of every kept position (packed: a chunk), one layer's activations
     exp_tokens = min(cfg.rollout_forward_tokens, (cfg.micro_rollout_batch_size or 10 ** 9) * seq)
-    plan["experience_activations"] = (exp_tokens * V * (compute + 8)
+    exp_logits = min(exp_tokens, LOGIT_CHUNK) if packed else exp_tokens
+    plan["experience_activations"] = (exp_logits * V * (compute + 8)
                                       + compute * exp_tokens * (4 * h + 2 * kv + 3 * inter))
     plan["grad_accum_unsharded"] = 4 * (n["actor"] + n["critic"])
     # GPU only, estimates (docs/gpu.md): the CUDA context with cuBLAS workspaces (~1 GB) and NCCL's buffers

@@ -191,16 +191,21 @@ def test_vllm_engine_call_sequence_on_a_stand_in():
     assert not fake.errors
 
 
-@pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "token-mean"])
-def test_accumulated_micro_batches_equal_one_big_batch(loss_agg, monkeypatch):
+@pytest.mark.parametrize("loss_agg,advantage", [("seq-mean-token-mean", "gae"), ("token-mean", "gae"),
+                                                ("seq-mean-token-mean", "grpo")])
+def test_accumulated_micro_batches_equal_one_big_batch(loss_agg, advantage, monkeypatch):
     """One optimizer step (plain SGD, no clipping of the norm) over a mini-batch of 8 ragged responses:
     micro-batches of 3, 3, 2 with gradient accumulation give the weights of one micro-batch of 8. The
-    micro-batches take the mini-batch's rows by length (the shortest three, the next three, the longest two)."""
+    micro-batches take the mini-batch's rows by length (the shortest three, the next three, the longest two).
+    Packed passes of at most 30 tokens (--train-forward-tokens 30: several passes, no padding) give them too,
+    with and without a critic (GRPO)."""
     rank, world, device = runtime.init_distributed()
-    cut = []  # the rows of every micro-batch ppo_update trains on
-    real_micro_batches = runtime.micro_batches
-    monkeypatch.setattr(runtime, "micro_batches", lambda batch, idx, size, device: (
-        cut.append((list(idx), size)) or real_micro_batches(batch, idx, size, device)))
+    cut, packs = [], []  # the rows of every micro-batch ppo_update trains on; every packed pass's tokens
+    real_micro_batches, real_pack = runtime.micro_batches, runtime.pack_rows
+    monkeypatch.setattr(runtime, "micro_batches", lambda batch, idx, size, device, *a: (
+        cut.append((list(idx), size)) or real_micro_batches(batch, idx, size, device, *a)))
+    monkeypatch.setattr(runtime, "pack_rows", lambda rows, device: (
+        packs.append([len(x["ids"]) for x in rows]) or real_pack(rows, device)))
     g = torch.Generator().manual_seed(7)
     samples = []
     for _ in range(8):
@@ -210,11 +215,12 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg, monkeypatch):
     scores = torch.tensor([1.0, -0.5, -1.0, 1.0, -0.5, 1.0, -1.0, -0.5])
     noise = 0.1 * torch.randn(8, 8, generator=g)
 
-    def one_step(micro: int) -> dict:
+    def one_step(micro: int, tokens: int = 0) -> dict:
         actor = runtime.shard_model(runtime.load_model(TINY, seed=0), device)
         critic = runtime.shard_model(ppo.Critic(runtime.load_model(TINY, seed=1), "normal", seed=2), device)
         cfg = ppo.Config(train_batch_size=8, micro_train_batch_size=micro, micro_rollout_batch_size=8,
-                         loss_agg=loss_agg, max_grad_norm=1e9, entropy_coef=0.01, kl_coef=0.05)
+                         loss_agg=loss_agg, max_grad_norm=1e9, entropy_coef=0.01, kl_coef=0.05,
+                         train_forward_tokens=tokens)
         batch = ppo.pad_samples(samples, 256)
         ppo.experience_forward(actor, actor, critic, batch, cfg, device)
         m = batch["response_mask"]
@@ -222,14 +228,16 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg, monkeypatch):
         batch["rewards"] = ppo.shape_rewards(scores, torch.zeros_like(m), m, cfg.kl_coef)
         adv, batch["returns"] = ppo.compute_gae(batch["rewards"], batch["values"], m, cfg.gamma, cfg.lam)
         batch["advantages"] = ppo.masked_whiten(adv, m)
-        opts = [torch.optim.SGD(actor.parameters(), lr=1.0), torch.optim.SGD(critic.parameters(), lr=1.0)]
+        models = (actor, critic) if advantage == "gae" else (actor,)
+        opts = [torch.optim.SGD(x.parameters(), lr=1.0) for x in models]
         scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
         learners = [ppo.Learner(n, m, o, s, cfg.max_grad_norm) for n, m, o, s in
-                    zip(("actor", "critic"), (actor, critic), opts, scheds)]
-        stats = ppo.ppo_update(*learners, batch, cfg, world, device, train_actor=True,
-                               generator=torch.Generator().manual_seed(0))
+                    zip(("actor", "critic"), models, opts, scheds)]
+        stats = ppo.ppo_update(learners[0], learners[1] if len(learners) > 1 else None, batch, cfg, world,
+                               device, train_actor=True, generator=torch.Generator().manual_seed(0))
         out = {"a." + n: t.clone() for n, t in ppo.stream_weights(actor)}
-        out.update({"c." + n: t.clone() for n, t in ppo.stream_weights(critic)})
+        if advantage == "gae":
+            out.update({"c." + n: t.clone() for n, t in ppo.stream_weights(critic)})
         return out, stats
 
     big, big_stats = one_step(8)
@@ -237,12 +245,55 @@ def test_accumulated_micro_batches_equal_one_big_batch(loss_agg, monkeypatch):
     length = [len(x.prompt_ids) + len(x.response_ids) for x in samples]
     idx, size = cut[-1]  # one_step(3)'s mini-batch: all 8 rows, shortest first
     assert size == 3 and sorted(idx) == list(range(8)) and [length[i] for i in idx] == sorted(length)
+    packed, packed_stats = one_step(2, tokens=30)
+    update_packs = packs[-3:]  # the update's passes (the experience forwards' packs come first)
+    assert sorted(n for p in update_packs for n in p) == sorted(length) and sum(length) > 60
+    assert all(sum(p) <= 30 for p in update_packs)  # no pass over the budget (no row is longer than it)
     start = {"a." + n: p.detach() for n, p in runtime.load_model(TINY, seed=0).named_parameters()}
     assert any((big[k] - start[k]).abs().max() > 1e-4 for k in start)  # the step did move the weights
     for k in big:
         torch.testing.assert_close(small[k], big[k], atol=2e-6, rtol=1e-5, msg=k)
-    for k in ("pg_loss", "v_loss"):
+        torch.testing.assert_close(packed[k], big[k], atol=2e-6, rtol=1e-5, msg=k)
+    for k in ("pg_loss", "v_loss")[: 2 if advantage == "gae" else 1]:
         assert small_stats[k] == pytest.approx(big_stats[k], rel=1e-5, abs=1e-7)
+        assert packed_stats[k] == pytest.approx(big_stats[k], rel=1e-5, abs=1e-7)
+
+
+def test_packed_chunked_logprobs_equal_the_padded_full_ones():
+    """runtime.packed_logprobs: rows packed into one sequence (position ids restart per row, no mask), the
+    head run in pieces of 5 tokens (checkpointed): the same log-probs, entropies, values and gradients as
+    the padded rows' full [rows, R, vocab] computation."""
+    runtime.init_distributed()
+    g = torch.Generator().manual_seed(5)
+    samples = [runtime.Sample(torch.randint(0, 256, (n,), generator=g).tolist(),
+                              torch.randint(0, 256, (r,), generator=g).tolist(), False, None)
+               for n, r in ((3, 9), (7, 1), (2, 12), (5, 6))]
+    batch = ppo.pad_samples(samples, 256)
+    m = batch["response_mask"]
+    actor = runtime.load_model(TINY, seed=0)
+    critic = ppo.Critic(runtime.load_model(TINY, seed=1), "normal", seed=2)
+    padded = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], m.size(1))
+    mb = runtime.pack_rows([runtime.row_parts(batch, i) for i in range(4)], torch.device("cpu"))
+    assert mb["input_ids"].shape == (1, int(batch["attention_mask"].sum()))  # no padding
+    packed = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["R"])
+    monkey = runtime.LOGIT_CHUNK
+    results = []
+    for args in (padded, packed):
+        actor.zero_grad()
+        runtime.LOGIT_CHUNK = 5
+        try:
+            logp, ent = ppo.token_logprobs(actor, *args, 0.8, with_entropy=True)
+        finally:
+            runtime.LOGIT_CHUNK = monkey
+        values = critic(*args)
+        ((logp * m).sum() + (values * m).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in list(actor.named_parameters()) + list(critic.named_parameters())}
+        critic.zero_grad()
+        results.append((logp * m, ent.detach() * m, values.detach() * m, grads))
+    for a, b in zip(results[0][:3], results[1][:3]):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
+    for n in results[0][3]:
+        torch.testing.assert_close(results[0][3][n], results[1][3][n], atol=2e-6, rtol=1e-5, msg=n)
 
 
 def test_checkpoint_retention_keeps_every_actor_and_prunes_resumable_state(tmp_path):

@@ -90,7 +90,9 @@ def test_reward_rises_from_an_early_sft_checkpoint(sft_checkpoint, tmp_path):
     keys = {"reward", "accuracy", "format_rate", "response_length", "response_length_max", "truncated_rate", "kl",
             "entropy", "clipfrac", "approx_kl", "v_loss", "explained_variance", "actor_grad_norm", "critic_grad_norm",
             "actor_lr", "critic_lr", "reflection_rate", "time/generate_ms", "time/score_ms", "time/forward_ms",
-            "time/train_ms", "time/sync_ms", "tokens_per_s"}
+            "time/train_ms", "time/sync_ms", "tokens_per_s", "perf/update_passes", "perf/update_pad_fraction",
+            "perf/experience_pad_fraction", "perf/update_rank_imbalance", "perf/collective_bytes",
+            "perf/collective_calls", "perf/host_syncs"}
     assert keys <= set(recs[-1]), keys - set(recs[-1])
     assert "pg_loss" not in recs[0] and "pg_loss" in recs[5]  # critic-only warm-up, then both
     evals = [x for x in records(out) if "eval/accuracy" in x]
