@@ -105,7 +105,8 @@ EXTRA_BENCHMARKS = {"synth": "Synth"}  # the tiny world's test set (gold = `answ
 PAPER_FIVE = ("aime24", "math500", "amc23", "minerva_math", "olympiadbench")
 # That table's published numbers (simpleRL-reason v0 README at commit 2702a87c, pass@1) for the checkpoints
 # the blog reports, by the model's folder or hub name (lower case): the table puts them and the difference
-# under the measured row. The blog gives only these five benchmarks; GSM8K and the other three are not published.
+# under the measured row. The blog gives only these five benchmarks; GSM8K and the other three are not
+# published.
 PUBLISHED = {
     "qwen2.5-math-7b": dict(aime24=16.7, math500=52.4, amc23=52.5, minerva_math=12.9, olympiadbench=16.4),
     "qwen-2.5-math-7b-simplerl-zero": dict(aime24=33.3, math500=77.2, amc23=62.5, minerva_math=33.5,
