@@ -9,10 +9,13 @@ that can decide:
     1. exact string match
     2. normalised string match (LaTeX noise, units, \\text{}, \\dfrac, ^\\circ, \\$, times of day)
     3. multiple-choice letters                               (A-E, "(C)", "\\text{(C)}")
-    4. numbers: ints, decimals, fractions, mixed numbers, a/b, thousands separators,
-       scientific notation, percent -- exact rationals; a tolerance only for decimals
+    4. numbers: ints, decimals, fractions, mixed numbers, a/b, thousands separators, a
+       decimal comma where no grouping fits, scientific notation, percent -- exact rationals;
+       a tolerance only for decimals; units of one quantity converted, of two never equal
     5. structure: tuples (ordered), sets and bare lists (unordered unless the question asks
-       for an order), \\pm pairs, intervals (brackets must match), matrices, unions
+       for an order), records of named values ("a=3, b=1": by name, or in the names' order),
+       \\pm pairs, intervals (brackets must match), ranges and |x| inequalities as
+       intervals, matrices, unions
     6. symbolic: sympy's LaTeX grammar (never eval/sympify), size-guarded, compared
        numerically at sample points; equations up to scale, inequalities up to a positive one.
 
@@ -30,10 +33,11 @@ built by `sympy.parsing.latex.parse_latex`, a grammar, after length/depth/digit 
 exponents, factorials and node counts are bounded before any numeric evaluation.
 Decisions an RL policy could exploit: percent is x/100 only ("50\\%" == 50 == 0.5, but 5
 != 500); a decimal must be a correct rounding of an exact gold (3.1416 == \\pi, 3.14 !=
-\\pi, 10001 != 10000); open and closed intervals differ; a label is dropped ("x = 3" == 3).
+\\pi, 10001 != 10000); open and closed intervals differ; a label is dropped ("x = 3" == 3,
+"|PQ| = 6" == 6, "S_1:S_2 = 3:5" == 3:5); a chain claims its last side ("y = 2+3 = 5" == 5).
 
 Layout, in the order the pipeline runs: finding the boxes; normalisation (stage 2); multiple
-choice (3); numbers (4); labels; the fast path (1-4 together); structures (5); symbolic, with
+choice (3); numbers (4); units; labels; the fast path (1-4 together); structures (5); symbolic, with
 its guards (6); the pipeline itself (`math_equal`) and the grader names; v0's grader; batch
 grading and the worker pool.
 """
@@ -138,7 +142,10 @@ _TEXT_RE = re.compile(r"\\text\{([^{}]*)\}")
 
 
 def _unwrap_boxes(s: str) -> str:
-    """Replace every \\boxed{X} by X (golds and some answers carry them)."""
+    """Replace every \\boxed{X} by X (golds and some answers carry them); boxes side by side
+    ("\\boxed{1}\\boxed{2}") are the parts of one list, so a comma goes between them."""
+    if "boxed" in s:
+        s = re.sub(r"(?<=\})(\s*)(?=\\boxed\{)", r",\1", s)
     for _ in range(8):
         boxes = _boxes(s)
         if not boxes:
@@ -160,9 +167,11 @@ def _strip_trailing_units(s: str) -> str:
         if not head or not word or word in ("or", "and") or head.endswith(("=", ",", "(")):
             break
         s = head
-    m = _UNIT_WORDS_RE.match(s)
+    label = re.match(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*", s)  # "t = 9 hours": the value's unit
+    head, tail = (s[: label.end()], s[label.end() :]) if label else ("", s)
+    m = _UNIT_WORDS_RE.match(tail)
     if m:
-        s = m.group(1)
+        s = head + m.group(1)
     return s
 
 
@@ -215,6 +224,10 @@ def normalize(s: str) -> str:
     s = re.sub(r",\\!\s*", "{,}", s)  # "11,\\! 111,\\! 100": thousands, spelled with a negative space
     if _TRIG_RE.search(s):  # sin(90^\circ - x): inside trigonometry a degree is pi/180, not a unit
         s = re.sub(r"\^\{?\\circ\}?", lambda m: "\\cdot\\frac{\\pi}{180}", s)
+    s = re.sub(r"\\n(?![a-zA-Z])", " ", s)  # a newline escaped twice ("\\n\\n\\[ ...") is space, not LaTeX
+    # "y \\approx 5": y's value (a variable; not e or i)
+    if m := re.match(r"^\s*[a-df-hj-zA-Z](?:_\{?\w+\}?)?\s*(?:\\approx|≈)(.+)$", s):
+        s = m.group(1)
     s = re.sub(r"\s*(?:\\approx|≈).*$", "", s) if re.match(r"^.+\S\s*(?:\\approx|≈)", s) else s  # "x \\approx 0.577"
     for old, new in _REPLACEMENTS:
         s = s.replace(old, new)
@@ -224,6 +237,7 @@ def normalize(s: str) -> str:
     s = re.sub(r"(\^\{?\d+\}?)\s+(?=\d)", r"\1\\cdot ", s)  # "2^6 3^5": a product, not 2^{63}...
     s = re.sub(r",?\s*\\text\{\s*(?:and|or)\s*\}\s*", ",", s) if "," in s else s  # "7, -2, \\text{ and } -5"
     s = re.sub(r",\s*(?:and|or)\s+", ",", s)
+    s = re.sub(r"\s+(?:and|or)\s+", ",", s) if "," in s else s  # "21, 16 or 11": one list
     s = re.sub(r"_\{(\w)\}", r"_\1", s)  # 4210_{7} -> 4210_7
     s = re.sub(r"(?<=[\d+\-*])I(?![a-zA-Z])", "i", s)  # 3+4I: the imaginary unit in CAS spelling
     if "i" not in s:
@@ -240,6 +254,8 @@ def normalize(s: str) -> str:
     s = s.replace("{,}", ",")
     s = re.sub(r"^(" + _NUMBER_TOKEN + r")(?:" + _GLUED_UNITS + r")$", r"\1", s)  # "10weeks"
     s = re.sub(r"(\\(?:arc)?(?:sin|cos|tan|sec|csc|cot)h?|\\log|\\ln|\\exp)\s+(?=[a-zA-Z])", "\\1\x02", s)  # \\sec x
+    s = re.sub(r"(\\(?:pi|alpha|beta|gamma|delta|theta|lambda|mu|sigma|phi|omega|rho|tau))\s+(?=[a-zA-Z])",
+               "\\1\x02", s)  # "2\\pi r" stays a product with r
     s = re.sub(r"\s+", "", s).replace("\x02", " ")
     s = _fix_fracs_and_roots(s)
     s = re.sub(r"\\text\{\s*\}", "", s)
@@ -248,8 +264,27 @@ def normalize(s: str) -> str:
         s = s[1:]
     s = re.sub(r"\{\(([A-E])\)\}", r"(\1)", s)
     s = s.replace("\x01", "\\\\")
+    s = s.replace("<=", "\\le ").replace(">=", "\\ge ").replace("!=", "\\ne ")
+    while len(s) > 2 and s[0] == "{" and _outer_pair(s):  # "{1,3}": TeX grouping, not a set ("\\{1,3\\}" is)
+        s = s[1:-1]
+    m = re.match(r"^\\\{\\\{(.*)\\\}\\\}$", s)
+    if m and "\\{" not in m.group(1) and "\\}" not in m.group(1):  # "\\{\\{1,2\\}\\}": a set, braces doubled
+        s = "\\{" + m.group(1) + "\\}"
+    s = _last_side(s)
     m = re.match(r"^[\[(](\\begin\{(\w+)\}.*\\end\{\2\})[\])]$", s)
     return m.group(1) if m else s  # "\left[\begin{array}...\end{array}\right]" is the matrix
+
+
+_NOT_A_CHAIN = r"[<>;]|\\(?:le|ge|ne|in)(?![a-zA-Z])|and|or"
+
+
+def _last_side(s: str) -> str:
+    """A chain "x = 5+5+1 = 11" claims its last side: "11".  Lists, inequalities and
+    memberships keep their "="s (each item of a list is normalised on its own)."""
+    if s.count("=") < 2 or len(_split_top(s, ",")) > 1 or re.search(_NOT_A_CHAIN, s):
+        return s
+    sides = _split_top(s, "=")
+    return sides[-1] if len(sides) > 2 and all(sides) else s
 
 
 # ----------------------------------------------------------------------------------
@@ -314,6 +349,19 @@ def parse_number(s: str) -> tuple[Fraction, int | None, bool] | None:
     return (value / 100 if percent else value), places, percent
 
 
+_DECIMAL_COMMA_RE = re.compile(r"^-?(?:0,\d{2,}|\d+,(?:\d{2}|\d{4,})|\d{4,},\d{2,})$")
+
+
+def _decimal_comma(s: str, raw: str) -> tuple[Fraction, int | None, bool] | None:
+    """"250,75" or "0,375" as a decimal comma: at least two digits after the comma, no thousands
+    grouping fitting (not "1,250"), no space after the comma ("2, 5" is a pair; so is "2,5", the way
+    MATH golds write pairs).  The caller compares an answer so spelled with a number written with a
+    point (any number when it starts "0,"), and a gold so spelled only with its own digits ("1.22")."""
+    if not _DECIMAL_COMMA_RE.match(s) or re.search(r",\s", raw):
+        return None
+    return parse_number(s.replace(",", "."))
+
+
 def _places(s: str) -> int | None:
     """Decimal places of the coarsest decimal literal in s ("3.14" -> 2), None if there is none."""
     found = [len(m) for m in re.findall(r"\d*\.(\d+)", s[:MAX_ANSWER_CHARS])]
@@ -346,10 +394,100 @@ def _numbers_equal(p: tuple[Fraction, int | None, bool], g: tuple[Fraction, int 
 
 
 # ----------------------------------------------------------------------------------
+# Units that decide: "12 g" is not "12 kg"; a bare 12 is not "12 kg" when the question asks for grams
+
+_UNIT_SCALE = {  # unit -> (quantity, size in the quantity's base unit)
+    "mm": ("length", Fraction(1, 1000)), "cm": ("length", Fraction(1, 100)), "m": ("length", Fraction(1)),
+    "km": ("length", Fraction(1000)), "mg": ("mass", Fraction(1, 1000)), "g": ("mass", Fraction(1)),
+    "kg": ("mass", Fraction(1000)), "s": ("time", Fraction(1)), "min": ("time", Fraction(60)),
+    "h": ("time", Fraction(3600)), "day": ("time", Fraction(86400)), "ml": ("volume", Fraction(1, 1000)),
+    "l": ("volume", Fraction(1)),
+}
+_UNIT_NAMES = {
+    "millimeter": "mm", "millimetre": "mm", "centimeter": "cm", "centimetre": "cm", "meter": "m",
+    "metre": "m", "kilometer": "km", "kilometre": "km", "milligram": "mg", "gram": "g", "kilogram": "kg",
+    "second": "s", "sec": "s", "minute": "min", "hour": "h", "hr": "h", "milliliter": "ml",
+    "millilitre": "ml", "liter": "l", "litre": "l", "mins": "min", "secs": "s", "hrs": "h", "days": "day",
+}
+_UNIT_TAIL_RE = re.compile(
+    r"(?:\\(?:text|mathrm|mbox|textrm)\{\s*([a-zA-Z]+)\.?\s*\}|(?<![a-zA-Z\\])([a-zA-Z]{2,})\.?)$")
+_ASKED_UNIT_RE = re.compile(
+    r"\b(?:in|how many|number of)\s+(?:more\s+|fewer\s+)?"
+    r"(?:\$?\\(?:text|mathrm)\{\s*([a-zA-Z]+)\s*\}|([a-zA-Z]{2,})\b)", re.I)
+
+
+def _unit(word: str | None, spelled_out: bool) -> str | None:
+    """Canonical unit of a word ("grams" -> "g"); one-letter units only inside \\text{} (spelled_out)."""
+    if not word or (len(word) == 1 and not spelled_out):
+        return None
+    w = word.lower()
+    for key in (w, w[:-1] if w.endswith("s") else w):
+        if key in _UNIT_SCALE:
+            return key
+        if key in _UNIT_NAMES:
+            return _UNIT_NAMES[key]
+    return None
+
+
+def _with_unit(s: str) -> tuple[tuple[Fraction, int | None, bool], str] | None:
+    """"12\\text{ kg}", "1.5 grams" -> ((value, places, percent), "kg"); None without a known unit."""
+    s = s.strip().strip("$").strip()
+    if len(s) > 200 or not (s[-1:].isalpha() or s[-1:] in "}."):
+        return None
+    m = _UNIT_TAIL_RE.search(s)
+    unit = None if not m else _unit(m.group(1), True) if m.group(1) else _unit(m.group(2), False)
+    head = re.sub(r"(?:\s|\\[,;:! ]|~)+$", "", s[: m.start()]) if unit else ""
+    number = parse_number(normalize(head)) if head[-1:].isdigit() or head[-1:] == "}" else None
+    return (number, unit) if number is not None else None
+
+
+def asked_unit(question: str | None) -> str | None:
+    """The unit the question asks its answer in ("... in grams?", "How many minutes ..."), if one."""
+    if not question:
+        return None
+    found = [_unit(m.group(1), True) if m.group(1) else _unit(m.group(2), False)
+             for m in _ASKED_UNIT_RE.finditer(question[-2000:])]
+    found = [u for u in found if u]
+    return found[-1] if found else None
+
+
+def _units_decide(pred: str, gold: str) -> bool | None:
+    """Units decide when both sides carry one (converted within a quantity, never across:
+    "1.5 kg" == "1500 g", "12 g" != "12 kg", "12 cm" != "12 kg"), or when one side is a bare number
+    and the question asks for another unit of the other side's quantity ("12 kg", "in grams":
+    12000).  None: the units decide nothing (the usual rule drops a unit)."""
+    pu, gu = _with_unit(pred), _with_unit(gold)
+    if pu is None and gu is None:
+        return None
+    asked = getattr(_ORDER, "unit", None)
+    if pu is None or gu is None:
+        (value, unit), bare = (gu, pred) if pu is None else (pu, gold)
+        if asked is None or asked == unit or _UNIT_SCALE[asked][0] != _UNIT_SCALE[unit][0]:
+            return None
+        other = parse_number(normalize(bare))
+        if other is None:
+            return None
+        converted = (value[0] * _UNIT_SCALE[unit][1] / _UNIT_SCALE[asked][1], value[1], value[2])
+        return _numbers_equal(converted, other)
+    (pv, p_unit), (gv, g_unit) = pu, gu
+    if p_unit == g_unit:
+        return None
+    if _UNIT_SCALE[p_unit][0] != _UNIT_SCALE[g_unit][0]:
+        return False
+    scale = _UNIT_SCALE[p_unit][1] / _UNIT_SCALE[g_unit][1]
+    return _numbers_equal((pv[0] * scale, None if scale != 1 else pv[1], pv[2]), gv)
+
+
+# ----------------------------------------------------------------------------------
 # Labels: "x = 3" -> "3", "(p,q)=(3,2)" -> "(3,2)"
 
 _VAR = r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?'?"
-_LABEL_RE = re.compile(r"^(?:" + _VAR + r"|\(" + _VAR + r"(?:," + _VAR + r")+\)|[a-zA-Z]+\(" + _VAR + r"\))(?:=(?!=)|\\in(?![a-zA-Z]))")
+# What a gold or an answer names: a variable, a segment or figure ("EF", "S_{MBCN}"), its length ("|PQ|"),
+# a ratio ("S_1:S_2") or a quotient ("\frac{NO}{BO}") of names, a point ("(p,q)"), a function value ("f(x)").
+_NAME = r"(?:[A-Z]{2,4}|[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?'?"
+_LABEL_RE = re.compile(
+    r"^(?:" + _NAME + r"(?::" + _NAME + r")*|\|" + _NAME + r"\||\\frac\{" + _NAME + r"\}\{" + _NAME + r"\}"
+    r"|\(" + _VAR + r"(?:," + _VAR + r")+\)|[a-zA-Z]+\(" + _VAR + r"\))(?:=(?!=)|\\in(?![a-zA-Z]))")
 
 
 def _label_end(s: str) -> int:
@@ -389,6 +527,9 @@ def _quick_equal(pred: str, gold: str) -> bool | None:
         return True
     if len(pred) > MAX_ANSWER_CHARS or len(gold) > 4 * MAX_ANSWER_CHARS:
         return False
+    by_units = _units_decide(pred, gold)
+    if by_units is not None:
+        return by_units
     p, g = normalize(pred), normalize(gold)
     if p == g:
         return True
@@ -404,6 +545,10 @@ def _quick_equal(pred: str, gold: str) -> bool | None:
     if p == g:
         return True
     pn, gn = parse_number(p), parse_number(g)
+    if pn is None and gn is not None and ("." in g or p.lstrip("-").startswith("0,")):
+        pn = _decimal_comma(p, pred)
+    elif gn is None and pn is not None and p == g.replace(",", "."):  # a gold "1,22": only its own digits
+        gn = _decimal_comma(g, gold)
     if pn is not None and gn is not None:
         return _numbers_equal(pn, gn)
     # "x+1" is never a number -- but sin^2 x + cos^2 x is: identities go to the symbolic stage
@@ -467,8 +612,13 @@ def _structure(s: str) -> tuple[str, list, str] | None:
             return "union", pieces, ""
     if len(s) > 2 and s[0] in "([" and s[-1] in ")]" and _outer_pair(s):
         items = _split_top(s[1:-1], ",")
+        if len(items) == 1:  # "(0;-2;6)": a point with semicolons
+            items = _split_top(s[1:-1], ";")
         if len(items) > 1:
             return "tuple", items, s[0] + s[-1]
+    items = _split_top(s, ";")  # "p=5,q=2;p=7,q=2": ";" separates solutions, "," their parts
+    if len(items) > 1 and all(items) and len(_split_top(s, ",")) > 1:
+        return "list", items, ""
     items = [x for x in _split_top(s, ",") if x != ""]
     if len(items) > 1:
         return "list", items, ""
@@ -479,14 +629,21 @@ def _structure(s: str) -> tuple[str, list, str] | None:
     return None
 
 
+_RANGE_VAR = r"[a-zA-Z](?:_\{?\w+\}?)?(?:\([a-zA-Z]\))?"  # x, x_1, g(t): what a range bounds
+
+
 def _inequality_to_interval(s: str) -> str:
-    """x>3 -> (3,\\infty);  -1\\le x<2 -> [-1,2);  3<x -> (3,\\infty).  Other strings unchanged."""
+    """x>3 -> (3,\\infty);  -1\\le x<2 -> [-1,2);  3<x -> (3,\\infty);  2<g(t)<3 -> (2,3);
+    |x|\\le 2 -> [-2,2];  1\\le|z|\\le 2 -> [-2,-1]\\cup[1,2];  |x|>1 -> (-\\infty,-1)\\cup(1,\\infty).
+    Other strings unchanged."""
     s = s.replace("\\le", "<=").replace("\\ge", ">=")
-    m = re.match(r"^([^<>=]+?)(<=|<|>=|>)([a-zA-Z])$", s)
+    if "|" in s:
+        return _abs_inequality_to_union(s)
+    m = re.match(r"^([^<>=]+?)(<=|<|>=|>)(" + _RANGE_VAR + r")$", s)
     if m:  # "3<x" is "x>3"
         flip = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
         s = m.group(3) + flip[m.group(2)] + m.group(1)
-    m = re.match(r"^(?:([^<>=]+?)(<=|<))?([a-zA-Z])(<=|<|>=|>)([^<>=]+)$", s)
+    m = re.match(r"^(?:([^<>=]+?)(<=|<))?(" + _RANGE_VAR + r")(<=|<|>=|>)([^<>=]+)$", s)
     if not m or (m.group(1) and m.group(4) in (">", ">=")):
         return s.replace("<=", "\\le").replace(">=", "\\ge")
     low, low_op, _, op, high = m.groups()
@@ -495,6 +652,30 @@ def _inequality_to_interval(s: str) -> str:
     if op in ("<", "<="):
         return "(-\\infty," + high + ("]" if op == "<=" else ")")
     return ("[" if op == ">=" else "(") + high + ",\\infty)"
+
+
+def _abs_inequality_to_union(s: str) -> str:
+    """The set an absolute-value inequality describes (s spells \\le as "<="), as intervals."""
+    m = re.match(r"^(?:([^<>=|]+?)(<=|<))?\|" + _RANGE_VAR + r"\|(<=|<|>=|>)([^<>=|]+)$", s)
+    if not m or (m.group(1) and m.group(3) in (">", ">=")):
+        return s.replace("<=", "\\le").replace(">=", "\\ge")
+    low, low_op, op, high = m.groups()
+    if op in (">", ">="):  # |x| > a: both tails
+        a, left, right = high, ("[" if op == ">=" else "("), ("]" if op == ">=" else ")")
+        return "(-\\infty," + _negated(a) + right + "\\cup" + left + a + ",\\infty)"
+    right, left = ("]" if op == "<=" else ")"), ("[" if op == "<=" else "(")
+    if low is None:  # |x| < b: one interval around 0
+        return left + _negated(high) + "," + high + right
+    inner_l, inner_r = ("[" if low_op == "<=" else "("), ("]" if low_op == "<=" else ")")
+    outer = left + _negated(high) + "," + _negated(low) + inner_r
+    return outer + "\\cup" + inner_l + low + "," + high + right
+
+
+def _negated(s: str) -> str:
+    """-s, spelled simply: "-2" -> "2", "\\frac{3}{2}" -> "-\\frac{3}{2}", "1+a" -> "-(1+a)"."""
+    if s.startswith("-") and not re.search(r"[-+]", s[1:]):
+        return s[1:]
+    return "-" + s if not re.search(r"[-+]", s) else "-(" + s + ")"
 
 
 MAX_ITEMS = 100  # longer lists/sets are not answers
@@ -578,6 +759,42 @@ def _match_ordered(ps: list[str], gs: list[str], depth: int) -> bool:
     return len(ps) == len(gs) and all(_equal(p, g, depth + 1) for p, g in zip(ps, gs))
 
 
+def _distinct_points(items: list[str]) -> list[str]:
+    """A set of solution tuples names each solution once: "(3,17), (3,17)" is one point.  (A list of
+    numbers keeps its repeats: roots are counted with multiplicity.)"""
+    if len(items) < 2 or not all(len(x) > 2 and x[0] == "(" and x[-1] == ")" for x in items):
+        return items
+    seen: dict[str, str] = {}
+    for x in items:
+        seen.setdefault(re.sub(r"\s+", "", normalize(x)), x)
+    return list(seen.values())
+
+
+def _record(items: list[str]) -> dict[str, str] | None:
+    """name -> value when every item names a different unknown ("a=3, b=1", "EF=7, GH=2"); None otherwise.
+    Same letter, other subscripts ("x_1=2, x_2=3") are the solutions of one unknown: no record."""
+    named: dict[str, str] = {}
+    for x in items:
+        x = normalize(x)
+        end = _label_end(x)
+        if not end or x[end - 1] != "=":
+            return None
+        named[x[: end - 1]] = x[end:]
+    bases = {re.sub(r"_.*$", "", k) for k in named}
+    return named if len(named) == len(items) and len(bases) == len(items) else None
+
+
+def _records_equal(ps: list[str], gs: list[str], depth: int) -> bool:
+    """Named values: by name when both sides name them (in any order), in the named order when one
+    side gives the values only ("7, 2" for "EF=7, GH=2"; "2, 7" is another answer)."""
+    pr, gr = _record(ps), _record(gs)
+    if pr and gr:
+        return pr.keys() == gr.keys() and all(_equal(pr[k], gr[k], depth + 1) for k in gr)
+    if any(_label_end(normalize(x)) for x in (gs if pr else ps)):
+        return False
+    return _match_ordered(ps, gs, depth)
+
+
 def _structures_equal(ps: tuple, gs: tuple, depth: int) -> bool:
     (pk, pi, pb), (gk, gi, gb) = ps, gs
     if pk == gk == "matrix":
@@ -589,14 +806,16 @@ def _structures_equal(ps: tuple, gs: tuple, depth: int) -> bool:
         return vector and "tuple" in (pk, gk) and _match_ordered(flat, other, depth)
     if pk == gk == "tuple":
         return pb == gb and _match_ordered(pi, gi, depth)
-    if pk == gk == "union":
+    if pk == gk == "union" or {pk, gk} == {"union", "list"}:  # "(11,7) or (7,11)" lists two points
         return _match_unordered(pi, gi, depth)
     if {pk, gk} == {"tuple", "list"}:  # "1, 2" for "(1, 2)": the order still matters
         return _match_ordered(pi, gi, depth)
+    if pk == gk == "list" and (_record(pi) or _record(gi)):  # "a=3, b=1": named values
+        return _records_equal(pi, gi, depth)
     if pk == gk == "list" and getattr(_ORDER, "on", False):  # the question asked for an order
         return _match_ordered(pi, gi, depth)
     if {pk, gk} <= {"set", "list"}:
-        return _match_unordered(pi, gi, depth)
+        return _match_unordered(_distinct_points(pi), _distinct_points(gi), depth)
     return False
 
 
@@ -828,18 +1047,30 @@ def math_equal(pred: str, gold: str, question: str | None = None) -> bool:
     list is compared in order when the question asks for one; tuples always are, sets never."""
     if pred is None or gold is None:
         return False
-    previous, _ORDER.on = getattr(_ORDER, "on", False), asks_for_order(question)
+    previous = getattr(_ORDER, "on", False), getattr(_ORDER, "unit", None)
+    _ORDER.on, _ORDER.unit = asks_for_order(question), asked_unit(question)
     try:
         return _equal(str(pred), str(gold))
     except RecursionError:
         return False
     finally:
-        _ORDER.on = previous
+        _ORDER.on, _ORDER.unit = previous
+
+
+# "Find $a$ and $b$": the answer gives two named values, in the order they were asked for.
+_NAMED_ASK_RE = re.compile(
+    r"\b(?:find|compute|determine|calculate|what are)\s+(?:the\s+(?:values?|numbers?)\s+(?:of\s+)?)?"
+    r"\$([a-zA-Z])\$\s*(?:,|and)\s*\$([a-zA-Z])\$", re.I)
 
 
 def asks_for_order(question: str | None) -> bool:
-    """Does the question make a comma-separated answer ordered ("in increasing order", "respectively")?"""
-    return bool(question) and _ORDER_RE.search(question[:20000]) is not None
+    """Does the question make a comma-separated answer ordered ("in increasing order", "respectively",
+    "find $a$ and $b$")?"""
+    if not question:
+        return False
+    if _ORDER_RE.search(question[:20000]) is not None:
+        return True
+    return any(m.group(1) != m.group(2) for m in _NAMED_ASK_RE.finditer(question[:20000]))
 
 
 GRADERS = ("v0", "simplerl")  # v0: simpleRL-reason v0's training verdicts (v0_math_equal); simplerl: math_equal
@@ -854,8 +1085,14 @@ def _grader_equal(pred: str, gold: str, grader: str, question: str | None = None
     return v0_math_equal(pred, gold) if grader == "v0" else math_equal(pred, gold, question)
 
 
-def _grader_quick(pred: str, gold: str, grader: str) -> bool | None:
-    return _v0_quick_equal(pred, gold) if grader == "v0" else _quick_equal(pred, gold)
+def _grader_quick(pred: str, gold: str, grader: str, question: str | None = None) -> bool | None:
+    if grader == "v0":
+        return _v0_quick_equal(pred, gold)
+    previous, _ORDER.unit = getattr(_ORDER, "unit", None), asked_unit(question)
+    try:
+        return _quick_equal(pred, gold)
+    finally:
+        _ORDER.unit = previous
 
 
 # ----------------------------------------------------------------------------------
@@ -1434,7 +1671,7 @@ def _grade_pairs(
             report["past_deadline"] += 1
             continue
         try:
-            quick = _grader_quick(pair[0], pair[1], grader)
+            quick = _grader_quick(pair[0], pair[1], grader, pair[2])
         except Exception:
             quick = False
         if quick is None:

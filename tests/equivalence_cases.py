@@ -441,6 +441,112 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("\\sqrt{}", "0", False, "malformed"),
     ("x", "x", True, "exact"),
     ("a", "b", False, "exact"),
+    # --- named parts: golds and answers that name what they give
+    ("7, 2", "EF=7, GH=2", True, "named-parts"),
+    ("EF = 7, GH = 2", "7, 2", True, "named-parts"),
+    ("GH=2, EF=7", "EF=7, GH=2", True, "named-parts"),  # named: the names decide, not the order
+    ("2, 7", "EF=7, GH=2", False, "named-parts"),  # bare values follow the names' order
+    ("EF=2, GH=7", "EF=7, GH=2", False, "named-parts"),
+    ("3:5", "S_1:S_2 = 3:5", True, "named-parts"),
+    ("S_1 : S_2 = 3 : 5", "3:5", True, "named-parts"),
+    ("5:3", "S_1:S_2 = 3:5", False, "named-parts"),
+    ("6", "|PQ| = 6", True, "named-parts"),
+    ("|PQ|=6", "6", True, "named-parts"),
+    ("7", "|PQ| = 6", False, "named-parts"),
+    ("(3,1),(5,1)", "a=3, b=1; a=5, b=1", True, "named-parts"),
+    ("(5,1),(3,1)", "a=3, b=1; a=5, b=1", True, "named-parts"),
+    ("(1,3),(1,5)", "a=3, b=1; a=5, b=1", False, "named-parts"),
+    ("12, 4", "m = 12, n = 4", True, "named-parts"),
+    ("n = 4, m = 12", "m = 12, n = 4", True, "named-parts"),
+    ("4, 12", "m = 12, n = 4", False, "named-parts"),
+    ("\\frac{2}{3}", "\\frac{AE}{EC}=\\frac{2}{3}", True, "named-parts"),
+    ("\\frac{3}{2}", "\\frac{AE}{EC}=\\frac{2}{3}", False, "named-parts"),
+    ("AD:DB = 2:1", "2:1", True, "named-parts"),
+    ("x=1, y=2", "2, 1", False, "named-parts"),  # an ordered record is not a set
+    ("x=2, y=1", "x=1, y=2", False, "named-parts"),
+    ("x_1 = 3, x_2 = -1", "-1, 3", True, "named-parts"),  # x_1, x_2: the roots of one unknown, unordered
+    # --- several boxes: a gold written as boxes
+    ("4, 5, 6", "\\boxed{4}, \\boxed{5}, \\boxed{6}", True, "several-boxes"),
+    ("\\{6, 5, 4\\}", "\\boxed{4}, \\boxed{5}, \\boxed{6}", True, "several-boxes"),
+    ("1,2", "\\boxed{1}\\boxed{2}", True, "several-boxes"),
+    ("12", "\\boxed{1}\\boxed{2}", False, "several-boxes"),
+    ("4, 5", "\\boxed{4}, \\boxed{5}, \\boxed{6}", False, "several-boxes"),
+    # --- lists of tuples: other order, other separators, braces doubled
+    ("(3;4),(1;2)", "(1,2),(3,4)", True, "tuple-lists"),
+    ("(1,2);(3,4)", "(3,4),(1,2)", True, "tuple-lists"),
+    ("(1,2),(1,2),(3,4)", "(1,2),(3,4)", True, "tuple-lists"),  # a solution written twice is one solution
+    ("(1,2),(3,4)", "(1,2),(3,4),(5,6)", False, "tuple-lists"),
+    ("(2,1),(4,3)", "(1,2),(3,4)", False, "tuple-lists"),
+    ("(1;2;3)", "(1,3,2)", False, "tuple-lists"),
+    ("{{1,2,3}}", "\\{1,2,3\\}", True, "tuple-lists"),
+    ("\\{\\{1,2,3\\}\\}", "\\{3,2,1\\}", True, "tuple-lists"),
+    ("{1,3}", "\\{1,3\\}", True, "tuple-lists"),  # TeX braces group; \{ \} make the set
+    ("\\{\\{1,2\\},\\{3\\}\\}", "\\{1,2,3\\}", False, "tuple-lists"),
+    ("(7,11),(11,7)", "(11,7)\\text{ or }(7,11)", True, "tuple-lists"),
+    ("(7,11)", "(11,7)\\text{ or }(7,11)", False, "tuple-lists"),
+    ("21, 16, 11", "21, 16 \\text{ or } 11", True, "tuple-lists"),
+    ("2, 2, 3", "2, 3", False, "tuple-lists"),  # roots keep their multiplicity
+    # --- chains and approximations in the box: the last side is the claim
+    ("y = 2+3 = 5", "5", True, "chains"),
+    ("y = 2+3 = 6", "5", False, "chains"),
+    ("y \\approx 5", "5", True, "chains"),
+    ("y \\approx 5.2", "5", False, "chains"),
+    ("\\pi \\approx 3.14", "\\pi", True, "chains"),  # a constant keeps its exact side
+    ("5", "x = 2+3 = 5", True, "chains"),
+    ("x = 10 - 3 = 7", "x = 3 + 4 = 7", True, "chains"),
+    ("x = 10 - 3 = 8", "x = 7", False, "chains"),
+    ("-y \\ge -4", "y \\le 4", True, "chains"),  # an inequality times -1
+    ("-y \\ge 4", "y \\le 4", False, "chains"),
+    ("-2y < -6", "y > 3", True, "chains"),
+    ("-y > -4", "y \\ge 4", False, "chains"),
+    ("-x >= -1", "x \\le 1", True, "chains"),
+    # --- ranges as inequalities, absolute values, \pm
+    ("(2,3)", "2<g(t)<3", True, "ranges"),
+    ("2 < g(t) < 3", "(2,3)", True, "ranges"),
+    ("2 \\le g(t) < 3", "(2,3)", False, "ranges"),
+    ("[-2,2]", "|x| \\le 2", True, "ranges"),
+    ("(-2,2)", "|x| \\le 2", False, "ranges"),
+    ("[-2,-1]\\cup[1,2]", "1 \\le |x| \\le 2", True, "ranges"),
+    ("x \\in [-2,-1] \\cup [1,2]", "1\\le|x|\\le2", True, "ranges"),
+    ("(-2,-1)\\cup(1,2)", "1 \\le |x| \\le 2", False, "ranges"),
+    ("(-\\infty,-3)\\cup(3,\\infty)", "|x|>3", True, "ranges"),
+    ("(-\\infty,-3]\\cup[3,\\infty)", "|x|>3", False, "ranges"),
+    ("{-7, 7}", "\\pm 7", True, "ranges"),
+    ("\\pm 7", "-7, 7", True, "ranges"),
+    ("7", "\\pm 7", False, "ranges"),
+    # --- decimal comma where no thousands grouping fits
+    ("250,75", "250.75", True, "decimal-comma"),
+    ("250.75", "250,75", True, "decimal-comma"),
+    ("0,375", "0.375", True, "decimal-comma"),
+    ("0,375", "\\frac38", True, "decimal-comma"),
+    ("1,250", "1.25", False, "decimal-comma"),  # a thousands grouping fits: 1250
+    ("1,250", "1250", True, "decimal-comma"),
+    ("2, 5", "2.5", False, "decimal-comma"),  # with a space: a pair
+    ("2,5", "2.5", False, "decimal-comma"),  # one digit after the comma: a pair, as MATH golds write them
+    ("0.1", "0,1", False, "decimal-comma"),
+    ("0.375", "0,375", True, "decimal-comma"),
+    ("17.44", "17,44", True, "decimal-comma"),
+    ("\\frac{436}{25}", "17,44", False, "decimal-comma"),  # a gold "17,44" is read as 17.44 only against 17.44
+    ("250,75", "25075", False, "decimal-comma"),
+    # --- a symbolic constant against its decimal approximation inside an expression
+    ("6.2832r", "2\\pi r", True, "constant-in-expression"),
+    ("6.28r", "2\\pi r", False, "constant-in-expression"),  # not a rounding of 2 pi to the digits shown
+    ("1.4142x", "\\sqrt{2}x", True, "constant-in-expression"),
+    ("3.1416+x", "\\pi+x", True, "constant-in-expression"),
+    ("3.14+x", "\\pi+x", False, "constant-in-expression"),
+    ("2\\pi+1", "7.2832", True, "constant-in-expression"),
+    ("x+2.7183", "x+e", True, "constant-in-expression"),
+    ("x+2.7", "x+e", False, "constant-in-expression"),
+    # --- units that decide: converted within a quantity, never across one
+    ("1.5\\text{ kg}", "1500\\text{ g}", True, "units-quantity"),
+    ("1500 grams", "1.5\\text{ kg}", True, "units-quantity"),
+    ("12\\text{ g}", "12\\text{ kg}", False, "units-quantity"),
+    ("12 cm", "12\\text{ kg}", False, "units-quantity"),
+    ("90 minutes", "1.5\\text{ hours}", True, "units-quantity"),
+    ("1.5 minutes", "1.5\\text{ hours}", False, "units-quantity"),
+    ("12", "12\\text{ kg}", True, "units-quantity"),  # without a question the unit is dropped
+    ("t = 9 hours", "9", True, "units-quantity"),
+    ("t = 9 hours", "10", False, "units-quantity"),
 ]
 
 # Cases whose verdict depends on the question: (pred, gold, question, expected, family).
@@ -456,4 +562,14 @@ QUESTION_CASES: list[tuple[str, str, str, bool, str]] = [
     ("(1, 2)", "(2, 1)", "Find all solutions $x$.", False, "unordered"),  # brackets make it a point
     ("x-1, x", "x, x-1", "What are the two factors? Enter them separated by commas.", True, "unordered"),
     ("2, 1", "1, 2", "Enter the ordered pair $(a, b)$ as a, b.", False, "unordered"),
+    ("5, 3", "3, 5", "Find $a$ and $b$.", False, "unordered"),  # named values, in the order asked
+    ("3, 5", "3, 5", "Compute $m$ and $n$.", True, "unordered"),
+    ("5, 3", "3, 5", "Let $a$ and $b$ be the roots of $x^2-8x+15=0$. Find both roots.", True, "unordered"),
+    # A unit decides when the question asks for another unit of the gold's quantity.
+    ("12", "12\\text{ kg}", "A bag of flour has a mass of 12 kg. What is its mass in grams?", False, "units-quantity"),
+    ("12000", "12\\text{ kg}", "A bag of flour has a mass of 12 kg. What is its mass in grams?", True, "units-quantity"),
+    ("12", "12\\text{ kg}", "What is the mass of the bag, in kilograms?", True, "units-quantity"),
+    ("1.5", "1.5\\text{ hours}", "How many minutes did the trip take?", False, "units-quantity"),
+    ("90", "1.5\\text{ hours}", "How many minutes did the trip take?", True, "units-quantity"),
+    ("1.5", "1.5\\text{ hours}", "How long, in hours, did the trip take?", True, "units-quantity"),
 ]

@@ -400,6 +400,26 @@ def test_several_boxes_still_match_a_multi_part_gold():
     assert R.answer_candidates("\\boxed{2}. Many words later we check: \\boxed{3}") == ["3"]
 
 
+@pytest.mark.parametrize("response, gold, want", [
+    ("so \\boxed{4}, \\boxed{5}, \\boxed{6}", "4, 5, 6", 1.0),
+    ("\\boxed{4}, \\boxed{5}, \\boxed{6}", "\\{6,5,4\\}", 1.0),
+    ("$$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$$", "(2,2),(6,2)", 1.0),
+    ("\\boxed{(1,2)} and \\boxed{(3,4)}", "(3,4),(1,2)", 1.0),
+    ("$$\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}$$", "k = 45, n = 2", 1.0),
+    ("\\( y_1 = \\boxed{x+1} \\) and \\( y_2 = \\boxed{2x} \\)", "y_1=x+1, y_2=2x", 1.0),
+    ("\\boxed{1},\\boxed{2},\\boxed{3}", "{1,2,3}", 1.0),
+    ("\\boxed{4}, \\boxed{5}", "4, 5, 6", -0.5),
+    ("\\boxed{4} is wrong; the answer is \\boxed{5}", "4, 5", -0.5),
+    ("\\boxed{1} no no no no no \\boxed{2}", "1, 2", -0.5),
+    ("\\boxed{(1,2)} and \\boxed{(4,3)}", "(3,4),(1,2)", -0.5),
+    ("\\( y_1 = \\boxed{x+2} \\) and \\( y_2 = \\boxed{2x} \\)", "y_1=x+1, y_2=2x", -0.5),
+])
+def test_several_boxes_are_one_answer(response, gold, want):
+    """Boxes joined only by commas, "and", \\quad or a label ("y_2 =") are the parts of one answer."""
+    assert R.compute_score(response, gold) == want
+    assert R.batch_compute_scores([response], [gold], num_workers=0) == [want]
+
+
 def test_v0_semantics_on_known_cases():
     v0 = lambda r, g: R.compute_score(r, g, grader="v0")  # noqa: E731
     assert v0("no box here: 5", "5") == -1.0
