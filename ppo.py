@@ -1186,9 +1186,7 @@ SAFE_ON_RESUME = {"max_steps", "num_episodes", "time_limit_minutes", "eval_every
 
 def validate(cfg: Config) -> None:
     """Every value checked once, before anything is loaded or written: a clear error, never zeros."""
-    def need(ok: bool, flag: str, rule: str) -> None:
-        if not ok:
-            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    need = runtime.flag_check(cfg)
     runtime.check_common(cfg)
     choices = {"template": tuple(reward.TEMPLATES), "kl_estimator": ("k1", "k2", "k3"), "loss_agg": LOSS_AGGS,
                "vllm_sleep_level": (1, 2), "engine": ("auto", "hf", "vllm"), "grader": reward.GRADERS,
@@ -1227,13 +1225,7 @@ def validate(cfg: Config) -> None:
     need(cfg.min_new_tokens >= 0, "min_new_tokens", "must be >= 0")
     need(cfg.rollout_forward_tokens > 0, "rollout_forward_tokens", "must be a positive number of tokens")
     need(cfg.train_forward_tokens >= 0, "train_forward_tokens", "must be >= 0 (0: micro-batches of rows)")
-    need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")
-    parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
-    need(all(x.lstrip("-").isdigit() for x in parts), "levels",
-         "must be comma-separated integers, e.g. 3,4,5")
-    runtime.check_data_file(cfg, "train_file")
-    runtime.check_data_file(cfg, "test_file", required=False)
-    runtime.model_source(cfg.model)
+    runtime.check_run_inputs(cfg)
     if cfg.critic_model:
         runtime.model_source(cfg.critic_model)
 

@@ -1633,12 +1633,18 @@ def check_data_file(cfg, flag: str, required: bool = True) -> None:
 
 
 # ---- checks every stage's validate shares, by field name ----
-def check_common(cfg) -> None:
-    """Before anything is loaded: every float finite; AdamW's betas in [0, 1); a clip norm > 0; min <= max
-    new tokens; an accuracy target a fraction; an output path that is not a file."""
+def flag_check(cfg):
+    """need(ok, flag, rule): stop with `--flag value: rule` unless ok."""
     def need(ok: bool, flag: str, rule: str) -> None:
         if not ok:
             raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    return need
+
+
+def check_common(cfg) -> None:
+    """Before anything is loaded: every float finite; AdamW's betas in [0, 1); a clip norm > 0; min <= max
+    new tokens; an accuracy target a fraction; an output path that is not a file."""
+    need = flag_check(cfg)
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         need(not isinstance(value, float) or math.isfinite(value), f.name, "must be a finite number")
@@ -1653,6 +1659,19 @@ def check_common(cfg) -> None:
          "must be a fraction in [0, 1] (0.25 for 25%; 0: off)")
     need(not Path(cfg.output_dir).exists() or Path(cfg.output_dir).is_dir(), "output_dir",
          "exists and is not a directory")
+
+
+def check_run_inputs(cfg) -> None:
+    """A training stage's inputs, after its own flags: --resume and --overwrite exclude each other, --levels
+    are integers, the data files are readable rows, the model is a folder with weights or a hub id."""
+    need = flag_check(cfg)
+    need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")
+    parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
+    need(all(x.lstrip("-").isdigit() for x in parts), "levels",
+         "must be comma-separated integers, e.g. 3,4,5")
+    check_data_file(cfg, "train_file")
+    check_data_file(cfg, "test_file", required=False)
+    model_source(cfg.model)
 
 
 def check_prompt_room(tokenizer, template_text: str, max_len: int, flag: str) -> None:

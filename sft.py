@@ -480,9 +480,7 @@ SAFE_ON_RESUME = {"max_steps", "epochs", "eval_every", "eval_size", "eval_batch_
 
 def validate(cfg: Config) -> None:
     """Every value checked once, before anything is loaded or written: a clear error, never zeros."""
-    def need(ok: bool, flag: str, rule: str) -> None:
-        if not ok:
-            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(cfg, flag)!r}: {rule}")
+    need = runtime.flag_check(cfg)
     runtime.check_common(cfg)
     need(cfg.template in reward.TEMPLATES, "template", "must be one of " + ", ".join(reward.TEMPLATES))
     need(cfg.long_examples in ("drop", "truncate"), "long_examples", "must be drop or truncate")
@@ -494,13 +492,7 @@ def validate(cfg: Config) -> None:
         need(getattr(cfg, name) >= 0, name, "must be >= 0")
     for name in ("adam_beta1", "adam_beta2", "warmup_ratio", "min_lr_ratio"):
         need(0 <= getattr(cfg, name) <= 1, name, "must be in [0, 1]")
-    need(not (cfg.resume and cfg.overwrite), "overwrite", "and --resume exclude each other")
-    parts = [x.strip() for x in cfg.levels.split(",") if x.strip()]
-    need(all(x.lstrip("-").isdigit() for x in parts), "levels",
-         "must be comma-separated integers, e.g. 3,4,5")
-    runtime.check_data_file(cfg, "train_file")
-    runtime.check_data_file(cfg, "test_file", required=False)
-    runtime.model_source(cfg.model)
+    runtime.check_run_inputs(cfg)
 
 
 # Flags renamed to ppo.py's (OpenRLHF's) names; the old spellings still work.
