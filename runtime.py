@@ -482,7 +482,10 @@ def attention_mask_or_none(attention_mask: torch.Tensor) -> torch.Tensor | None:
     instead of a dense B x 1 x T x T mask: the same math on real tokens (bitwise in the test; another kernel
     may round a batch differently in the last bits), ~5% less time per forward+backward of the tiny model.
     Pad positions then attend causally too: their outputs differ, and every use multiplies them by the
-    response mask."""
+    response mask. But with no cache (load_model turns it off), transformers 5 reads the right padding's
+    repeated position ids as packed rows (masking_utils.find_packed_sequence_indices) and builds a dense
+    mask after all: the causal kernel runs only when no row is right-padded either. Counting the position ids
+    on through the padding restores it, but measured no faster per RL step (docs/benchmarks.md)."""
     return None if bool(attention_mask[:, 0].all()) else attention_mask
 
 
