@@ -251,13 +251,14 @@ def test_a_bar_in_a_log_file_writes_at_most_one_update_per_percent():
 
 @pytest.mark.slow
 def test_sft_tiny_run_into_a_log_file_has_few_carriage_returns(tmp_path):
-    """sft.py --preset tiny for 300 steps with stdout and stderr redirected to a file (not a terminal): at most one
-    bar update per 1% of the run (miniters = 3), where a terminal's settings would write >= one per step."""
+    """sft.py --preset tiny for 300 steps (of 2 rows: the bar, not the training, is under test) with stdout and
+    stderr redirected to a file (not a terminal): at most one bar update per 1% of the run (miniters = 3), where a
+    terminal's settings would write >= one per step."""
     log = tmp_path / "log.txt"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(log, "w") as f:
         r = subprocess.run([sys.executable, "sft.py", "--preset", "tiny", "--max-steps", "300", "--save-every", "0",
-                            "--eval-size", "8", "--output-dir", str(tmp_path / "run")], cwd=ROOT, env=env, stdout=f,
+                            "--train-batch-size", "2", "--micro-train-batch-size", "2", "--eval-size", "8", "--output-dir", str(tmp_path / "run")], cwd=ROOT, env=env, stdout=f,
                            stderr=subprocess.STDOUT, timeout=600)
     text = log.read_text()
     assert r.returncode == 0, text[-3000:]
