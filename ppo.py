@@ -156,12 +156,14 @@ class Config:
     time_limit_minutes: float = 0.0  # stop the RL loop after this much wall time (0: no limit)
     # system
     device: str = "auto"  # auto: CUDA when torch sees it, else CPU for small models only | cuda | cpu
-    gradient_checkpointing: bool = True  # recompute activations in backward: less memory, more compute
+    gradient_checkpointing: str = "auto"  # recompute activations in backward (less memory, more compute, same
+    #   gradient): on | off | auto: on where the memory plan's training peak without it exceeds 90% of the GPU
     seed: int = 42  # prompt order, sampling, value-head init
     eval_every: int = 0  # RL steps between held-out greedy evals (0: only at start and end)
     eval_size: int = 0  # problems per eval, a seeded sample of the test file (0: all)
     eval_batch_size: int = 64  # prompts per generate call per rank in eval
     save_every: int = 4  # RL steps between resumable checkpoints [--save_steps]; 0: only final/
+    async_save: bool = True  # rank 0 writes a checkpoint's files on a thread while training goes on
     keep_checkpoints: int = 2  # newest checkpoints kept resumable (critic, optimizers: ~300 GB at 7B; 0: all)
     keep_actor_weights: bool = True  # every checkpoint's actor/ kept (v0 kept all; the paper's is step 120)
     dump_rollouts_every: int = 10  # RL steps between rollouts/step_<N>.jsonl dumps (rank 0's samples)
@@ -184,7 +186,7 @@ PRESETS = {
                  generate_max_len=48, reward_workers=0, actor_lr=1e-4, critic_lr=5e-4, kl_coef=0.02,
                  train_batch_size=64, micro_train_batch_size=32, micro_rollout_batch_size=128,
                  rollout_forward_tokens=4096,  # 64-row forwards: ~20% faster here than 128 (cache-sized)
-                 critic_warmup_steps=30, max_steps=250, gradient_checkpointing=False,
+                 critic_warmup_steps=30, max_steps=250, gradient_checkpointing="off",
                  train_forward_tokens=0, seed=0, eval_every=100, eval_size=0, eval_batch_size=640,
                  save_every=100, dump_rollouts_every=50, loss_agg="token-mean", value_head_init="zeros",
                  grader="simplerl", stop="", min_new_tokens=0, logprob_temperature=1.0),
@@ -413,7 +415,8 @@ def load_critic(path: str, seed: int, gradient_checkpointing: bool, init: str = 
     return critic
 
 
-save_critic = runtime.save_state_folder  # the critic's folder: the trunk as model.*, value_head.weight
+def save_critic(model, tokenizer, out_dir: str) -> None:  # the critic's folder: model.*, value_head.weight
+    runtime.save_hf_checkpoint(model, tokenizer, out_dir, whole_state=True)
 
 
 def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
@@ -422,7 +425,7 @@ def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
     rank's host never holds more than one full copy; the reference in bf16 on GPU (it is only ever run in
     bf16)."""
     actor = runtime.load_model(str(resume_from / "actor") if resume_from else cfg.model, cfg.seed,
-                               cfg.gradient_checkpointing)
+                               cfg.gradient_checkpointing == "on")
     runtime.disable_dropout(actor)
     actor = runtime.shard_model(actor, device)
     ref_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -435,7 +438,7 @@ def load_models(cfg: Config, resume_from: Path | None, device) -> tuple:
     if cfg.advantage != "gae":  # no value network: none loaded, trained, saved or planned for
         return actor, ref, None
     critic = load_critic(str(resume_from / "critic") if resume_from else (cfg.critic_model or cfg.model),
-                         cfg.seed, cfg.gradient_checkpointing, cfg.value_head_init)
+                         cfg.seed, cfg.gradient_checkpointing == "on", cfg.value_head_init)
     runtime.disable_dropout(critic)
     critic = runtime.shard_model(critic, device)
     critic.train()
@@ -846,8 +849,9 @@ def main(cfg: Config) -> None:
     tokenizer = runtime.load_tokenizer(cfg.model)
     rows, test_rows = load_data(cfg, tokenizer)
     total_steps, total_updates = count_steps(cfg, len(rows), len(test_rows), world)
+    checkpointing = runtime.write_memory_plan(out, cfg.model, world, cfg, device, rank)  # decides auto
+    cfg = dataclasses.replace(cfg, gradient_checkpointing="on" if checkpointing else "off")
     actor, ref, critic = load_models(cfg, resume_from, device)
-    runtime.write_memory_plan(out, actor.config, world, cfg, device, rank)
     engine, _ = make_engine(cfg, actor.config, tokenizer, rank, world, device)  # last: after the trainer
     actor = make_learner("actor", actor, cfg.actor_lr, cfg, total_updates)
     if critic is not None:  # --advantage grpo: no critic
@@ -905,7 +909,7 @@ def main(cfg: Config) -> None:
                     out, step, [x for x in (actor, critic) if x is not None], tokenizer,
                     {"position": position, "config": dataclasses.asdict(cfg),
                      "shuffle_per_rank": runtime.all_gather_object(shuffle.get_state())},
-                    cfg.keep_checkpoints, cfg.keep_actor_weights, savers={"critic": save_critic})
+                    cfg.keep_checkpoints, cfg.keep_actor_weights, {"critic"}, cfg.async_save)
                 if rank == 0:
                     plot_curves(out)
             if runtime.time_is_up(cfg.time_limit_minutes, t_start, step):
@@ -913,6 +917,7 @@ def main(cfg: Config) -> None:
     except FloatingPointError as e:
         stop_on_non_finite(e, cfg, step, last_ckpt, bar, engine)
     bar.close()
+    runtime.finish_saving()  # the last checkpoint's files, written behind the RL loop
     rl_minutes = (time.perf_counter() - t_start) / 60
     runtime.save_hf_checkpoint(actor.model, tokenizer, str(out / "final" / "actor"))
     if critic is not None:
@@ -1181,7 +1186,7 @@ SAFE_ON_RESUME = {"max_steps", "num_episodes", "time_limit_minutes", "eval_every
                   "eval_batch_size", "test_file", "save_every", "keep_checkpoints", "dump_rollouts_every",
                   "resume", "overwrite", "output_dir", "micro_train_batch_size", "micro_rollout_batch_size",
                   "gradient_checkpointing", "reward_workers", "vllm_gpu_memory_utilization",
-                  "train_forward_tokens", "rollout_forward_tokens"}
+                  "train_forward_tokens", "rollout_forward_tokens", "async_save"}
 
 
 def validate(cfg: Config) -> None:
@@ -1192,7 +1197,7 @@ def validate(cfg: Config) -> None:
                "vllm_sleep_level": (1, 2), "engine": ("auto", "hf", "vllm"), "grader": reward.GRADERS,
                "advantage": ADVANTAGES, "value_head_init": ("normal", "zeros"),
                "long_prompts": ("truncate", "drop"), "old_logprobs": ("trainer", "sampler"),
-               "overlong": ("none", "filter", "shape")}
+               "overlong": ("none", "filter", "shape"), "gradient_checkpointing": ("auto", "on", "off")}
     for name, allowed in choices.items():
         need(getattr(cfg, name) in allowed, name, "must be one of " + ", ".join(map(str, allowed)))
     for name in ("rollout_batch_size", "n_samples_per_prompt", "train_batch_size", "micro_train_batch_size",

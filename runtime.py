@@ -6,14 +6,16 @@ the project, so a reader can skip it on a first reading: the method is in the st
     processes      init_distributed (torchrun or a world of one; gloo on CPU, nccl on GPU; check_device: no
                    silent CPU run), print0, all_gather_object, global_sums, timer, end_process
     models         model_source (a folder with weights, a random init on request, or a hub id), load_model,
-                   disable_dropout, shard_model (FSDP2), reshard_root, save_hf_checkpoint (atomic, rank 0)
+                   disable_dropout, shard_model (FSDP2), reshard_root, hf_folder and save_hf_checkpoint
+                   (atomic, rank 0)
     engines        Sample, HFEngine (HF generate on an unsharded copy), VLLMEngine (vLLM colocated in this
                    process), import_vllm (its patches), choose_engine (no silent fallback), announce (the
                    start-up line, run_info.json). The weight-sync protocol that drives
                    them (stream_weights, sync_weights, weights_version) is part of the method: ppo.py
     run dirs       check_output_dir, prepare_output_dir, begin_run, remove_previous_run
     checkpoints    save_checkpoint / load_checkpoint (HF folders per network + DCP shards of the fp32
-                   masters and optimizer states + trainer_state.pt), latest_checkpoint (integrity checked)
+                   masters and optimizer states + trainer_state.pt; rank 0's files written behind:
+                   write_behind, finish_saving), latest_checkpoint (integrity checked)
     metrics        read_metrics, write_metrics, log_metrics, plot_metrics, progress_settings
     optimisation   make_optimizer (AdamW + warm-up + cosine to a floor), lr_factor
     data           read_json_rows (JSON list or JSONL; errors name file, line and field)
@@ -224,6 +226,7 @@ def timer(times: dict[str, float], name: str):
 def stop_on_non_finite(e: Exception, where: str, last_ckpt: Path | None, settings: str, *closers) -> None:
     """A NaN/inf loss or gradient norm, raised before any optimizer step: say where to go on from, close
     (`closers`: the progress bar, the engine), leave the process group, exit 1."""
+    finish_saving(every_rank=False)
     for close in closers:
         close()
     last = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
@@ -241,6 +244,7 @@ def end_process() -> None:
     pytorch/pytorch#190489): a finished run reported as failed. destroy_process_group does not stop those
     threads while FSDP2's device meshes, kept alive by DTensor's caches, still hold the group. Seen here in
     about 1 of 15 two-rank runs on a loaded machine; os._exit leaves no teardown to race with."""
+    finish_saving(every_rank=False)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -424,24 +428,36 @@ def save_config(config, folder: Path, dtype: torch.dtype) -> None:
     config.save_pretrained(folder)
 
 
-def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
-    """Gather full weights to rank 0 and write a Hugging Face folder (safetensors) atomically:
-    write into a temporary sibling, then rename, so a crash never leaves a half-written checkpoint.
-    On GPU the folder holds bf16 weights (what vLLM and evaluation load; half of fp32's 30 GB at 7B);
-    the fp32 master weights a resume needs are saved sharded (DCP) beside it."""
+def hf_folder(model: torch.nn.Module, tokenizer, out_dir: str, whole_state: bool = False):
+    """A Hugging Face folder of `model`, in two parts. Now, on every rank (a collective): gather the full
+    weights to rank 0 as a private copy (on one CPU rank the state dict holds the live parameters; a copy is
+    what lets training go on while a thread writes), and there write config.json and the tokenizer into
+    <out_dir>.tmp/. Returned to rank 0 (None elsewhere): the rest, model.safetensors and the rename into
+    place, so a crash never leaves a half-written folder. On GPU the weights are bf16 (what vLLM and
+    evaluation load; half of fp32's 30 GB at 7B; a resume reads the fp32 masters from DCP). whole_state:
+    every entry of the module's state dict (ppo's critic: the trunk as model.*, value_head.weight); else a
+    causal LM's, the tied head left out."""
+    from safetensors.torch import save_file
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     dtype = folder_dtype()
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    if getattr(model.config, "tie_word_embeddings", False):
+    state = {k: v.to(dtype if v.is_floating_point() else v.dtype, copy=True).contiguous()
+             for k, v in state.items()}
+    if not whole_state and getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # gathered as its own copy on >1 rank; it is the embedding
-    if dist.get_rank() == 0:
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        save_config(model.config, tmp, dtype)  # save_pretrained states the fp32 masters' dtype
-        tokenizer.save_pretrained(tmp)
-        if out.exists():
+    if dist.get_rank() != 0:
+        return None
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_config(model.config, tmp, dtype)
+    if not whole_state:  # vLLM's default sampling settings come from generation_config.json
+        model.generation_config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+
+    def write() -> None:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if out.exists():  # the old folder goes only once the new one is complete
             old = out.with_name(out.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
@@ -449,27 +465,14 @@ def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
             shutil.rmtree(old)
         else:
             tmp.rename(out)
-    dist.barrier()
+    return write
 
 
-def save_state_folder(model: torch.nn.Module, tokenizer, out_dir: str) -> None:
-    """A Hugging Face folder of any module's whole state dict (e.g. ppo.py's critic: the trunk as `model.*`
-    and `value_head.weight`): config + model.safetensors + tokenizer, written beside, renamed into place."""
-    from safetensors.torch import save_file
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    dtype = folder_dtype()  # bf16 on GPU, as save_hf_checkpoint (a resume reads fp32 masters from DCP)
-    state = {k: v.to(dtype) for k, v in state.items()}
-    if dist.get_rank() == 0:
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        save_config(model.config, tmp, dtype)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+def save_hf_checkpoint(model: torch.nn.Module, tokenizer, out_dir: str, whole_state: bool = False) -> None:
+    """hf_folder written now (final/, evaluation's folders)."""
+    write = hf_folder(model, tokenizer, out_dir, whole_state)
+    if write is not None:
+        write()
     dist.barrier()
 
 
@@ -1292,22 +1295,26 @@ def begin_run(out: Path, cfg, resumed_step: int | None, rank: int) -> list[dict]
 
 # ---- checkpoints: checkpoint-<step>/{<network>/, optim/, trainer_state.pt}, complete once renamed ----
 def save_checkpoint(out: Path, step: int, learners: list, tokenizer, state: dict, keep: int = 0,
-                    keep_weights: bool = True, savers: dict | None = None) -> Path:
+                    keep_weights: bool = True, whole_state: Iterable[str] = (), background: bool = False
+                    ) -> Path:
     """checkpoint-<step>/: an HF folder per trained network (`learners`: objects with name, model, optimizer,
-    scheduler; savers[name] writes a folder other than save_hf_checkpoint's, e.g. ppo's critic), optim/ (DCP:
-    each rank writes its own shards of the fp32 master weights and optimizer states) and trainer_state.pt
+    scheduler; hf_folder, whole_state for the names in `whole_state`, e.g. ppo's critic), optim/ (DCP: each
+    rank writes its own shards of the fp32 master weights and optimizer states) and trainer_state.pt
     (`state`, the step, the schedules, every rank's RNG states). Written into checkpoint-<step>.tmp/ and
     renamed when complete: a run killed mid-save leaves only a .tmp that resume ignores.
+    The collectives run now on every rank (the gathers, DCP's shards, the RNG states); rank 0's own files
+    (the folders' weights, trainer_state.pt), the rename and the pruning follow in the background when
+    `background` (write_behind: one save in flight, waited for by the next save and the run's end).
     Retention: the newest `keep` (0: all) stay resumable; older ones keep only the first network's folder (the
     HF folder evaluate.py loads, as v0 kept every actor), or are deleted whole when keep_weights is False."""
+    finish_saving()
     final = out / f"checkpoint-{step}"
     tmp = out / f"checkpoint-{step}.tmp"
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    for x in learners:
-        (savers or {}).get(x.name, save_hf_checkpoint)(x.model, tokenizer, str(tmp / x.name))
+    writers = [hf_folder(x.model, tokenizer, str(tmp / x.name), x.name in whole_state) for x in learners]
     dcp.save(sharded_state(learners), checkpoint_id=str(tmp / "optim"))
     # numpy's global RNG too: vLLM's GPU model runner (V2) draws each request's sampling seed from it
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy.random.get_state(),
@@ -1315,22 +1322,69 @@ def save_checkpoint(out: Path, step: int, learners: list, tokenizer, state: dict
     rngs = all_gather_object(rng)
     if dist.get_rank() == 0:
         scheds = {f"{x.name}_sched": x.scheduler.state_dict() for x in learners}
-        torch.save({**state, "step": step, **scheds, "rng_per_rank": rngs}, tmp / "trainer_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        if keep > 0:  # older ones: no longer resumable; the first network's folder stays (keep_weights)
-            older = sorted((p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
-                           key=lambda p: int(p.name.split("-")[1]))
-            for p in older[:-keep]:
-                if not keep_weights:
-                    shutil.rmtree(p, ignore_errors=True)
-                    continue
-                # first: a half-pruned folder is never resumed
-                (p / "trainer_state.pt").unlink(missing_ok=True)
-                for part in [x.name for x in learners[1:]] + ["optim"]:
-                    shutil.rmtree(p / part, ignore_errors=True)
+        record = copy.deepcopy({**state, "step": step, **scheds, "rng_per_rank": rngs})  # this step's, kept
+        pruned = [x.name for x in learners[1:]] + ["optim"]
+
+        def write() -> None:
+            for w in writers:
+                w()
+            torch.save(record, tmp / "trainer_state.pt")
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            if keep > 0:  # older ones: no longer resumable; the first network's folder stays (keep_weights)
+                done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
+                older = sorted(done, key=lambda p: int(p.name.split("-")[1]))
+                for p in older[:-keep]:
+                    if not keep_weights:
+                        shutil.rmtree(p, ignore_errors=True)
+                        continue
+                    # first: a half-pruned folder is never resumed
+                    (p / "trainer_state.pt").unlink(missing_ok=True)
+                    for part in pruned:
+                        shutil.rmtree(p / part, ignore_errors=True)
+        write_behind(write, background)
     dist.barrier()
     return final
+
+
+WRITING: dict = {}  # the save in flight: rank 0's writer thread and what it raised
+
+
+def write_behind(write, background: bool) -> None:
+    """Rank 0's file writes of a save: on a thread when `background` (they leave the training's critical
+    path: at 7B ~30 GB of bf16 folders), else now. The thread only writes tensors already copied for it."""
+    if not background:
+        write()
+        return
+    failed = WRITING["failed"] = []
+
+    def run() -> None:
+        try:
+            write()
+        except BaseException as e:  # kept for finish_saving to raise on the main thread
+            failed.append(e)
+    WRITING["thread"] = threading.Thread(target=run, name="checkpoint-writer")  # not a daemon: an exit waits
+    WRITING["thread"].start()
+
+
+def finish_saving(every_rank: bool = True) -> None:
+    """Wait for the save in flight, if any. What its thread raised is raised here, on rank 0 as it was (so
+    disk_error names a full disk) and, with every_rank (a collective: every rank calls it), on every other
+    rank too. every_rank=False: this rank only, for the exit paths."""
+    if "thread" in WRITING:
+        WRITING["thread"].join()  # (forgotten only after: a Ctrl-C here is stage_errors' to wait again)
+    WRITING.pop("thread", None)
+    failed = WRITING.pop("failed", [])
+    if every_rank and dist.is_initialized() and dist.get_world_size() > 1 and not on_every_rank(not failed):
+        error = [failed[0] if failed else None]
+        try:
+            pickle.dumps(error)
+        except Exception:  # an exception that does not pickle is sent as its text
+            error = [RuntimeError(f"{type(failed[0]).__name__}: {failed[0]}")]
+        dist.broadcast_object_list(error, src=0)
+        raise error[0]
+    if failed:
+        raise failed[0]
 
 
 def sharded_state(learners: list) -> dict:
@@ -1409,6 +1463,7 @@ def newest_intact(checkpoints: list[Path]) -> Path | None:
 
 def latest_checkpoint(out: Path) -> Path | None:
     """The newest complete checkpoint-<step>/ (trainer_state.pt is written last) whose files are intact."""
+    finish_saving(every_rank=False)
     done = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
             and (p / "trainer_state.pt").exists()]
     return newest_intact(done)
@@ -1802,6 +1857,8 @@ def stage_errors(where: str, resume: bool = True):
     try:
         yield
     except KeyboardInterrupt:
+        with contextlib.suppress(BaseException):  # the save in flight completes; a second Ctrl-C drops it
+            finish_saving(every_rank=False)
         if os.environ.get("RANK", "0") == "0":
             print("\n" + interrupted(where, resume), file=sys.stderr, flush=True)
         sys.stdout.flush()
@@ -1890,6 +1947,7 @@ def count_parameters(model_config) -> dict[str, int]:
 
 CUDA_CONTEXT_AND_NCCL_GB = 1.5  # estimates, GiB per GPU (docs/gpu.md): not measured here
 VLLM_CUDAGRAPH_POOL_GB = 2.0
+CHECKPOINTING_MARGIN = 0.10  # --gradient-checkpointing auto: off only if its peak fits in 90% of the device
 
 
 def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
@@ -1903,7 +1961,10 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
     (rollout_forward_tokens) while vLLM sleeps; vLLM's share (gpu_memory_utilization of the device: weights +
     KV cache) while it generates. Gradients are accumulated sharded (item 2 of issue 10):
     `grad_accum_unsharded` is what keeping full gradients between micro-batches would add, and is not part of
-    any peak."""
+    any peak.
+    --gradient-checkpointing auto is decided here (`gradient_checkpointing`): on only where the training peak
+    without it exceeds (1 - CHECKPOINTING_MARGIN) x device_gb (the estimates are not measurements). Either
+    way the gradient is the same: checkpointing only recomputes activations in the backward."""
     n = count_parameters(model_config)
     if cfg.advantage != "gae":  # no critic
         n["critic"] = 0
@@ -1933,9 +1994,10 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
     packed = getattr(cfg, "train_forward_tokens", 0) > 0
     tokens = cfg.train_forward_tokens if packed else cfg.micro_train_batch_size * seq
     per_layer = compute * tokens * (4 * h + 2 * kv + 3 * inter)
-    layers = L * compute * tokens * h + per_layer if cfg.gradient_checkpointing else L * per_layer
     logit_rows = LOGIT_CHUNK if packed else tokens * cfg.generate_max_len / seq
-    plan["train_activations"] = layers + logit_rows * V * (14 if gpu else 16)
+    logits = logit_rows * V * (14 if gpu else 16)
+    train = {on: (L * compute * tokens * h + per_layer if on else L * per_layer) + logits
+             for on in (True, False)}
     # experience forwards (no grad): logits of every kept position (packed: a chunk), one layer's activations
     exp_tokens = min(cfg.rollout_forward_tokens, (cfg.micro_rollout_batch_size or 10 ** 9) * seq)
     exp_logits = min(exp_tokens, LOGIT_CHUNK) if packed else exp_tokens
@@ -1960,18 +2022,24 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
         host_sleep = 0
     resident = sum(plan[k] for k in ("actor_weights", "actor_grads", "actor_adam", "critic_weights",
                                      "critic_grads", "critic_adam", "reference"))
-    activations = max(plan["train_activations"], plan["experience_activations"])
-    plan["peak_training"] = (resident + plan["fsdp_root_gather"] + plan["fsdp_layer_gather"] + activations
-                             + plan["cuda_context_and_nccl"] + plan["vllm_cudagraph_pool_asleep"])
+    fixed = (resident + plan["fsdp_root_gather"] + plan["fsdp_layer_gather"] + plan["cuda_context_and_nccl"]
+             + plan["vllm_cudagraph_pool_asleep"])
+    peak = {on: fixed + max(train[on], plan["experience_activations"]) for on in train}
+    setting = {True: "on", False: "off"}.get(cfg.gradient_checkpointing, cfg.gradient_checkpointing)
+    on = {"on": True, "off": False}.get(setting, peak[False] > (1 - CHECKPOINTING_MARGIN) * device_gb * 1e9)
+    plan["train_activations"], plan["peak_training"] = train[on], peak[on]
+    plan["peak_training_checkpointing_on"], plan["peak_training_checkpointing_off"] = peak[True], peak[False]
     plan["peak_generation"] = (resident + plan["vllm_weights"] + plan["vllm_kv_cache_and_activations"]
                                + plan["cuda_context_and_nccl"])
     plan["host_sleep_level_1_per_rank"] = host_sleep
     plan["parameters"] = n
+    plan["gradient_checkpointing"] = {"setting": setting, "on": on, "device_gb": device_gb}
     return plan
 
 
 def format_memory_plan(plan: dict, model_config, world: int) -> str:
-    rows = [k for k in plan if k not in ("parameters", "host_sleep_level_1_per_rank")]
+    rows = [k for k in plan
+            if k not in ("parameters", "host_sleep_level_1_per_rank", "gradient_checkpointing")]
     n = plan["parameters"]
     lines = [f"memory plan per device (world {world}; actor {n['actor'] / 1e9:.3g}B parameters, "
              f"critic {n['critic'] / 1e9:.3g}B), GB:"]
@@ -1979,6 +2047,11 @@ def format_memory_plan(plan: dict, model_config, world: int) -> str:
     if plan["host_sleep_level_1_per_rank"]:
         lines.append(f"  (sleep level 1 parks {plan['host_sleep_level_1_per_rank'] / 1e9:.1f} GB per rank "
                      "in host memory)")
+    choice, off = plan["gradient_checkpointing"], plan["peak_training_checkpointing_off"] / 1e9
+    budget = (1 - CHECKPOINTING_MARGIN) * choice["device_gb"]
+    lines.append(f"  gradient checkpointing: {'on' if choice['on'] else 'off'} ({choice['setting']}: the "
+                 f"training peak without it, {off:.1f} GB, {'exceeds' if off > budget else 'fits in'} "
+                 f"{budget:.1f} GB, {100 * (1 - CHECKPOINTING_MARGIN):.0f}% of {choice['device_gb']:.1f} GB)")
     return "\n".join(lines)
 
 
@@ -2009,12 +2082,20 @@ def measured_memory(actor, critic, ref, engine) -> dict:
     return out
 
 
-def write_memory_plan(out: Path, model_config, world: int, cfg, device, rank: int) -> None:
-    device_gb = torch.cuda.get_device_properties(device).total_memory / 1e9 if device.type == "cuda" else 80.0
+def write_memory_plan(out: Path, model_path: str, world: int, cfg, device, rank: int) -> bool:
+    """The plan printed and written to memory_plan.json; returns whether to checkpoint activations (auto:
+    decided for this GPU's memory; on CPU for the host's memory shared by the ranks on it)."""
+    if device.type == "cuda":
+        device_gb = torch.cuda.get_device_properties(device).total_memory / 1e9
+    else:
+        ranks = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        device_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9 / ranks
+    model_config = AutoConfig.from_pretrained(model_path)
     plan = memory_plan(model_config, world, cfg, device.type, device_gb)
     print0(format_memory_plan(plan, model_config, world))
     if rank == 0:
         (out / "memory_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    return plan["gradient_checkpointing"]["on"]
 
 
 def record_grad_bytes(*learners) -> dict:

@@ -91,6 +91,7 @@ class Config:
     eval_batch_size: int = 64  # prompts per generate call per rank
     generate_max_len: int = 4096  # most new tokens per held-out answer (was --max-new-tokens)
     save_every: int = 50  # steps between resumable checkpoints (0: only final/)
+    async_save: bool = True  # rank 0 writes a checkpoint's files on a thread while training goes on
     log_every: int = 1  # steps between metrics.jsonl lines
     seed: int = 42  # data order, the eval sample, any random init: OpenRLHF --seed default
     resume: bool = False  # continue from the newest intact checkpoint-<step>/ (the config must match)
@@ -270,8 +271,8 @@ def main(cfg: Config) -> None:
         show_progress(bar, record)
         # 5. save: a resumable checkpoint every --save-every steps
         if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total:
-            runtime.save_checkpoint(out, step, [trained], tokenizer,
-                                    {"data": data_state, "config": dataclasses.asdict(cfg)})
+            runtime.save_checkpoint(out, step, [trained], tokenizer, {"data": data_state,
+                                    "config": dataclasses.asdict(cfg)}, background=cfg.async_save)
             if rank == 0:
                 plot_curves(out)
         if 0 < cfg.stop_at_accuracy <= record.get("eval_accuracy", -1.0):  # all-reduced: equal on every rank
@@ -279,6 +280,7 @@ def main(cfg: Config) -> None:
                            f"at step {step}")
             break
     bar.close()
+    runtime.finish_saving()  # the last checkpoint's files, written behind the loop
     if step == cfg.stop_after:
         runtime.print0(f"stopped after step {step} (--stop-after)")
         dist.destroy_process_group()
@@ -475,7 +477,8 @@ def plot_curves(out: Path) -> None:
 # learning rate, batch size, ...) would make the resumed run a different one.
 SAFE_ON_RESUME = {"max_steps", "epochs", "eval_every", "eval_size", "eval_batch_size", "generate_max_len",
                   "test_file", "save_every", "log_every", "resume", "overwrite", "output_dir",
-                  "stop_at_accuracy", "stop_after", "micro_train_batch_size", "gradient_checkpointing"}
+                  "stop_at_accuracy", "stop_after", "micro_train_batch_size", "gradient_checkpointing",
+                  "async_save"}
 
 
 def validate(cfg: Config) -> None:

@@ -63,6 +63,43 @@ def test_the_recipe_defaults_start(tmp_path, qwen_tok):
             ] == [2, 2, 2]
 
 
+def test_the_memory_plan_decides_activation_checkpointing():
+    """--gradient-checkpointing auto (the default): on only where the plan's training peak without it exceeds
+    90% of the GPU's memory; on and off are taken as said. The recipe at 7B on 8 GPUs: packed passes of 16,384
+    tokens peak at 113 GB without it (52.5 with), so on on 80 GB and off on 150 GB (an H200); v0's padded
+    micro-batches of 2 rows of 4,024 tokens peak at 83.5 GB without it (53.7 with): on on 80 GB too."""
+    import dataclasses
+    config, cfg = Qwen2Config(**QWEN_7B), ppo.Config()
+    assert cfg.gradient_checkpointing == "auto" and cfg.train_forward_tokens == 16384
+
+    def plan(gb, **changes):
+        return runtime.memory_plan(config, 8, dataclasses.replace(cfg, **changes), "cuda", gb)
+    p = plan(80.0)
+    assert p["gradient_checkpointing"] == {"setting": "auto", "on": True, "device_gb": 80.0}
+    assert p["peak_training"] == p["peak_training_checkpointing_on"] < 0.9 * 80e9 < p["peak_training_checkpointing_off"]
+    assert 52e9 < p["peak_training_checkpointing_on"] < 53e9 and 112e9 < p["peak_training_checkpointing_off"] < 114e9
+    p = plan(150.0)
+    assert not p["gradient_checkpointing"]["on"] and p["peak_training"] == p["peak_training_checkpointing_off"]
+    padded = plan(80.0, train_forward_tokens=0, micro_train_batch_size=2)
+    assert cfg.prompt_max_len + cfg.generate_max_len == 4024
+    assert padded["gradient_checkpointing"]["on"] and 83e9 < padded["peak_training_checkpointing_off"] < 84e9
+    assert not plan(150.0, train_forward_tokens=0)["gradient_checkpointing"]["on"]
+    assert not plan(80.0, gradient_checkpointing="off")["gradient_checkpointing"]["on"]  # as said, even over
+    assert plan(150.0, gradient_checkpointing="on")["gradient_checkpointing"]["on"]
+    assert "gradient checkpointing: on (auto: the training peak without it, 113.1 GB, exceeds 72.0 GB, 90% of " \
+        "80.0 GB)" in runtime.format_memory_plan(plan(80.0), config, 8)
+    # the CPU world: the tiny preset says off; auto decides for the host's memory, on where it is too small
+    tiny = ppo.parse_args(["--preset", "tiny"])
+    small = Qwen2Config.from_pretrained(TINY)
+    assert tiny.gradient_checkpointing == "off"
+    assert not runtime.memory_plan(small, 1, dataclasses.replace(tiny, gradient_checkpointing="auto"), "cpu",
+                                   64.0)["gradient_checkpointing"]["on"]
+    assert runtime.memory_plan(small, 1, dataclasses.replace(tiny, gradient_checkpointing="auto"), "cpu",
+                               0.01)["gradient_checkpointing"]["on"]
+    with pytest.raises(SystemExit, match="--gradient-checkpointing 'yes': must be one of auto, on, off"):
+        ppo.validate(ppo.parse_args(["--preset", "tiny", "--gradient-checkpointing", "yes"]))
+
+
 # ---- no silent fallback: a broken vLLM on a GPU, no CUDA for a GPU model ----
 def broken_vllm(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now raises ImportError, as a broken install

@@ -309,9 +309,10 @@ def test_checkpoint_retention_keeps_every_actor_and_prunes_resumable_state(tmp_p
     learners = [ppo.Learner(name, m, o, s, 1.0) for name, m, o, s in zip(("actor", "critic"), (actor, critic), opts,
                                                                           scheds)]
     assert ppo.Config().keep_actor_weights is True
-    for step in (4, 8, 12, 16):
-        runtime.save_checkpoint(tmp_path, step, learners, tok, {"position": step}, keep=2,
-                                savers={"critic": ppo.save_critic})
+    for step in (4, 8, 12, 16):  # written behind (--async-save): each save waits for the one before
+        runtime.save_checkpoint(tmp_path, step, learners, tok, {"position": step}, keep=2, whole_state={"critic"},
+                                background=True)
+    runtime.finish_saving()
     resumable = {p.name for p in tmp_path.glob("checkpoint-*") if (p / "trainer_state.pt").exists()}
     assert resumable == {"checkpoint-12", "checkpoint-16"}
     for step in (4, 8):
@@ -324,8 +325,71 @@ def test_checkpoint_retention_keeps_every_actor_and_prunes_resumable_state(tmp_p
     assert runtime.latest_checkpoint(Path(tmp_path)).name == "checkpoint-16"
     # --no-keep-actor-weights: older checkpoints go whole, as before
     runtime.save_checkpoint(tmp_path, 20, learners, tok, {"position": 20}, keep=2, keep_weights=False,
-                            savers={"critic": ppo.save_critic})
+                            whole_state={"critic"})
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-20"]
+
+
+def tiny_learners(device):
+    tok = AutoTokenizer.from_pretrained(TINY)
+    actor = runtime.shard_model(runtime.load_model(TINY, seed=0), device)
+    critic = runtime.shard_model(ppo.Critic(runtime.load_model(TINY, seed=0), "normal", seed=1), device)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (actor, critic)]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0) for o in opts]
+    return tok, [ppo.Learner(n, m, o, s, 1.0) for n, m, o, s in zip(("actor", "critic"), (actor, critic), opts, scheds)]
+
+
+def test_async_save_returns_before_the_files_and_saves_the_weights_of_its_step(tmp_path, monkeypatch):
+    """--async-save: save_checkpoint returns once the collectives are done, while rank 0's thread still writes
+    (here held at a gate); training that goes on meanwhile (an optimizer step) does not reach the files: they
+    hold the weights of the step that was saved."""
+    import threading
+    from safetensors.torch import load_file
+    rank, world, device = runtime.init_distributed()
+    tok, learners = tiny_learners(device)
+    gate, real = threading.Event(), runtime.write_behind
+    monkeypatch.setattr(runtime, "write_behind", lambda write, bg: real(lambda: (gate.wait(60), write()), bg))
+    at_save = {k: v.detach().clone() for k, v in learners[0].model.state_dict().items()}
+    final = runtime.save_checkpoint(tmp_path, 4, learners, tok, {"position": 4}, whole_state={"critic"},
+                                    background=True)
+    assert not final.exists() and (tmp_path / "checkpoint-4.tmp").is_dir()  # returned before the writes
+    for x in learners:  # the next step's update while the save is in flight
+        for p in x.model.parameters():
+            p.grad = torch.ones_like(p)
+        x.optimizer.step()
+    assert not torch.equal(learners[0].model.model.embed_tokens.weight, at_save["model.embed_tokens.weight"])
+    gate.set()
+    runtime.finish_saving()
+    assert final.is_dir() and not (tmp_path / "checkpoint-4.tmp").exists()
+    assert runtime.checkpoint_problems(final) == [] and runtime.latest_checkpoint(tmp_path) == final
+    saved = load_file(final / "actor" / "model.safetensors")
+    assert saved.keys() == at_save.keys() - {"lm_head.weight"}  # tied to the embedding
+    for k, v in saved.items():
+        assert torch.equal(v, at_save[k]), k
+
+
+def test_async_save_writes_the_same_files_as_a_synchronous_one(tmp_path):
+    """The same bytes either way, and the HF folder as save_pretrained writes it: the same tensors and config."""
+    import json
+    from safetensors.torch import load_file
+    rank, world, device = runtime.init_distributed()
+    tok, learners = tiny_learners(device)
+    for name, background in (("sync", False), ("async", True)):
+        runtime.save_checkpoint(tmp_path / name, 4, learners, tok, {"position": 4}, whole_state={"critic"},
+                                background=background)
+    runtime.finish_saving()
+    a, b = tmp_path / "sync" / "checkpoint-4", tmp_path / "async" / "checkpoint-4"
+    files = sorted(str(f.relative_to(a)) for f in a.rglob("*") if f.is_file())
+    assert files == sorted(str(f.relative_to(b)) for f in b.rglob("*") if f.is_file())
+    for f in files:
+        if f.endswith(("safetensors", ".json", ".distcp")):
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    learners[0].model.save_pretrained(tmp_path / "hf")
+    ours, theirs = load_file(a / "actor" / "model.safetensors"), load_file(tmp_path / "hf" / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    config = json.loads((a / "actor" / "config.json").read_text())
+    assert config == {**json.loads((tmp_path / "hf" / "config.json").read_text()), "use_cache": True}
+    assert (a / "actor" / "generation_config.json").read_text() == (tmp_path / "hf" / "generation_config.json").read_text()
+    AutoModelForCausalLM.from_pretrained(a / "actor")
 
 
 def test_level_2_sleep_forgets_weights_and_the_next_sync_restores_them():

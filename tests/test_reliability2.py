@@ -284,6 +284,69 @@ def test_a_full_disk_under_a_sharded_checkpoint_is_no_space_left(tmp_path):
                 dcp.save({"w": torch.zeros(1000)}, checkpoint_id=str(shards))
 
 
+def test_a_full_disk_under_a_checkpoint_written_behind_is_no_space_left_at_the_next_wait(tmp_path):
+    """--async-save: the writer thread's ENOSPC is not lost; the next wait raises it on the main thread."""
+    def write():
+        with open("/dev/full", "w") as f:  # writes fail with ENOSPC, like a full disk
+            f.write("x" * 10_000)
+            f.flush()
+    runtime.write_behind(write, background=True)
+    with pytest.raises(SystemExit, match=f"no space left on {tmp_path} .*then rerun with --resume"):
+        with runtime.stage_errors(str(tmp_path)):
+            runtime.finish_saving()
+    runtime.finish_saving()  # said once: nothing is left in flight
+
+
+KILLED_MID_WRITE = """
+import sys, time
+from pathlib import Path
+import safetensors.torch
+import torch
+from transformers import AutoTokenizer
+import ppo, runtime
+out, tiny = Path(sys.argv[1]), sys.argv[2]
+rank, world, device = runtime.init_distributed()
+actor = runtime.shard_model(runtime.load_model(tiny, seed=0), device)
+opt = torch.optim.AdamW(actor.parameters(), lr=1e-3)
+learners = [ppo.Learner("actor", actor, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), 1.0)]
+tok = AutoTokenizer.from_pretrained(tiny)
+runtime.save_checkpoint(out, 1, learners, tok, {"position": 1}, keep=1, background=True)
+runtime.finish_saving()
+real = safetensors.torch.save_file
+def stall(*args, **kwargs):  # the second save's writer: its first file written, then stuck there
+    real(*args, **kwargs)
+    (out / "sentinel").touch()
+    time.sleep(600)
+safetensors.torch.save_file = stall
+runtime.save_checkpoint(out, 2, learners, tok, {"position": 2}, keep=1, background=True)
+runtime.finish_saving()
+"""
+
+
+@pytest.mark.slow  # a training process, killed
+def test_a_run_killed_mid_way_through_an_async_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-c", KILLED_MID_WRITE, str(out), str(ROOT / "data" / "tiny")], cwd=ROOT,
+                         env=dict(ENV, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    try:
+        for _ in range(600):  # bounded wait for the second save's first file
+            if (out / "sentinel").exists() or p.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert (out / "sentinel").exists(), p.communicate(timeout=60)[0][-3000:]
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+    assert (out / "checkpoint-2.tmp" / "actor.tmp" / "model.safetensors").is_file()  # killed mid-write
+    assert not (out / "checkpoint-2").exists()
+    assert runtime.checkpoint_problems(out / "checkpoint-1") == []
+    assert runtime.latest_checkpoint(out) == out / "checkpoint-1"  # keep=1 prunes only after the next is complete
+    assert {x.name for x in (out / "checkpoint-1").iterdir()} == {"actor", "optim", "trainer_state.pt"}
+
+
 def test_no_permission_and_read_only_are_not_called_a_full_disk(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=f"cannot write under {tmp_path}: permission denied .*Make it writable"):
         with runtime.stage_errors(str(tmp_path)):
