@@ -1,7 +1,8 @@
-"""The miniature SimpleRL-Zero study, end to end on a CPU, in one command.
+"""The miniature SimpleRL-Zero study and the blog's other arms, end to end on a CPU, in one command.
 
-    python demo.py            # ~8 minutes on 2 cores; a second run reuses the steps already done
-    python demo.py --fresh    # start over (deletes only what the demo wrote in its run directory)
+    python demo.py              # ~TOTALMIN minutes on 2 cores; a second run reuses the steps already done
+    python demo.py --fresh      # start over (deletes only what the demo wrote in its run directory)
+    python demo.py --zero-only  # only the SimpleRL-Zero study (its four steps)
 
 The story of the paper in a world small enough to watch: a weak "base" model that answers in
 several styles (boxed, the answer in one go; "The answer is N." after working column by column;
@@ -14,16 +15,28 @@ length rise, and so does accuracy): the blog's "aha moment", in a minute of RL.
 
 Every step runs one of the project's scripts, the same ones the GPU recipe runs, with --preset tiny:
 
-    1 data   python data/make_synth_data.py --out RUN/synth
-    2 base   torchrun sft.py  --preset tiny --train-file RUN/synth/base.jsonl      a brief "pretraining"
-    3 ppo    torchrun ppo.py  --preset tiny --model RUN/base/final                 SimpleRL-Zero
-    4 eval   python evaluate.py --preset tiny --model RUN/base/final RUN/ppo/checkpoint-*/actor ...
+    1 data      python data/make_synth_data.py --out RUN/synth
+    2 base      python sft.py  --preset tiny --train-file RUN/synth/base.jsonl      a brief "pretraining"
+    3 ppo       python ppo.py  --preset tiny --model RUN/base/final                 SimpleRL-Zero
+    4 eval      python evaluate.py --preset tiny --model RUN/base/final RUN/ppo/checkpoint-*/actor ...
+  and the blog's other arms, from the same base (--zero-only skips them):
+    5 sft_ref   python sft.py --model RUN/base/final --train-file RUN/synth/train.jsonl    SFT, reference solutions
+    6 teacher   python sft.py --model RUN/base/final --train-file RUN/teacher.jsonl        self-checking solutions
+    7 distill   python distill.py --model RUN/teacher/final                               the long-CoT warm-up data
+    8 warmup    python sft.py --model RUN/base/final --train-file RUN/distill/long_cot.jsonl
+    9 simplerl  python ppo.py --model RUN/warmup/final                                   SimpleRL: warm-up, then RL
+   10 eval_arms python evaluate.py --model RUN/base/final RUN/sft_ref/final RUN/ppo/final/actor ...
 
-and then prints the before/after table (the paper's layout, with the reflection share and mean length), the
-sampled rollouts' arc (length at the start, its minimum, at the end; reflection share) and the paths of the pictures:
-RUN/ppo/curves.png (training dynamics) and RUN/eval/accuracy_vs_step.png (held-out accuracy and
-response length against step). A step is done when its marker file RUN/<step>.done exists; a step
-that did not finish (a crash, Ctrl-C, a kill) continues from its last checkpoint on the next run.
+Each is one process with 2 intra-op threads (plain `python`, a world of one: the same code as torchrun's
+ranks; for a 1M-parameter model on 2 cores about twice as fast as torchrun's 2 ranks x 1 thread, whose gloo
+collectives cost more than the second rank saves: docs/demo.md). It prints the before/after table (the paper's
+layout, with the reflection share and mean length), the sampled rollouts' arc (length at the start, its
+minimum, at the end; reflection share), the blog's two tables (SFT vs RL; warm-up, then RL), the distilled
+data's size and pass rate, and the paths of the pictures: RUN/ppo/curves.png (training dynamics),
+RUN/eval/accuracy_vs_step.png (held-out accuracy and response length against step) and RUN/arms_curves.png
+(both RL runs' length and reflection share). --quick (CI) runs the arms tiny: a wiring check, not the story.
+A step is done when its marker file RUN/<step>.done exists; a step that did not finish (a crash, Ctrl-C, a
+kill) continues from its last checkpoint on the next run.
 
 RUN is --run-dir (default runs/demo), relative to the current directory. The demo writes a
 `.simplerl-demo` file into the run directory it makes and never uses or deletes a non-empty directory
@@ -81,8 +94,9 @@ RESPONSE_BUDGET = "84"
 
 def launch(script: str) -> list[str]:
     """A training script's command: torchrun with RANKS ranks, or (RANKS 1) plain python, a world of one."""
-    ranks = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={RANKS}"] if RANKS > 1 else [sys.executable]
-    return ranks + [script]
+    if RANKS == 1:
+        return [sys.executable, script]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={RANKS}", script]
 
 
 def steps(run: Path, quick: bool) -> list[tuple[str, list[str]]]:
@@ -140,7 +154,8 @@ def simplerl_steps(run: Path, quick: bool) -> list[tuple[str, list[str] | None]]
                            "--output-dir", str(run / "sft_ref")]),
         ("teacher", None),  # its data is written first (teacher_rows)
         ("distill", [sys.executable, "distill.py", "--preset", "tiny", "--model", str(run / "teacher/final"),
-                     "--prompt-file", str(run / "synth/train.jsonl"), "--limit", DISTILL_PROMPTS_QUICK if quick else DISTILL_PROMPTS, "--n", "1",
+                     "--prompt-file", str(run / "synth/train.jsonl"),
+                     "--limit", DISTILL_PROMPTS_QUICK if quick else DISTILL_PROMPTS, "--n", "1",
                      "--generate-max-len", RESPONSE_BUDGET, "--output-dir", str(run / "distill")]),
         ("warmup", sft + ["--train-file", str(run / "distill/long_cot.jsonl"), "--levels", "",
                           "--max-steps", sft_steps, "--output-dir", str(run / "warmup")]),
@@ -359,7 +374,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--zero-only", action="store_true",
                    help="only the SimpleRL-Zero study (its four steps), not the blog's other arms (SFT on the "
                    "reference solutions, a distilled long-CoT warm-up, RL from it) and their two tables")
-    p.add_argument("--simplerl", action="store_true", help=argparse.SUPPRESS)  # the arms: once opt-in, now default
+    p.add_argument("--simplerl", action="store_true",
+                   help="accepted for older command lines: the other arms now run by default")
     args = p.parse_args(argv)
     default = "runs/demo-quick" if args.quick else "runs/demo"
     run = prepare_run_dir(args.run_dir or default, args.fresh, args.quick)
