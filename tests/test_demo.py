@@ -2,7 +2,7 @@
 after PPO exceeds the base model's, and the sampled rollouts tell the blog's story: the response
 length falls, then rises again as "let me check" spreads. The blog's other arms run too, sized to check
 their wiring (a few SFT steps, 3 RL steps): both tables have every row and the distilled data's pass rate
-and size are reported. About 6 minutes on 2 CPU cores."""
+and size are reported. 457 s on 2 Xeon cores (2026-12-03)."""
 import json
 import subprocess
 import sys
