@@ -1,7 +1,8 @@
-"""The miniature SimpleRL-Zero study, end to end on a CPU, in one command.
+"""The miniature SimpleRL-Zero study and the blog's other arms, end to end on a CPU, in one command.
 
-    python demo.py            # ~8 minutes on 2 cores; a second run reuses the steps already done
-    python demo.py --fresh    # start over (deletes only what the demo wrote in its run directory)
+    python demo.py              # ~14 minutes on 2 cores; a second run reuses the steps already done
+    python demo.py --fresh      # start over (deletes only what the demo wrote in its run directory)
+    python demo.py --zero-only  # only the SimpleRL-Zero study (its four steps)
 
 The story of the paper in a world small enough to watch: a weak "base" model that answers in
 several styles (boxed, the answer in one go; "The answer is N." after working column by column;
@@ -14,16 +15,28 @@ length rise, and so does accuracy): the blog's "aha moment", in a minute of RL.
 
 Every step runs one of the project's scripts, the same ones the GPU recipe runs, with --preset tiny:
 
-    1 data   python data/make_synth_data.py --out RUN/synth
-    2 base   torchrun sft.py  --preset tiny --train-file RUN/synth/base.jsonl      a brief "pretraining"
-    3 ppo    torchrun ppo.py  --preset tiny --model RUN/base/final                 SimpleRL-Zero
-    4 eval   python evaluate.py --preset tiny --model RUN/base/final RUN/ppo/checkpoint-*/actor ...
+    1 data      python data/make_synth_data.py --out RUN/synth
+    2 base      python sft.py  --preset tiny --train-file RUN/synth/base.jsonl      a brief "pretraining"
+    3 ppo       python ppo.py  --preset tiny --model RUN/base/final                 SimpleRL-Zero
+    4 eval      python evaluate.py --preset tiny --model RUN/base/final RUN/ppo/checkpoint-*/actor ...
+  and the blog's other arms, from the same base (--zero-only skips them):
+    5 sft_ref   python sft.py --model RUN/base/final --train-file RUN/synth/train.jsonl    SFT, reference solutions
+    6 teacher   python sft.py --model RUN/base/final --train-file RUN/teacher.jsonl        self-checking solutions
+    7 distill   python distill.py --model RUN/teacher/final                               the long-CoT warm-up data
+    8 warmup    python sft.py --model RUN/base/final --train-file RUN/distill/long_cot.jsonl
+    9 simplerl  python ppo.py --model RUN/warmup/final                                   SimpleRL: warm-up, then RL
+   10 eval_arms python evaluate.py --model RUN/base/final RUN/sft_ref/final RUN/ppo/final/actor ...
 
-and then prints the before/after table (the paper's layout, with the reflection share and mean length), the
-sampled rollouts' arc (length at the start, its minimum, at the end; reflection share) and the paths of the pictures:
-RUN/ppo/curves.png (training dynamics) and RUN/eval/accuracy_vs_step.png (held-out accuracy and
-response length against step). A step is done when its marker file RUN/<step>.done exists; a step
-that did not finish (a crash, Ctrl-C, a kill) continues from its last checkpoint on the next run.
+Each is one process with 2 intra-op threads (plain `python`, a world of one: the same code as torchrun's
+ranks; for a 1M-parameter model on 2 cores about twice as fast as torchrun's 2 ranks x 1 thread, whose gloo
+collectives cost more than the second rank saves: docs/demo.md). It prints the before/after table (the paper's
+layout, with the reflection share and mean length), the sampled rollouts' arc (length at the start, its
+minimum, at the end; reflection share), the blog's two tables (SFT vs RL; warm-up, then RL), the distilled
+data's size and pass rate, and the paths of the pictures: RUN/ppo/curves.png (training dynamics),
+RUN/eval/accuracy_vs_step.png (held-out accuracy and response length against step) and RUN/arms_curves.png
+(both RL runs' length and reflection share). --quick (CI) runs the arms tiny: a wiring check, not the story.
+A step is done when its marker file RUN/<step>.done exists; a step that did not finish (a crash, Ctrl-C, a
+kill) continues from its last checkpoint on the next run.
 
 RUN is --run-dir (default runs/demo), relative to the current directory. The demo writes a
 `.simplerl-demo` file into the run directory it makes and never uses or deletes a non-empty directory
@@ -61,6 +74,15 @@ DEMO_FILES = ("synth", "base", "ppo", "eval", "eval_data", *(f"{n}.done" for n i
 ARM_SFT_STEPS = "200"  # SFT steps (32 sequences) of each fine-tune of the base: reference solutions, warm-up
 TEACHER_STEPS = "300"  # SFT steps that make the teacher: the base fine-tuned on self-checking solutions only
 DISTILL_PROMPTS = "2000"  # training problems the teacher answers (one sample each, the correct ones kept)
+# --quick's arms: the same commands, sized to check the wiring (every row of both tables, the distilled data's
+# pass rate and size), not to tell the story: a few SFT steps, 3 RL steps
+SIMPLERL_STEPS = 40  # RL steps from the warm-up (the Zero study's 70 would not fit the 15 minutes; docs/demo.md)
+ARM_SFT_STEPS_QUICK, TEACHER_STEPS_QUICK, DISTILL_PROMPTS_QUICK, SIMPLERL_STEPS_QUICK = "20", "60", "200", 3
+
+# The process layout: every stage is one process with THREADS intra-op threads (a world of one, through the same
+# code as torchrun's ranks). For a ~1M-parameter model on 2 cores this is faster than torchrun's 2 ranks x 1
+# thread, whose gloo collectives per micro-batch cost more than the second rank saves (docs/demo.md: measured).
+RANKS, THREADS = 1, 2
 
 
 # The tiny world's settings the demo changes, on the command line (the presets stay as other runs use them):
@@ -70,21 +92,27 @@ SFT_WINDOW = ["--max-length", "96", "--generate-max-len", "84"]
 RESPONSE_BUDGET = "84"
 
 
+def launch(script: str) -> list[str]:
+    """A training script's command: torchrun with RANKS ranks, or (RANKS 1) plain python, a world of one."""
+    if RANKS == 1:
+        return [sys.executable, script]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={RANKS}", script]
+
+
 def steps(run: Path, quick: bool) -> list[tuple[str, list[str]]]:
     """(name, command) in the order they run. --quick is the CI-sized version of the same study."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     # The base model: BASE_STEPS of SFT, or fewer if a periodic eval reaches 20% first (a guard: the 800-step base
     # ends near 15%). PPO runs a fixed number of RL steps. Both: the same result on any machine, however loaded.
     ppo_steps = PPO_STEPS_QUICK if quick else PPO_STEPS
     base_accuracy, ppo_save, ppo_eval = "0.2", 10, 10
     return [
         ("data", [sys.executable, "data/make_synth_data.py", "--out", str(run / "synth")]),
-        ("base", torchrun + ["sft.py", "--preset", "tiny", "--train-file", str(run / "synth/base.jsonl"),
+        ("base", launch("sft.py") + ["--preset", "tiny", "--train-file", str(run / "synth/base.jsonl"),
                              "--test-file", str(run / "synth/test.jsonl"), "--levels", LEVELS,
-                             "--max-steps", BASE_STEPS, "--eval-every", "25", "--eval-size", "200",
+                             "--max-steps", BASE_STEPS, "--eval-every", "100", "--eval-size", "200",
                              "--stop-at-accuracy", base_accuracy, "--save-every", "0", "--resume",
                              *SFT_WINDOW, "--output-dir", str(run / "base")]),
-        ("ppo", torchrun + ["ppo.py", "--preset", "tiny", "--model", str(run / "base/final"),
+        ("ppo", launch("ppo.py") + ["--preset", "tiny", "--model", str(run / "base/final"),
                             "--train-file", str(run / "synth/train.jsonl"),
                             "--test-file", str(run / "synth/test.jsonl"), "--levels", LEVELS,
                             "--max-steps", str(ppo_steps), "--save-every", str(ppo_save),
@@ -114,21 +142,23 @@ def simplerl_steps(run: Path, quick: bool) -> list[tuple[str, list[str] | None]]
     (a) SFT on the same problems' reference solutions; (b) a teacher that writes long self-checking
     solutions, distilled (distill.py) into the base: the long-CoT warm-up; (c) SimpleRL: the Zero study's PPO
     from (b)."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    sft = torchrun + ["sft.py", "--preset", "tiny", "--model", str(run / "base/final"), "--test-file", "",
-                      "--save-every", "0", "--resume", *SFT_WINDOW]
+    sft = launch("sft.py") + ["--preset", "tiny", "--model", str(run / "base/final"), "--test-file", "",
+                              "--save-every", "0", "--resume", *SFT_WINDOW]
+    sft_steps = ARM_SFT_STEPS_QUICK if quick else ARM_SFT_STEPS
     ppo = dict(steps(run, quick))["ppo"]
     ppo = ppo[:ppo.index("--model") + 1] + [str(run / "warmup/final")] + ppo[ppo.index("--model") + 2:-1] \
         + [str(run / "simplerl")]
+    ppo[ppo.index("--max-steps") + 1] = str(SIMPLERL_STEPS_QUICK if quick else SIMPLERL_STEPS)
     return [
-        ("sft_ref", sft + ["--train-file", str(run / "synth/train.jsonl"), "--max-steps", ARM_SFT_STEPS,
+        ("sft_ref", sft + ["--train-file", str(run / "synth/train.jsonl"), "--max-steps", sft_steps,
                            "--output-dir", str(run / "sft_ref")]),
         ("teacher", None),  # its data is written first (teacher_rows)
         ("distill", [sys.executable, "distill.py", "--preset", "tiny", "--model", str(run / "teacher/final"),
-                     "--prompt-file", str(run / "synth/train.jsonl"), "--limit", DISTILL_PROMPTS, "--n", "1",
+                     "--prompt-file", str(run / "synth/train.jsonl"),
+                     "--limit", DISTILL_PROMPTS_QUICK if quick else DISTILL_PROMPTS, "--n", "1",
                      "--generate-max-len", RESPONSE_BUDGET, "--output-dir", str(run / "distill")]),
         ("warmup", sft + ["--train-file", str(run / "distill/long_cot.jsonl"), "--levels", "",
-                          "--max-steps", ARM_SFT_STEPS, "--output-dir", str(run / "warmup")]),
+                          "--max-steps", sft_steps, "--output-dir", str(run / "warmup")]),
         ("simplerl", ppo),
         ("eval_arms", [sys.executable, "evaluate.py", "--preset", "tiny",
                        "--data-dir", str(run / "eval_data"),
@@ -138,11 +168,11 @@ def simplerl_steps(run: Path, quick: bool) -> list[tuple[str, list[str] | None]]
     ]
 
 
-def teacher_command(run: Path) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "sft.py", "--preset", "tiny",
-            "--model", str(run / "base/final"), "--train-file", str(teacher_rows(run)), "--test-file", "",
-            "--max-steps", TEACHER_STEPS, "--save-every", "0", "--resume", *SFT_WINDOW,
-            "--output-dir", str(run / "teacher")]
+def teacher_command(run: Path, quick: bool = False) -> list[str]:
+    return launch("sft.py") + ["--preset", "tiny", "--model", str(run / "base/final"),
+                               "--train-file", str(teacher_rows(run)), "--test-file", "",
+                               "--max-steps", TEACHER_STEPS_QUICK if quick else TEACHER_STEPS, "--save-every", "0",
+                               "--resume", *SFT_WINDOW, "--output-dir", str(run / "teacher")]
 
 
 def held_out_split(run: Path) -> Path:
@@ -174,7 +204,7 @@ def run_step(name: str, cmd: list[str], run: Path, fresh: bool) -> None:
         return
     print(f"\n[demo] {name}: {' '.join(cmd)}", flush=True)
     t0 = time.time()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(THREADS), PYTHONUNBUFFERED="1")
     returncode = run_in_own_group(cmd, env)
     if returncode != 0:
         raise SystemExit(f"[demo] {name} failed with exit code {returncode}; fix it and rerun "
@@ -341,9 +371,11 @@ def main(argv: list[str] | None = None) -> dict:
                    "runs/demo-quick)")
     p.add_argument("--fresh", action="store_true", help="delete the demo's files in the run directory and start over")
     p.add_argument("--quick", action="store_true", help="a shortened study (CI): fewer steps")
+    p.add_argument("--zero-only", action="store_true",
+                   help="only the SimpleRL-Zero study (its four steps), not the blog's other arms (SFT on the "
+                   "reference solutions, a distilled long-CoT warm-up, RL from it) and their two tables")
     p.add_argument("--simplerl", action="store_true",
-                   help="also the blog's other arms: SFT on reference solutions, a distilled long-CoT "
-                   "warm-up, and RL from it (SimpleRL); both tables, both RL runs' curves")
+                   help="accepted for older command lines: the other arms now run by default")
     args = p.parse_args(argv)
     default = "runs/demo-quick" if args.quick else "runs/demo"
     run = prepare_run_dir(args.run_dir or default, args.fresh, args.quick)
@@ -368,16 +400,17 @@ def main(argv: list[str] | None = None) -> dict:
           f"{total:.0f} s ({time.time() - t0:.0f} s this run)")
     print(f"[demo] training dynamics:        {run / 'ppo/curves.png'}")
     print(f"[demo] held-out accuracy vs step: {run / 'eval/accuracy_vs_step.png'}")
-    if args.simplerl:
+    if not args.zero_only:
         for name, cmd in simplerl_steps(run, args.quick):
-            run_step(name, cmd if cmd is not None else teacher_command(run), run, fresh=False)
+            run_step(name, cmd if cmd is not None else teacher_command(run, args.quick), run, fresh=False)
         print(arm_tables(run))
         distilled = json.loads((run / "distill/distill.json").read_text())
         print(f"\n[demo] distilled warm-up data: {distilled['rows']} rows from {distilled['responses']} "
               f"teacher responses (pass rate {100 * distilled['pass_rate']:.1f}%, mean "
               f"{distilled['response_tokens']['mean']:.1f} tokens); arms' curves: {plot_arms(run)}")
-        for name in ARM_NAMES:
-            print(f"[demo] {name}: {json.loads((run / f'{name}.done').read_text())['seconds']:.0f} s")
+        seconds = {n: json.loads((run / f"{n}.done").read_text())["seconds"] for n in STEP_NAMES + ARM_NAMES}
+        print("[demo] seconds per step: " + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items()) +
+              f"; {sum(seconds.values()):.0f} s in all ({time.time() - t0:.0f} s this run)")
     return {"before": before, "after": after, "run": str(run), **arc}
 
 

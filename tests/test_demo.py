@@ -1,6 +1,8 @@
 """The miniature study end to end (demo.py --quick): every artefact is produced, held-out accuracy
 after PPO exceeds the base model's, and the sampled rollouts tell the blog's story: the response
-length falls, then rises again as "let me check" spreads. About 7 minutes on 2 CPU cores."""
+length falls, then rises again as "let me check" spreads. The blog's other arms run too, sized to check
+their wiring (a few SFT steps, 3 RL steps): both tables have every row and the distilled data's pass rate
+and size are reported. 457 s on 2 Xeon cores (2026-12-03)."""
 import json
 import subprocess
 import sys
@@ -27,7 +29,7 @@ def test_quick_demo_end_to_end(tmp_path):
     run = tmp_path / "demo"
     out = run_demo(run)
 
-    for name in ("data", "base", "ppo", "eval"):
+    for name in demo.STEP_NAMES + demo.ARM_NAMES:
         assert (run / f"{name}.done").exists(), name
     for f in ("synth/train.jsonl", "synth/test.jsonl", "synth/base.jsonl",
               "base/final/model.safetensors", "base/metrics.jsonl",
@@ -66,6 +68,17 @@ def test_quick_demo_end_to_end(tmp_path):
     assert arc["length_min"] <= 0.9 * arc["length_start"], arc
     assert arc["length_end"] >= 1.2 * arc["length_min"], arc
 
+    # the blog's other arms (tiny here): both tables with every row, the distilled data's pass rate and size
+    for title, rows in demo.ARM_TABLES.items():
+        assert title in out, title
+        for name in rows:
+            assert f"| {name} | " in out, name
+    distilled = json.loads((run / "distill/distill.json").read_text())
+    assert distilled["rows"] > 0 and (run / "distill/long_cot.jsonl").exists()
+    assert (f"[demo] distilled warm-up data: {distilled['rows']} rows from {distilled['responses']} teacher "
+            f"responses (pass rate {100 * distilled['pass_rate']:.1f}%") in out
+    assert (run / "arms_curves.png").exists() and "[demo] seconds per step: " in out
+
     # a second run reuses every finished step
     again = run_demo(run)
-    assert again.count("done before, reusing") == 4
+    assert again.count("done before, reusing") == len(demo.STEP_NAMES + demo.ARM_NAMES)

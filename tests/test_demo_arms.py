@@ -1,5 +1,5 @@
-"""demo.py --simplerl's wiring (issue 21), without training: the SimpleRL arm's PPO is the Zero study's PPO but
-for its start and output; the teacher's data checks itself and is right; the two tables read evaluate.py's
+"""demo.py's other arms' wiring (issue 21), without training: the SimpleRL arm's PPO is the Zero study's PPO but
+for its start, its output and its length (demo.SIMPLERL_STEPS); the teacher's data checks itself and is right; the two tables read evaluate.py's
 samples; --fresh deletes the arms' files too. The arms' own run is measured in docs/demo.md."""
 import json
 import sys
@@ -21,6 +21,7 @@ def test_simplerl_arm_runs_the_zero_studys_ppo_from_the_warm_up(tmp_path):
     simplerl = arms["simplerl"]
     differ = [(a, b) for a, b in zip(zero, simplerl) if a != b]
     assert len(zero) == len(simplerl) and differ == [(str(tmp_path / "base/final"), str(tmp_path / "warmup/final")),
+                                                     (str(demo.PPO_STEPS), str(demo.SIMPLERL_STEPS)),
                                                      (str(tmp_path / "ppo"), str(tmp_path / "simplerl"))]
     assert str(tmp_path / "teacher/final") in arms["distill"] and "distill.py" in arms["distill"]
     assert str(tmp_path / "distill/long_cot.jsonl") in arms["warmup"]
