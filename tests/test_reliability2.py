@@ -372,8 +372,10 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume_in_one_line(tmp_path):
     out = tmp_path / "sft"
     args = [sys.executable, "sft.py", "--preset", "tiny", "--max-steps", "100000", "--save-every", "3",
             "--test-file", "", "--output-dir", str(out)]
+    # SIGINT at its default in the child, as in a terminal: a shell's background job (CI under `cmd &`) ignores
+    # it, and Python installs its KeyboardInterrupt handler only where SIGINT is not ignored
     p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for _ in range(600):  # bounded wait for the first checkpoint
         if (out / "checkpoint-3" / "trainer_state.pt").exists() or p.poll() is not None:
             break
