@@ -67,16 +67,16 @@ CRITIC_WARMUP = "5"  # RL steps that train only the critic first (the preset's 3
 LEVELS = "1,2"  # what a 1M-parameter model learns in minutes on a CPU; levels 3-5 need far more compute
 MARKER = ".simplerl-demo"  # written into the run directory the demo makes: what --fresh may clean
 STEP_NAMES = ("data", "base", "ppo", "eval")
-# --simplerl: the blog's other arms, after the Zero study (simplerl_steps)
+# the blog's other arms, after the Zero study (simplerl_steps; --zero-only skips them)
 ARM_NAMES = ("sft_ref", "teacher", "distill", "warmup", "simplerl", "eval_arms")
 DEMO_FILES = ("synth", "base", "ppo", "eval", "eval_data", *(f"{n}.done" for n in STEP_NAMES),  # --fresh
               *ARM_NAMES, *(f"{n}.done" for n in ARM_NAMES), "teacher.jsonl", "arms_curves.png")
 ARM_SFT_STEPS = "200"  # SFT steps (32 sequences) of each fine-tune of the base: reference solutions, warm-up
 TEACHER_STEPS = "300"  # SFT steps that make the teacher: the base fine-tuned on self-checking solutions only
 DISTILL_PROMPTS = "2000"  # training problems the teacher answers (one sample each, the correct ones kept)
+SIMPLERL_STEPS = 40  # RL steps from the warm-up (the Zero study's 70 would not fit the 15 minutes; docs/demo.md)
 # --quick's arms: the same commands, sized to check the wiring (every row of both tables, the distilled data's
 # pass rate and size), not to tell the story: a few SFT steps, 3 RL steps
-SIMPLERL_STEPS = 40  # RL steps from the warm-up (the Zero study's 70 would not fit the 15 minutes; docs/demo.md)
 ARM_SFT_STEPS_QUICK, TEACHER_STEPS_QUICK, DISTILL_PROMPTS_QUICK, SIMPLERL_STEPS_QUICK = "20", "60", "200", 3
 
 # The process layout: every stage is one process with THREADS intra-op threads (a world of one, through the same

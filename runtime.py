@@ -2025,7 +2025,7 @@ def memory_plan(model_config, world: int, cfg, device_type: str = "cuda",
     fixed = (resident + plan["fsdp_root_gather"] + plan["fsdp_layer_gather"] + plan["cuda_context_and_nccl"]
              + plan["vllm_cudagraph_pool_asleep"])
     peak = {on: fixed + max(train[on], plan["experience_activations"]) for on in train}
-    setting = {True: "on", False: "off"}.get(cfg.gradient_checkpointing, cfg.gradient_checkpointing)
+    setting = cfg.gradient_checkpointing  # on | off | auto
     on = {"on": True, "off": False}.get(setting, peak[False] > (1 - CHECKPOINTING_MARGIN) * device_gb * 1e9)
     plan["train_activations"], plan["peak_training"] = train[on], peak[on]
     plan["peak_training_checkpointing_on"], plan["peak_training_checkpointing_off"] = peak[True], peak[False]
