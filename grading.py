@@ -141,11 +141,22 @@ _UNIT_WORDS_RE = re.compile(r"^(" + _NUMBER_TOKEN + r"%?)\s+(?:[a-zA-Z]{2,}\.?\s
 _TEXT_RE = re.compile(r"\\text\{([^{}]*)\}")
 
 
+# Between a gold's boxes, what makes them one list: no words, or a connective ("papers and").
+_GOLD_BOX_JOIN_RE = re.compile(r"^[^a-zA-Z]*$|[,;]|\band\b|\bor\b")
+
+
 def _unwrap_boxes(s: str) -> str:
-    """Replace every \\boxed{X} by X (golds and some answers carry them); boxes side by side
-    ("\\boxed{1}\\boxed{2}") are the parts of one list, so a comma goes between them."""
+    """Replace every \\boxed{X} by X (golds and some answers carry them).  Several boxes with no
+    words or a connective between them are the parts of one list: "\\boxed{1}\\boxed{2}" and
+    "\\boxed{1} papers and \\boxed{2} bins" are "1, 2" (a response's boxes are read before this)."""
     if "boxed" in s:
-        s = re.sub(r"(?<=\})(\s*)(?=\\boxed\{)", r",\1", s)
+        outer: list[tuple[int, int, str]] = []
+        for box in _boxes(s):
+            if not outer or box[0] >= outer[-1][1]:  # a box inside a box is part of the outer one
+                outer.append(box)
+        gaps = [s[a[1] : b[0]] for a, b in zip(outer, outer[1:])]
+        if gaps and all(_GOLD_BOX_JOIN_RE.search(gap) for gap in gaps):
+            s = ", ".join(content.strip() for _, _, content in outer)
     for _ in range(8):
         boxes = _boxes(s)
         if not boxes:

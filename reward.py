@@ -242,9 +242,10 @@ def check_symbolic_grader() -> None:
 # Helpers of the entry points
 
 # Between two boxes, only these mean "the answer is both": "\boxed{1} and \boxed{2}",
-# "\boxed{A} \quad \text{and} \quad \boxed{B}", "\( y_1 = \boxed{A} \) and \( y_2 = \boxed{B} \)".
+# "\boxed{A} \quad \text{and} \quad \boxed{B}", "\( y_1 = \boxed{A} \) and \( y_2 = \boxed{B} \)",
+# "\boxed{A} \text{ for part (a) and } \boxed{B}".
 _BOX_SEPARATOR_RE = re.compile(
-    r"^(?:[\s$,;.]|\\[()\[\],;: ]|\\q?quad|\\text\{\s*(?:and|or)\s*\}|and|or)*"
+    r"^(?:[\s$,;.]|\\[()\[\],;: ]|\\q?quad|\\text\{\s*(?:(?:for|in)\s+part\s+\(?\w\)?\s*)?(?:and|or)\s*\}|and|or)*"
     r"(?:[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*)?$")
 
 

@@ -471,6 +471,12 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("1,2", "\\boxed{1}\\boxed{2}", True, "several-boxes"),
     ("12", "\\boxed{1}\\boxed{2}", False, "several-boxes"),
     ("4, 5", "\\boxed{4}, \\boxed{5}, \\boxed{6}", False, "several-boxes"),
+    ("1, 2", "\\boxed{1} papers and \\boxed{2} bins", True, "several-boxes"),  # a connective between the boxes
+    ("1, 3", "\\boxed{1} papers and \\boxed{2} bins", False, "several-boxes"),
+    ("\\{7, 3\\}", "$\\boxed{3}$ $\\boxed{7}$", True, "several-boxes"),  # no words between them
+    ("4, 5", "\\boxed{4}; \\boxed{5}", True, "several-boxes"),
+    ("1, 2", "\\boxed{1} no no no \\boxed{2}", False, "several-boxes"),  # words, no connective: not one list
+    ("5", "\\boxed{\\boxed{5}}", True, "several-boxes"),  # a box in a box is one box
     # --- lists of tuples: other order, other separators, braces doubled
     ("(3;4),(1;2)", "(1,2),(3,4)", True, "tuple-lists"),
     ("(1,2);(3,4)", "(3,4),(1,2)", True, "tuple-lists"),

@@ -408,6 +408,8 @@ def test_several_boxes_still_match_a_multi_part_gold():
     ("$$\\boxed{k = 45} \\quad \\text{and} \\quad \\boxed{n = 2}$$", "k = 45, n = 2", 1.0),
     ("\\( y_1 = \\boxed{x+1} \\) and \\( y_2 = \\boxed{2x} \\)", "y_1=x+1, y_2=2x", 1.0),
     ("\\boxed{1},\\boxed{2},\\boxed{3}", "{1,2,3}", 1.0),
+    ("$$\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}$$", "(3, 3), (1, 1)", 1.0),
+    ("\\boxed{3} \\text{ is wrong and } \\boxed{5}", "3, 5", -0.5),
     ("\\boxed{4}, \\boxed{5}", "4, 5, 6", -0.5),
     ("\\boxed{4} is wrong; the answer is \\boxed{5}", "4, 5", -0.5),
     ("\\boxed{1} no no no no no \\boxed{2}", "1, 2", -0.5),
@@ -415,7 +417,7 @@ def test_several_boxes_still_match_a_multi_part_gold():
     ("\\( y_1 = \\boxed{x+2} \\) and \\( y_2 = \\boxed{2x} \\)", "y_1=x+1, y_2=2x", -0.5),
 ])
 def test_several_boxes_are_one_answer(response, gold, want):
-    """Boxes joined only by commas, "and", \\quad or a label ("y_2 =") are the parts of one answer."""
+    """Boxes joined only by commas, "and", \\quad, "for part (a) and" or a label ("y_2 =") are one answer."""
     assert R.compute_score(response, gold) == want
     assert R.batch_compute_scores([response], [gold], num_workers=0) == [want]
 
