@@ -148,14 +148,15 @@ _GOLD_BOX_JOIN_RE = re.compile(r"^[^a-zA-Z]*$|[,;]|\band\b|\bor\b")
 def _unwrap_boxes(s: str) -> str:
     """Replace every \\boxed{X} by X (golds and some answers carry them).  Several boxes with no
     words or a connective between them are the parts of one list: "\\boxed{1}\\boxed{2}" and
-    "\\boxed{1} papers and \\boxed{2} bins" are "1, 2" (a response's boxes are read before this)."""
+    "\\boxed{1} papers and \\boxed{2} bins" are "1, 2" (a response's boxes are read before this);
+    with labels between them ("x = \\boxed{3}, y = \\boxed{4}") each box is replaced in place."""
     if "boxed" in s:
         outer: list[tuple[int, int, str]] = []
         for box in _boxes(s):
             if not outer or box[0] >= outer[-1][1]:  # a box inside a box is part of the outer one
                 outer.append(box)
         gaps = [s[a[1] : b[0]] for a, b in zip(outer, outer[1:])]
-        if gaps and all(_GOLD_BOX_JOIN_RE.search(gap) for gap in gaps):
+        if gaps and all(_GOLD_BOX_JOIN_RE.search(gap) and "=" not in gap for gap in gaps):  # labels stay
             s = ", ".join(content.strip() for _, _, content in outer)
     for _ in range(8):
         boxes = _boxes(s)

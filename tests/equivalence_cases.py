@@ -477,6 +477,8 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("4, 5", "\\boxed{4}; \\boxed{5}", True, "several-boxes"),
     ("1, 2", "\\boxed{1} no no no \\boxed{2}", False, "several-boxes"),  # words, no connective: not one list
     ("5", "\\boxed{\\boxed{5}}", True, "several-boxes"),  # a box in a box is one box
+    ("y=4, x=3", "x = \\boxed{3}, y = \\boxed{4}", True, "several-boxes"),  # labels between boxes stay
+    ("4, 3", "x = \\boxed{3}, y = \\boxed{4}", False, "several-boxes"),  # values in the names' order
     # --- lists of tuples: other order, other separators, braces doubled
     ("(3;4),(1;2)", "(1,2),(3,4)", True, "tuple-lists"),
     ("(1,2);(3,4)", "(3,4),(1,2)", True, "tuple-lists"),
