@@ -127,6 +127,7 @@ _REPLACEMENTS = [  # applied in order; mostly spelling variants of the same LaTe
     ("\\lt", "<"), ("\\gt", ">"), ("bmatrix", "pmatrix"), ("vmatrix", "pmatrix"),
     ("\\mathrm{", "\\text{"), ("\\textrm{", "\\text{"), ("\\textbf{", "\\text{"), ("\\mathbf{", "\\text{"),
     ("\\mbox{", "\\text{"), ("\\textit{", "\\text{"), ("\\operatorname{", "\\text{"), ("\\textnormal{", "\\text{"),
+    ("\\mathcal{", "\\text{"), ("{matrix}", "{pmatrix}"),
     ("\\!", ""), ("\\;", " "), ("\\:", " "), ("\\quad", " "), ("\\qquad", " "), ("~", " "),
     ("^{\\circ}", ""), ("^\\circ", ""), ("\\circ", ""), ("\\degree", ""), ("^{\\prime}", "'"),
     ("\\$", ""), ("$", ""), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""),
@@ -134,7 +135,8 @@ _REPLACEMENTS = [  # applied in order; mostly spelling variants of the same LaTe
     ("+\\infty", "\\infty"), ("infinity", "\\infty"),
 ]
 
-_THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(?:(?:,|\{,\}|\\,)\d{3})+(?:\.\d+)?%?$")
+_THOUSANDS_RE = re.compile(r"^[-+]?[1-9]\d{0,2}(?:(?:,|\{,\}|\\,)\d{3})+(?:\.\d+)?%?$"
+                           r"|^[-+]?[1-9]\d?(?:\{,\}\d\d)+\{,\}\d{3}(?:\.\d+)?$")  # or lakh/crore: 56,\!01,\!78,\!760
 _NUMBER_TOKEN = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 # A unit after a number: "5 cm", "12 dollars", "3 square feet" (letters only, after a space).
 _UNIT_WORDS_RE = re.compile(r"^(" + _NUMBER_TOKEN + r"%?)\s+(?:[a-zA-Z]{2,}\.?\s*){1,3}(?:\^\{?\d\}?)?$")
@@ -256,6 +258,7 @@ def normalize(s: str) -> str:
         s = re.sub(r"(?<=[\d+\-*])j(?![a-zA-Z])", "i", s)  # 2+3j: the engineers' spelling
     s = re.sub(r"\\text\{\s*\}", "", s)
     s = s.strip().rstrip(".").strip()
+    s = s[:-1].rstrip() if s.endswith("\\") else s  # "185\\": a stray backslash ("\\\\" is protected above)
     s = re.sub(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*", "", s, flags=re.I)
     s = _strip_trailing_units(s)
     s = _TEXT_RE.sub(lambda m: m.group(1).strip(), s)  # remaining \text{X} -> X
@@ -552,7 +555,7 @@ def _quick_equal(pred: str, gold: str) -> bool | None:
     gc = _choice(g)
     if gc is not None and not _letters(g) - {gc}:  # a gold that is just a letter
         pc = _choice(p)
-        return pc == gc if pc is not None else (p == gc)
+        return pc == gc if pc is not None else (p.upper() == gc)  # "c" for "C": the same choice
     p, g = _strip_labels(p, g)
     if p == g:
         return True

@@ -15,12 +15,16 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("\\textbf{Evelyn}", "\\text{Evelyn}", True, "text"),
     ("\\text{Tuesday}", "\\text{Wednesday}", False, "text"),
     ("\\text{east}", "\\text{ east }", True, "text"),
+    ("\\mathcal{B}", "B", True, "text"),
+    ("\\mathcal{B}", "C", False, "text"),
     ("$5$", "5", True, "latex-noise"),
     ("\\(5\\)", "5", True, "latex-noise"),
     ("\\displaystyle\\frac{1}{2}", "\\frac12", True, "latex-noise"),
     ("\\left(1,2\\right)", "(1,2)", True, "latex-noise"),
     ("1\\!000", "1000", True, "latex-noise"),
     ("\\boxed{7}", "7", True, "latex-noise"),
+    ("185\\", "185", True, "latex-noise"),  # a stray backslash
+    ("185\\", "186", False, "latex-noise"),
     ("7", "8", False, "exact"),
     ("-7", "7", False, "exact"),
     ("", "7", False, "exact"),
@@ -79,6 +83,9 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("1,000.50", "1000.5", True, "thousands"),
     ("10000", "10{,}000", True, "thousands"),
     ("12,34", "1234", False, "thousands"),
+    ("56017895760", "56,\\!01,\\!78,\\!95,\\!760", True, "thousands"),  # lakh/crore grouping, spelled ,\!
+    ("5601789576", "56,\\!01,\\!78,\\!95,\\!760", False, "thousands"),
+    ("101000", "1,01,000", False, "thousands"),  # plain commas in that grouping: a list
     # --- percent
     ("50\\%", "50", True, "percent"),
     ("50\\%", "0.5", True, "percent"),
@@ -117,6 +124,8 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("(A) 12", "A", True, "choice"),
     ("E", "\\text{(E)}", True, "choice"),
     ("12", "C", False, "choice"),
+    ("c", "C", True, "choice"),  # a choice letter in lower case
+    ("d", "C", False, "choice"),
     # --- square roots, pi, symbolic constants
     ("\\sqrt{8}", "2\\sqrt{2}", True, "sqrt"),
     ("\\sqrt2", "\\sqrt{2}", True, "sqrt"),
@@ -249,6 +258,8 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(2,1)", False, "matrix"),
     ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\\\3\\end{pmatrix}", False, "matrix"),
     ("\\left[\\begin{array}{l}0.367\\\\0.4625\\end{array}\\right]", "\\begin{pmatrix}0.367\\\\0.4625\\end{pmatrix}", True, "matrix"),
+    ("\\begin{matrix} x \\\\ 0.5 \\end{matrix}", "\\begin{matrix} x \\\\ \\frac12 \\end{matrix}", True, "matrix"),  # plain matrix
+    ("\\begin{matrix} x \\\\ 0.6 \\end{matrix}", "\\begin{matrix} x \\\\ \\frac12 \\end{matrix}", False, "matrix"),
     # --- infinity
     ("\\infty", "\\infty", True, "infinity"),
     ("infinity", "\\infty", True, "infinity"),
