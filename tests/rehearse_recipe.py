@@ -116,8 +116,10 @@ def main(argv=None) -> None:
     rows = [json.loads(x) for x in (data / "eval" / "math500" / "test.jsonl").read_text().splitlines()[:64]]
     sft_file = out / "sft_rows.jsonl"
     sft_file.write_text("".join(json.dumps({"question": r["problem"], "response": r["solution"]}) + "\n" for r in rows))
+    sft_test = out / "sft_test.jsonl"  # sft.py's last eval reads the whole test file: four problems of MATH 500
+    sft_test.write_text("".join(x + "\n" for x in (data / "eval" / "math500" / "test.jsonl").read_text().splitlines()[:4]))
     stdout = run(torchrun("sft.py", "--model", str(toy), "--train-file", str(sft_file), "--test-file",
-                          str(data / "eval" / "math500" / "test.jsonl"), "--max-steps", str(sft_steps),
+                          str(sft_test), "--max-steps", str(sft_steps),
                           "--train-batch-size", "8",
                           "--micro-train-batch-size", "2", "--max-length", "1024", "--eval-size", "2",
                           "--eval-batch-size", "2", "--generate-max-len", "16", "--save-every", "2",
